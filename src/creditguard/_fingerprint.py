@@ -1,0 +1,61 @@
+"""Credential fingerprints: the only form in which a key is ever kept.
+
+HMAC-SHA256 of the credential under a secret: a random per-process salt for
+in-process state, a configured secret for shared stores (so every process of an
+app derives the same fingerprint). The raw key is never stored, logged or raised.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+
+__all__ = ["NO_CREDENTIAL", "Fingerprinter", "redact"]
+
+NO_CREDENTIAL = "-"
+"""The fingerprint of 'no credential at all'."""
+
+_PROCESS_SALT = secrets.token_bytes(32)
+
+
+class Fingerprinter:
+    """Turns credentials into short hex fingerprints."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes | str | None = None) -> None:
+        if secret is None:
+            secret = _PROCESS_SALT
+        elif isinstance(secret, str):
+            secret = secret.encode()
+        self._secret = secret
+
+    @classmethod
+    def from_env(cls) -> Fingerprinter:
+        """Uses ``CREDITGUARD_FINGERPRINT_SECRET`` when set, else the process salt."""
+        return cls(os.environ.get("CREDITGUARD_FINGERPRINT_SECRET") or None)
+
+    def __call__(self, credential: str | None) -> str:
+        if credential is None:
+            return NO_CREDENTIAL
+        return hmac.digest(self._secret, credential.encode(), "sha256")[:16].hex()
+
+    def __repr__(self) -> str:
+        return "Fingerprinter(<secret>)"
+
+
+def redact(text: str, *secrets_: str | None) -> str:
+    """``text`` with every given secret (and any ``key=...`` query value) masked."""
+    for secret in secrets_:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "<redacted>")
+    return _redact_query(text)
+
+
+def _redact_query(text: str) -> str:
+    if "key=" not in text.lower() and "token=" not in text.lower():
+        return text
+    import re
+
+    return re.sub(r"(?i)((?:api[_-]?)?key|token|access_token)=([^&\s\"']+)", r"\1=<redacted>", text)

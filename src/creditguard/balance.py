@@ -1,0 +1,61 @@
+"""The remaining credits of one credential, as a source reported them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+__all__ = ["Balance"]
+
+
+@dataclass(frozen=True, slots=True)
+class Balance:
+    """What a credential can still spend.
+
+    ``remaining`` may be negative (overdrawn: exhausted) or ``math.inf``
+    (no cap: unlimited). ``total`` and ``used`` are optional and never negative.
+    ``fetched_at`` is wall-clock time (``time.time()``) of the fetch;
+    ``source`` names the source the figure came from.
+    """
+
+    remaining: float
+    total: float | None = None
+    used: float | None = None
+    unit: str = "USD"
+    fetched_at: float = 0.0
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.remaining) or math.isnan(self.remaining):
+            raise ValueError(f"Balance.remaining must be a number, got {self.remaining!r}")
+        if self.remaining == -math.inf:
+            raise ValueError("Balance.remaining cannot be -inf")
+        for name in ("total", "used"):
+            value = getattr(self, name)
+            if value is not None and (
+                not _is_number(value) or not math.isfinite(value) or value < 0
+            ):
+                raise ValueError(
+                    f"Balance.{name} must be a finite number >= 0 or None, got {value!r}"
+                )
+
+    @property
+    def unlimited(self) -> bool:
+        """True when the source reports no cap at all."""
+        return self.remaining == math.inf
+
+    @property
+    def exhausted(self) -> bool:
+        """True when nothing is left (zero or overdrawn)."""
+        return self.remaining <= 0
+
+    def debited(self, amount: float) -> Balance:
+        """This balance with ``amount`` more spent (an unlimited balance stays unlimited)."""
+        if amount == 0 or self.unlimited:
+            return self
+        used = None if self.used is None else max(0.0, self.used + amount)
+        return replace(self, remaining=self.remaining - amount, used=used)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

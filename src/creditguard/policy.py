@@ -1,0 +1,332 @@
+"""What to do at which balance: :class:`Policy`, :class:`Decision` and :func:`decide`.
+
+This module is pure: no network, clock, lock or logging. Every rule of the guard
+lives in :func:`decide`, which the sync and async paths, the decorator, the
+transports and the framework hooks all share.
+
+The decision is made on the headroom left after this call at worst::
+
+    headroom = remaining - reserved_by_calls_in_flight - this_call's_estimate
+
+A tier applies when ``headroom < threshold`` (strictly below) and the most
+severe tier wins: refuse > downgrade > warn > allow.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import translate
+from typing import Literal, TypeAlias
+
+from .balance import Balance
+from .errors import ConfigError
+
+__all__ = ["Action", "Decision", "Policy", "Threshold", "decide"]
+
+Action: TypeAlias = Literal["allow", "warn", "downgrade", "refuse"]
+Threshold: TypeAlias = "float | int | str | None"
+
+SEVERITY: dict[str, int] = {"allow": 0, "warn": 1, "downgrade": 2, "refuse": 3}
+
+_ON_SOURCE_ERROR = ("allow", "refuse")
+_STORE_ERROR = ("local", "refuse", "allow")
+_UNKNOWN_PRICE = ("estimate", "refuse", "allow")
+_TIERS = ("refuse_below", "downgrade_below", "warn_below")
+
+
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    """A parsed threshold: an absolute number of credits, or a percent of the total."""
+
+    value: float
+    percent: bool
+
+    def resolve(self, total: float | None) -> float | None:
+        if not self.percent:
+            return self.value
+        if total is None:
+            return None
+        return total * self.value / 100.0
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else f"{self.value:g}"
+
+
+def _parse_threshold(key: str, value: object) -> _Limit | None:
+    allowed = "a finite number >= 0, a percent string such as '2%' (0-100), or None"
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ConfigError(key, value, allowed)
+    if isinstance(value, (int, float)):
+        number = float(value)
+        if not math.isfinite(number) or number < 0:
+            raise ConfigError(key, value, allowed)
+        return _Limit(number, percent=False)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                number = float(text[:-1])
+            except ValueError:
+                raise ConfigError(key, value, allowed) from None
+            if not math.isfinite(number) or not 0 <= number <= 100:
+                raise ConfigError(key, value, allowed)
+            return _Limit(number, percent=True)
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigError(key, value, allowed) from None
+        return _parse_threshold(key, number)
+    raise ConfigError(key, value, allowed)
+
+
+def _non_negative(key: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError(key, value, "a finite number of seconds >= 0")
+    return float(value)
+
+
+def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(key, value, "one of " + ", ".join(repr(c) for c in choices))
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _DowngradeMap:
+    """Downgrade lookup: exact name, then the longest matching glob, then ``"*"``."""
+
+    exact: dict[str, str]
+    globs: tuple[tuple[str, re.Pattern[str], str], ...]  # (pattern, regex, target), longest first
+    fallback: str | None
+
+    @classmethod
+    def build(cls, mapping: Mapping[str, str]) -> _DowngradeMap:
+        exact: dict[str, str] = {}
+        globs: list[tuple[str, re.Pattern[str], str]] = []
+        fallback = None
+        for pattern, target in mapping.items():
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigError(
+                    "downgrade", pattern, "model names or glob patterns (non-empty strings)"
+                )
+            if not isinstance(target, str) or not target.strip():
+                raise ConfigError(f"downgrade.{pattern}", target, "a model name (non-empty string)")
+            if pattern == "*":
+                fallback = target
+            elif any(ch in pattern for ch in "*?["):
+                globs.append((pattern, re.compile(translate(pattern)), target))
+            else:
+                exact[pattern] = target
+        globs.sort(key=lambda item: (-len(item[0]), item[0]))
+        return cls(exact, tuple(globs), fallback)
+
+    def target(self, model: str) -> tuple[str | None, str]:
+        """(target, what matched) for ``model``; target None when nothing matches."""
+        hit = self.exact.get(model)
+        if hit is not None:
+            return hit, repr(model)
+        for pattern, regex, target in self.globs:
+            if regex.match(model):
+                return target, repr(pattern)
+        if self.fallback is not None:
+            return self.fallback, "'*'"
+        return None, ""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Thresholds and every what-to-do knob of a guard.
+
+    Each threshold is an absolute number of credits, a percent string of the
+    balance's total (``"2%"``), or None (that tier is off). Set thresholds of
+    the same kind must be ordered ``refuse_below <= downgrade_below <= warn_below``.
+
+    ``downgrade`` maps a model name or glob (``"anthropic/*"``, ``"*"``) to a
+    cheaper model. ``on_source_error`` says what happens when no usable balance
+    can be had (after ``max_stale`` seconds of serving the last good one):
+    ``"allow"`` (fail open, logged) or ``"refuse"``. A failed fetch is not
+    retried for ``error_ttl`` seconds. ``store_error`` and ``unknown_price``
+    are read by the shared store and cost accounting.
+
+    Bad values raise :class:`~creditguard.ConfigError` (a ValueError).
+    """
+
+    warn_below: Threshold = None
+    downgrade_below: Threshold = None
+    refuse_below: Threshold = None
+    downgrade: Mapping[str, str] = field(default_factory=dict)
+    on_source_error: Literal["allow", "refuse"] = "allow"
+    max_stale: float = 300.0
+    error_ttl: float = 5.0
+    store_error: Literal["local", "refuse", "allow"] = "local"
+    unknown_price: Literal["estimate", "refuse", "allow"] = "estimate"
+    _limits: tuple[_Limit | None, _Limit | None, _Limit | None] = field(
+        init=False, repr=False, compare=False
+    )
+    _map: _DowngradeMap = field(init=False, repr=False, compare=False)
+    _needs_total: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        limits = tuple(_parse_threshold(name, getattr(self, name)) for name in _TIERS)
+        for i, low_name in enumerate(_TIERS):
+            for j in range(i + 1, len(_TIERS)):
+                low, high = limits[i], limits[j]
+                if (
+                    low is not None
+                    and high is not None
+                    and low.percent == high.percent
+                    and low.value > high.value
+                ):
+                    raise ConfigError(
+                        low_name,
+                        getattr(self, low_name),
+                        f"must be <= {_TIERS[j]} ({getattr(self, _TIERS[j])!r}): "
+                        "thresholds are ordered refuse_below <= downgrade_below <= warn_below",
+                    )
+        if not isinstance(self.downgrade, Mapping):
+            raise ConfigError("downgrade", self.downgrade, "a mapping of model -> cheaper model")
+        _choice("on_source_error", self.on_source_error, _ON_SOURCE_ERROR)
+        _choice("store_error", self.store_error, _STORE_ERROR)
+        _choice("unknown_price", self.unknown_price, _UNKNOWN_PRICE)
+        object.__setattr__(self, "max_stale", _non_negative("max_stale", self.max_stale))
+        object.__setattr__(self, "error_ttl", _non_negative("error_ttl", self.error_ttl))
+        object.__setattr__(self, "downgrade", dict(self.downgrade))
+        object.__setattr__(self, "_limits", limits)
+        object.__setattr__(self, "_needs_total", any(lim and lim.percent for lim in limits))
+        object.__setattr__(self, "_map", _DowngradeMap.build(self.downgrade))
+
+    def downgrade_target(self, model: str) -> str | None:
+        """The cheaper model configured for ``model``, or None."""
+        return self._map.target(model)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict on one call.
+
+    ``action`` is ``"allow"``, ``"warn"``, ``"downgrade"`` or ``"refuse"``;
+    ``model`` is the model to use (rewritten on downgrade), ``requested_model``
+    the one the call asked for; ``balance`` the balance the decision was made on
+    (None when none could be had); ``reason`` one human sentence.
+    """
+
+    action: Action
+    model: str | None
+    balance: Balance | None
+    reason: str
+    requested_model: str | None = None
+    stale: bool = False
+
+    @property
+    def allowed(self) -> bool:
+        """True unless the call is refused."""
+        return self.action != "refuse"
+
+    @property
+    def downgraded(self) -> bool:
+        return self.action == "downgrade"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def decide(
+    balance: Balance | None,
+    policy: Policy,
+    model: str | None,
+    estimate: float = 0.0,
+    *,
+    reserved: float = 0.0,
+    can_rewrite: bool = True,
+    unavailable: str = "no balance available",
+    stale: bool = False,
+) -> Decision:
+    """Decide what to do with one call. Pure: no I/O, no clock.
+
+    ``balance`` None means no usable balance could be had (``unavailable`` says
+    why); ``on_source_error`` decides then. ``reserved`` is what calls in flight
+    hold; ``estimate`` what this call may cost. ``can_rewrite`` False means the
+    call has no model to rewrite (a downgrade becomes a warning).
+    """
+    if balance is None:
+        return _on_unusable(policy, model, unavailable, stale)
+    if balance.unlimited:
+        return Decision("allow", model, balance, "unlimited balance", model, stale)
+
+    headroom = balance.remaining - reserved - estimate
+    if balance.total is None and policy._needs_total:
+        return _on_unusable(
+            policy,
+            model,
+            f"a percent threshold needs total credits and the {balance.source or 'source'} "
+            "balance has none",
+            stale,
+            balance,
+        )
+    refuse, down, warn = (
+        None if limit is None else limit.resolve(balance.total) for limit in policy._limits
+    )
+    left = f"{_fmt(headroom)} {balance.unit} left after this call"
+    if refuse is not None and headroom < refuse:
+        reason = f"{left} is below refuse_below {_fmt(refuse)}"
+        return Decision("refuse", model, balance, reason, model, stale)
+    if down is not None and headroom < down:
+        reason = f"{left} is below downgrade_below {_fmt(down)}"
+        if model is None or not can_rewrite:
+            return Decision(
+                "warn", model, balance, f"{reason}; the call has no model to rewrite", model, stale
+            )
+        target, matched = policy._map.target(model)
+        if target is None:
+            return Decision(
+                "warn",
+                model,
+                balance,
+                f"{reason}; no downgrade configured for {model!r}",
+                model,
+                stale,
+            )
+        if target == model:
+            return Decision(
+                "warn",
+                model,
+                balance,
+                f"{reason}; {model!r} is already its downgrade target",
+                model,
+                stale,
+            )
+        return Decision(
+            "downgrade",
+            target,
+            balance,
+            f"{reason}; {model!r} -> {target!r} (matched {matched})",
+            model,
+            stale,
+        )
+    if warn is not None and headroom < warn:
+        reason = f"{left} is below warn_below {_fmt(warn)}"
+        return Decision("warn", model, balance, reason, model, stale)
+    return Decision("allow", model, balance, left, model, stale)
+
+
+def _on_unusable(
+    policy: Policy,
+    model: str | None,
+    why: str,
+    stale: bool,
+    balance: Balance | None = None,
+) -> Decision:
+    if policy.on_source_error == "refuse":
+        return Decision("refuse", model, balance, f"{why}; on_source_error=refuse", model, stale)
+    return Decision("allow", model, balance, f"{why}; on_source_error=allow", model, stale)
