@@ -1,11 +1,20 @@
-"""creditguard: check LLM credits before every call — warn, downgrade, or refuse cleanly."""
+"""creditguard: check LLM credits before every call — warn, downgrade, or refuse cleanly.
+
+Public API: :class:`BudgetGuard` (``check``/``acheck``, the decorator,
+``from_config``), :class:`Policy`, :func:`decide`, :class:`Decision`,
+:class:`Balance`, :func:`load_config`, and the exceptions. Credits sources live
+in :mod:`creditguard.sources`; the fake provider for tests in
+:mod:`creditguard.testing`.
+"""
 
 from .balance import Balance
 from .errors import ConfigError, CreditGuardError, CreditsExhausted, CreditSourceError
+from .guard import BudgetGuard
 from .policy import Decision, Policy, decide
 
 __all__ = [
     "Balance",
+    "BudgetGuard",
     "ConfigError",
     "CreditGuardError",
     "CreditSourceError",

@@ -1,0 +1,358 @@
+"""The ledger: cached balances per credential, refreshed single-flight.
+
+One :class:`Ledger` per guard. Balances are cached per credential fingerprint
+in a bounded :class:`cachetools.TTLCache` (the raw key is never a key here).
+When an entry is missing or older than ``ttl``, exactly one fetch per
+credential runs, whatever mix of threads and asyncio tasks is asking:
+
+* the first caller leads a *flight*; a thread fetches in place, an asyncio
+  caller starts the fetch as a task of its own, so cancelling the caller
+  never cancels the fetch that others wait on;
+* later callers join the flight: threads wait on an Event, tasks each await a
+  future of their own (cancelling one waiter touches no other), and when a
+  usable stale balance exists they are served it at once instead of waiting;
+* the outcome, a fresh balance or an error, reaches every waiter at once.
+
+A failed fetch is remembered for ``error_ttl`` seconds (no fetch for that
+credential until then) and the last good balance stands in while it is younger
+than ``max_stale``. Between polls, recorded spend is debited locally; a fresh
+fetch replaces the snapshot together with the debits it already reflects.
+
+The state machine (:meth:`Ledger._step`, :meth:`Ledger._finish`) is shared;
+:meth:`Ledger.get` and :meth:`Ledger.aget` are the thin sync and async shells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from cachetools import TTLCache
+
+from ._fingerprint import Fingerprinter, redact
+from .balance import Balance
+from .errors import CreditSourceError
+
+if TYPE_CHECKING:
+    from .sources import CreditSource
+
+__all__ = ["Ledger", "Lookup"]
+
+log = logging.getLogger("creditguard")
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What the ledger knows of one credential right now.
+
+    ``balance`` is None when no usable balance could be had; ``error`` is the
+    latest refresh failure, if the balance is stale or missing because of one.
+    """
+
+    balance: Balance | None
+    stale: bool = False
+    error: CreditSourceError | None = None
+    fingerprint: str = ""
+
+
+class _Entry:
+    """A fetched balance and the local spend recorded since."""
+
+    __slots__ = ("debits", "exhausted", "fetched", "snapshot", "view")
+
+    def __init__(self, snapshot: Balance, fetched: float) -> None:
+        self.snapshot = snapshot
+        self.fetched = fetched
+        self.debits = 0.0
+        self.exhausted = False
+        self.view = snapshot
+
+    def update(self) -> None:
+        view = self.snapshot.debited(self.debits)
+        if self.exhausted and view.remaining > 0:
+            view = Balance(
+                remaining=0.0,
+                total=view.total,
+                used=view.used,
+                unit=view.unit,
+                fetched_at=view.fetched_at,
+                source=view.source,
+            )
+        self.view = view
+
+
+class _Flight:
+    """One refresh in progress and everyone waiting for it."""
+
+    __slots__ = ("done", "loop", "outcome", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.loop = loop
+        self.done = threading.Event()
+        self.outcome: Lookup | None = None
+        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Lookup]]] = []
+
+
+class Ledger:
+    """Cached balances per credential; see the module docstring."""
+
+    def __init__(
+        self,
+        source: CreditSource,
+        *,
+        ttl: float = 30.0,
+        max_stale: float = 300.0,
+        error_ttl: float = 5.0,
+        maxsize: int = 10_000,
+        timer: Callable[[], float] = time.monotonic,
+        fingerprint: Fingerprinter | None = None,
+        refresh_timeout: float = 30.0,
+        on_refresh: Callable[[Balance, str], None] | None = None,
+        on_error: Callable[[CreditSourceError, str], None] | None = None,
+    ) -> None:
+        self.source = source
+        self.ttl = ttl
+        self.max_stale = max_stale
+        self.error_ttl = error_ttl
+        self.refresh_timeout = refresh_timeout
+        self._timer = timer
+        self._fingerprint = fingerprint or Fingerprinter()
+        self._per_credential = bool(getattr(source, "per_credential", True))
+        self._cache: TTLCache[str, _Entry] = TTLCache(maxsize, ttl=max(ttl, max_stale), timer=timer)
+        self._errors: TTLCache[str, CreditSourceError] = TTLCache(
+            maxsize, ttl=max(error_ttl, 1e-9), timer=timer
+        )
+        self._flights: dict[str, _Flight] = {}
+        self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._on_refresh = on_refresh
+        self._on_error = on_error
+
+    # -- keys ---------------------------------------------------------------
+
+    def key(self, credential: str | None) -> str:
+        """The cache key of ``credential``: its fingerprint, or one key for all
+        when the source's balance does not depend on the call's credential."""
+        return self._fingerprint(credential) if self._per_credential else "*"
+
+    # -- the shared state machine (call with the lock held) -----------------
+
+    def _stale(self, key: str, now: float) -> _Entry | None:
+        entry = self._cache.get(key)
+        if entry is not None and now - entry.fetched < self.max_stale:
+            return entry
+        return None
+
+    def _step(
+        self, key: str, loop: asyncio.AbstractEventLoop | None
+    ) -> Lookup | tuple[_Flight, asyncio.Future[Lookup] | None, bool]:
+        """Serve from cache, or say which flight to join or lead."""
+        now = self._timer()
+        entry = self._cache.get(key)
+        if entry is not None and now - entry.fetched < self.ttl:
+            return Lookup(entry.view, fingerprint=key)
+        stale = self._stale(key, now)
+        error = self._errors.get(key)
+        if error is not None:  # failed a moment ago: don't hammer the source
+            return Lookup(stale.view if stale else None, True, error, key)
+        flight = self._flights.get(key)
+        if flight is not None and stale is not None:  # refresh under way: serve stale now
+            return Lookup(stale.view, True, None, key)
+        lead = flight is None
+        if flight is None:
+            flight = self._flights[key] = _Flight(loop)
+        future: asyncio.Future[Lookup] | None = None
+        if loop is not None:
+            future = loop.create_future()
+            flight.waiters.append((loop, future))
+        return flight, future, lead
+
+    def _finish(self, key: str, flight: _Flight, result: Balance | CreditSourceError) -> Lookup:
+        with self._lock:
+            now = self._timer()
+            if isinstance(result, Balance):
+                entry = _Entry(result, now)
+                self._cache[key] = entry
+                self._errors.pop(key, None)
+                outcome = Lookup(entry.view, fingerprint=key)
+            else:
+                if self.error_ttl > 0:
+                    self._errors[key] = result
+                stale = self._stale(key, now)
+                outcome = Lookup(stale.view if stale else None, True, result, key)
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.outcome = outcome
+            waiters, flight.waiters = flight.waiters, []
+            flight.done.set()
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, future, outcome)
+        if isinstance(result, Balance):
+            if self._on_refresh is not None:
+                self._on_refresh(result, key)
+        elif self._on_error is not None:
+            self._on_error(result, key)
+        return outcome
+
+    def _fetch_for(self, credential: str | None) -> str | None:
+        return credential if self._per_credential else None
+
+    def _as_error(self, exc: BaseException, credential: str | None) -> CreditSourceError:
+        name = str(getattr(self.source, "name", type(self.source).__name__))
+        if isinstance(exc, CreditSourceError):
+            return exc
+        if isinstance(exc, asyncio.CancelledError):
+            return CreditSourceError("the balance refresh was cancelled", source=name)
+        return CreditSourceError(
+            f"{type(exc).__name__}: {redact(str(exc), credential)}", source=name
+        )
+
+    def _checked(self, balance: object) -> Balance | CreditSourceError:
+        if isinstance(balance, Balance):
+            return balance
+        name = str(getattr(self.source, "name", type(self.source).__name__))
+        return CreditSourceError(
+            f"the source returned {type(balance).__name__}, not a Balance", source=name
+        )
+
+    def _timed_out(self, key: str) -> Lookup:
+        error = CreditSourceError(
+            f"no balance refresh finished within {self.refresh_timeout:g} s",
+            source=str(getattr(self.source, "name", "")),
+        )
+        with self._lock:
+            stale = self._stale(key, self._timer())
+        return Lookup(stale.view if stale else None, True, error, key)
+
+    # -- sync shell ----------------------------------------------------------
+
+    def get(self, credential: str | None) -> Lookup:
+        """The balance of ``credential``, fetching it when needed (blocking)."""
+        key = self.key(credential)
+        with self._lock:
+            step = self._step(key, None)
+        if isinstance(step, Lookup):
+            return step
+        flight, _, lead = step
+        if not lead:
+            if flight.loop is not None and _running_loop() is flight.loop:
+                # The flight runs on the loop this thread would block: wait on it
+                # and it never finishes. Fetch here instead.
+                return self._fetch_sync(key, _Flight(None), credential)
+            if not flight.done.wait(self.refresh_timeout):
+                return self._timed_out(key)
+            assert flight.outcome is not None
+            return flight.outcome
+        return self._fetch_sync(key, flight, credential)
+
+    def _fetch_sync(self, key: str, flight: _Flight, credential: str | None) -> Lookup:
+        try:
+            result = self._checked(self.source.fetch(self._fetch_for(credential)))
+        except Exception as exc:
+            result = self._as_error(exc, credential)
+        return self._finish(key, flight, result)
+
+    # -- async shell ---------------------------------------------------------
+
+    async def aget(self, credential: str | None) -> Lookup:
+        """The balance of ``credential``, fetching it when needed."""
+        key = self.key(credential)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            step = self._step(key, loop)
+        if isinstance(step, Lookup):
+            return step
+        flight, future, lead = step
+        assert future is not None
+        if lead:
+            task = loop.create_task(self._fetch_async(key, flight, credential))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            return await asyncio.wait_for(future, self.refresh_timeout)
+        except asyncio.TimeoutError:
+            return self._timed_out(key)
+
+    async def _fetch_async(self, key: str, flight: _Flight, credential: str | None) -> None:
+        try:
+            result = self._checked(await self.source.afetch(self._fetch_for(credential)))
+        except asyncio.CancelledError as exc:
+            self._finish(key, flight, self._as_error(exc, credential))
+            raise
+        except Exception as exc:
+            result = self._as_error(exc, credential)
+        self._finish(key, flight, result)
+
+    # -- local accounting ----------------------------------------------------
+
+    def record(self, credential: str | None, cost: float) -> None:
+        """Debit ``cost`` from the cached balance of ``credential``."""
+        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost):
+            raise ValueError(f"cost must be a finite number, got {cost!r}")
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost!r}")
+        key = self.key(credential)
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is not None:
+                entry.debits += cost
+                entry.update()
+        record: Any = getattr(self.source, "record", None)
+        if callable(record):
+            record(self._fetch_for(credential), cost)
+
+    def mark_exhausted(self, credential: str | None) -> None:
+        """The provider refused for lack of credits: treat the balance as empty
+        until the next successful fetch."""
+        key = self.key(credential)
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                entry = self._cache[key] = _Entry(
+                    Balance(remaining=0.0, fetched_at=time.time(), source="provider refusal"),
+                    self._timer(),
+                )
+            entry.exhausted = True
+            entry.update()
+
+    def set_balance(self, credential: str | None, balance: Balance) -> None:
+        """Replace the cached balance with a fresh one (e.g. from a response)."""
+        key = self.key(credential)
+        with self._lock:
+            self._cache[key] = _Entry(balance, self._timer())
+            self._errors.pop(key, None)
+
+    def invalidate(self, credential: str | None = None, *, all: bool = False) -> None:
+        """Forget the cached balance of ``credential`` (or of everyone)."""
+        with self._lock:
+            if all:
+                self._cache.clear()
+                self._errors.clear()
+            else:
+                key = self.key(credential)
+                self._cache.pop(key, None)
+                self._errors.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+
+def _resolve(future: asyncio.Future[Lookup], outcome: Lookup) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None

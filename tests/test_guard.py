@@ -1,0 +1,359 @@
+"""BudgetGuard: check/acheck, events and logs, and the decorator."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+import creditguard as cg
+from creditguard import Balance, BudgetGuard, CreditsExhausted, CreditSourceError, Policy
+
+KEY = "sk-or-v1-DECORATORSECRET0000000001"
+
+
+class Source:
+    name = "static"
+    per_credential = True
+
+    def __init__(self, remaining: float = 100.0) -> None:
+        self.remaining: dict[str | None, float] = {}
+        self.default = remaining
+        self.calls = 0
+        self.fail: CreditSourceError | None = None
+        self.lock = threading.Lock()
+
+    def fetch(self, credential: str | None) -> Balance:
+        with self.lock:
+            self.calls += 1
+        if self.fail:
+            raise self.fail
+        return Balance(self.remaining.get(credential, self.default), total=100.0, source="static")
+
+    async def afetch(self, credential: str | None) -> Balance:
+        return self.fetch(credential)
+
+
+POLICY = Policy(
+    warn_below=10,
+    downgrade_below=5,
+    refuse_below=1,
+    downgrade={"big": "small", "*": "tiny"},
+)
+
+
+def guard_at(remaining: float, **kwargs: Any) -> BudgetGuard:
+    return BudgetGuard(Source(remaining), POLICY, estimate=0.0, **kwargs)
+
+
+def test_public_names_are_pinned() -> None:
+    assert sorted(cg.__all__) == [
+        "Balance",
+        "BudgetGuard",
+        "ConfigError",
+        "CreditGuardError",
+        "CreditSourceError",
+        "CreditsExhausted",
+        "Decision",
+        "Policy",
+        "decide",
+        "load_config",
+    ]
+    for name in cg.__all__:
+        assert getattr(cg, name) is not None
+
+
+@pytest.mark.parametrize(
+    ("remaining", "action", "model"),
+    [(50, "allow", "big"), (8, "warn", "big"), (3, "downgrade", "small"), (0.5, "refuse", "big")],
+)
+def test_check_and_acheck_agree(remaining: float, action: str, model: str) -> None:
+    guard = guard_at(remaining)
+    d = guard.check("big")
+    assert (d.action, d.model, d.requested_model) == (action, model, "big")
+    assert d.balance is not None and d.balance.remaining == remaining
+    d2 = asyncio.run(guard.acheck("big"))
+    assert (d2.action, d2.model) == (action, model)
+
+
+def test_check_uses_the_guard_estimate_or_the_calls() -> None:
+    guard = BudgetGuard(Source(10.5), POLICY, estimate=1.0)
+    assert guard.check("big").action == "warn"  # 9.5 left after the call
+    assert guard.check("big", estimate=0.0).action == "allow"
+    with pytest.raises(cg.ConfigError, match="estimate"):
+        guard.check("big", estimate=-1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"ttl": 0}, "ttl"),
+        ({"ttl": "30"}, "ttl"),
+        ({"estimate": float("nan")}, "estimate"),
+        ({"maxsize": 0}, "maxsize"),
+        ({"store": "redis://localhost"}, "store"),
+        ({"policy": {"warn_below": 1}}, "policy"),
+        ({"pricing": {"m": {"prompt": 1}}}, "pricing.m.completion"),
+    ],
+)
+def test_bad_guard_arguments_raise_config_error(kwargs: dict[str, Any], key: str) -> None:
+    kwargs.setdefault("policy", POLICY)
+    with pytest.raises(cg.ConfigError) as info:
+        BudgetGuard(Source(), **kwargs)
+    assert info.value.key == key
+
+
+def test_a_source_must_be_a_source() -> None:
+    with pytest.raises(cg.ConfigError, match="fetch"):
+        BudgetGuard(object(), POLICY)  # type: ignore[arg-type]
+
+
+def test_logs_and_events(caplog: pytest.LogCaptureFixture) -> None:
+    decisions: list[cg.Decision] = []
+    refreshed: list[Balance] = []
+    guard = guard_at(8, on_decision=decisions.append, on_refresh=refreshed.append)
+    with caplog.at_level(logging.DEBUG, logger="creditguard"):
+        guard.check("big", credential=KEY)
+        guard.check("big", credential=KEY)
+    assert [d.action for d in decisions] == ["warn", "warn"]
+    assert len(refreshed) == 1
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "warn model=big" in warnings[0].getMessage()
+    assert "below warn_below 10" in warnings[0].getMessage()
+    assert KEY not in caplog.text
+
+
+def test_source_failure_event_log_and_fail_open(caplog: pytest.LogCaptureFixture) -> None:
+    errors: list[CreditSourceError] = []
+    source = Source()
+    source.fail = CreditSourceError("HTTP 503 from credits endpoint", status_code=503, source="x")
+    guard = BudgetGuard(source, POLICY, on_source_error=errors.append)
+    with caplog.at_level(logging.WARNING, logger="creditguard"):
+        d = guard.check("big", credential=KEY)
+    assert d.action == "allow" and d.balance is None
+    assert "no usable balance" in d.reason and "on_source_error=allow" in d.reason
+    assert errors == [source.fail]
+    assert "balance refresh failed" in caplog.text and KEY not in caplog.text
+    refusing = BudgetGuard(source, Policy(on_source_error="refuse"))
+    assert refusing.check("big").action == "refuse"
+
+
+def test_a_raising_callback_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    def bad(_: object) -> None:
+        raise RuntimeError("callback bug")
+
+    guard = guard_at(50, on_decision=bad)
+    assert guard.check("big").action == "allow"
+    assert "callback bug" in caplog.text
+
+
+def test_record_debits_the_cached_balance_per_credential() -> None:
+    guard = guard_at(12)
+    guard.check(credential=KEY)
+    guard.record(3.0, credential=KEY)
+    assert guard.check("big", credential=KEY).action == "warn"
+    assert guard.check("big", credential="other").action == "allow"
+
+
+# -- the decorator ----------------------------------------------------------
+
+
+def test_decorator_passes_allows_and_rewrites_on_downgrade() -> None:
+    guard = guard_at(3)
+    seen: list[str] = []
+
+    @guard
+    def ask(prompt: str, model: str = "big") -> str:
+        seen.append(model)
+        return prompt
+
+    assert ask("hi") == "hi"  # default model is rewritten too
+    ask("hi", "big")
+    ask("hi", model="big")
+    ask("hi", model="other")
+    assert seen == ["small", "small", "small", "tiny"]
+
+
+def test_decorator_refuses_with_the_decision() -> None:
+    guard = guard_at(0.5)
+    calls = []
+
+    @guard.protect(estimate=0.0)
+    def ask(model: str) -> None:
+        calls.append(model)
+
+    with pytest.raises(CreditsExhausted) as info:
+        ask("big")
+    assert info.value.decision.action == "refuse"
+    assert "refuse_below" in str(info.value)
+    assert calls == []
+
+
+def test_function_without_a_model_argument_warns_instead_of_downgrading(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    guard = guard_at(3)
+
+    @guard
+    def ask(prompt: str) -> str:
+        return prompt
+
+    assert ask("hi") == "hi"
+    assert "no model to rewrite" in caplog.text
+
+
+def test_explicit_model_arg_must_exist() -> None:
+    guard = guard_at(50)
+    with pytest.raises(cg.ConfigError) as info:
+
+        @guard.protect(model_arg="engine")
+        def ask(prompt: str) -> str:
+            return prompt
+
+    assert info.value.key == "model_arg" and "prompt" in info.value.allowed
+
+
+def test_model_arg_through_kwargs_only_function() -> None:
+    guard = guard_at(3)
+
+    @guard.protect(model_arg="engine")
+    def ask(**kwargs: Any) -> Any:
+        return kwargs
+
+    assert ask(engine="big") == {"engine": "small"}
+
+
+def test_credential_arg_picks_the_balance() -> None:
+    source = Source(50)
+    source.remaining[KEY] = 0.5
+    guard = BudgetGuard(source, POLICY, estimate=0.0)
+
+    @guard.protect(credential_arg="api_key")
+    def ask(model: str, api_key: str) -> str:
+        return model
+
+    assert ask("big", "someone-else") == "big"
+    with pytest.raises(CreditsExhausted):
+        ask("big", api_key=KEY)
+
+
+def test_methods_classmethods_staticmethods() -> None:
+    guard = guard_at(3)
+
+    class Client:
+        @guard
+        def ask(self, model: str = "big") -> str:
+            return model
+
+        @guard
+        @classmethod
+        def cask(cls, model: str) -> str:
+            return model
+
+        @classmethod
+        @guard
+        def cask2(cls, model: str) -> str:
+            return model
+
+        @guard
+        @staticmethod
+        def sask(model: str) -> str:
+            return model
+
+    c = Client()
+    assert c.ask() == "small"
+    assert c.ask("big") == "small"
+    assert Client.ask(c, "big") == "small"
+    assert c.cask("big") == Client.cask("big") == "small"
+    assert c.cask2("big") == Client.cask2("big") == "small"
+    assert c.sask("big") == Client.sask("big") == "small"
+
+
+async def test_async_functions_stay_coroutine_functions() -> None:
+    guard = guard_at(3)
+
+    @guard
+    async def ask(model: str) -> str:
+        await asyncio.sleep(0)
+        return model
+
+    assert inspect.iscoroutinefunction(ask)
+    assert await ask("big") == "small"
+
+    refusing = guard_at(0.1)
+
+    @refusing
+    async def nope(model: str) -> str:
+        raise AssertionError("must not run")
+
+    with pytest.raises(CreditsExhausted):
+        await nope("big")
+
+
+async def test_async_generators_are_guarded() -> None:
+    guard = guard_at(3)
+
+    @guard
+    async def stream(model: str) -> Any:
+        for part in (model, "done"):
+            yield part
+
+    assert inspect.isasyncgenfunction(stream)
+    assert [x async for x in stream("big")] == ["small", "done"]
+
+
+def test_decorated_call_charges_usage_cost_or_estimate() -> None:
+    guard = BudgetGuard(Source(20), POLICY, estimate=0.5)
+
+    @guard
+    def with_cost(model: str) -> dict[str, Any]:
+        return {"usage": {"cost": 4.0}}
+
+    @guard
+    def without_cost(model: str) -> str:
+        return "ok"
+
+    @guard
+    def reports_itself(model: str) -> str:
+        guard.record(2.0)
+        return "ok"
+
+    @guard
+    def fails(model: str) -> str:
+        raise ValueError("provider said no")
+
+    with_cost("big")  # 20 - 4
+    without_cost("big")  # - 0.5
+    reports_itself("big")  # - 2, the estimate not on top
+    with pytest.raises(ValueError):
+        fails("big")  # nothing charged
+    d = guard.check("big", estimate=0.0)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(13.5)
+
+
+async def test_async_decorated_call_charges_cost() -> None:
+    guard = BudgetGuard(Source(20), POLICY, estimate=0.5)
+
+    class Usage:
+        cost = 1.25
+
+    class Response:
+        usage = Usage()
+
+    @guard
+    async def ask(model: str) -> Response:
+        return Response()
+
+    await ask("big")
+    d = await guard.acheck("big", estimate=0.0)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(18.75)
+
+
+def test_protect_rejects_non_functions() -> None:
+    guard = guard_at(50)
+    with pytest.raises(TypeError, match="functions and methods"):
+        guard(int)  # type: ignore[arg-type]

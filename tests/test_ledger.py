@@ -1,0 +1,306 @@
+"""The ledger: TTL cache per credential, single-flight refresh, stale-while-error."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from creditguard import Balance, CreditSourceError
+from creditguard.ledger import Ledger
+
+KEY_A = "sk-or-v1-AAAAAAAAAAAAAAAAAAAAAAAA"
+KEY_B = "sk-or-v1-BBBBBBBBBBBBBBBBBBBBBBBB"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Source:
+    """A controllable credits source counting its fetches."""
+
+    name = "test"
+    per_credential = True
+
+    def __init__(self, balances: dict[str | None, float] | None = None, delay: float = 0.0):
+        self.balances = balances if balances is not None else {KEY_A: 10.0, KEY_B: 20.0}
+        self.delay = delay
+        self.fail: BaseException | None = None
+        self.calls = 0
+        self.seen: list[str | None] = []
+        self.lock = threading.Lock()
+
+    def _result(self, credential: str | None) -> Balance:
+        if self.fail is not None:
+            raise self.fail
+        return Balance(remaining=self.balances[credential], source="test")
+
+    def fetch(self, credential: str | None) -> Balance:
+        with self.lock:
+            self.calls += 1
+            self.seen.append(credential)
+        time.sleep(self.delay)
+        return self._result(credential)
+
+    async def afetch(self, credential: str | None) -> Balance:
+        with self.lock:
+            self.calls += 1
+            self.seen.append(credential)
+        await asyncio.sleep(self.delay)
+        return self._result(credential)
+
+
+def make(source: Any, clock: Clock | None = None, **kwargs: Any) -> Ledger:
+    return Ledger(source, timer=clock or Clock(), **kwargs)
+
+
+def test_caches_per_credential_for_ttl() -> None:
+    clock, source = Clock(), Source()
+    ledger = make(source, clock, ttl=30)
+    assert ledger.get(KEY_A).balance == Balance(10.0, source="test")
+    assert ledger.get(KEY_B).balance == Balance(20.0, source="test")
+    clock.now += 29.9
+    assert ledger.get(KEY_A).balance is not None
+    assert source.calls == 2
+    clock.now += 0.2
+    source.balances[KEY_A] = 7.0
+    lookup = ledger.get(KEY_A)
+    assert lookup.balance is not None and lookup.balance.remaining == 7.0
+    assert source.calls == 3
+    assert source.seen == [KEY_A, KEY_B, KEY_A]
+
+
+def test_two_credentials_never_share_a_balance() -> None:
+    ledger = make(Source())
+    ledger.record(KEY_A, 0)  # no entry yet: nothing to debit
+    a, b = ledger.get(KEY_A), ledger.get(KEY_B)
+    ledger.record(KEY_A, 4.0)
+    assert a.fingerprint != b.fingerprint
+    assert ledger.get(KEY_A).balance.remaining == 6.0  # type: ignore[union-attr]
+    assert ledger.get(KEY_B).balance.remaining == 20.0  # type: ignore[union-attr]
+
+
+def test_the_raw_key_is_never_a_cache_key() -> None:
+    ledger = make(Source())
+    ledger.get(KEY_A)
+    keys = list(ledger._cache.keys())
+    assert keys and all(KEY_A not in k for k in keys)
+    assert "AAAA" not in repr(ledger.get(KEY_A))
+
+
+def test_a_source_that_ignores_credentials_is_fetched_once_for_all() -> None:
+    source = Source({None: 5.0})
+    source.per_credential = False
+    ledger = make(source)
+    for key in (KEY_A, KEY_B, None):
+        assert ledger.get(key).balance.remaining == 5.0  # type: ignore[union-attr]
+    assert source.calls == 1 and source.seen == [None]
+
+
+def test_fresh_fetch_replaces_snapshot_and_debits() -> None:
+    clock, source = Clock(), Source()
+    ledger = make(source, clock, ttl=10)
+    ledger.get(KEY_A)
+    ledger.record(KEY_A, 2.5)
+    ledger.record(KEY_A, 0.5)
+    view = ledger.get(KEY_A).balance
+    assert view is not None and view.remaining == 7.0
+    source.balances[KEY_A] = 7.0  # the provider has counted the same spend
+    clock.now += 11
+    assert ledger.get(KEY_A).balance.remaining == 7.0  # type: ignore[union-attr]  (not 4.0)
+
+
+@pytest.mark.parametrize("cost", [-1, float("nan"), float("inf"), "1", True])
+def test_record_rejects_bad_costs(cost: Any) -> None:
+    ledger = make(Source())
+    with pytest.raises(ValueError, match="cost must be"):
+        ledger.record(KEY_A, cost)
+
+
+def test_mark_exhausted_until_next_fetch() -> None:
+    clock, source = Clock(), Source()
+    ledger = make(source, clock, ttl=10)
+    ledger.mark_exhausted(KEY_B)  # no entry yet
+    assert ledger.get(KEY_B).balance.remaining == 0  # type: ignore[union-attr]
+    ledger.get(KEY_A)
+    ledger.mark_exhausted(KEY_A)
+    assert ledger.get(KEY_A).balance.remaining == 0  # type: ignore[union-attr]
+    clock.now += 11
+    assert ledger.get(KEY_A).balance.remaining == 10  # type: ignore[union-attr]
+
+
+def test_cache_is_bounded_by_maxsize() -> None:
+    source = Source({f"k{i}": float(i) for i in range(500)})
+    ledger = make(source, maxsize=64)
+    for i in range(500):
+        ledger.get(f"k{i}")
+    assert len(ledger) <= 64
+
+
+# -- failures ---------------------------------------------------------------
+
+
+def test_failure_is_negative_cached_then_retried() -> None:
+    clock, source = Clock(), Source()
+    source.fail = CreditSourceError("boom", status_code=500, source="test")
+    ledger = make(source, clock, error_ttl=5)
+    first = ledger.get(KEY_A)
+    assert first.balance is None and first.error is source.fail
+    for _ in range(10):
+        assert ledger.get(KEY_A).error is source.fail
+    assert source.calls == 1  # a dead endpoint is not hammered
+    clock.now += 5.1
+    source.fail = None
+    assert ledger.get(KEY_A).balance.remaining == 10  # type: ignore[union-attr]
+    assert source.calls == 2
+
+
+def test_stale_balance_stands_in_up_to_max_stale() -> None:
+    clock, source = Clock(), Source()
+    ledger = make(source, clock, ttl=10, max_stale=60, error_ttl=1)
+    ledger.get(KEY_A)
+    ledger.record(KEY_A, 1.0)
+    source.fail = CreditSourceError("down", source="test")
+    clock.now += 30
+    lookup = ledger.get(KEY_A)
+    assert lookup.stale and lookup.error is source.fail
+    assert lookup.balance is not None and lookup.balance.remaining == 9.0
+    clock.now += 31  # 61 s since the fetch: too old to stand in
+    lookup = ledger.get(KEY_A)
+    assert lookup.balance is None and lookup.error is source.fail
+
+
+def test_max_stale_zero_never_serves_stale() -> None:
+    clock, source = Clock(), Source()
+    ledger = make(source, clock, ttl=10, max_stale=0)
+    ledger.get(KEY_A)
+    source.fail = CreditSourceError("down", source="test")
+    clock.now += 11
+    assert ledger.get(KEY_A).balance is None
+
+
+def test_unexpected_exceptions_become_source_errors_without_the_key() -> None:
+    source = Source()
+    source.fail = RuntimeError(f"bad key {KEY_A}")
+    lookup = make(source).get(KEY_A)
+    assert isinstance(lookup.error, CreditSourceError)
+    assert "RuntimeError" in str(lookup.error) and KEY_A not in str(lookup.error)
+
+
+def test_a_source_returning_no_balance_is_an_error() -> None:
+    source = Source()
+    source.fetch = lambda credential: 5  # type: ignore[assignment, method-assign, return-value]
+    lookup = make(source).get(KEY_A)
+    assert lookup.balance is None and "not a Balance" in str(lookup.error)
+
+
+# -- single flight ----------------------------------------------------------
+
+
+def test_threads_share_one_fetch_and_one_failure() -> None:
+    source = Source(delay=0.2)
+    source.fail = CreditSourceError("down", source="test")
+    ledger = make(source, max_stale=0)
+    results: list[Any] = []
+    done_at: list[float] = []
+
+    def worker() -> None:
+        results.append(ledger.get(KEY_A))
+        done_at.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert source.calls == 1
+    assert len(results) == 16 and all(r.error is source.fail for r in results)
+    assert max(done_at) - min(done_at) < 0.15  # all at once, not one after another
+
+
+async def test_tasks_and_threads_on_a_cold_cache_make_exactly_one_fetch() -> None:
+    source = Source(delay=0.2)
+    ledger = make(source)
+    start = threading.Barrier(17)
+    thread_results: list[Any] = []
+
+    def worker() -> None:
+        start.wait()
+        thread_results.append(ledger.get(KEY_A))
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    await asyncio.to_thread(start.wait)
+    results = await asyncio.gather(*(ledger.aget(KEY_A) for _ in range(200)))
+    for t in threads:
+        await asyncio.to_thread(t.join)
+    assert source.calls == 1
+    assert all(r.balance.remaining == 10.0 for r in [*results, *thread_results])
+    assert len(thread_results) == 16
+
+
+async def test_cancelling_one_waiter_cancels_neither_the_fetch_nor_the_others() -> None:
+    source = Source(delay=0.1)
+    ledger = make(source)
+    leader = asyncio.ensure_future(ledger.aget(KEY_A))
+    others = [asyncio.ensure_future(ledger.aget(KEY_A)) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    leader.cancel()
+    others[0].cancel()
+    results = await asyncio.gather(*others[1:])
+    assert all(r.balance.remaining == 10.0 for r in results)
+    assert leader.cancelled() and others[0].cancelled()
+    assert source.calls == 1
+    assert ledger.get(KEY_A).balance.remaining == 10.0  # type: ignore[union-attr]
+    assert source.calls == 1
+
+
+async def test_async_failure_reaches_every_waiter() -> None:
+    source = Source(delay=0.05)
+    source.fail = CreditSourceError("down", status_code=503, source="test")
+    ledger = make(source)
+    results = await asyncio.gather(*(ledger.aget(KEY_A) for _ in range(50)))
+    assert source.calls == 1
+    assert all(r.balance is None and r.error is source.fail for r in results)
+
+
+async def test_waiters_are_served_stale_while_a_refresh_runs() -> None:
+    clock, source = Clock(), Source(delay=0.2)
+    ledger = make(source, clock, ttl=10)
+    await ledger.aget(KEY_A)
+    clock.now += 11
+    source.balances[KEY_A] = 3.0
+    refresh = asyncio.ensure_future(ledger.aget(KEY_A))
+    await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    meanwhile = await ledger.aget(KEY_A)
+    assert time.monotonic() - t0 < 0.1
+    assert meanwhile.stale and meanwhile.balance.remaining == 10.0  # type: ignore[union-attr]
+    assert (await refresh).balance.remaining == 3.0  # type: ignore[union-attr]
+    assert source.calls == 2
+
+
+async def test_sync_get_inside_the_loop_running_the_fetch_does_not_deadlock() -> None:
+    source = Source(delay=0.1)
+    ledger = make(source)
+    flight = asyncio.ensure_future(ledger.aget(KEY_A))
+    await asyncio.sleep(0.01)
+    lookup = ledger.get(KEY_A)  # blocks this loop briefly, but returns
+    assert lookup.balance is not None
+    assert (await flight).balance is not None
+
+
+async def test_a_hung_refresh_times_out_for_its_waiters() -> None:
+    source = Source(delay=5)
+    ledger = make(source, refresh_timeout=0.1)
+    lookup = await ledger.aget(KEY_A)
+    assert lookup.balance is None and "within 0.1 s" in str(lookup.error)
