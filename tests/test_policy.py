@@ -239,3 +239,11 @@ def test_downgrade_only_ever_changes_the_model_to_the_configured_target(
         assert d.model == policy.downgrade_target("big") != "big"
     else:
         assert d.model == "big"
+
+
+def test_amounts_compare_without_float_noise() -> None:
+    # 0.22 - 0.12 is 0.09999999999999998 in floats; the guard treats it as 0.1
+    policy = Policy(refuse_below=0.1)
+    d = decide(bal(0.22), policy, "m", 0.12)
+    assert d.action == "allow"
+    assert decide(bal(0.22), policy, "m", 0.1200001).action == "refuse"

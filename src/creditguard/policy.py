@@ -134,7 +134,8 @@ class _DowngradeMap:
         """(target, what matched) for ``model``; target None when nothing matches."""
         hit = self.exact.get(model)
         if hit is not None:
-            return hit, repr(model)
+            return hit, ""
+
         for pattern, regex, target in self.globs:
             if regex.match(model):
                 return target, repr(pattern)
@@ -264,7 +265,8 @@ def decide(
     if balance.unlimited:
         return Decision("allow", model, balance, "unlimited balance", model, stale)
 
-    headroom = balance.remaining - reserved - estimate
+    # Compared at 1e-9 credits: 0.22 - 0.12 is 0.1, not 0.09999999999999998.
+    headroom = round(balance.remaining - reserved - estimate, 9)
     if balance.total is None and policy._needs_total:
         return _on_unusable(
             policy,
@@ -310,7 +312,7 @@ def decide(
             "downgrade",
             target,
             balance,
-            f"{reason}; {model!r} -> {target!r} (matched {matched})",
+            f"{reason}; {model!r} -> {target!r}" + (f" (matched {matched})" if matched else ""),
             model,
             stale,
         )

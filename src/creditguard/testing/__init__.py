@@ -1,0 +1,11 @@
+"""Test helpers: a fake credits + generation provider and a pytest plugin.
+
+``FakeProvider`` serves OpenRouter-, Anthropic- and Stablecog-shaped endpoints with
+per-key credits that calls spend, both as an ``httpx.MockTransport`` handler
+(``fake.handler``) and as a real loopback HTTP server (``with FakeProvider() as fake:``).
+The pytest plugin (``creditguard.testing.plugin``) provides a ``fake_provider`` fixture.
+"""
+
+from ._fake import ENDPOINTS, FakeProvider, KeyState, RecordedRequest
+
+__all__ = ["ENDPOINTS", "FakeProvider", "KeyState", "RecordedRequest"]
