@@ -8,6 +8,7 @@ in :mod:`creditguard.sources`; the fake provider for tests in
 """
 
 from .balance import Balance
+from .config import load_config
 from .errors import ConfigError, CreditGuardError, CreditsExhausted, CreditSourceError
 from .guard import BudgetGuard
 from .policy import Decision, Policy, decide
@@ -22,4 +23,5 @@ __all__ = [
     "Decision",
     "Policy",
     "decide",
+    "load_config",
 ]

@@ -109,7 +109,8 @@ def status(
         return 2
     names = list(models) or [m for m in guard.policy.downgrade if not any(c in m for c in "*?[")]
     try:
-        decisions = [guard.check(name, credential=credential) for name in names or [None]]
+        judged: list[str | None] = [*names] or [None]
+        decisions = [guard.check(name, credential=credential) for name in judged]
         balance = decisions[0].balance
         print(f"source:   {guard.source!r}", file=out)
         if balance is None:

@@ -1,0 +1,116 @@
+"""The tightest of several sources: what a key can really spend."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from dataclasses import replace
+from typing import Any
+
+from .._fingerprint import redact
+from ..balance import Balance
+from ..errors import ConfigError, CreditSourceError
+from ._base import CreditSource, describe, logger
+
+__all__ = ["Tightest"]
+
+
+class Tightest:
+    """The balance with the least remaining among ``sources``.
+
+    What a key can spend is bounded by several limits at once (its own limit,
+    the account's credits, a local budget). ``Tightest`` fetches them all and
+    returns the binding one unchanged, so :attr:`Balance.source` names the
+    source that binds (ties: the first given). If any source fails, its
+    :class:`~creditguard.CreditSourceError` is raised: a partial answer could
+    overstate what is left. ``record`` reaches every source that has one.
+    """
+
+    name = "tightest"
+
+    def __init__(self, *sources: CreditSource) -> None:
+        if not sources:
+            raise ConfigError("sources", sources, "at least one credits source")
+        for source in sources:
+            if not isinstance(source, CreditSource):
+                raise ConfigError(
+                    "sources", source, "credits sources (name, per_credential, fetch, afetch)"
+                )
+        self.sources: tuple[CreditSource, ...] = sources
+        self.per_credential = any(source.per_credential for source in sources)
+
+    def fetch(self, credential: str | None) -> Balance:
+        """Fetches every source in turn; the tightest balance."""
+        balances: list[tuple[CreditSource, Balance]] = []
+        for source in self.sources:
+            try:
+                balances.append((source, source.fetch(credential)))
+            except Exception as exc:
+                error = _as_source_error(exc, source, credential)
+                break
+        else:
+            return self._pick(balances)
+        raise error from None
+
+    async def afetch(self, credential: str | None) -> Balance:
+        """Fetches every source concurrently; the tightest balance."""
+        results = await asyncio.gather(
+            *(source.afetch(credential) for source in self.sources), return_exceptions=True
+        )
+        balances: list[tuple[CreditSource, Balance]] = []
+        for source, result in zip(self.sources, results, strict=True):
+            if isinstance(result, Exception):
+                error = _as_source_error(result, source, credential)
+                break
+            if isinstance(result, BaseException):  # cancelled, interrupted
+                raise result
+            balances.append((source, result))
+        else:
+            return self._pick(balances)
+        raise error from None
+
+    def _pick(self, balances: list[tuple[CreditSource, Balance]]) -> Balance:
+        source, binding = min(balances, key=lambda pair: pair[1].remaining)
+        if not binding.source:  # a source of your own that leaves it blank
+            binding = replace(binding, source=source.name)
+        logger.debug("%s: %s binds (remaining=%s)", self.name, binding.source, binding.remaining)
+        return binding
+
+    def record(self, credential: str | None, cost: float) -> None:
+        """Records ``cost`` in every source that keeps local spend."""
+        for source in self.sources:
+            record: Any = getattr(source, "record", None)
+            if callable(record):
+                record(credential, cost)
+
+    def close(self) -> None:
+        """Closes every source that can be closed."""
+        for source in self.sources:
+            close: Any = getattr(source, "close", None)
+            if callable(close):
+                close()
+
+    async def aclose(self) -> None:
+        """Closes every source that can be closed (``aclose`` where it has one)."""
+        for source in self.sources:
+            aclose: Any = getattr(source, "aclose", None)
+            if callable(aclose):
+                result = aclose()
+                if inspect.isawaitable(result):
+                    await result
+            else:
+                close: Any = getattr(source, "close", None)
+                if callable(close):
+                    close()
+
+    def __repr__(self) -> str:
+        return f"Tightest({', '.join(repr(source) for source in self.sources)})"
+
+
+def _as_source_error(
+    exc: Exception, source: CreditSource, credential: str | None
+) -> CreditSourceError:
+    if isinstance(exc, CreditSourceError):
+        return exc
+    name = getattr(source, "name", "") or type(source).__name__
+    return CreditSourceError(redact(describe(exc, credential), credential), source=name)
