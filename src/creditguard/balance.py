@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-__all__ = ["Balance"]
+__all__ = ["Balance", "check_cost"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +59,15 @@ class Balance:
 
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_cost(cost: object) -> float:
+    """``cost`` as a float, or ValueError: a cost is a finite number >= 0."""
+    if (
+        isinstance(cost, bool)
+        or not isinstance(cost, (int, float))
+        or not math.isfinite(cost)
+        or cost < 0
+    ):
+        raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
+    return float(cost)

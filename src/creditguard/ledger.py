@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from cachetools import TTLCache
 
 from ._fingerprint import Fingerprinter, redact
-from .balance import Balance
+from .balance import Balance, check_cost
 from .errors import CreditSourceError
 
 if TYPE_CHECKING:
@@ -295,10 +294,7 @@ class Ledger:
 
     def record(self, credential: str | None, cost: float) -> None:
         """Debit ``cost`` from the cached balance of ``credential``."""
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost):
-            raise ValueError(f"cost must be a finite number, got {cost!r}")
-        if cost < 0:
-            raise ValueError(f"cost must be >= 0, got {cost!r}")
+        cost = check_cost(cost)
         key = self.key(credential)
         with self._lock:
             entry = self._cache.get(key)

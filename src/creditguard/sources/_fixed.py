@@ -10,7 +10,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Literal
 
 from .._fingerprint import Fingerprinter
-from ..balance import Balance
+from ..balance import Balance, check_cost
 from ..errors import ConfigError
 from ._base import logger
 
@@ -99,10 +99,7 @@ class FixedBudget:
 
     def record(self, credential: str | None, cost: float) -> None:
         """Adds ``cost`` (finite, >= 0) to the current period's spend."""
-        if isinstance(cost, bool) or not isinstance(cost, (int, float)) or not math.isfinite(cost):
-            raise ValueError(f"cost must be a finite number, got {cost!r}")
-        if cost < 0:
-            raise ValueError(f"cost must be >= 0, got {cost!r}")
+        cost = check_cost(cost)
         bucket = self._bucket(credential)
         with self._lock:
             self._roll()
