@@ -52,6 +52,7 @@ def guard_at(remaining: float, **kwargs: Any) -> BudgetGuard:
 
 def test_public_names_are_pinned() -> None:
     assert sorted(cg.__all__) == [
+        "AsyncGuardTransport",
         "Balance",
         "BudgetGuard",
         "ConfigError",
@@ -59,6 +60,7 @@ def test_public_names_are_pinned() -> None:
         "CreditSourceError",
         "CreditsExhausted",
         "Decision",
+        "GuardTransport",
         "Policy",
         "decide",
         "load_config",

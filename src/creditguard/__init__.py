@@ -11,9 +11,11 @@ from .balance import Balance
 from .config import load_config
 from .errors import ConfigError, CreditGuardError, CreditsExhausted, CreditSourceError
 from .guard import BudgetGuard
+from .httpx import AsyncGuardTransport, GuardTransport
 from .policy import Decision, Policy, decide
 
 __all__ = [
+    "AsyncGuardTransport",
     "Balance",
     "BudgetGuard",
     "ConfigError",
@@ -21,6 +23,7 @@ __all__ = [
     "CreditSourceError",
     "CreditsExhausted",
     "Decision",
+    "GuardTransport",
     "Policy",
     "decide",
     "load_config",

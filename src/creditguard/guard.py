@@ -27,6 +27,8 @@ from .ledger import Ledger, Lookup
 from .policy import Decision, Policy, decide
 
 if TYPE_CHECKING:
+    import httpx
+
     from .sources import CreditSource
 
 __all__ = ["BudgetGuard"]
@@ -247,6 +249,19 @@ class BudgetGuard:
         call = _CURRENT_CALL.get()
         if call is not None and call.guard is self:
             call.reported = True
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        """An ``httpx.Client`` whose generation calls pass through this guard
+        (``transport=`` is the inner transport; the rest goes to httpx)."""
+        from .httpx import client
+
+        return client(self, **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` whose generation calls pass through this guard."""
+        from .httpx import async_client
+
+        return async_client(self, **kwargs)
 
     def invalidate(self, credential: str | None = None) -> None:
         """Forget the cached balance of ``credential``: the next check fetches."""

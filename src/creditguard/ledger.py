@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
@@ -323,6 +323,29 @@ class Ledger:
         """Replace the cached balance with a fresh one (e.g. from a response)."""
         key = self.key(credential)
         with self._lock:
+            self._cache[key] = _Entry(balance, self._timer())
+            self._errors.pop(key, None)
+
+    def set_remaining(self, credential: str | None, remaining: float) -> None:
+        """A provider told us the fresh remaining figure (e.g. Stablecog's
+        ``remaining_credits``): it replaces the snapshot, keeping its total."""
+        key = self.key(credential)
+        with self._lock:
+            old = self._cache.get(key)
+            if old is None:
+                balance = Balance(
+                    remaining=remaining,
+                    unit="credits",
+                    fetched_at=time.time(),
+                    source=str(getattr(self.source, "name", "")),
+                )
+            else:
+                used = old.snapshot.used
+                if used is not None and old.snapshot.total is not None:
+                    used = max(0.0, old.snapshot.total - remaining)
+                balance = replace(
+                    old.snapshot, remaining=remaining, used=used, fetched_at=time.time()
+                )
             self._cache[key] = _Entry(balance, self._timer())
             self._errors.pop(key, None)
 
