@@ -67,6 +67,14 @@ class Lib:
     Request: Any
     Response: Any
     RequestNotRead: type[Exception]
+    SyncByteStream: type
+    AsyncByteStream: type
+    observed: type = object  # set in __post_init__: ObservedStream for this library
+
+    def __post_init__(self) -> None:
+        # Clients assert that a response stream is their library's own stream type.
+        bases = (ObservedStream, self.SyncByteStream, self.AsyncByteStream)
+        object.__setattr__(self, "observed", type("ObservedStream", bases, {}))
 
 
 @dataclass(slots=True)
@@ -284,9 +292,14 @@ class Core:
                 if isinstance(remaining, int) and not isinstance(remaining, bool):
                     ledger.set_remaining(credential, float(remaining))
 
-        if on_body is not None:
+        if on_body is None:
+            return response
+        loaded = getattr(response, "_content", None)  # a body already in memory (mocks)
+        if isinstance(loaded, bytes):
+            on_body(loaded[:MAX_OBSERVED_BODY])
+        else:
             encoding = response.headers.get("content-encoding", "identity").lower()
-            response.stream = ObservedStream(response.stream, on_body, encoding)
+            response.stream = self.lib.observed(response.stream, on_body, encoding)
         return response
 
 

@@ -23,7 +23,14 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PATHS", "AsyncGuardTransport", "GuardTransport", "async_client", "client"]
 
-_LIB = Lib("httpx", httpx.Request, httpx.Response, httpx.RequestNotRead)
+_LIB = Lib(
+    "httpx",
+    httpx.Request,
+    httpx.Response,
+    httpx.RequestNotRead,
+    httpx.SyncByteStream,
+    httpx.AsyncByteStream,
+)
 # LLM calls are slow: openai's own default, unless the caller says otherwise.
 _TIMEOUT = httpx.Timeout(timeout=600.0, connect=5.0)
 

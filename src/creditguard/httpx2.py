@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PATHS", "AsyncGuardTransport", "GuardTransport", "async_client", "client"]
 
-_LIB = Lib("httpx2", httpx2.Request, httpx2.Response, httpx2.RequestNotRead)
+_LIB = Lib(
+    "httpx2",
+    httpx2.Request,
+    httpx2.Response,
+    httpx2.RequestNotRead,
+    httpx2.SyncByteStream,
+    httpx2.AsyncByteStream,
+)
 # LLM calls are slow: openai's own default, unless the caller says otherwise.
 _TIMEOUT = httpx2.Timeout(timeout=600.0, connect=5.0)
 

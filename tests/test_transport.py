@@ -1,0 +1,471 @@
+"""The guard transport over httpx and httpx2: what is judged, how bodies are
+rewritten or left alone, refusals, provider answers, retries, streaming."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any
+
+import httpx
+import httpx2
+import pytest
+
+import creditguard.httpx as cg1
+import creditguard.httpx2 as cg2
+from creditguard import Balance, BudgetGuard, Decision, Policy
+from creditguard._transport import find_member
+from creditguard.sources import OpenRouterKey
+from creditguard.testing import FakeProvider
+
+KEY = "sk-or-v1-TRANSPORTSECRET000000000000"
+OTHER = "sk-or-v1-TRANSPORTOTHER0000000000000"
+POLICY = Policy(
+    warn_below=5, downgrade_below=3, refuse_below=1, downgrade={"big": "small", "*": "cheap"}
+)
+BODY = (
+    b'{"messages": [{"role": "user", "content": "caf\\u00e9 \xc3\xa9 \\"model\\": \\"x\\""}],'
+    b'\n  "model" :  "big", "temperature": 0.2, "meta": {"model": "big"}}'
+)
+
+
+class Source:
+    """Balances per credential, fetch counter."""
+
+    name = "test"
+    per_credential = True
+
+    def __init__(self, remaining: float) -> None:
+        self.remaining: dict[str | None, float] = {}
+        self.default = remaining
+        self.calls = 0
+        self.seen: list[str | None] = []
+
+    def fetch(self, credential: str | None) -> Balance:
+        self.calls += 1
+        self.seen.append(credential)
+        return Balance(self.remaining.get(credential, self.default), total=100.0, source="test")
+
+    async def afetch(self, credential: str | None) -> Balance:
+        return self.fetch(credential)
+
+
+class Upstream:
+    """A mock provider for either library that records the raw requests it gets."""
+
+    def __init__(self, lib: ModuleType) -> None:
+        self.lib = lib
+        self.requests: list[Any] = []
+        self.bodies: list[bytes] = []
+        self.reply: Callable[[Any], Any] = lambda request: lib.Response(200, json={"ok": True})
+
+    def __call__(self, request: Any) -> Any:
+        self.requests.append(request)
+        self.bodies.append(request.content)
+        return self.reply(request)
+
+
+@pytest.fixture(params=["httpx", "httpx2"])
+def stack(request: pytest.FixtureRequest) -> tuple[ModuleType, ModuleType]:
+    return (httpx, cg1) if request.param == "httpx" else (httpx2, cg2)
+
+
+class Harness:
+    def __init__(self, stack: tuple[ModuleType, ModuleType], remaining: float, **kw: Any):
+        self.lib, self.cg = stack
+        self.source = Source(remaining)
+        self.decisions: list[Decision] = []
+        self.guard = BudgetGuard(
+            self.source, POLICY, estimate=0.0, on_decision=self.decisions.append, **kw
+        )
+        self.upstream = Upstream(self.lib)
+        self.client = self.cg.client(
+            self.guard,
+            transport=self.lib.MockTransport(self.upstream),
+            base_url="https://llm.test/api/v1",
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+
+    def post(self, path: str = "/chat/completions", content: Any = BODY, **kw: Any) -> Any:
+        return self.client.post(path, content=content, **kw)
+
+
+@pytest.fixture
+def make(stack: tuple[ModuleType, ModuleType]) -> Iterator[Callable[..., Harness]]:
+    made: list[Harness] = []
+
+    def factory(remaining: float, **kw: Any) -> Harness:
+        h = Harness(stack, remaining, **kw)
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        h.client.close()
+
+
+def test_allow_forwards_byte_for_byte(make: Callable[..., Harness]) -> None:
+    h = make(50)
+    r = h.post()
+    assert r.status_code == 200
+    assert r.headers["x-creditguard-decision"] == "allow"
+    assert h.upstream.bodies == [BODY]
+    assert h.decisions[0].requested_model == "big"
+    assert h.source.seen == [KEY]
+
+
+def test_warn_forwards_and_labels(make: Callable[..., Harness]) -> None:
+    h = make(4)
+    r = h.post()
+    assert r.headers["x-creditguard-decision"] == "warn"
+    assert h.upstream.bodies == [BODY]
+
+
+def test_downgrade_splices_only_the_model(make: Callable[..., Harness]) -> None:
+    h = make(2)
+    r = h.post()
+    assert r.headers["x-creditguard-decision"] == "downgrade"
+    assert r.headers["x-creditguard-model-requested"] == "big"
+    sent = h.upstream.bodies[0]
+    assert sent == BODY.replace(b'"model" :  "big"', b'"model" :  "small"')
+    assert h.upstream.requests[0].headers["content-length"] == str(len(sent))
+    assert json.loads(sent)["meta"] == {"model": "big"}  # nested "model" untouched
+
+
+def test_refuse_answers_402_without_touching_the_network(make: Callable[..., Harness]) -> None:
+    h = make(0.5)
+    r = h.post()
+    assert r.status_code == 402
+    assert h.upstream.requests == []
+    assert r.headers["x-creditguard-decision"] == "refuse"
+    assert r.headers["x-should-retry"] == "false"
+    error = r.json()["error"]
+    assert error["code"] == 402 and isinstance(error["code"], int)
+    assert error["type"] == "insufficient_credits"
+    assert "refuse_below" in error["message"]
+    assert error["metadata"]["creditguard"] == {
+        "action": "refuse",
+        "reason": h.decisions[0].reason,
+        "model": "big",
+    }
+    assert KEY not in r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/models"),
+        ("POST", "/embeddings"),
+        ("GET", "/chat/completions"),
+        ("POST", "/chat/completions/123/cancel"),
+    ],
+)
+def test_non_generation_requests_pass_untouched(
+    make: Callable[..., Harness], method: str, path: str
+) -> None:
+    h = make(0.5)  # would be refused if judged
+    r = h.client.request(method, path, content=BODY if method == "POST" else None)
+    assert r.status_code == 200
+    assert "x-creditguard-decision" not in r.headers
+    assert h.source.calls == 0 and h.decisions == []
+
+
+@pytest.mark.parametrize(
+    "path", ["/chat/completions", "/completions", "/responses", "/messages", "/images/generations"]
+)
+def test_every_generation_path_is_judged(make: Callable[..., Harness], path: str) -> None:
+    h = make(2)
+    h.post(path)
+    assert h.decisions[0].action == "downgrade"
+
+
+def test_paths_are_configurable(stack: tuple[ModuleType, ModuleType]) -> None:
+    lib, cg = stack
+    upstream = Upstream(lib)
+    guard = BudgetGuard(Source(0.5), POLICY)
+    with cg.client(
+        guard, transport=lib.MockTransport(upstream), paths=["/generate"], base_url="http://t"
+    ) as client:
+        assert client.post("/generate", content=BODY).status_code == 402
+        assert client.post("/chat/completions", content=BODY).status_code == 200
+
+
+BAD_BODIES = {
+    "not json": b"model=big&prompt=hi",
+    "truncated json": b'{"messages": [], "model": "bi',
+    "json array": b'[{"model": "big"}]',
+    "no model": b'{"messages": []}',
+    "model not a string": b'{"model": ["big"], "messages": []}',
+    "model null": b'{"model": null}',
+    "not utf-8": b'{"model": "big", "x": "\xff\xfe"}',
+    "empty": b"",
+    "empty object": b"{}",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_BODIES))
+def test_bodies_we_cannot_read_are_forwarded_as_they_came(
+    make: Callable[..., Harness], name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = make(2)  # downgrade tier: there is nothing to rewrite
+    with caplog.at_level(logging.DEBUG, logger="creditguard"):
+        r = h.post(content=BAD_BODIES[name])
+    assert r.status_code == 200
+    assert h.upstream.bodies == [BAD_BODIES[name]]
+    assert h.decisions[0].action == "warn"
+    assert "no model to rewrite" in h.decisions[0].reason
+    assert "not parsed" in caplog.text
+
+
+def test_gzip_encoded_body_is_forwarded_unparsed(make: Callable[..., Harness]) -> None:
+    h = make(2)
+    packed = gzip.compress(BODY)
+    h.post(content=packed, headers={"content-encoding": "gzip"})
+    assert h.upstream.bodies == [packed]
+    assert h.decisions[0].action == "warn"
+
+
+def test_streamed_request_body_is_forwarded_unparsed(make: Callable[..., Harness]) -> None:
+    h = make(2)
+
+    def chunks() -> Iterator[bytes]:
+        yield BODY[:10]
+        yield BODY[10:]
+
+    r = h.post(content=chunks())
+    assert r.status_code == 200
+    assert h.upstream.bodies == [BODY]
+    assert h.decisions[0].action == "warn"
+
+
+def test_huge_body_is_forwarded_unparsed(make: Callable[..., Harness]) -> None:
+    h = make(2)
+    huge = b'{"model": "big", "pad": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+    h.post(content=huge)
+    assert h.upstream.bodies[0] == huge
+    assert h.decisions[0].model is None
+
+
+def test_unreadable_bodies_are_still_refused(make: Callable[..., Harness]) -> None:
+    h = make(0.5)
+    for body in BAD_BODIES.values():
+        assert h.post(content=body).status_code == 402
+    assert h.upstream.requests == []
+
+
+def test_stablecog_rewrites_model_id(make: Callable[..., Harness]) -> None:
+    h = make(2)
+    body = b'{"prompt": "a cat", "model_id": "big", "num_outputs": 2}'
+    h.post("/image/generation/create", content=body)
+    assert h.upstream.bodies == [body.replace(b'"big"', b'"small"')]
+
+
+def test_credential_from_x_api_key_and_per_key_balances(make: Callable[..., Harness]) -> None:
+    h = make(50)
+    h.source.remaining[OTHER] = 0.5
+    r = h.post(headers={"Authorization": "", "x-api-key": OTHER})
+    assert r.status_code == 402
+    assert h.post().status_code == 200
+    assert h.source.seen == [OTHER, KEY]
+
+
+def test_source_with_its_own_key_ignores_the_calls_key(make: Callable[..., Harness]) -> None:
+    h = make(50)
+    h.source.per_credential = False
+    h2 = make(50)
+    h2.source.per_credential = False
+    h2.guard = BudgetGuard(h2.source, POLICY)
+    with h2.cg.client(
+        h2.guard, transport=h2.lib.MockTransport(h2.upstream), base_url="http://t"
+    ) as c:
+        c.post("/chat/completions", content=BODY, headers={"x-api-key": OTHER})
+    assert h2.source.seen == [None]
+
+
+# -- what the provider answers ------------------------------------------------
+
+
+def test_provider_402_marks_the_balance_exhausted(make: Callable[..., Harness]) -> None:
+    h = make(50)
+    h.upstream.reply = lambda req: h.lib.Response(
+        402, json={"error": {"code": 402, "message": "Insufficient credits"}}
+    )
+    assert h.post().status_code == 402
+    assert len(h.upstream.requests) == 1
+    r = h.post()  # now refused locally
+    assert r.headers["x-creditguard-decision"] == "refuse"
+    assert len(h.upstream.requests) == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "exhausted"),
+    [("Key budget limit exceeded", True), ("Model not allowed for this key", False)],
+)
+def test_provider_403_marks_exhausted_only_for_budgets(
+    make: Callable[..., Harness], message: str, exhausted: bool
+) -> None:
+    h = make(50)
+    h.upstream.reply = lambda req: h.lib.Response(
+        403, json={"error": {"code": 403, "message": message}}
+    )
+    h.post().read()
+    h.upstream.reply = lambda req: h.lib.Response(200, json={})
+    assert (h.post().status_code == 402) is exhausted
+
+
+def test_stablecog_insufficient_credits_and_remaining_credits(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(50)
+    h.source.name = "stablecog"
+    h2 = make(50)
+    src = h2.source
+    src.name = "stablecog"
+    guard = BudgetGuard(src, Policy(refuse_below=10), estimate=2)
+    upstream = h2.upstream
+    body = b'{"prompt": "cat", "model_id": "m", "num_outputs": 2}'
+    with h2.cg.client(
+        guard,
+        transport=h2.lib.MockTransport(upstream),
+        base_url="http://t",
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as c:
+        upstream.reply = lambda req: h2.lib.Response(200, json={"remaining_credits": 11})
+        assert c.post("/image/generation/create", content=body).status_code == 200
+        d = guard.check(credential=KEY, estimate=0)
+        assert d.balance is not None and d.balance.remaining == 11
+        assert d.balance.total == 100.0  # kept from the fetched snapshot
+        assert c.post("/image/generation/create", content=body).status_code == 402  # 11-2 < 10
+        guard.invalidate(KEY)
+        upstream.reply = lambda req: h2.lib.Response(400, json={"error": "insufficient_credits"})
+        assert c.post("/image/generation/create", content=body).status_code == 400
+        assert guard.check(credential=KEY).action == "refuse"
+
+
+# -- retries ------------------------------------------------------------------
+
+
+def test_a_retry_is_not_judged_again_and_is_rewritten_the_same(
+    make: Callable[..., Harness],
+) -> None:
+    h = make(2)
+    first = h.post(headers={"x-stainless-retry-count": "0"})
+    assert first.headers["x-creditguard-decision"] == "downgrade"
+    h.source.default = 50  # even if the balance changed, the retry follows the first attempt
+    h.guard.invalidate(KEY)
+    retry = h.post(headers={"x-stainless-retry-count": "1"})
+    assert retry.headers["x-creditguard-decision"] == "downgrade"
+    assert len(h.decisions) == 1
+    assert h.upstream.bodies[0] == h.upstream.bodies[1] != BODY
+
+
+def test_an_unknown_retry_is_judged(make: Callable[..., Harness]) -> None:
+    h = make(2)
+    h.post(headers={"x-stainless-retry-count": "3"})
+    assert len(h.decisions) == 1
+
+
+# -- lifecycle and the real network stack ------------------------------------------
+
+
+def test_close_closes_the_inner_transport(stack: tuple[ModuleType, ModuleType]) -> None:
+    lib, cg = stack
+    closed: list[str] = []
+
+    class Inner(lib.BaseTransport):  # type: ignore[name-defined, misc]
+        def handle_request(self, request: Any) -> Any:
+            return lib.Response(200)
+
+        def close(self) -> None:
+            closed.append("sync")
+
+    guard = BudgetGuard(Source(50), POLICY)
+    with lib.Client(transport=cg.GuardTransport(guard, inner=Inner())):
+        pass
+    assert closed == ["sync"]
+
+
+def test_async_stack_end_to_end(stack: tuple[ModuleType, ModuleType]) -> None:
+    import asyncio
+
+    lib, cg = stack
+    upstream = Upstream(lib)
+    guard = BudgetGuard(Source(2), POLICY)
+
+    async def main() -> list[Any]:
+        async with cg.async_client(
+            guard, transport=lib.MockTransport(upstream), base_url="http://t"
+        ) as c:
+            a = await c.post("/chat/completions", content=BODY)
+            guard.ledger.mark_exhausted(None)
+            b = await c.post("/chat/completions", content=BODY)
+            return [a, b]
+
+    a, b = asyncio.run(main())
+    assert a.headers["x-creditguard-decision"] == "downgrade"
+    assert upstream.bodies[0] == BODY.replace(b'"model" :  "big"', b'"model" :  "small"')
+    assert b.status_code == 402 and len(upstream.requests) == 1
+
+
+def test_guard_client_defaults(stack: tuple[ModuleType, ModuleType]) -> None:
+    lib, cg = stack
+    guard = BudgetGuard(Source(50), POLICY)
+    with cg.client(guard) as c:
+        assert c.timeout.read == 600.0
+        assert isinstance(c._transport, cg.GuardTransport)
+    with guard.client() as c1:
+        assert isinstance(c1, httpx.Client)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    with FakeProvider() as provider:
+        provider.add_key(KEY, limit=10.0)
+        yield provider
+
+
+@pytest.mark.parametrize("libname", ["httpx", "httpx2"])
+def test_streams_pass_through_unbuffered(fake: FakeProvider, libname: str) -> None:
+    lib, cg = (httpx, cg1) if libname == "httpx" else (httpx2, cg2)
+    gate = fake.stream_gate = threading.Event()
+    guard = BudgetGuard(OpenRouterKey(base_url=fake.openrouter_base_url), POLICY)
+    body = {"model": "big", "messages": [], "stream": True}
+    with cg.client(
+        guard, base_url=fake.openrouter_base_url, headers={"Authorization": f"Bearer {KEY}"}
+    ) as c:
+        with c.stream("POST", "/chat/completions", json=body) as r:
+            assert r.headers["x-creditguard-decision"] == "allow"
+            lines = r.iter_lines()
+            seen = []
+            for line in lines:
+                seen.append(line)
+                if '"content"' in line:
+                    break
+            assert not gate.is_set()  # the first chunk came before the server sent the rest
+            gate.set()
+            seen.extend(lines)
+    assert seen[-1] == "" or seen[-1] == "data: [DONE]"
+    assert any(line == "data: [DONE]" for line in seen)
+    guard.close()
+
+
+def test_find_member() -> None:
+    for text, value in [
+        ('{"a": {"model": 1}, "model": "m"}', "m"),
+        (' { "model" : "x" } ', "x"),
+        ('{"model": "\\u00e9\\"q"}', 'é"q'),
+        ('{"a": [1, {"model": "no"}], "b": "\\"model\\": 2", "model": 7}', 7),
+    ]:
+        found = find_member(text, "model")
+        assert found is not None
+        got, (start, end) = found
+        assert got == value and json.loads(text[start:end]) == value
+    assert find_member("{}", "model") is None
+    assert find_member("[1]", "model") is None
+    assert find_member('{"a": 1 "model": "x"}', "model") is None
+    with pytest.raises(ValueError):
+        find_member('{"a": tru', "model")
