@@ -412,7 +412,7 @@ def test_async_stack_end_to_end(stack: tuple[ModuleType, ModuleType]) -> None:
 
 
 def test_guard_client_defaults(stack: tuple[ModuleType, ModuleType]) -> None:
-    lib, cg = stack
+    _lib, cg = stack
     guard = BudgetGuard(Source(50), POLICY)
     with cg.client(guard) as c:
         assert c.timeout.read == 600.0
@@ -430,24 +430,26 @@ def fake() -> Iterator[FakeProvider]:
 
 @pytest.mark.parametrize("libname", ["httpx", "httpx2"])
 def test_streams_pass_through_unbuffered(fake: FakeProvider, libname: str) -> None:
-    lib, cg = (httpx, cg1) if libname == "httpx" else (httpx2, cg2)
+    _lib, cg = (httpx, cg1) if libname == "httpx" else (httpx2, cg2)
     gate = fake.stream_gate = threading.Event()
     guard = BudgetGuard(OpenRouterKey(base_url=fake.openrouter_base_url), POLICY)
     body = {"model": "big", "messages": [], "stream": True}
-    with cg.client(
-        guard, base_url=fake.openrouter_base_url, headers={"Authorization": f"Bearer {KEY}"}
-    ) as c:
-        with c.stream("POST", "/chat/completions", json=body) as r:
-            assert r.headers["x-creditguard-decision"] == "allow"
-            lines = r.iter_lines()
-            seen = []
-            for line in lines:
-                seen.append(line)
-                if '"content"' in line:
-                    break
-            assert not gate.is_set()  # the first chunk came before the server sent the rest
-            gate.set()
-            seen.extend(lines)
+    with (
+        cg.client(
+            guard, base_url=fake.openrouter_base_url, headers={"Authorization": f"Bearer {KEY}"}
+        ) as c,
+        c.stream("POST", "/chat/completions", json=body) as r,
+    ):
+        assert r.headers["x-creditguard-decision"] == "allow"
+        lines = r.iter_lines()
+        seen = []
+        for line in lines:
+            seen.append(line)
+            if '"content"' in line:
+                break
+        assert not gate.is_set()  # the first chunk came before the server sent the rest
+        gate.set()
+        seen.extend(lines)
     assert seen[-1] == "" or seen[-1] == "data: [DONE]"
     assert any(line == "data: [DONE]" for line in seen)
     guard.close()
