@@ -153,9 +153,9 @@ def test_failure_is_negative_cached_then_retried() -> None:
     source.fail = CreditSourceError("boom", status_code=500, source="test")
     ledger = make(source, clock, error_ttl=5)
     first = ledger.get(KEY_A)
-    assert first.balance is None and first.error is source.fail
+    assert first.balance is None and str(first.error) == str(source.fail)
     for _ in range(10):
-        assert ledger.get(KEY_A).error is source.fail
+        assert str(ledger.get(KEY_A).error) == str(source.fail)
     assert source.calls == 1  # a dead endpoint is not hammered
     clock.now += 5.1
     source.fail = None
@@ -171,11 +171,11 @@ def test_stale_balance_stands_in_up_to_max_stale() -> None:
     source.fail = CreditSourceError("down", source="test")
     clock.now += 30
     lookup = ledger.get(KEY_A)
-    assert lookup.stale and lookup.error is source.fail
+    assert lookup.stale and str(lookup.error) == str(source.fail)
     assert lookup.balance is not None and lookup.balance.remaining == 9.0
     clock.now += 31  # 61 s since the fetch: too old to stand in
     lookup = ledger.get(KEY_A)
-    assert lookup.balance is None and lookup.error is source.fail
+    assert lookup.balance is None and str(lookup.error) == str(source.fail)
 
 
 def test_max_stale_zero_never_serves_stale() -> None:
@@ -222,7 +222,7 @@ def test_threads_share_one_fetch_and_one_failure() -> None:
     for t in threads:
         t.join()
     assert source.calls == 1
-    assert len(results) == 16 and all(r.error is source.fail for r in results)
+    assert len(results) == 16 and all(str(r.error) == str(source.fail) for r in results)
     assert max(done_at) - min(done_at) < 0.15  # all at once, not one after another
 
 
@@ -270,7 +270,7 @@ async def test_async_failure_reaches_every_waiter() -> None:
     ledger = make(source)
     results = await asyncio.gather(*(ledger.aget(KEY_A) for _ in range(50)))
     assert source.calls == 1
-    assert all(r.balance is None and r.error is source.fail for r in results)
+    assert all(r.balance is None and str(r.error) == str(source.fail) for r in results)
 
 
 async def test_waiters_are_served_stale_while_a_refresh_runs() -> None:
@@ -299,8 +299,87 @@ async def test_sync_get_inside_the_loop_running_the_fetch_does_not_deadlock() ->
     assert (await flight).balance is not None
 
 
-async def test_a_hung_refresh_times_out_for_its_waiters() -> None:
+async def test_a_hung_refresh_times_out_once_and_is_remembered() -> None:
+    clock, source = Clock(), Source(delay=0.5)
+    ledger = make(source, clock, refresh_timeout=0.1, error_ttl=5)
+    results = await asyncio.gather(*(ledger.aget(KEY_A) for _ in range(3)))
+    assert all(r.balance is None and "within 0.1 s" in str(r.error) for r in results)
+    t0 = time.monotonic()
+    again = await ledger.aget(KEY_A)  # remembered: no new wait, no new fetch
+    assert time.monotonic() - t0 < 0.05 and "within 0.1 s" in str(again.error)
+    assert source.calls == 1
+    await asyncio.sleep(0.5)  # let the hung fetch end
+    clock.now += 6
+    source.delay = 0
+    assert (await ledger.aget(KEY_A)).balance.remaining == 10  # type: ignore[union-attr]
+
+
+def test_spend_recorded_during_a_refresh_is_carried_over() -> None:
+    clock, source = Clock(), Source()
+    ledger = make(source, clock, ttl=10)
+    ledger.get(KEY_A)
+    ledger.record(KEY_A, 1.0)  # before the refresh: the provider will have counted it
+    clock.now += 11
+    source.balances[KEY_A] = 9.0
+    fetch = source.fetch
+
+    def slow_fetch(credential: str | None) -> Balance:
+        ledger.record(KEY_A, 2.5)  # a call settles while the fetch is in flight
+        return fetch(credential)
+
+    source.fetch = slow_fetch  # type: ignore[method-assign]
+    assert ledger.get(KEY_A).balance.remaining == 6.5  # type: ignore[union-attr]
+
+
+def test_a_provider_refusal_during_a_refresh_wins() -> None:
+    clock, source = Clock(), Source()
+    ledger = make(source, clock, ttl=10)
+    fetch = source.fetch
+
+    def racing_fetch(credential: str | None) -> Balance:
+        ledger.mark_exhausted(KEY_A)
+        return fetch(credential)
+
+    source.fetch = racing_fetch  # type: ignore[method-assign]
+    assert ledger.get(KEY_A).balance.remaining == 0  # type: ignore[union-attr]
+
+
+def test_an_interrupted_sync_fetch_does_not_leave_a_stuck_flight() -> None:
+    source = Source()
+    source.fail = KeyboardInterrupt()
+    ledger = make(source, refresh_timeout=5)
+    with pytest.raises(KeyboardInterrupt):
+        ledger.get(KEY_A)
+    source.fail = None
+    t0 = time.monotonic()
+    assert ledger.get(KEY_A).balance.remaining == 10  # type: ignore[union-attr]
+    assert time.monotonic() - t0 < 1
+
+
+def test_a_cancelled_refresh_is_not_remembered_as_a_failure() -> None:
     source = Source(delay=5)
-    ledger = make(source, refresh_timeout=0.1)
-    lookup = await ledger.aget(KEY_A)
-    assert lookup.balance is None and "within 0.1 s" in str(lookup.error)
+    ledger = make(source, error_ttl=60)
+
+    async def start_and_leave() -> None:
+        pending = asyncio.ensure_future(ledger.aget(KEY_A))
+        await asyncio.sleep(0.01)
+        assert not pending.done()
+
+    asyncio.run(start_and_leave())  # the loop ends: its pending fetch is cancelled
+    source.delay = 0
+    assert ledger.get(KEY_A).balance.remaining == 10  # type: ignore[union-attr]
+
+
+def test_errors_keep_no_traceback_and_are_redacted() -> None:
+    source = Source()
+    source.fail = CreditSourceError(f"rejected {KEY_A}", source=f"x {KEY_A}")
+
+    def fetch(credential: str | None) -> Balance:
+        key = credential  # a local that a traceback with locals would print
+        raise CreditSourceError(f"rejected {key}", status_code=401, source="test")
+
+    source.fetch = fetch  # type: ignore[method-assign]
+    lookup = make(source).get(KEY_A)
+    assert lookup.error is not None
+    assert lookup.error.__traceback__ is None and lookup.error.__context__ is None
+    assert KEY_A not in str(lookup.error) and lookup.error.status_code == 401

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import secrets
 
-__all__ = ["NO_CREDENTIAL", "Fingerprinter", "redact"]
+__all__ = ["NO_CREDENTIAL", "Fingerprinter", "describe", "redact"]
+
+_MAX_DETAIL = 160
 
 NO_CREDENTIAL = "-"
 """The fingerprint of 'no credential at all'."""
@@ -22,14 +25,15 @@ _PROCESS_SALT = secrets.token_bytes(32)
 class Fingerprinter:
     """Turns credentials into short hex fingerprints."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_mac",)
 
     def __init__(self, secret: bytes | str | None = None) -> None:
         if secret is None:
             secret = _PROCESS_SALT
         elif isinstance(secret, str):
             secret = secret.encode()
-        self._secret = secret
+        # keyed once; each fingerprint copies the keyed state (faster than hmac.digest)
+        self._mac = hmac.new(secret, digestmod="sha256")
 
     @classmethod
     def from_env(cls) -> Fingerprinter:
@@ -39,7 +43,9 @@ class Fingerprinter:
     def __call__(self, credential: str | None) -> str:
         if credential is None:
             return NO_CREDENTIAL
-        return hmac.digest(self._secret, credential.encode(), "sha256")[:16].hex()
+        mac = self._mac.copy()
+        mac.update(credential.encode())
+        return mac.digest()[:16].hex()
 
     def __repr__(self) -> str:
         return "Fingerprinter(<secret>)"
@@ -56,6 +62,13 @@ def redact(text: str, *secrets_: str | None) -> str:
 def _redact_query(text: str) -> str:
     if "key=" not in text.lower() and "token=" not in text.lower():
         return text
-    import re
-
     return re.sub(r"(?i)((?:api[_-]?)?key|token|access_token)=([^&\s\"']+)", r"\1=<redacted>", text)
+
+
+def describe(exc: BaseException, *secrets: str | None) -> str:
+    """``"<ExcType>: <message>"`` with every secret redacted, kept short."""
+    detail = redact(str(exc), *secrets).strip()
+    if len(detail) > _MAX_DETAIL:
+        detail = detail[: _MAX_DETAIL - 3] + "..."
+    name = type(exc).__name__
+    return f"{name}: {detail}" if detail else name

@@ -27,15 +27,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from ._fingerprint import Fingerprinter, redact
+from ._fingerprint import Fingerprinter, describe, redact
 from .balance import Balance, check_cost
 from .errors import CreditSourceError
 
@@ -88,12 +89,38 @@ class _Entry:
 
 
 class _Flight:
-    """One refresh in progress and everyone waiting for it."""
+    """One refresh in progress and everyone waiting for it.
 
-    __slots__ = ("done", "loop", "outcome", "waiters")
+    It remembers the entry it is replacing and that entry's local state when it
+    started, so that spend recorded while it runs is carried over to the fresh
+    balance instead of being lost.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+    __slots__ = (
+        "base",
+        "base_debits",
+        "base_exhausted",
+        "deadline",
+        "done",
+        "loop",
+        "outcome",
+        "started",
+        "waiters",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop | None,
+        started: float = 0.0,
+        base: _Entry | None = None,
+        timeout: float = math.inf,
+    ) -> None:
         self.loop = loop
+        self.started = started
+        self.deadline = started + timeout
+        self.base = base
+        self.base_debits = base.debits if base is not None else 0.0
+        self.base_exhausted = base.exhausted if base is not None else False
         self.done = threading.Event()
         self.outcome: Lookup | None = None
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Lookup]]] = []
@@ -133,6 +160,10 @@ class Ledger:
         self._tasks: set[asyncio.Task[None]] = set()
         self._on_refresh = on_refresh
         self._on_error = on_error
+        record = getattr(source, "record", None)  # local budgets learn spend too
+        self._source_record: Callable[[str | None, float], None] | None = (
+            record if callable(record) else None
+        )
 
     # -- keys ---------------------------------------------------------------
 
@@ -162,27 +193,45 @@ class Ledger:
         if error is not None:  # failed a moment ago: don't hammer the source
             return Lookup(stale.view if stale else None, True, error, key)
         flight = self._flights.get(key)
+        if flight is not None and now > flight.deadline:
+            flight = None  # hung past refresh_timeout: abandoned, a new one starts
         if flight is not None and stale is not None:  # refresh under way: serve stale now
             return Lookup(stale.view, True, None, key)
         lead = flight is None
         if flight is None:
-            flight = self._flights[key] = _Flight(loop)
+            flight = self._flights[key] = _Flight(loop, now, entry, self.refresh_timeout)
         future: asyncio.Future[Lookup] | None = None
         if loop is not None:
             future = loop.create_future()
             flight.waiters.append((loop, future))
         return flight, future, lead
 
-    def _finish(self, key: str, flight: _Flight, result: Balance | CreditSourceError) -> Lookup:
+    def _finish(
+        self,
+        key: str,
+        flight: _Flight,
+        result: Balance | CreditSourceError,
+        *,
+        remember: bool = True,
+    ) -> Lookup:
         with self._lock:
             now = self._timer()
             if isinstance(result, Balance):
-                entry = _Entry(result, now)
-                self._cache[key] = entry
+                current = self._cache.get(key)
+                if current is not None and current is not flight.base:
+                    # set_balance / mark_exhausted landed while we fetched: it is newer
+                    outcome = Lookup(current.view, fingerprint=key)
+                else:
+                    entry = _Entry(result, now)
+                    if current is not None:  # carry what was recorded meanwhile
+                        entry.debits = max(0.0, current.debits - flight.base_debits)
+                        entry.exhausted = current.exhausted and not flight.base_exhausted
+                        entry.update()
+                    self._cache[key] = entry
+                    outcome = Lookup(entry.view, fingerprint=key)
                 self._errors.pop(key, None)
-                outcome = Lookup(entry.view, fingerprint=key)
             else:
-                if self.error_ttl > 0:
+                if remember and self.error_ttl > 0:
                     self._errors[key] = result
                 stale = self._stale(key, now)
                 outcome = Lookup(stale.view if stale else None, True, result, key)
@@ -197,7 +246,7 @@ class Ledger:
         if isinstance(result, Balance):
             if self._on_refresh is not None:
                 self._on_refresh(result, key)
-        elif self._on_error is not None:
+        elif remember and self._on_error is not None:
             self._on_error(result, key)
         return outcome
 
@@ -205,14 +254,19 @@ class Ledger:
         return credential if self._per_credential else None
 
     def _as_error(self, exc: BaseException, credential: str | None) -> CreditSourceError:
+        """A fresh, redacted error: no traceback, cause or context that could
+        hold the key in a frame's locals (errors are cached and handed to
+        callbacks long after the fetch)."""
         name = str(getattr(self.source, "name", type(self.source).__name__))
         if isinstance(exc, CreditSourceError):
-            return exc
+            return CreditSourceError(
+                redact(exc.reason, credential),
+                status_code=exc.status_code,
+                source=redact(exc.source, credential) or name,
+            )
         if isinstance(exc, asyncio.CancelledError):
             return CreditSourceError("the balance refresh was cancelled", source=name)
-        return CreditSourceError(
-            f"{type(exc).__name__}: {redact(str(exc), credential)}", source=name
-        )
+        return CreditSourceError(describe(exc, credential), source=name)
 
     def _checked(self, balance: object) -> Balance | CreditSourceError:
         if isinstance(balance, Balance):
@@ -222,12 +276,18 @@ class Ledger:
             f"the source returned {type(balance).__name__}, not a Balance", source=name
         )
 
-    def _timed_out(self, key: str) -> Lookup:
+    def _timed_out(self, key: str, flight: _Flight) -> Lookup:
+        """A waiter gave up on a hung refresh: drop the flight and remember the
+        failure, so that the next callers neither join it nor pile up again."""
         error = CreditSourceError(
             f"no balance refresh finished within {self.refresh_timeout:g} s",
             source=str(getattr(self.source, "name", "")),
         )
         with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+                if self.error_ttl > 0:
+                    self._errors[key] = error
             stale = self._stale(key, self._timer())
         return Lookup(stale.view if stale else None, True, error, key)
 
@@ -247,7 +307,7 @@ class Ledger:
                 # and it never finishes. Fetch here instead.
                 return self._fetch_sync(key, _Flight(None), credential)
             if not flight.done.wait(self.refresh_timeout):
-                return self._timed_out(key)
+                return self._timed_out(key, flight)
             assert flight.outcome is not None
             return flight.outcome
         return self._fetch_sync(key, flight, credential)
@@ -257,6 +317,9 @@ class Ledger:
             result = self._checked(self.source.fetch(self._fetch_for(credential)))
         except Exception as exc:
             result = self._as_error(exc, credential)
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit: nobody waits forever
+            self._finish(key, flight, self._as_error(exc, credential), remember=False)
+            raise
         return self._finish(key, flight, result)
 
     # -- async shell ---------------------------------------------------------
@@ -278,13 +341,13 @@ class Ledger:
         try:
             return await asyncio.wait_for(future, self.refresh_timeout)
         except asyncio.TimeoutError:
-            return self._timed_out(key)
+            return self._timed_out(key, flight)
 
     async def _fetch_async(self, key: str, flight: _Flight, credential: str | None) -> None:
         try:
             result = self._checked(await self.source.afetch(self._fetch_for(credential)))
-        except asyncio.CancelledError as exc:
-            self._finish(key, flight, self._as_error(exc, credential))
+        except BaseException as exc:  # cancelled (e.g. loop shutdown): not the source's fault
+            self._finish(key, flight, self._as_error(exc, credential), remember=False)
             raise
         except Exception as exc:
             result = self._as_error(exc, credential)
@@ -301,9 +364,8 @@ class Ledger:
             if entry is not None:
                 entry.debits += cost
                 entry.update()
-        record: Any = getattr(self.source, "record", None)
-        if callable(record):
-            record(self._fetch_for(credential), cost)
+        if self._source_record is not None:
+            self._source_record(self._fetch_for(credential), cost)
 
     def mark_exhausted(self, credential: str | None) -> None:
         """The provider refused for lack of credits: treat the balance as empty

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from typing import Protocol, runtime_checkable
 
-from .._fingerprint import redact
+from .._fingerprint import describe
 from ..balance import Balance
 
 __all__ = ["CreditSource", "describe", "logger"]
 
-logger = logging.getLogger("creditguard.sources")
+# describe lives beside redact; re-exported for the sources
 
-_MAX_DETAIL = 160
+logger = logging.getLogger("creditguard.sources")
 
 
 @runtime_checkable
@@ -39,12 +39,3 @@ class CreditSource(Protocol):
     def fetch(self, credential: str | None) -> Balance: ...
 
     async def afetch(self, credential: str | None) -> Balance: ...
-
-
-def describe(exc: BaseException, *secrets: str | None) -> str:
-    """``"<ExcType>: <message>"`` with every secret redacted, kept short."""
-    detail = redact(str(exc), *secrets).strip()
-    if len(detail) > _MAX_DETAIL:
-        detail = detail[: _MAX_DETAIL - 3] + "..."
-    name = type(exc).__name__
-    return f"{name}: {detail}" if detail else name

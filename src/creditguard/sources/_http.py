@@ -133,6 +133,9 @@ def get_number(
 # -- statuses (pure) ----------------------------------------------------------
 
 
+_MAX_REASON = 200
+
+
 def _status_reason(status: int, body: bytes, forbidden_hint: str) -> str:
     if status == 401:
         reason = "key rejected (unauthorized)"
@@ -163,7 +166,9 @@ def _provider_message(body: bytes) -> str:
         error = doc.get("message")
     if not isinstance(error, str):
         return ""
-    return " ".join(error.split())[:120]
+    # Not cut short here: the key is only known (and redacted) in _translate,
+    # which shortens the reason afterwards, so no fragment of a key survives.
+    return " ".join(error[:8192].split())
 
 
 # -- the sources --------------------------------------------------------------
@@ -324,6 +329,8 @@ class HttpSource:
         else:
             reason = f"request failed ({describe(exc, key)})"
         reason = redact(reason, key)
+        if len(reason) > _MAX_REASON:
+            reason = reason[: _MAX_REASON - 3] + "..."
         logger.debug("%s: fetch failed: %s (status %s)", self.name, reason, status)
         return CreditSourceError(reason, status_code=status, source=self.name)
 
