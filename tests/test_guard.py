@@ -65,8 +65,17 @@ def test_public_names_are_pinned() -> None:
         "decide",
         "load_config",
     ]
-    for name in cg.__all__:
-        assert getattr(cg, name) is not None
+    import creditguard.sources
+
+    assert sorted(creditguard.sources.__all__) == [
+        "CallableSource",
+        "CreditSource",
+        "FixedBudget",
+        "OpenRouterCredits",
+        "OpenRouterKey",
+        "StablecogCredits",
+        "Tightest",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -124,8 +133,12 @@ def test_logs_and_events(caplog: pytest.LogCaptureFixture) -> None:
     assert [d.action for d in decisions] == ["warn", "warn"]
     assert len(refreshed) == 1
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 2 and "warn model=big" in warnings[0].getMessage()
+    assert len(warnings) == 1 and "warn model=big" in warnings[0].getMessage()
     assert "below warn_below 10" in warnings[0].getMessage()
+    debug = [
+        r for r in caplog.records if r.levelno == logging.DEBUG and "warn model" in r.msg % r.args
+    ]
+    assert len(debug) == 1  # the same tier again: logged, at DEBUG
     assert KEY not in caplog.text
 
 
@@ -359,3 +372,93 @@ def test_protect_rejects_non_functions() -> None:
     guard = guard_at(50)
     with pytest.raises(TypeError, match="functions and methods"):
         guard(int)  # type: ignore[arg-type]
+
+
+def test_a_bound_method_given_to_the_decorator() -> None:
+    guard = guard_at(3)
+
+    class Client:
+        def ask(self, prompt: str, model: str = "big") -> tuple[str, str]:
+            return prompt, model
+
+    c = Client()
+    ask = guard(c.ask)
+    assert ask("hello", "big") == ("hello", "small")
+    assert ask("hello") == ("hello", "small")
+
+
+def test_positional_only_model_with_skipped_defaults() -> None:
+    guard = guard_at(3)
+
+    @guard
+    def ask(prompt: str, temperature: float = 0.5, model: str = "big", /) -> tuple[Any, ...]:
+        return prompt, temperature, model
+
+    assert ask("p") == ("p", 0.5, "small")
+    assert ask("p", 0.1) == ("p", 0.1, "small")
+    assert ask("p", 0.1, "big") == ("p", 0.1, "small")
+
+
+def test_record_inside_a_call_defaults_to_the_calls_credential() -> None:
+    source = Source(20)
+    guard = BudgetGuard(source, POLICY, estimate=0.5)
+
+    @guard.protect(credential_arg="key")
+    def ask(model: str, key: str) -> str:
+        guard.record(4.0)  # no credential given: the call's own
+        return "ok"
+
+    ask("big", KEY)
+    assert guard.check(credential=KEY, estimate=0).balance.remaining == 16  # type: ignore[union-attr]
+    assert guard.check(estimate=0).balance.remaining == 20  # type: ignore[union-attr]
+
+
+def test_generators_are_checked_at_call_time_and_charged_when_done() -> None:
+    guard = BudgetGuard(Source(20), POLICY, estimate=0.5)
+
+    @guard
+    def stream(model: str) -> Any:
+        yield model
+        yield "done"
+
+    @guard
+    def reporting(model: str) -> Any:
+        yield model
+        guard.record(3.0)
+        yield "done"
+
+    assert list(stream("big")) == ["big", "done"]  # - 0.5 estimate
+    assert list(reporting("big")) == ["big", "done"]  # - 3, no estimate on top
+    gen = stream("big")
+    assert next(gen) == "big"
+    gen.close()  # cut short: still charged its estimate
+    assert guard.check(estimate=0).balance.remaining == pytest.approx(16.0)  # type: ignore[union-attr]
+    refusing = guard_at(0.1)
+
+    @refusing
+    def nope(model: str) -> Any:
+        yield model
+
+    with pytest.raises(CreditsExhausted):
+        nope("big")  # refused at call time, before iteration
+
+
+async def test_async_generators_are_charged() -> None:
+    guard = BudgetGuard(Source(20), POLICY, estimate=0.5)
+
+    @guard
+    async def stream(model: str) -> Any:
+        yield model
+        guard.record(2.0)
+
+    assert [x async for x in stream("big")] == ["big"]
+    d = await guard.acheck(estimate=0)
+    assert d.balance is not None and d.balance.remaining == 18
+
+
+def test_from_config_keyword_arguments_win(tmp_path: Any) -> None:
+    path = tmp_path / "creditguard.toml"
+    path.write_text('[creditguard]\nsource = "fixed"\nlimit = 8\nttl = 60\n')
+    guard = BudgetGuard.from_config(path, env=False, ttl=5, policy=POLICY)
+    assert guard.ttl == 5 and guard.policy is POLICY
+    assert guard.check("big").action == "warn"

@@ -146,13 +146,14 @@ def test_refuse_answers_402_without_touching_the_network(make: Callable[..., Har
     error = r.json()["error"]
     assert error["code"] == 402 and isinstance(error["code"], int)
     assert error["type"] == "insufficient_credits"
-    assert "refuse_below" in error["message"]
+    assert "below the refuse threshold" in error["message"]
     assert error["metadata"]["creditguard"] == {
         "action": "refuse",
-        "reason": h.decisions[0].reason,
+        "reason": "the credits left after this call would be below the refuse threshold",
         "model": "big",
     }
     assert KEY not in r.text
+    assert "0.5" not in r.text  # no balance figures leave the process
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,29 @@
-"""How the decorator finds and rewrites a call's model and credential arguments.
+"""The decorator: find and rewrite a call's model and credential arguments,
+and charge the call when it ends.
 
-Everything here is worked out once, at decoration time, from the function's
-signature; per call it is a dict lookup or a tuple index.
+Everything about a function is worked out once, at decoration time, from its
+signature; per call it is a dict lookup or a tuple index. The sync, async and
+generator drivers share :class:`Guarded` (the pure steps before and after the
+guard's decision) and :class:`Call` (charging).
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+import wrapt
 
-__all__ = ["ArgSpec", "unwrap_callable"]
+from .costs import cost_from_result
+from .errors import ConfigError, CreditsExhausted
+
+if TYPE_CHECKING:
+    from .guard import BudgetGuard
+    from .policy import Decision
+
+__all__ = ["CURRENT_CALL", "ArgSpec", "Call", "Guarded", "unwrap_callable", "wrap"]
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -34,7 +45,15 @@ class ArgSpec:
     positional arguments no longer hold ``self``, so the index shifts by one.
     """
 
-    __slots__ = ("default", "found", "index", "name", "positional_only", "var_keyword")
+    __slots__ = (
+        "default",
+        "found",
+        "index",
+        "name",
+        "positional_only",
+        "skipped",
+        "var_keyword",
+    )
 
     def __init__(self, fn: Callable[..., Any], name: str, *, what: str, required: bool) -> None:
         params = list(inspect.signature(fn).parameters.values())
@@ -50,9 +69,13 @@ class ArgSpec:
                 names = ", ".join(p.name for p in params) or "no parameters"
                 raise ConfigError(what, name, f"a parameter of {fn.__qualname__} (it has: {names})")
             return
+        self.skipped: tuple[object, ...] = ()
         if param.kind in _POSITIONAL:
             self.index = params.index(param)
             self.positional_only = param.kind is inspect.Parameter.POSITIONAL_ONLY
+            # defaults of the parameters before it, to fill in when a call
+            # leaves them out and a positional-only model must be passed
+            self.skipped = tuple(p.default for p in params[: self.index])
         if param.default is not inspect.Parameter.empty:
             self.default = param.default
 
@@ -80,7 +103,182 @@ class ArgSpec:
             if 0 <= i < len(args):
                 return (*args[:i], value, *args[i + 1 :]), kwargs
             if self.positional_only:
-                if i == len(args):
-                    return (*args, value), kwargs
-                raise TypeError(f"cannot rewrite positional-only argument {self.name!r}")
+                filler = self.skipped[len(args) + bound :]
+                if inspect.Parameter.empty in filler:
+                    raise TypeError(f"cannot rewrite positional-only argument {self.name!r}")
+                return (*args, *filler, value), kwargs
         return args, {**kwargs, self.name: value}
+
+
+# -- the guarded call -----------------------------------------------------------
+
+
+class Call:
+    """One guarded call in progress: who pays, and did its code report its cost?"""
+
+    __slots__ = ("credential", "estimate", "guard", "reported")
+
+    def __init__(self, guard: BudgetGuard, credential: str | None, estimate: float) -> None:
+        self.guard = guard
+        self.credential = credential
+        self.estimate = estimate
+        self.reported = False
+
+    def settle(self, result: object) -> None:
+        """Charge what the call cost: its result's ``usage.cost``, else its
+        estimate — unless its code called ``guard.record()`` itself."""
+        if not self.reported:
+            cost = cost_from_result(result)
+            self.guard.ledger.record(self.credential, self.estimate if cost is None else cost)
+
+
+CURRENT_CALL: ContextVar[Call | None] = ContextVar("creditguard_call", default=None)
+
+
+class Guarded:
+    """What the decorator worked out at decoration time about one function,
+    and the two pure steps around the guard's decision."""
+
+    __slots__ = ("credential", "estimate", "guard", "model", "shift")
+
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        raw: Callable[..., Any],
+        model_arg: str,
+        credential_arg: str | None,
+        estimate: float,
+        *,
+        explicit: bool,
+    ) -> None:
+        self.guard = guard
+        self.estimate = estimate
+        # wrapt passes the bound object as ``instance`` and args without it; a
+        # bound method given to the decorator has no ``self`` in its signature.
+        self.shift = not inspect.ismethod(raw)
+        self.model = ArgSpec(raw, model_arg, what="model_arg", required=explicit)
+        self.credential = (
+            None
+            if credential_arg is None
+            else ArgSpec(raw, credential_arg, what="credential_arg", required=True)
+        )
+
+    def begin(
+        self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str | None, str | None]:
+        """The call's model and credential."""
+        bound = self.shift and instance is not None
+        model = self.model.get(bound, args, kwargs)
+        credential = None if self.credential is None else self.credential.get(bound, args, kwargs)
+        return (
+            model if isinstance(model, str) else None,
+            credential if isinstance(credential, str) else None,
+        )
+
+    def apply(
+        self,
+        decision: Decision,
+        credential: str | None,
+        instance: object,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[Call, tuple[Any, ...], dict[str, Any]]:
+        """Act on the decision: raise on refuse, rewrite the model on downgrade."""
+        if decision.action == "refuse":
+            raise CreditsExhausted(decision)
+        if decision.action == "downgrade" and self.model.usable:
+            bound = self.shift and instance is not None
+            args, kwargs = self.model.set(bound, args, kwargs, decision.model)
+        return Call(self.guard, credential, self.estimate), args, kwargs
+
+
+def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> Any:
+    """The wrapt decorator for ``fn``, chosen once: sync or async, function or
+    generator. Each driver is the same three steps around its own I/O."""
+    check, acheck = guard.check, guard.acheck
+
+    if inspect.isasyncgenfunction(raw):
+
+        async def agen_wrapper(
+            wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            model, credential = g.begin(instance, args, kwargs)
+            decision = await acheck(model, credential=credential, estimate=g.estimate)
+            call, args, kwargs = g.apply(decision, credential, instance, args, kwargs)
+            agen = wrapped(*args, **kwargs)
+            try:
+                while True:
+                    token = CURRENT_CALL.set(call)
+                    try:
+                        item = await agen.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        CURRENT_CALL.reset(token)
+                    yield item
+            finally:
+                await agen.aclose()
+            call.settle(None)
+
+        return wrapt.decorator(agen_wrapper)(fn)
+
+    if inspect.iscoroutinefunction(raw):
+
+        async def async_wrapper(
+            wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            model, credential = g.begin(instance, args, kwargs)
+            decision = await acheck(model, credential=credential, estimate=g.estimate)
+            call, args, kwargs = g.apply(decision, credential, instance, args, kwargs)
+            token = CURRENT_CALL.set(call)
+            try:
+                result = await wrapped(*args, **kwargs)
+            finally:
+                CURRENT_CALL.reset(token)
+            call.settle(result)
+            return result
+
+        return wrapt.decorator(async_wrapper)(fn)
+
+    generator = inspect.isgeneratorfunction(raw)
+
+    def sync_wrapper(
+        wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        model, credential = g.begin(instance, args, kwargs)
+        decision = check(model, credential=credential, estimate=g.estimate)
+        call, args, kwargs = g.apply(decision, credential, instance, args, kwargs)
+        token = CURRENT_CALL.set(call)
+        try:
+            result = wrapped(*args, **kwargs)
+        finally:
+            CURRENT_CALL.reset(token)
+        if generator:
+            return _charged(call, result)
+        call.settle(result)
+        return result
+
+    return wrapt.decorator(sync_wrapper)(fn)
+
+
+def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
+    """A guarded generator: its code runs with the call current, and the call is
+    charged when it ends (or is closed early: a cut stream still costs)."""
+    try:
+        while True:
+            token = CURRENT_CALL.set(call)
+            try:
+                item = next(gen)
+            except StopIteration:
+                break
+            finally:
+                CURRENT_CALL.reset(token)
+            yield item
+    except GeneratorExit:
+        call.settle(None)
+        raise
+    finally:
+        close = getattr(gen, "close", None)
+        if close is not None:
+            close()
+    call.settle(None)

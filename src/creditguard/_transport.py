@@ -226,16 +226,25 @@ class Core:
         )
 
     def refusal(self, request: Any, decision: Decision) -> Any:
-        """HTTP 402 in OpenRouter's own error shape, never sent to the network."""
+        """HTTP 402 in OpenRouter's own error shape, never sent to the network.
+
+        Its text names the rule, not the figures: a 402 may travel further than
+        the app's logs (to an end user, say), and balances are the app's business.
+        The full reason, with figures, is in the guard's log and ``on_decision``.
+        """
+        if decision.balance is None:
+            reason = "no usable credit balance could be had, and the policy refuses then"
+        else:
+            reason = "the credits left after this call would be below the refuse threshold"
         body = {
             "error": {
                 "code": 402,
-                "message": f"creditguard refused the call: {decision.reason}",
+                "message": f"creditguard refused the call: {reason}",
                 "type": "insufficient_credits",
                 "metadata": {
                     "creditguard": {
                         "action": decision.action,
-                        "reason": decision.reason,
+                        "reason": reason,
                         "model": decision.requested_model,
                     }
                 },

@@ -8,21 +8,16 @@ core (:func:`creditguard.policy.decide`) and one ledger.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
-from contextvars import ContextVar
+import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
-import wrapt
-
-from ._protect import ArgSpec, unwrap_callable
+from ._protect import CURRENT_CALL, Guarded, unwrap_callable, wrap
 from .balance import Balance
-from .costs import cost_from_result
-from .errors import ConfigError, CreditsExhausted, CreditSourceError
+from .errors import ConfigError, CreditSourceError
 from .ledger import Ledger, Lookup
 from .policy import Decision, Policy, decide
 
@@ -45,17 +40,11 @@ _LEVELS = {
 }
 
 
-class _Call:
-    """The guarded call in progress: did its code report its own cost?"""
-
-    __slots__ = ("guard", "reported")
-
-    def __init__(self, guard: BudgetGuard) -> None:
-        self.guard = guard
-        self.reported = False
+class _Unset:
+    """The default of an argument that was not given (None means something)."""
 
 
-_CURRENT_CALL: ContextVar[_Call | None] = ContextVar("creditguard_call", default=None)
+_UNSET = _Unset()
 
 
 def _number(key: str, value: object, *, positive: bool = False) -> float:
@@ -137,6 +126,7 @@ class BudgetGuard:
         self.on_decision = on_decision
         self.on_refresh = on_refresh
         self.on_source_error = on_source_error
+        self._warned: dict[str, tuple[str, float]] = {}
         kwargs: dict[str, Any] = {} if timer is None else {"timer": timer}
         self.ledger = Ledger(
             source,
@@ -165,16 +155,17 @@ class BudgetGuard:
         from .config import load_config
 
         cfg = load_config(config, env=env)
-        return cls(
-            cfg.build_source(),
-            cfg.policy,
-            ttl=cfg.ttl,
-            estimate=cfg.estimate,
-            pricing=cfg.pricing,
-            store=cfg.store,
-            maxsize=cfg.maxsize,
-            **kwargs,
-        )
+        options: dict[str, Any] = {
+            "ttl": cfg.ttl,
+            "estimate": cfg.estimate,
+            "pricing": cfg.pricing,
+            "store": cfg.store,
+            "maxsize": cfg.maxsize,
+        }
+        options.update(kwargs)  # what the code says wins over the file
+        source = options.pop("source", None) or cfg.build_source()
+        policy = options.pop("policy", None) or cfg.policy
+        return cls(source, policy, **options)
 
     def __repr__(self) -> str:
         return f"BudgetGuard(source={self.source!r}, policy={self.policy!r}, ttl={self.ttl:g})"
@@ -199,6 +190,17 @@ class BudgetGuard:
         level = _LEVELS[decision.action]
         if decision.balance is None and decision.action == "allow":
             level = logging.WARNING
+        if level == logging.WARNING:
+            # A warning when a credential enters a tier, then at most once per
+            # ttl while it stays there; every decision is logged at DEBUG.
+            key, now = lookup.fingerprint, time.monotonic()
+            last = self._warned.get(key)
+            if last is not None and last[0] == decision.action and now - last[1] < self.ttl:
+                level = logging.DEBUG
+            else:
+                if len(self._warned) >= 4096:
+                    self._warned.clear()
+                self._warned[key] = (decision.action, now)
         if log.isEnabledFor(level):
             log.log(
                 level,
@@ -238,16 +240,21 @@ class BudgetGuard:
         est = self._estimate(estimate)
         return self._decide(await self.ledger.aget(credential), model, est)
 
-    def record(self, cost: float, *, credential: str | None = None) -> None:
+    def record(self, cost: float, *, credential: str | _Unset | None = _UNSET) -> None:
         """Debit ``cost`` (credits spent by a call) from the cached balance of
         ``credential`` until the next poll replaces it with the provider's figure.
 
-        Inside a guarded function this also tells the decorator that the call
-        reported its own cost, so its estimate is not charged on top.
+        Inside a guarded function, ``credential`` defaults to the call's own,
+        and the decorator then knows the call reported its cost: its estimate
+        is not charged on top.
         """
+        call = CURRENT_CALL.get()
+        if call is not None and call.guard is not self:
+            call = None
+        if isinstance(credential, _Unset):
+            credential = call.credential if call is not None else None
         self.ledger.record(credential, cost)
-        call = _CURRENT_CALL.get()
-        if call is not None and call.guard is self:
+        if call is not None:
             call.reported = True
 
     def client(self, **kwargs: Any) -> httpx.Client:
@@ -274,10 +281,12 @@ class BudgetGuard:
             close()
 
     async def aclose(self) -> None:
+        """Close the source's HTTP clients, if it has any."""
         aclose = getattr(self.source, "aclose", None)
         if callable(aclose):
             await aclose()
-        self.close()
+        else:
+            self.close()
 
     # -- events --------------------------------------------------------------
 
@@ -340,110 +349,17 @@ class BudgetGuard:
         cost in the result's ``usage.cost`` is recorded, else the estimate —
         unless the function called :meth:`record` itself.
         """
-        est = None if estimate is None else _number("estimate", estimate)
+        est = self.estimate if estimate is None else _number("estimate", estimate)
 
         def decorate(fn: F) -> F:
-            return self._wrap(fn, model_arg, credential_arg, est, explicit=model_arg != "model")
+            raw = unwrap_callable(fn)
+            guarded = Guarded(
+                self, raw, model_arg, credential_arg, est, explicit=model_arg != "model"
+            )
+            return cast(F, wrap(self, fn, guarded, raw))
 
         return decorate if fn is None else decorate(fn)
 
     def __call__(self, fn: F) -> F:
         """``@guard``: :meth:`protect` with its defaults."""
         return self.protect(fn)
-
-    def _wrap(
-        self,
-        fn: F,
-        model_arg: str,
-        credential_arg: str | None,
-        estimate: float | None,
-        *,
-        explicit: bool,
-    ) -> F:
-        raw = unwrap_callable(fn)
-        model = ArgSpec(raw, model_arg, what="model_arg", required=explicit)
-        cred = (
-            None
-            if credential_arg is None
-            else ArgSpec(raw, credential_arg, what="credential_arg", required=True)
-        )
-        guard = self
-
-        def before(
-            instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[str | None, str | None]:
-            bound = instance is not None
-            value = model.get(bound, args, kwargs)
-            credential = None if cred is None else cred.get(bound, args, kwargs)
-            return (
-                value if isinstance(value, str) else None,
-                credential if isinstance(credential, str) else None,
-            )
-
-        def act(
-            decision: Decision, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            if decision.action == "refuse":
-                raise CreditsExhausted(decision)
-            if decision.action == "downgrade" and model.usable:
-                return model.set(instance is not None, args, kwargs, decision.model)
-            return args, kwargs
-
-        if inspect.isasyncgenfunction(raw):
-
-            async def agen_wrapper(
-                wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-            ) -> Any:
-                name, credential = before(instance, args, kwargs)
-                decision = await guard.acheck(name, credential=credential, estimate=estimate)
-                args, kwargs = act(decision, instance, args, kwargs)
-                async for item in wrapped(*args, **kwargs):
-                    yield item
-
-            return cast(F, wrapt.decorator(agen_wrapper)(fn))
-
-        if inspect.iscoroutinefunction(raw):
-
-            async def async_wrapper(
-                wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-            ) -> Any:
-                name, credential = before(instance, args, kwargs)
-                decision = await guard.acheck(name, credential=credential, estimate=estimate)
-                args, kwargs = act(decision, instance, args, kwargs)
-                with guard._charging(credential, estimate) as charge:
-                    charge.append(await wrapped(*args, **kwargs))
-                return charge[0]
-
-            return cast(F, wrapt.decorator(async_wrapper)(fn))
-
-        generator = inspect.isgeneratorfunction(raw)
-
-        def sync_wrapper(
-            wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            name, credential = before(instance, args, kwargs)
-            decision = guard.check(name, credential=credential, estimate=estimate)
-            args, kwargs = act(decision, instance, args, kwargs)
-            if generator:
-                return wrapped(*args, **kwargs)
-            with guard._charging(credential, estimate) as charge:
-                charge.append(wrapped(*args, **kwargs))
-            return charge[0]
-
-        return cast(F, wrapt.decorator(sync_wrapper)(fn))
-
-    @contextlib.contextmanager
-    def _charging(self, credential: str | None, estimate: float | None) -> Iterator[list[Any]]:
-        """Around a guarded call: on success, record what it cost (its result's
-        ``usage.cost``, else its estimate) unless its code recorded it itself."""
-        call = _Call(self)
-        token = _CURRENT_CALL.set(call)
-        result: list[Any] = []
-        try:
-            yield result
-        finally:
-            _CURRENT_CALL.reset(token)
-        if call.reported or not result:
-            return
-        cost = cost_from_result(result[0])
-        self.ledger.record(credential, self._estimate(estimate) if cost is None else cost)
