@@ -1330,3 +1330,14 @@ def test_tightest_config_errors() -> None:
         Tightest()
     with pytest.raises(ConfigError):
         Tightest(FixedBudget(1), object())  # type: ignore[arg-type]
+
+
+def test_a_key_given_as_api_key_env_is_refused_without_echo() -> None:
+    from creditguard import ConfigError
+    from creditguard.sources import OpenRouterKey
+
+    key = "sk-or-v1-0123456789abcdef0123456789abcdef"
+    with pytest.raises(ConfigError) as info:
+        OpenRouterKey(api_key_env=key)
+    assert key not in str(info.value) and key not in repr(info.value)
+    assert "api_key_env" in str(info.value)

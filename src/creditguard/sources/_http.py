@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import ssl
 import threading
 import time
@@ -134,6 +135,7 @@ def get_number(
 
 
 _MAX_REASON = 200
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def _status_reason(status: int, body: bytes, forbidden_hint: str) -> str:
@@ -223,8 +225,15 @@ class HttpSource:
     ) -> None:
         if api_key is not None and not isinstance(api_key, str):
             raise ConfigError("api_key", f"<{type(api_key).__name__}>", "a string or None")
-        if api_key_env is not None and (not isinstance(api_key_env, str) or not api_key_env):
-            raise ConfigError("api_key_env", api_key_env, "the name of an environment variable")
+        if api_key_env is not None and (
+            not isinstance(api_key_env, str) or not _ENV_NAME.fullmatch(api_key_env)
+        ):
+            # never echoed: a key pasted here by mistake must not reach an error
+            raise ConfigError(
+                "api_key_env",
+                "<not shown>",
+                "the name of an environment variable (letters, digits, _), not the key itself",
+            )
         if base_url is None:
             base_url = self._default_base_url
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):

@@ -64,8 +64,8 @@ class RecordedRequest:
     """The parsed JSON body, or None when there is none or it is not JSON."""
     model: str | None
     """``model`` of the body (``model_id`` for Stablecog), or None."""
-    headers: Mapping[str, str] = field(default_factory=dict)
-    """Request headers, names lowercased."""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """Request headers, names lowercased (left out of repr: they hold keys)."""
 
 
 @dataclass
