@@ -19,7 +19,7 @@ KEY = "sk-or-v1-STATUSSECRET00000000000000"
 def test_demo_shows_the_four_actions_in_order() -> None:
     out = io.StringIO()
     assert cli.demo(out) == 0
-    text = out.getvalue()
+    text = out.getvalue().split("under the openai SDK")[0]
     actions = re.findall(r"^\s+\d+\s+(allow|warn|downgrade|refuse)\b", text, re.M)
     firsts = [a for i, a in enumerate(actions) if a not in actions[:i]]
     assert firsts == ["allow", "warn", "downgrade", "refuse"]
@@ -28,6 +28,18 @@ def test_demo_shows_the_four_actions_in_order() -> None:
     assert cli.DEMO_KEY not in text
     # the refused call never reached the provider: one generation request per non-refused call
     assert f"({len(actions) - 1} generation requests, 1 balance fetch)" in text
+
+
+def test_demo_shows_the_transport_under_the_openai_sdk() -> None:
+    out = io.StringIO()
+    cli.demo(out)
+    text = out.getvalue().split("under the openai SDK")[1]
+    actions = re.findall(r"^\s+\d+\s+(allow|warn|downgrade|refuse)\b", text, re.M)
+    firsts = [a for i, a in enumerate(actions) if a not in actions[:i]]
+    assert firsts == ["allow", "warn", "downgrade", "refuse"]
+    assert "openai.APIStatusError 402, not retried" in text
+    assert "model used openai/gpt-4o-mini" in text
+    assert f"saw {len(actions) - 1} generation requests" in text
 
 
 def test_demo_runs_as_a_console_script() -> None:

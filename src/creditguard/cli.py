@@ -94,7 +94,62 @@ def demo(out: Any = None) -> int:
         f"({fake.count('chat')} generation requests, {fake.count('key')} balance fetch).",
         file=out,
     )
+    demo_openai(out)
     return 0
+
+
+def demo_openai(out: Any) -> None:
+    """The same policy as a transport under the real openai SDK, if installed."""
+    from .sources import OpenRouterKey
+    from .testing import FakeProvider
+
+    print(file=out)
+    try:
+        import openai
+    except ImportError:
+        print("(install openai to see the guard under the openai SDK as well)", file=out)
+        return
+    fake = FakeProvider()
+    fake.prices.update(DEMO_PRICES)
+    fake.add_key(DEMO_KEY, credits=100.0, limit=0.75)
+    transport = httpx.MockTransport(fake.handler)
+    base_url = "https://openrouter.fake/api/v1"
+    policy = Policy(
+        warn_below=0.60,
+        downgrade_below=0.35,
+        refuse_below=0.10,
+        downgrade={"openai/gpt-4o": "openai/gpt-4o-mini"},
+    )
+    # No api_key on the source: each call is judged on the key it carries.
+    # ttl is tiny so that every call sees the provider's latest figure.
+    source = OpenRouterKey(base_url=base_url, transport=transport)
+    guard = BudgetGuard(source, policy, ttl=0.001, estimate=0.12)
+    print("The same policy under the openai SDK: http_client=guard.client()", file=out)
+    client = openai.OpenAI(
+        base_url=base_url,
+        api_key=DEMO_KEY,
+        http_client=guard.client(transport=transport),
+        max_retries=2,
+    )
+    with client:
+        for n in range(1, 10):
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="openai/gpt-4o", messages=[{"role": "user", "content": f"q{n}"}]
+                )
+            except openai.APIStatusError as exc:
+                print(
+                    f"{n:>4}  refuse     openai.APIStatusError {exc.status_code}, "
+                    f"not retried: {exc.message}",
+                    file=out,
+                )
+                break
+            action = raw.headers.get("x-creditguard-decision", "?")
+            print(f"{n:>4}  {action:<9}  model used {raw.parse().model}", file=out)
+    print(
+        f"The provider saw {fake.count('chat')} generation requests, none after the refusal.",
+        file=out,
+    )
 
 
 def status(
