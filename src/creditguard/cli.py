@@ -128,7 +128,8 @@ def demo_openai(out: Any) -> None:
     client = openai.OpenAI(
         base_url=base_url,
         api_key=DEMO_KEY,
-        http_client=guard.client(transport=transport),
+        # openai 3.x is typed for httpx2 clients and takes httpx ones too
+        http_client=guard.client(transport=transport),  # type: ignore[arg-type]
         max_retries=2,
     )
     with client:
