@@ -472,3 +472,17 @@ def test_find_member() -> None:
     assert find_member('{"a": 1 "model": "x"}', "model") is None
     with pytest.raises(ValueError):
         find_member('{"a": tru', "model")
+
+
+def test_transport_options_given_to_client_build_the_inner_transport(
+    stack: tuple[ModuleType, ModuleType],
+) -> None:
+    lib, cg = stack
+    guard = BudgetGuard(Source(50), POLICY)
+    with cg.client(guard, limits=lib.Limits(max_connections=3), verify=False) as c:
+        inner = c._transport._inner
+        assert isinstance(inner, lib.HTTPTransport)
+        assert inner._pool._max_connections == 3
+    with cg.client(guard) as c1, cg.client(guard) as c2:
+        # the default TLS context is built once and shared
+        assert c1._transport._inner._pool._ssl_context is c2._transport._inner._pool._ssl_context

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +33,26 @@ _LIB = Lib(
     httpx.SyncByteStream,
     httpx.AsyncByteStream,
 )
+# Options that belong to the network transport: given to client(), they build
+# the inner transport (a client given a transport would silently ignore them).
+_TRANSPORT_OPTIONS = ("verify", "cert", "http1", "http2", "limits", "proxy", "retries", "trust_env")
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every default transport: loading the CA bundle
+    costs tens of milliseconds, once is enough."""
+    return httpx.create_ssl_context()
+
+
+def _transport_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = {k: kwargs.pop(k) for k in _TRANSPORT_OPTIONS if k in kwargs and k != "trust_env"}
+    if "trust_env" in kwargs:
+        options["trust_env"] = kwargs["trust_env"]  # the client reads it too
+    options.setdefault("verify", _ssl_context())
+    return options
+
+
 # LLM calls are slow: openai's own default, unless the caller says otherwise.
 _TIMEOUT = httpx.Timeout(timeout=600.0, connect=5.0)
 
@@ -46,7 +68,7 @@ class GuardTransport(SyncShell, httpx.BaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = inner if inner is not None else httpx.HTTPTransport()
+        self._inner = inner if inner is not None else httpx.HTTPTransport(verify=_ssl_context())
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         response: httpx.Response = SyncShell.handle_request(self, request)
@@ -64,7 +86,9 @@ class AsyncGuardTransport(AsyncShell, httpx.AsyncBaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
+        self._inner = (
+            inner if inner is not None else httpx.AsyncHTTPTransport(verify=_ssl_context())
+        )
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         response: httpx.Response = await AsyncShell.handle_async_request(self, request)
@@ -81,6 +105,8 @@ def client(
     """An ``httpx.Client`` whose requests pass through ``guard``; ``transport``
     is the inner transport, other arguments go to ``httpx.Client``."""
     kwargs.setdefault("timeout", _TIMEOUT)
+    if transport is None:
+        transport = httpx.HTTPTransport(**_transport_options(kwargs))
     return httpx.Client(transport=GuardTransport(guard, transport, paths=paths), **kwargs)
 
 

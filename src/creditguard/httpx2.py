@@ -15,6 +15,8 @@ classes: one transport cannot serve both libraries. Install with the
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,26 @@ _LIB = Lib(
     httpx2.SyncByteStream,
     httpx2.AsyncByteStream,
 )
+# Options that belong to the network transport: given to client(), they build
+# the inner transport (a client given a transport would silently ignore them).
+_TRANSPORT_OPTIONS = ("verify", "cert", "http1", "http2", "limits", "proxy", "retries", "trust_env")
+
+
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """One TLS context for every default transport: loading the CA bundle
+    costs tens of milliseconds, once is enough."""
+    return httpx2.create_ssl_context()
+
+
+def _transport_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = {k: kwargs.pop(k) for k in _TRANSPORT_OPTIONS if k in kwargs and k != "trust_env"}
+    if "trust_env" in kwargs:
+        options["trust_env"] = kwargs["trust_env"]  # the client reads it too
+    options.setdefault("verify", _ssl_context())
+    return options
+
+
 # LLM calls are slow: openai's own default, unless the caller says otherwise.
 _TIMEOUT = httpx2.Timeout(timeout=600.0, connect=5.0)
 
@@ -55,7 +77,7 @@ class GuardTransport(SyncShell, httpx2.BaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = inner if inner is not None else httpx2.HTTPTransport()
+        self._inner = inner if inner is not None else httpx2.HTTPTransport(verify=_ssl_context())
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
         response: httpx2.Response = SyncShell.handle_request(self, request)
@@ -73,7 +95,9 @@ class AsyncGuardTransport(AsyncShell, httpx2.AsyncBaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = inner if inner is not None else httpx2.AsyncHTTPTransport()
+        self._inner = (
+            inner if inner is not None else httpx2.AsyncHTTPTransport(verify=_ssl_context())
+        )
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         response: httpx2.Response = await AsyncShell.handle_async_request(self, request)
@@ -90,6 +114,8 @@ def client(
     """An ``httpx2.Client`` whose requests pass through ``guard``; ``transport``
     is the inner transport, other arguments go to ``httpx2.Client``."""
     kwargs.setdefault("timeout", _TIMEOUT)
+    if transport is None:
+        transport = httpx2.HTTPTransport(**_transport_options(kwargs))
     return httpx2.Client(transport=GuardTransport(guard, transport, paths=paths), **kwargs)
 
 
@@ -102,6 +128,8 @@ def async_client(
 ) -> httpx2.AsyncClient:
     """An ``httpx2.AsyncClient`` whose requests pass through ``guard``."""
     kwargs.setdefault("timeout", _TIMEOUT)
+    if transport is None:
+        transport = httpx2.AsyncHTTPTransport(**_transport_options(kwargs))
     return httpx2.AsyncClient(
         transport=AsyncGuardTransport(guard, transport, paths=paths), **kwargs
     )

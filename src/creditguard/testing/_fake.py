@@ -581,6 +581,7 @@ class FakeProvider:
                 {
                     "id": gen_id,
                     "object": "chat.completion",
+                    "system_fingerprint": None,
                     "created": created,
                     "model": model,
                     "choices": [
