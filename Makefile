@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# openai 2.x cannot share a venv with openai 3.x: its SDK tests run in a second one
+OA2    := .venv-openai2
+OA2_STAMP := $(OA2)/.installed-stamp
 
 .PHONY: demo test lint check bench clean
 
@@ -13,11 +16,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(OA2_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(OA2)
+	$(OA2)/bin/python -m pip install --quiet --upgrade pip
+	$(OA2)/bin/python -m pip install --quiet -e . pytest pytest-asyncio hypothesis httpx2 'openai>=2,<3'
+	touch $(OA2_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/creditguard demo
 
-test: $(STAMP)
+test: $(STAMP) $(OA2_STAMP)
 	$(BIN)/python -m pytest
+	@echo "--- the openai SDK tests again, under openai 2.x ---"
+	$(OA2)/bin/python -m pytest -p no:cacheprovider tests/test_sdk_openai.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
@@ -27,4 +38,4 @@ lint: $(STAMP)
 check: lint test
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OA2) .pytest_cache .mypy_cache .ruff_cache
