@@ -486,3 +486,24 @@ def test_transport_options_given_to_client_build_the_inner_transport(
     with cg.client(guard) as c1, cg.client(guard) as c2:
         # the default TLS context is built once and shared
         assert c1._transport._inner._pool._ssl_context is c2._transport._inner._pool._ssl_context
+
+
+def test_anthropic_out_of_credit_400_marks_exhausted(make: Callable[..., Harness]) -> None:
+    h = make(50)
+    h.upstream.reply = lambda req: h.lib.Response(
+        400,
+        json={
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": "Your credit balance is too low to access the Anthropic API.",
+            },
+        },
+    )
+    assert h.post("/v1/messages").status_code == 400
+    assert h.post("/v1/messages").status_code == 402  # refused locally now
+    assert len(h.upstream.requests) == 1
+    h2 = make(50)
+    h2.upstream.reply = lambda req: h2.lib.Response(400, json={"error": "bad max_tokens"})
+    h2.post("/v1/messages")
+    assert h2.post("/v1/messages").status_code == 400  # an ordinary 400 is not a verdict

@@ -10,7 +10,8 @@ shells below. Per request:
 3. :meth:`Core.act` (pure): refuse with a 402 built here, or forward the
    request, its ``model`` spliced in place on downgrade;
 4. :meth:`Core.observe`: the response flows through unbuffered; provider
-   refusals mark the balance exhausted, Stablecog's ``remaining_credits``
+   refusals (OpenRouter 402, a 403 about budgets, Stablecog's and Anthropic's
+   out-of-credit 400s) mark the balance exhausted, Stablecog's ``remaining_credits``
    refreshes it; every judged response carries ``x-creditguard-decision``.
 
 The transport never raises for a refusal: SDKs wrap a raised exception in a
@@ -282,6 +283,13 @@ class Core:
             def on_body(body: bytes) -> None:
                 if _BUDGET_WORDS.search(body):
                     log.warning("provider answered 403 (budget/limit): credential marked exhausted")
+                    ledger.mark_exhausted(credential)
+
+        elif status == 400 and plan.path.endswith("/messages"):
+
+            def on_body(body: bytes) -> None:
+                if b"credit balance is too low" in body.lower():
+                    log.warning("Anthropic is out of credits: credential marked exhausted")
                     ledger.mark_exhausted(credential)
 
         elif stablecog and status == 400:
