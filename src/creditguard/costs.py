@@ -1,24 +1,125 @@
-"""The cost of a finished call, when the call's result shows it."""
+"""What a call costs: prices per token, estimates before a call, real costs after.
+
+Before a call the guard reserves an estimate; after it, the real cost replaces
+it. The real cost comes, in order of trust, from the provider's ``usage.cost``
+(OpenRouter reports every call's cost in credits), from token counts times the
+configured per-token prices, and otherwise the estimate stands.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["cost_from_result"]
+from ._globmap import GlobMap
+from .errors import ConfigError
+
+__all__ = ["Price", "Pricing", "cost_from_result", "cost_from_usage", "merge_usage", "usage_of"]
+
+_PROMPT_KEYS = ("prompt_tokens", "input_tokens")
+_COMPLETION_KEYS = ("completion_tokens", "output_tokens")
 
 
-def cost_from_result(result: object) -> float | None:
-    """``usage.cost`` of a call's result, if it has one (OpenRouter reports the
-    cost of every call there, in credits): an attribute (an OpenAI SDK response
-    object) or a key (a decoded JSON dict). None when the result does not say.
-    """
-    usage = result.get("usage") if isinstance(result, Mapping) else getattr(result, "usage", None)
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD (or credits) per token."""
+
+    prompt: float
+    completion: float
+
+    def of(self, prompt_tokens: float, completion_tokens: float) -> float:
+        return prompt_tokens * self.prompt + completion_tokens * self.completion
+
+
+def _price_value(key: str, value: object) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError(key, value, "a finite number >= 0 (credits per token)")
+    return float(value)
+
+
+class Pricing:
+    """Per-token prices by model name or glob (``"openai/*"``, ``"*"``)."""
+
+    __slots__ = ("_map", "table")
+
+    def __init__(self, table: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        prices: dict[str, Price] = {}
+        for model, entry in (table or {}).items():
+            if not isinstance(model, str) or not model:
+                raise ConfigError("pricing", model, "model names or globs (non-empty strings)")
+            if not isinstance(entry, Mapping):
+                raise ConfigError(f"pricing.{model}", entry, "a mapping with prompt and completion")
+            prices[model] = Price(
+                _price_value(f"pricing.{model}.prompt", entry.get("prompt")),
+                _price_value(f"pricing.{model}.completion", entry.get("completion")),
+            )
+        self.table = {
+            m: {"prompt": p.prompt, "completion": p.completion} for m, p in prices.items()
+        }
+        self._map: GlobMap[Price] = GlobMap(prices.items())
+
+    def __bool__(self) -> bool:
+        return bool(self._map)
+
+    def __repr__(self) -> str:
+        return f"Pricing({len(self.table)} models)"
+
+    def price(self, model: str | None) -> Price | None:
+        return None if model is None else self._map.lookup(model)[0]
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _get(obj: object, name: str) -> object:
+    return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+def usage_of(result: object) -> object:
+    """The ``usage`` of a call's result: a decoded JSON dict or an SDK object."""
+    return _get(result, "usage")
+
+
+def cost_from_usage(usage: object, price: Price | None) -> float | None:
+    """``usage.cost`` when the provider reports it; else tokens x ``price``;
+    None when neither is known."""
     if usage is None:
         return None
-    cost = usage.get("cost") if isinstance(usage, Mapping) else getattr(usage, "cost", None)
-    if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+    cost = _number(_get(usage, "cost"))
+    if cost is not None:
+        return cost
+    if price is None:
         return None
-    if not math.isfinite(cost) or cost < 0:
+    prompt = next((n for k in _PROMPT_KEYS if (n := _number(_get(usage, k))) is not None), None)
+    completion = next(
+        (n for k in _COMPLETION_KEYS if (n := _number(_get(usage, k))) is not None), None
+    )
+    if prompt is None and completion is None:
         return None
-    return float(cost)
+    return price.of(prompt or 0.0, completion or 0.0)
+
+
+def cost_from_result(result: object, price: Price | None = None) -> float | None:
+    """What the call whose ``result`` this is cost, if the result says."""
+    return cost_from_usage(usage_of(result), price)
+
+
+def merge_usage(into: dict[str, Any], usage: object) -> None:
+    """Fold one streamed usage report into the running one (Anthropic reports
+    input tokens first and output tokens at the end; OpenAI all at the end)."""
+    if isinstance(usage, Mapping):
+        for key, value in usage.items():
+            if value is not None:
+                into[key] = value

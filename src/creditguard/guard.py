@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._protect import CURRENT_CALL, Guarded, unwrap_callable, wrap
 from .balance import Balance
+from .costs import Pricing
 from .errors import ConfigError, CreditSourceError
 from .ledger import Ledger, Lookup
 from .policy import Decision, Policy, decide
@@ -60,18 +61,6 @@ def _number(key: str, value: object, *, positive: bool = False) -> float:
     return float(value)
 
 
-def _pricing(pricing: Mapping[str, Mapping[str, float]] | None) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for model, prices in (pricing or {}).items():
-        if not isinstance(prices, Mapping):
-            raise ConfigError(f"pricing.{model}", prices, "a mapping with prompt and completion")
-        out[model] = {
-            kind: _number(f"pricing.{model}.{kind}", prices.get(kind))
-            for kind in ("prompt", "completion")
-        }
-    return out
-
-
 class BudgetGuard:
     """Checks remaining credits before each guarded call.
 
@@ -94,7 +83,7 @@ class BudgetGuard:
         *,
         ttl: float = 30.0,
         estimate: float = 0.01,
-        pricing: Mapping[str, Mapping[str, float]] | None = None,
+        pricing: Mapping[str, Mapping[str, float]] | Pricing | None = None,
         store: object = None,
         maxsize: int = 10_000,
         timer: Callable[[], float] | None = None,
@@ -122,7 +111,7 @@ class BudgetGuard:
         self.policy = policy
         self.ttl = _number("ttl", ttl, positive=True)
         self.estimate = _number("estimate", estimate)
-        self.pricing = _pricing(pricing)
+        self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
         self.on_decision = on_decision
         self.on_refresh = on_refresh
         self.on_source_error = on_source_error

@@ -15,12 +15,11 @@ severe tier wins: refuse > downgrade > warn > allow.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from fnmatch import translate
 from typing import Literal, TypeAlias
 
+from ._globmap import GlobMap
 from .balance import Balance
 from .errors import ConfigError
 
@@ -101,47 +100,15 @@ def _choice(key: str, value: object, choices: tuple[str, ...]) -> str:
     return str(value)
 
 
-@dataclass(frozen=True, slots=True)
-class _DowngradeMap:
-    """Downgrade lookup: exact name, then the longest matching glob, then ``"*"``."""
-
-    exact: dict[str, str]
-    globs: tuple[tuple[str, re.Pattern[str], str], ...]  # (pattern, regex, target), longest first
-    fallback: str | None
-
-    @classmethod
-    def build(cls, mapping: Mapping[str, str]) -> _DowngradeMap:
-        exact: dict[str, str] = {}
-        globs: list[tuple[str, re.Pattern[str], str]] = []
-        fallback = None
-        for pattern, target in mapping.items():
-            if not isinstance(pattern, str) or not pattern:
-                raise ConfigError(
-                    "downgrade", pattern, "model names or glob patterns (non-empty strings)"
-                )
-            if not isinstance(target, str) or not target.strip():
-                raise ConfigError(f"downgrade.{pattern}", target, "a model name (non-empty string)")
-            if pattern == "*":
-                fallback = target
-            elif any(ch in pattern for ch in "*?["):
-                globs.append((pattern, re.compile(translate(pattern)), target))
-            else:
-                exact[pattern] = target
-        globs.sort(key=lambda item: (-len(item[0]), item[0]))
-        return cls(exact, tuple(globs), fallback)
-
-    def target(self, model: str) -> tuple[str | None, str]:
-        """(target, what matched) for ``model``; target None when nothing matches."""
-        hit = self.exact.get(model)
-        if hit is not None:
-            return hit, ""
-
-        for pattern, regex, target in self.globs:
-            if regex.match(model):
-                return target, repr(pattern)
-        if self.fallback is not None:
-            return self.fallback, "'*'"
-        return None, ""
+def _downgrade_map(mapping: Mapping[str, str]) -> GlobMap[str]:
+    for pattern, target in mapping.items():
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(
+                "downgrade", pattern, "model names or glob patterns (non-empty strings)"
+            )
+        if not isinstance(target, str) or not target.strip():
+            raise ConfigError(f"downgrade.{pattern}", target, "a model name (non-empty string)")
+    return GlobMap(mapping.items())
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +141,7 @@ class Policy:
     _limits: tuple[_Limit | None, _Limit | None, _Limit | None] = field(
         init=False, repr=False, compare=False
     )
-    _map: _DowngradeMap = field(init=False, repr=False, compare=False)
+    _map: GlobMap[str] = field(init=False, repr=False, compare=False)
     _needs_total: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -204,11 +171,11 @@ class Policy:
         object.__setattr__(self, "downgrade", dict(self.downgrade))
         object.__setattr__(self, "_limits", limits)
         object.__setattr__(self, "_needs_total", any(lim and lim.percent for lim in limits))
-        object.__setattr__(self, "_map", _DowngradeMap.build(self.downgrade))
+        object.__setattr__(self, "_map", _downgrade_map(self.downgrade))
 
     def downgrade_target(self, model: str) -> str | None:
         """The cheaper model configured for ``model``, or None."""
-        return self._map.target(model)[0]
+        return self._map.lookup(model)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +256,7 @@ def decide(
             return Decision(
                 "warn", model, balance, f"{reason}; the call has no model to rewrite", model, stale
             )
-        target, matched = policy._map.target(model)
+        target, matched = policy._map.lookup(model)
         if target is None:
             return Decision(
                 "warn",
@@ -312,7 +279,7 @@ def decide(
             "downgrade",
             target,
             balance,
-            f"{reason}; {model!r} -> {target!r}" + (f" (matched {matched})" if matched else ""),
+            f"{reason}; {model!r} -> {target!r}" + (f" (matched {matched!r})" if matched else ""),
             model,
             stale,
         )
