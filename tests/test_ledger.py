@@ -383,3 +383,15 @@ def test_errors_keep_no_traceback_and_are_redacted() -> None:
     assert lookup.error is not None
     assert lookup.error.__traceback__ is None and lookup.error.__context__ is None
     assert KEY_A not in str(lookup.error) and lookup.error.status_code == 401
+
+
+async def test_async_failure_is_negative_cached_too() -> None:
+    clock, source = Clock(), Source()
+    source.fail = CreditSourceError("down", status_code=503, source="test")
+    ledger = make(source, clock, error_ttl=5)
+    assert (await ledger.aget(KEY_A)).balance is None
+    assert (await ledger.aget(KEY_A)).balance is None
+    assert source.calls == 1
+    clock.now += 6
+    source.fail = None
+    assert (await ledger.aget(KEY_A)).balance.remaining == 10  # type: ignore[union-attr]

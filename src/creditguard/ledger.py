@@ -346,11 +346,11 @@ class Ledger:
     async def _fetch_async(self, key: str, flight: _Flight, credential: str | None) -> None:
         try:
             result = self._checked(await self.source.afetch(self._fetch_for(credential)))
+        except Exception as exc:
+            result = self._as_error(exc, credential)
         except BaseException as exc:  # cancelled (e.g. loop shutdown): not the source's fault
             self._finish(key, flight, self._as_error(exc, credential), remember=False)
             raise
-        except Exception as exc:
-            result = self._as_error(exc, credential)
         self._finish(key, flight, result)
 
     # -- local accounting ----------------------------------------------------
