@@ -21,6 +21,7 @@ from .errors import ConfigError, CreditsExhausted
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
+    from .ledger import Hold
     from .policy import Decision
 
 __all__ = ["CURRENT_CALL", "ArgSpec", "Call", "Guarded", "unwrap_callable", "wrap"]
@@ -114,22 +115,45 @@ class ArgSpec:
 
 
 class Call:
-    """One guarded call in progress: who pays, and did its code report its cost?"""
+    """One guarded call in progress: who pays, what it holds, and did its code
+    report its own cost?"""
 
-    __slots__ = ("credential", "estimate", "guard", "reported")
+    __slots__ = ("credential", "decision", "estimate", "guard", "hold", "reported")
 
-    def __init__(self, guard: BudgetGuard, credential: str | None, estimate: float) -> None:
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        decision: Decision,
+        hold: Hold | None,
+        credential: str | None,
+        estimate: float,
+    ) -> None:
         self.guard = guard
+        self.decision = decision
+        self.hold = hold
         self.credential = credential
         self.estimate = estimate
         self.reported = False
 
     def settle(self, result: object) -> None:
-        """Charge what the call cost: its result's ``usage.cost``, else its
-        estimate — unless its code called ``guard.record()`` itself."""
-        if not self.reported:
-            cost = cost_from_result(result)
-            self.guard.ledger.record(self.credential, self.estimate if cost is None else cost)
+        """Charge what the call cost: its result's ``usage.cost`` (or tokens x
+        prices), else its estimate — unless its code called ``guard.record()``."""
+        ledger = self.guard.ledger
+        if self.reported:
+            if self.hold is not None:
+                ledger.release(self.hold)
+            return
+        cost = cost_from_result(result, self.guard.pricing.price(self.decision.model))
+        amount = self.estimate if cost is None else cost
+        if self.hold is not None:
+            ledger.settle(self.hold, amount)
+        else:
+            ledger.record(self.credential, amount)
+
+    def release(self) -> None:
+        """The call failed: nothing is charged for it."""
+        if self.hold is not None:
+            self.guard.ledger.release(self.hold)
 
 
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("creditguard_call", default=None)
@@ -177,25 +201,26 @@ class Guarded:
 
     def apply(
         self,
-        decision: Decision,
+        decided: tuple[Decision, Hold | None],
         credential: str | None,
         instance: object,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> tuple[Call, tuple[Any, ...], dict[str, Any]]:
         """Act on the decision: raise on refuse, rewrite the model on downgrade."""
+        decision, hold = decided
         if decision.action == "refuse":
             raise CreditsExhausted(decision)
         if decision.action == "downgrade" and self.model.usable:
             bound = self.shift and instance is not None
             args, kwargs = self.model.set(bound, args, kwargs, decision.model)
-        return Call(self.guard, credential, self.estimate), args, kwargs
+        return Call(self.guard, decision, hold, credential, self.estimate), args, kwargs
 
 
 def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> Any:
     """The wrapt decorator for ``fn``, chosen once: sync or async, function or
     generator. Each driver is the same three steps around its own I/O."""
-    check, acheck = guard.check, guard.acheck
+    hold, ahold = guard._hold, guard._ahold
 
     if inspect.isasyncgenfunction(raw):
 
@@ -203,8 +228,8 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            decision = await acheck(model, credential=credential, estimate=g.estimate)
-            call, args, kwargs = g.apply(decision, credential, instance, args, kwargs)
+            decided = await ahold(model, credential, g.estimate)
+            call, args, kwargs = g.apply(decided, credential, instance, args, kwargs)
             agen = wrapped(*args, **kwargs)
             try:
                 while True:
@@ -213,9 +238,15 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                         item = await agen.__anext__()
                     except StopAsyncIteration:
                         break
+                    except BaseException:
+                        call.release()
+                        raise
                     finally:
                         CURRENT_CALL.reset(token)
                     yield item
+            except GeneratorExit:  # closed early: a cut stream still costs
+                call.settle(None)
+                raise
             finally:
                 await agen.aclose()
             call.settle(None)
@@ -228,11 +259,14 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            decision = await acheck(model, credential=credential, estimate=g.estimate)
-            call, args, kwargs = g.apply(decision, credential, instance, args, kwargs)
+            decided = await ahold(model, credential, g.estimate)
+            call, args, kwargs = g.apply(decided, credential, instance, args, kwargs)
             token = CURRENT_CALL.set(call)
             try:
                 result = await wrapped(*args, **kwargs)
+            except BaseException:  # failed or cancelled: its hold goes
+                call.release()
+                raise
             finally:
                 CURRENT_CALL.reset(token)
             call.settle(result)
@@ -246,11 +280,14 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential = g.begin(instance, args, kwargs)
-        decision = check(model, credential=credential, estimate=g.estimate)
-        call, args, kwargs = g.apply(decision, credential, instance, args, kwargs)
+        decided = hold(model, credential, g.estimate)
+        call, args, kwargs = g.apply(decided, credential, instance, args, kwargs)
         token = CURRENT_CALL.set(call)
         try:
             result = wrapped(*args, **kwargs)
+        except BaseException:
+            call.release()
+            raise
         finally:
             CURRENT_CALL.reset(token)
         if generator:
@@ -271,6 +308,9 @@ def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
                 item = next(gen)
             except StopIteration:
                 break
+            except BaseException:
+                call.release()
+                raise
             finally:
                 CURRENT_CALL.reset(token)
             yield item

@@ -19,7 +19,7 @@ from ._protect import CURRENT_CALL, Guarded, unwrap_callable, wrap
 from .balance import Balance
 from .costs import Pricing
 from .errors import ConfigError, CreditSourceError
-from .ledger import Ledger, Lookup
+from .ledger import Hold, Ledger, Lookup
 from .policy import Decision, Policy, decide
 
 if TYPE_CHECKING:
@@ -71,6 +71,12 @@ class BudgetGuard:
     ``maxsize`` bounds how many credentials' balances are cached; ``timer``
     (monotonic seconds) can be injected in tests.
 
+    While a guarded call runs, its estimate is held (``reserve=True``): the
+    next calls are judged on what is left after every call in flight, so a burst
+    cannot spend past the refuse floor. A hold is replaced by the call's real
+    cost when it ends, dropped when it fails, and stops counting by itself
+    after ``hold_timeout`` seconds.
+
     Events: ``on_decision(decision)``, ``on_refresh(balance)`` and
     ``on_source_error(error)``; an exception in a callback is logged, never
     raised into the guarded call.
@@ -91,6 +97,8 @@ class BudgetGuard:
         on_decision: Callable[[Decision], object] | None = None,
         on_refresh: Callable[[Balance], object] | None = None,
         on_source_error: Callable[[CreditSourceError], object] | None = None,
+        reserve: bool = True,
+        hold_timeout: float = 600.0,
     ) -> None:
         for method in ("fetch", "afetch"):
             if not callable(getattr(source, method, None)):
@@ -116,6 +124,7 @@ class BudgetGuard:
         self.on_refresh = on_refresh
         self.on_source_error = on_source_error
         self._warned: dict[str, tuple[str, float]] = {}
+        self.reserve = bool(reserve)
         kwargs: dict[str, Any] = {} if timer is None else {"timer": timer}
         self.ledger = Ledger(
             source,
@@ -124,6 +133,7 @@ class BudgetGuard:
             error_ttl=policy.error_ttl,
             maxsize=maxsize,
             refresh_timeout=_number("refresh_timeout", refresh_timeout, positive=True),
+            hold_timeout=_number("hold_timeout", hold_timeout, positive=True),
             on_refresh=self._refreshed,
             on_error=self._source_failed,
             **kwargs,
@@ -164,25 +174,51 @@ class BudgetGuard:
     def _estimate(self, estimate: float | None) -> float:
         return self.estimate if estimate is None else _number("estimate", estimate)
 
-    def _decide(self, lookup: Lookup, model: str | None, estimate: float) -> Decision:
+    def _admit(
+        self,
+        lookup: Lookup,
+        credential: str | None,
+        model: str | None,
+        estimate: float,
+        *,
+        hold: bool,
+        refuse_reason: str | None = None,
+    ) -> tuple[Decision, Hold | None]:
+        """The decision on one call (and its hold, when ``hold``), logged and
+        reported. Shared by every surface, sync and async."""
         unavailable = "no balance available"
         if lookup.error is not None:
             unavailable = f"no usable balance ({lookup.error})"
-        decision = decide(
-            lookup.balance,
-            self.policy,
-            model,
-            estimate,
-            unavailable=unavailable,
-            stale=lookup.stale,
+        stale = lookup.stale
+        policy = self.policy
+
+        def judge(balance: Balance | None, reserved: float) -> Decision:
+            if refuse_reason is not None:
+                return Decision("refuse", model, balance, refuse_reason, model, stale)
+            return decide(
+                balance,
+                policy,
+                model,
+                estimate,
+                reserved=reserved,
+                unavailable=unavailable,
+                stale=stale,
+            )
+
+        decision, held = self.ledger.admit(
+            lookup, credential, judge, estimate, reserve=hold and self.reserve
         )
+        self._report(decision, lookup.fingerprint)
+        return decision, held
+
+    def _report(self, decision: Decision, key: str) -> None:
         level = _LEVELS[decision.action]
         if decision.balance is None and decision.action == "allow":
             level = logging.WARNING
         if level == logging.WARNING:
             # A warning when a credential enters a tier, then at most once per
             # ttl while it stays there; every decision is logged at DEBUG.
-            key, now = lookup.fingerprint, time.monotonic()
+            now = time.monotonic()
             last = self._warned.get(key)
             if last is not None and last[0] == decision.action and now - last[1] < self.ttl:
                 level = logging.DEBUG
@@ -196,12 +232,11 @@ class BudgetGuard:
                 "%s model=%s credential=%s: %s",
                 decision.action,
                 decision.requested_model,
-                lookup.fingerprint[:8] or "-",
+                key[:8] or "-",
                 decision.reason,
             )
         if self.on_decision is not None:
             self._emit(self.on_decision, decision)
-        return decision
 
     def check(
         self,
@@ -210,13 +245,15 @@ class BudgetGuard:
         credential: str | None = None,
         estimate: float | None = None,
     ) -> Decision:
-        """Decide on one call to ``model`` made with ``credential``.
+        """Decide on one call to ``model`` made with ``credential``, on the
+        headroom left after the calls in flight and this call's ``estimate``.
 
         The balance comes from the cache; it is fetched (once, however many
-        callers wait) when missing or older than ``ttl``.
+        callers wait) when missing or older than ``ttl``. Nothing is held: the
+        decorator and the transports hold the estimate while their call runs.
         """
         est = self._estimate(estimate)
-        return self._decide(self.ledger.get(credential), model, est)
+        return self._admit(self.ledger.get(credential), credential, model, est, hold=False)[0]
 
     async def acheck(
         self,
@@ -227,7 +264,22 @@ class BudgetGuard:
     ) -> Decision:
         """:meth:`check` for async code: never blocks the event loop."""
         est = self._estimate(estimate)
-        return self._decide(await self.ledger.aget(credential), model, est)
+        lookup = await self.ledger.aget(credential)
+        return self._admit(lookup, credential, model, est, hold=False)[0]
+
+    def _hold(
+        self, model: str | None, credential: str | None, estimate: float, **kw: Any
+    ) -> tuple[Decision, Hold | None]:
+        """Decide and hold ``estimate`` for a call about to go out."""
+        return self._admit(
+            self.ledger.get(credential), credential, model, estimate, hold=True, **kw
+        )
+
+    async def _ahold(
+        self, model: str | None, credential: str | None, estimate: float, **kw: Any
+    ) -> tuple[Decision, Hold | None]:
+        lookup = await self.ledger.aget(credential)
+        return self._admit(lookup, credential, model, estimate, hold=True, **kw)
 
     def record(self, cost: float, *, credential: str | _Unset | None = _UNSET) -> None:
         """Debit ``cost`` (credits spent by a call) from the cached balance of

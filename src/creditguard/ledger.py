@@ -41,9 +41,10 @@ from .balance import Balance, check_cost
 from .errors import CreditSourceError
 
 if TYPE_CHECKING:
+    from .policy import Decision
     from .sources import CreditSource
 
-__all__ = ["Ledger", "Lookup"]
+__all__ = ["Hold", "Ledger", "Lookup"]
 
 log = logging.getLogger("creditguard")
 
@@ -126,6 +127,59 @@ class _Flight:
         self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Lookup]]] = []
 
 
+class Hold:
+    """Credits held for one call in flight (a reservation).
+
+    Settling replaces the hold with the call's real cost, releasing drops it;
+    either happens once (later attempts do nothing). A hold not settled within
+    ``hold_timeout`` stops counting by itself; a settle after that still charges
+    the real cost, once.
+    """
+
+    __slots__ = ("amount", "credential", "expires", "key", "state")
+
+    OPEN, SETTLED, RELEASED = 0, 1, 2
+
+    def __init__(self, key: str, credential: str | None, amount: float, expires: float) -> None:
+        self.key = key
+        self.credential = credential
+        self.amount = amount
+        self.expires = expires
+        self.state = Hold.OPEN
+
+    def __repr__(self) -> str:
+        state = ("open", "settled", "released")[self.state]
+        return f"<Hold {self.amount:g} {state} credential={self.key[:8]}>"
+
+
+class _Holds:
+    """The open holds of one credential and their sum."""
+
+    __slots__ = ("items", "next_expiry", "total")
+
+    def __init__(self) -> None:
+        self.items: dict[Hold, None] = {}
+        self.total = 0.0
+        self.next_expiry = math.inf
+
+    def add(self, hold: Hold) -> None:
+        self.items[hold] = None
+        self.total += hold.amount
+        self.next_expiry = min(self.next_expiry, hold.expires)
+
+    def drop(self, hold: Hold) -> None:
+        if self.items.pop(hold, 0) is None:
+            self.total = max(0.0, self.total - hold.amount) if self.items else 0.0
+
+    def expire(self, now: float) -> None:
+        if now < self.next_expiry:
+            return
+        for hold in [h for h in self.items if h.expires <= now]:
+            del self.items[hold]
+        self.total = sum(h.amount for h in self.items)
+        self.next_expiry = min((h.expires for h in self.items), default=math.inf)
+
+
 class Ledger:
     """Cached balances per credential; see the module docstring."""
 
@@ -140,6 +194,7 @@ class Ledger:
         timer: Callable[[], float] = time.monotonic,
         fingerprint: Fingerprinter | None = None,
         refresh_timeout: float = 30.0,
+        hold_timeout: float = 600.0,
         on_refresh: Callable[[Balance, str], None] | None = None,
         on_error: Callable[[CreditSourceError, str], None] | None = None,
     ) -> None:
@@ -148,6 +203,9 @@ class Ledger:
         self.max_stale = max_stale
         self.error_ttl = error_ttl
         self.refresh_timeout = refresh_timeout
+        self.hold_timeout = hold_timeout
+        self._holds: dict[str, _Holds] = {}
+        self._maxsize = maxsize
         self._timer = timer
         self._fingerprint = fingerprint or Fingerprinter()
         self._per_credential = bool(getattr(source, "per_credential", True))
@@ -353,17 +411,101 @@ class Ledger:
             raise
         self._finish(key, flight, result)
 
+    # -- holds ---------------------------------------------------------------
+
+    def _held(self, key: str, now: float) -> float:
+        holds = self._holds.get(key)
+        if holds is None:
+            return 0.0
+        holds.expire(now)
+        if not holds.items:
+            del self._holds[key]
+            return 0.0
+        return holds.total
+
+    def reserved(self, credential: str | None) -> float:
+        """What the calls in flight for ``credential`` hold right now."""
+        key = self.key(credential)
+        with self._lock:
+            return self._held(key, self._timer())
+
+    def admit(
+        self,
+        lookup: Lookup,
+        credential: str | None,
+        judge: Callable[[Balance | None, float], Decision],
+        amount: float,
+        *,
+        reserve: bool,
+    ) -> tuple[Decision, Hold | None]:
+        """Judge a call on the latest view of its balance less what calls in
+        flight hold, and (unless refused) hold ``amount`` for it — one step
+        under the lock, so concurrent calls never judge the same headroom."""
+        key = lookup.fingerprint
+        with self._lock:
+            now = self._timer()
+            balance = lookup.balance
+            if balance is not None:
+                entry = self._cache.get(key)
+                if entry is not None:
+                    balance = entry.view  # spend settled since the lookup counts too
+            decision = judge(balance, self._held(key, now))
+            if not reserve or amount <= 0 or decision.action == "refuse":
+                return decision, None
+            hold = Hold(key, credential, amount, now + self.hold_timeout)
+            holds = self._holds.get(key)
+            if holds is None:
+                if len(self._holds) >= self._maxsize:
+                    self._sweep(now)
+                holds = self._holds[key] = _Holds()
+            holds.add(hold)
+        return decision, hold
+
+    def _sweep(self, now: float) -> None:
+        for key in list(self._holds):
+            self._held(key, now)
+
+    def settle(self, hold: Hold, cost: float) -> bool:
+        """Replace ``hold`` with the call's real ``cost``. False if it was
+        settled or released before (nothing is charged twice)."""
+        cost = check_cost(cost)
+        with self._lock:
+            if hold.state != Hold.OPEN:
+                return False
+            hold.state = Hold.SETTLED
+            holds = self._holds.get(hold.key)
+            if holds is not None:
+                holds.drop(hold)
+            self._debit(hold.key, cost)
+        if self._source_record is not None:
+            self._source_record(self._fetch_for(hold.credential), cost)
+        return True
+
+    def release(self, hold: Hold) -> bool:
+        """Drop ``hold`` without a charge (the call failed or never went out)."""
+        with self._lock:
+            if hold.state != Hold.OPEN:
+                return False
+            hold.state = Hold.RELEASED
+            holds = self._holds.get(hold.key)
+            if holds is not None:
+                holds.drop(hold)
+        return True
+
     # -- local accounting ----------------------------------------------------
+
+    def _debit(self, key: str, cost: float) -> None:
+        entry = self._cache.get(key)
+        if entry is not None and cost:
+            entry.debits += cost
+            entry.update()
 
     def record(self, credential: str | None, cost: float) -> None:
         """Debit ``cost`` from the cached balance of ``credential``."""
         cost = check_cost(cost)
         key = self.key(credential)
         with self._lock:
-            entry = self._cache.get(key)
-            if entry is not None:
-                entry.debits += cost
-                entry.update()
+            self._debit(key, cost)
         if self._source_record is not None:
             self._source_record(self._fetch_for(credential), cost)
 
