@@ -21,21 +21,25 @@ their ordinary, final status error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
+from .costs import Price, cost_from_usage, merge_usage
 from .policy import Decision
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
+    from .ledger import Hold
 
 __all__ = ["DEFAULT_PATHS", "AsyncShell", "Core", "Lib", "SyncShell"]
 
@@ -53,11 +57,16 @@ DEFAULT_PATHS: tuple[str, ...] = (
 
 STABLECOG_CREATE = "/image/generation/create"
 MAX_PARSED_BODY = 16 * 1024 * 1024
-MAX_OBSERVED_BODY = 64 * 1024
+MAX_OBSERVED_BODY = 64 * 1024  # the end of a JSON body kept to read its usage
 RETRY_HEADER = "x-stainless-retry-count"
 _DECODER = json.JSONDecoder()
 _WS = re.compile(r"[ \t\n\r]*")
 _BUDGET_WORDS = re.compile(rb"budget|limit|credit", re.IGNORECASE)
+_USAGE_KEY = re.compile(r'"usage"[ \t\n\r]*:[ \t\n\r]*')
+STABLECOG_OUTPUTS = 2  # Stablecog's default num_outputs
+_STABLECOG_FIELDS = frozenset(("num_outputs",))
+_TOKEN_FIELDS_ORDER = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_TOKEN_FIELDS = frozenset(_TOKEN_FIELDS_ORDER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,10 +95,12 @@ class Plan:
     model: str | None
     span: tuple[int, int] | None  # where the model's JSON value sits in ``text``
     text: str | None  # the decoded body, when it was parsed
-    field: str
     retry_of: Decision | None
     retry_key: str | None
     path: str
+    estimate: float
+    price: Price | None = None
+    refuse: str | None = None  # a reason to refuse whatever the balance (unknown price)
 
 
 def _bearer(headers: Any) -> str | None:
@@ -102,33 +113,65 @@ def _bearer(headers: Any) -> str | None:
     return str(key) if key else None
 
 
-def find_member(text: str, name: str) -> tuple[object, tuple[int, int]] | None:
-    """The value of top-level member ``name`` of the JSON object in ``text`` and
-    the span of its encoded value; None when ``text`` is not a JSON object or
-    has no such member. Only the members before it are decoded (by the C
-    decoder), so what follows it costs nothing."""
+def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, tuple[int, int]]]:
+    """The values of the top-level members ``names`` of the JSON object in
+    ``text``, with the span of each encoded value. Scanning stops once all are
+    found: only the members before them are decoded (by the C decoder).
+    Raises ValueError when ``text`` is not JSON; returns what it found when the
+    top level is not an object or is malformed after the last find."""
+    found: dict[str, tuple[object, tuple[int, int]]] = {}
     idx = _WS.match(text, 0).end()  # type: ignore[union-attr]
     if not text.startswith("{", idx):
-        return None
+        return found
     idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
     if text.startswith("}", idx):
-        return None
+        return found
     while True:
         if not text.startswith('"', idx):
-            return None
+            return found
         key, idx = json.decoder.scanstring(text, idx + 1)  # type: ignore[attr-defined]
         idx = _WS.match(text, idx).end()  # type: ignore[union-attr]
         if not text.startswith(":", idx):
-            return None
+            return found
         start = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
         value, end = _DECODER.raw_decode(text, start)
-        if key == name:
-            return value, (start, end)
+        if key in names and key not in found:
+            found[key] = (value, (start, end))
+            if len(found) == len(names):
+                return found
         idx = _WS.match(text, end).end()  # type: ignore[union-attr]
         if text.startswith(",", idx):
             idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
             continue
+        return found
+
+
+def find_member(text: str, name: str) -> tuple[object, tuple[int, int]] | None:
+    """:func:`find_members` for one name."""
+    return find_members(text, frozenset((name,))).get(name)
+
+
+def _whole(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
+
+
+def _usage_from_body(body: bytes) -> object:
+    """``usage`` of a JSON response body. OpenAI- and Anthropic-shaped bodies
+    end with it, so it is looked for from the end (a kept tail is enough)."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
         return None
+    text = body[at:].decode("utf-8", "replace")
+    match = _USAGE_KEY.match(text)
+    if match is None:
+        return None
+    try:
+        usage, _ = _DECODER.raw_decode(text, match.end())
+    except ValueError:
+        return None
+    return usage if isinstance(usage, dict) else None
 
 
 class Core:
@@ -144,8 +187,9 @@ class Core:
             raise ConfigError("paths", paths, "non-empty path suffixes such as '/chat/completions'")
         self.per_credential = bool(getattr(guard.source, "per_credential", True))
         self.stablecog = getattr(guard.source, "name", "") == "stablecog"
-        # downgrades already decided, for SDK retries of the same call
+        # decisions of first attempts, for SDK retries of the same call
         self._retries: TTLCache[str, Decision] = TTLCache(maxsize=1024, ttl=600)
+        self._unpriced: set[str] = set()  # models already warned about
 
     # -- 1. plan -------------------------------------------------------------
 
@@ -158,7 +202,8 @@ class Core:
             return None
         headers = request.headers
         credential = _bearer(headers) if self.per_credential else None
-        field = "model_id" if path.endswith(STABLECOG_CREATE) else "model"
+        stablecog = path.endswith(STABLECOG_CREATE)
+        field = "model_id" if stablecog else "model"
         model, span, text = self._read_model(request, field)
         # Stainless SDKs (openai, anthropic) number their attempts: the first
         # attempt's decision is kept so that a retry is neither judged nor
@@ -169,7 +214,63 @@ class Core:
             retry_key = self._retry_key(credential, text)
             if attempt != "0":
                 retry_of = self._retries.get(retry_key)
-        return Plan(credential, model, span, text, field, retry_of, retry_key, path)
+        plan = Plan(credential, model, span, text, retry_of, retry_key, path, self.guard.estimate)
+        if retry_of is None:
+            self._estimate(plan, stablecog)
+        return plan
+
+    def _estimate(self, plan: Plan, stablecog: bool) -> None:
+        """What to hold for this call: Stablecog's ``num_outputs`` credits; else
+        prompt and ``max_tokens`` at the model's prices; else the guard's estimate."""
+        guard, text = self.guard, plan.text
+        if stablecog:
+            outputs = None
+            if text is not None:
+                with contextlib.suppress(ValueError):
+                    hit = find_members(text, _STABLECOG_FIELDS).get("num_outputs")
+                    outputs = _whole(hit[0]) if hit else None
+            plan.estimate = float(outputs if outputs is not None else STABLECOG_OUTPUTS)
+            return
+        pricing = guard.pricing
+        if not pricing:
+            return
+        price = plan.price = pricing.price(plan.model)
+        if price is None:
+            self._unknown_price(plan)
+            return
+        if text is None:
+            return
+        try:
+            found = find_members(text, _TOKEN_FIELDS)
+        except ValueError:  # malformed after the model: no limit to read
+            found = {}
+        limit = next(
+            (
+                n
+                for f in _TOKEN_FIELDS_ORDER
+                if f in found and (n := _whole(found[f][0])) is not None
+            ),
+            None,
+        )
+        prompt_tokens = len(text) / 4  # a conservative bound: ~4 characters a token
+        if limit is None:
+            plan.estimate = price.prompt * prompt_tokens + guard.estimate
+        else:
+            plan.estimate = price.of(prompt_tokens, limit)
+
+    def _unknown_price(self, plan: Plan) -> None:
+        rule = self.guard.policy.unknown_price
+        model = plan.model or "(no model)"
+        if rule == "refuse":
+            plan.refuse = f"no known price for model {model!r} and unknown_price=refuse"
+        elif rule == "estimate" and model not in self._unpriced:
+            if len(self._unpriced) < 1024:
+                self._unpriced.add(model)
+            log.warning(
+                "no price configured for model %r: holding the configured estimate %g",
+                model,
+                plan.estimate,
+            )
 
     def _read_model(
         self, request: Any, field: str
@@ -235,6 +336,8 @@ class Core:
         """
         if decision.balance is None:
             reason = "no usable credit balance could be had, and the policy refuses then"
+        elif "unknown_price" in decision.reason:
+            reason = "the model has no known price, and the policy refuses then"
         else:
             reason = "the credits left after this call would be below the refuse threshold"
         body = {
@@ -262,117 +365,225 @@ class Core:
             request=request,
         )
 
-    # -- 4. observe ----------------------------------------------------------
+    # -- 4. observe and settle -------------------------------------------------
 
-    def observe(self, plan: Plan, decision: Decision, response: Any) -> Any:
-        """Label the response and watch it pass for what the ledger should learn."""
+    def charge(self, plan: Plan, hold: Hold | None, cost: float | None) -> None:
+        """The call went through: its real cost (or, unknown, its estimate)
+        replaces its hold."""
+        amount = plan.estimate if cost is None else cost
+        if hold is not None:
+            self.guard.ledger.settle(hold, amount)
+        elif amount:
+            self.guard.ledger.record(plan.credential, amount)
+
+    def release(self, hold: Hold | None) -> None:
+        if hold is not None:
+            self.guard.ledger.release(hold)
+
+    def observe(self, plan: Plan, decision: Decision, hold: Hold | None, response: Any) -> Any:
+        """Label the response and watch it pass, settling the call's hold from
+        what it shows: the usage of a JSON body or of the last SSE events."""
         response.headers["x-creditguard-decision"] = decision.action
         if decision.action == "downgrade" and decision.requested_model:
             response.headers["x-creditguard-model-requested"] = decision.requested_model
         status: int = response.status_code
         credential = plan.credential
         ledger = self.guard.ledger
-        if status == 402:
-            log.warning("provider answered 402: credential marked exhausted")
-            ledger.mark_exhausted(credential)
-            return response
         stablecog = plan.path.endswith(STABLECOG_CREATE)
-        on_body: Callable[[bytes], None] | None = None
-        if status == 403:
+        on_body: Callable[[bytes, bool], None] | None = None
+        if not 200 <= status < 300:
+            self.release(hold)  # no charge for a call the provider turned down
+            if status == 402:
+                log.warning("provider answered 402: credential marked exhausted")
+                ledger.mark_exhausted(credential)
+                return response
+            if status == 403:
 
-            def on_body(body: bytes) -> None:
-                if _BUDGET_WORDS.search(body):
-                    log.warning("provider answered 403 (budget/limit): credential marked exhausted")
-                    ledger.mark_exhausted(credential)
+                def on_body(body: bytes, complete: bool) -> None:
+                    if _BUDGET_WORDS.search(body):
+                        log.warning("provider answered 403 (budget): credential marked exhausted")
+                        ledger.mark_exhausted(credential)
 
-        elif status == 400 and plan.path.endswith("/messages"):
+            elif status == 400 and (stablecog or plan.path.endswith("/messages")):
 
-            def on_body(body: bytes) -> None:
-                if b"credit balance is too low" in body.lower():
-                    log.warning("Anthropic is out of credits: credential marked exhausted")
-                    ledger.mark_exhausted(credential)
+                def on_body(body: bytes, complete: bool) -> None:
+                    lowered = body.lower()
+                    if (
+                        b"insufficient_credits" in lowered
+                        or b"credit balance is too low" in lowered
+                    ):
+                        log.warning("provider is out of credits: credential marked exhausted")
+                        ledger.mark_exhausted(credential)
 
-        elif stablecog and status == 400:
+            else:
+                return response
+        elif stablecog:
 
-            def on_body(body: bytes) -> None:
-                if b"insufficient_credits" in body:
-                    log.warning("Stablecog is out of credits: credential marked exhausted")
-                    ledger.mark_exhausted(credential)
-
-        elif stablecog and self.stablecog and 200 <= status < 300:
-
-            def on_body(body: bytes) -> None:
+            def on_body(body: bytes, complete: bool) -> None:
+                remaining = None
                 try:
-                    remaining = json.loads(body).get("remaining_credits")
-                except (ValueError, AttributeError):
-                    return
-                if isinstance(remaining, int) and not isinstance(remaining, bool):
-                    ledger.set_remaining(credential, float(remaining))
+                    doc = json.loads(body)
+                    remaining = doc.get("remaining_credits") if isinstance(doc, dict) else None
+                except ValueError:
+                    pass
+                if self.stablecog and _whole(remaining) is not None:
+                    self.release(hold)  # the provider's fresh figure already counts it
+                    ledger.set_remaining(credential, float(remaining))  # type: ignore[arg-type]
+                else:
+                    self.charge(plan, hold, None)
 
-        if on_body is None:
+        elif response.headers.get("content-type", "").startswith("text/event-stream"):
+            tap = SSETap(self, plan, hold)
+            encoding = response.headers.get("content-encoding", "identity").lower()
+            if encoding not in ("identity", ""):
+                tap.disabled = True
+            response.stream = self.lib.observed(response.stream, tap)
             return response
+        else:
+
+            def on_body(body: bytes, complete: bool) -> None:
+                usage = _usage_from_body(body) if complete else None
+                self.charge(plan, hold, cost_from_usage(usage, plan.price))
+
         loaded = getattr(response, "_content", None)  # a body already in memory (mocks)
         if isinstance(loaded, bytes):
-            on_body(loaded[:MAX_OBSERVED_BODY])
+            on_body(loaded, True)
         else:
             encoding = response.headers.get("content-encoding", "identity").lower()
-            response.stream = self.lib.observed(response.stream, on_body, encoding)
+            response.stream = self.lib.observed(response.stream, BodyTap(on_body, encoding))
         return response
 
 
-class ObservedStream:
-    """A response body stream that keeps (up to a cap) the bytes passing
-    through, and hands them over once when the body ends or is closed.
-    Chunks reach the reader as they arrive: nothing is held back."""
+class BodyTap:
+    """Keeps the end of a response body (up to a cap) as it passes; when the
+    body ends, hands it over, decoded, once."""
 
-    def __init__(self, inner: Any, on_body: Callable[[bytes], None], encoding: str) -> None:
-        self._inner = inner
+    __slots__ = ("_encoding", "_on_body", "_parts", "_size", "_trimmed")
+
+    def __init__(self, on_body: Callable[[bytes, bool], None], encoding: str) -> None:
         self._on_body = on_body
         self._encoding = encoding
-        self._parts: list[bytes] = []
+        self._parts: deque[bytes] = deque()
         self._size = 0
+        self._trimmed = False
+
+    def feed(self, chunk: bytes) -> None:
+        self._parts.append(chunk)
+        self._size += len(chunk)
+        while self._size > MAX_OBSERVED_BODY and len(self._parts) > 1:
+            self._size -= len(self._parts.popleft())
+            self._trimmed = True
+
+    def end(self, complete: bool) -> None:
+        body = b"".join(self._parts)
+        self._parts.clear()
+        encoding = self._encoding
+        if encoding not in ("identity", ""):
+            if self._trimmed or not complete:
+                body, complete = b"", False
+            elif encoding in ("gzip", "x-gzip"):
+                body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
+            elif encoding == "deflate":
+                body = zlib.decompressobj().decompress(body)
+            else:  # br, zstd: not decoded here
+                body, complete = b"", False
+        self._on_body(body, complete)
+
+
+class SSETap:
+    """Watches server-sent events pass: reassembles lines split across chunks,
+    skips comments, keeps the usage the provider reports (OpenRouter: the last
+    data event before ``[DONE]``; Anthropic: message_start, then message_delta),
+    and settles the call when the stream ends or is closed."""
+
+    __slots__ = ("_buffer", "_core", "_hold", "_plan", "disabled", "usage")
+
+    def __init__(self, core: Core, plan: Plan, hold: Hold | None) -> None:
+        self._core = core
+        self._plan = plan
+        self._hold = hold
+        self._buffer = b""
+        self.usage: dict[str, Any] = {}
+        self.disabled = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.disabled:
+            return
+        data = self._buffer + chunk
+        lines = data.split(b"\n")
+        self._buffer = lines.pop()
+        if len(self._buffer) > MAX_OBSERVED_BODY:  # one absurdly long line: give up on it
+            self._buffer = b""
+        for line in lines:
+            if line.startswith(b"data:") and b'"usage"' in line:
+                self._event(line[5:])
+
+    def _event(self, payload: bytes) -> None:
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(event, dict):
+            return
+        message = event.get("message")
+        if isinstance(message, dict):
+            merge_usage(self.usage, message.get("usage"))
+        merge_usage(self.usage, event.get("usage"))
+
+    def end(self, complete: bool) -> None:
+        if self._buffer.startswith(b"data:") and b'"usage"' in self._buffer:
+            self._event(self._buffer[5:].rstrip(b"\r"))
+        self._buffer = b""
+        plan = self._plan
+        cost = cost_from_usage(self.usage, plan.price) if self.usage else None
+        # A stream cut short without a usage report still cost something: its
+        # estimate is charged (never counted as free).
+        self._core.charge(plan, self._hold, cost)
+
+
+class ObservedStream:
+    """A response body stream that shows each chunk to a tap as it passes
+    (nothing is held back) and tells it once when the body ends or is closed."""
+
+    def __init__(self, inner: Any, tap: BodyTap | SSETap) -> None:
+        self._inner = inner
+        self._tap = tap
         self._done = False
 
-    def _keep(self, chunk: bytes) -> None:
-        if self._size < MAX_OBSERVED_BODY:
-            self._parts.append(chunk)
-            self._size += len(chunk)
-
-    def _finish(self) -> None:
+    def _end(self, complete: bool) -> None:
         if self._done:
             return
         self._done = True
-        body = b"".join(self._parts)
-        self._parts = []
         try:
-            if self._encoding in ("gzip", "x-gzip"):
-                body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
-            elif self._encoding == "deflate":
-                body = zlib.decompressobj().decompress(body)
-            elif self._encoding not in ("identity", ""):
-                return
-            self._on_body(body)
+            self._tap.end(complete)
         except Exception:
             log.debug("response body could not be observed", exc_info=True)
 
+    def _feed(self, chunk: bytes) -> None:
+        if not self._done:
+            try:
+                self._tap.feed(chunk)
+            except Exception:
+                log.debug("response chunk could not be observed", exc_info=True)
+
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._inner:
-            self._keep(chunk)
+            self._feed(chunk)
             yield chunk
-        self._finish()
+        self._end(True)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
-            self._keep(chunk)
+            self._feed(chunk)
             yield chunk
-        self._finish()
+        self._end(True)
 
     def close(self) -> None:
-        self._finish()
+        self._end(False)
         self._inner.close()
 
     async def aclose(self) -> None:
-        self._finish()
+        self._end(False)
         await self._inner.aclose()
 
 
@@ -387,11 +598,21 @@ class SyncShell:
         plan = core.plan(request)
         if plan is None:
             return self._inner.handle_request(request)
-        decision = plan.retry_of or core.guard.check(plan.model, credential=plan.credential)
+        if plan.retry_of is not None:
+            decision, hold = plan.retry_of, None
+        else:
+            decision, hold = core.guard._hold(
+                plan.model, plan.credential, plan.estimate, refuse_reason=plan.refuse
+            )
         out = core.act(request, plan, decision)
         if decision.action == "refuse":
             return out
-        return core.observe(plan, decision, self._inner.handle_request(out))
+        try:
+            response = self._inner.handle_request(out)
+        except BaseException:
+            core.release(hold)
+            raise
+        return core.observe(plan, decision, hold, response)
 
     def close(self) -> None:
         self._inner.close()
@@ -408,11 +629,21 @@ class AsyncShell:
         plan = core.plan(request)
         if plan is None:
             return await self._inner.handle_async_request(request)
-        decision = plan.retry_of or await core.guard.acheck(plan.model, credential=plan.credential)
+        if plan.retry_of is not None:
+            decision, hold = plan.retry_of, None
+        else:
+            decision, hold = await core.guard._ahold(
+                plan.model, plan.credential, plan.estimate, refuse_reason=plan.refuse
+            )
         out = core.act(request, plan, decision)
         if decision.action == "refuse":
             return out
-        return core.observe(plan, decision, await self._inner.handle_async_request(out))
+        try:
+            response = await self._inner.handle_async_request(out)
+        except BaseException:  # a connection error, a cancelled task: no charge
+            core.release(hold)
+            raise
+        return core.observe(plan, decision, hold, response)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
