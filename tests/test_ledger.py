@@ -395,3 +395,93 @@ async def test_async_failure_is_negative_cached_too() -> None:
     clock.now += 6
     source.fail = None
     assert (await ledger.aget(KEY_A)).balance.remaining == 10  # type: ignore[union-attr]
+
+
+# -- holds --------------------------------------------------------------------
+
+
+def _admit(ledger: Ledger, amount: float, floor: float = 1.0) -> Any:
+    from creditguard import Policy, decide
+
+    policy = Policy(refuse_below=floor)
+    lookup = ledger.get(KEY_A)
+    return ledger.admit(
+        lookup,
+        KEY_A,
+        lambda balance, reserved: decide(balance, policy, "m", amount, reserved=reserved),
+        amount,
+        reserve=True,
+    )
+
+
+def test_holds_count_against_the_next_decisions() -> None:
+    ledger = make(Source())  # 10 credits
+    decisions = [_admit(ledger, 2.0) for _ in range(6)]
+    assert [d.action for d, _ in decisions] == ["allow"] * 4 + ["refuse"] * 2
+    assert ledger.reserved(KEY_A) == 8.0
+    assert [h is None for _, h in decisions] == [False] * 4 + [True] * 2
+
+
+def test_settle_replaces_the_hold_with_the_real_cost_once() -> None:
+    ledger = make(Source())
+    _, hold = _admit(ledger, 2.0)
+    assert ledger.settle(hold, 0.5) is True
+    assert ledger.settle(hold, 0.5) is False  # idempotent
+    assert ledger.release(hold) is False
+    assert ledger.reserved(KEY_A) == 0
+    assert ledger.get(KEY_A).balance.remaining == 9.5  # type: ignore[union-attr]
+
+
+def test_release_drops_the_hold_without_charge() -> None:
+    ledger = make(Source())
+    _, hold = _admit(ledger, 2.0)
+    assert ledger.release(hold) is True
+    assert ledger.settle(hold, 2.0) is False
+    assert ledger.reserved(KEY_A) == 0
+    assert ledger.get(KEY_A).balance.remaining == 10  # type: ignore[union-attr]
+
+
+def test_holds_expire_by_themselves_and_a_late_settle_still_charges_once() -> None:
+    clock = Clock()
+    ledger = make(Source(), clock, ttl=1000, hold_timeout=60)
+    _, hold = _admit(ledger, 2.0)
+    clock.now += 59
+    assert ledger.reserved(KEY_A) == 2.0
+    clock.now += 2
+    assert ledger.reserved(KEY_A) == 0  # a crashed call's hold vanished
+    assert ledger.settle(hold, 1.5) is True  # the call did finish after all: charged once
+    assert ledger.settle(hold, 1.5) is False
+    assert ledger.get(KEY_A).balance.remaining == 8.5  # type: ignore[union-attr]
+
+
+def test_holds_carry_over_a_refresh() -> None:
+    clock, source = Clock(), Source()
+    ledger = make(source, clock, ttl=10)
+    _, hold = _admit(ledger, 3.0)
+    clock.now += 11
+    source.balances[KEY_A] = 9.0
+    assert ledger.get(KEY_A).balance.remaining == 9.0  # type: ignore[union-attr]
+    assert ledger.reserved(KEY_A) == 3.0  # still in flight: still held
+    ledger.settle(hold, 1.0)
+    assert ledger.reserved(KEY_A) == 0
+    assert ledger.get(KEY_A).balance.remaining == 8.0  # type: ignore[union-attr]
+
+
+def test_concurrent_threads_never_hold_past_the_floor() -> None:
+    ledger = make(Source())  # 10 credits, floor 1, 0.25 each: at most 36 holds
+    results: list[Any] = []
+    start = threading.Barrier(50)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(4):
+            results.append(_admit(ledger, 0.25))
+
+    threads = [threading.Thread(target=worker) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    allowed = [h for d, h in results if d.action != "refuse"]
+    assert len(allowed) == 36
+    assert ledger.reserved(KEY_A) == pytest.approx(9.0)
