@@ -31,11 +31,14 @@ test: $(STAMP) $(OA2_STAMP)
 	$(OA2)/bin/python -m pytest -p no:cacheprovider tests/test_sdk_openai.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks
+	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy --strict src
 
 check: lint test
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/drift.py
 
 clean:
 	rm -rf $(VENV) $(OA2) .pytest_cache .mypy_cache .ruff_cache
