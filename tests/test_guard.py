@@ -62,6 +62,7 @@ def test_public_names_are_pinned() -> None:
         "Decision",
         "GuardTransport",
         "Policy",
+        "Reservation",
         "decide",
         "load_config",
     ]
@@ -462,3 +463,30 @@ def test_from_config_keyword_arguments_win(tmp_path: Any) -> None:
     guard = BudgetGuard.from_config(path, env=False, ttl=5, policy=POLICY)
     assert guard.ttl == 5 and guard.policy is POLICY
     assert guard.check("big").action == "warn"
+
+
+def test_reserve_holds_until_settled_or_released() -> None:
+    guard = guard_at(3)
+    r = guard.reserve("big", estimate=1.0)
+    assert r.decision.action == "downgrade" and r.decision.model == "small"
+    assert guard.ledger.reserved(None) == 1.0
+    r.settle(0.25)
+    r.settle(5.0)  # once only
+    assert guard.ledger.reserved(None) == 0
+    assert guard.check(estimate=0).balance.remaining == 2.75  # type: ignore[union-attr]
+    with pytest.raises(RuntimeError), guard.reserve("big", estimate=1.0):
+        raise RuntimeError("the call failed")
+    assert guard.check(estimate=0).balance.remaining == 2.75  # type: ignore[union-attr]
+    with guard.reserve("big", estimate=0.5) as r2:
+        assert guard.ledger.reserved(None) == 0.5
+    assert r2.decision.allowed and guard.ledger.reserved(None) == 0
+    assert guard.check(estimate=0).balance.remaining == 2.25  # type: ignore[union-attr]
+
+
+async def test_areserve_refused_holds_nothing() -> None:
+    guard = guard_at(0.5)
+    r = await guard.areserve("big")
+    assert r.decision.action == "refuse"
+    r.settle(1.0)  # a refused call is never charged
+    assert guard.ledger.reserved(None) == 0
+    assert (await guard.acheck(estimate=0)).balance.remaining == 0.5  # type: ignore[union-attr]

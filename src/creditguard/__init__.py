@@ -10,7 +10,7 @@ in :mod:`creditguard.sources`; the fake provider for tests in
 from .balance import Balance
 from .config import load_config
 from .errors import ConfigError, CreditGuardError, CreditsExhausted, CreditSourceError
-from .guard import BudgetGuard
+from .guard import BudgetGuard, Reservation
 from .httpx import AsyncGuardTransport, GuardTransport
 from .policy import Decision, Policy, decide
 
@@ -25,6 +25,7 @@ __all__ = [
     "Decision",
     "GuardTransport",
     "Policy",
+    "Reservation",
     "decide",
     "load_config",
 ]

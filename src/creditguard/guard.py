@@ -61,6 +61,58 @@ def _number(key: str, value: object, *, positive: bool = False) -> float:
     return float(value)
 
 
+class Reservation:
+    """A decided call and the credits held for it (see :meth:`BudgetGuard.reserve`)."""
+
+    __slots__ = ("_credential", "_done", "_guard", "_hold", "decision", "estimate")
+
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        decision: Decision,
+        hold: Hold | None,
+        credential: str | None,
+        estimate: float,
+    ) -> None:
+        self._guard = guard
+        self.decision = decision
+        self._hold = hold
+        self._credential = credential
+        self.estimate = estimate
+        self._done = decision.action == "refuse"
+
+    def settle(self, cost: float | None = None) -> None:
+        """The call went through and cost ``cost`` (None: its estimate). Once."""
+        if self._done:
+            return
+        self._done = True
+        amount = self.estimate if cost is None else cost
+        if self._hold is not None:
+            self._guard.ledger.settle(self._hold, amount)
+        else:
+            self._guard.ledger.record(self._credential, amount)
+
+    def release(self) -> None:
+        """The call failed or was not made: nothing is charged. Once."""
+        if self._done:
+            return
+        self._done = True
+        if self._hold is not None:
+            self._guard.ledger.release(self._hold)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.release()
+        else:
+            self.settle()
+
+    def __repr__(self) -> str:
+        return f"<Reservation {self.decision.action} estimate={self.estimate:g}>"
+
+
 class BudgetGuard:
     """Checks remaining credits before each guarded call.
 
@@ -124,7 +176,7 @@ class BudgetGuard:
         self.on_refresh = on_refresh
         self.on_source_error = on_source_error
         self._warned: dict[str, tuple[str, float]] = {}
-        self.reserve = bool(reserve)
+        self._reserve = bool(reserve)
         kwargs: dict[str, Any] = {} if timer is None else {"timer": timer}
         self.ledger = Ledger(
             source,
@@ -206,7 +258,7 @@ class BudgetGuard:
             )
 
         decision, held = self.ledger.admit(
-            lookup, credential, judge, estimate, reserve=hold and self.reserve
+            lookup, credential, judge, estimate, reserve=hold and self._reserve
         )
         self._report(decision, lookup.fingerprint)
         return decision, held
@@ -266,6 +318,35 @@ class BudgetGuard:
         est = self._estimate(estimate)
         lookup = await self.ledger.aget(credential)
         return self._admit(lookup, credential, model, est, hold=False)[0]
+
+    def reserve(
+        self,
+        model: str | None = None,
+        *,
+        credential: str | None = None,
+        estimate: float | None = None,
+    ) -> Reservation:
+        """Decide on a call and hold its estimate until it is settled: the
+        building block for hooks of your own (the decorator and transports use
+        the same). Check ``reservation.decision`` before making the call; then
+        ``settle(cost)`` with what it cost (None: its estimate) or ``release()``
+        if it failed. As a context manager, an exception releases it and a
+        normal exit settles it at its estimate unless settled already."""
+        est = self._estimate(estimate)
+        decision, hold = self._hold(model, credential, est)
+        return Reservation(self, decision, hold, credential, est)
+
+    async def areserve(
+        self,
+        model: str | None = None,
+        *,
+        credential: str | None = None,
+        estimate: float | None = None,
+    ) -> Reservation:
+        """:meth:`reserve` for async code."""
+        est = self._estimate(estimate)
+        decision, hold = await self._ahold(model, credential, est)
+        return Reservation(self, decision, hold, credential, est)
 
     def _hold(
         self, model: str | None, credential: str | None, estimate: float, **kw: Any
