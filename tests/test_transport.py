@@ -507,3 +507,15 @@ def test_anthropic_out_of_credit_400_marks_exhausted(make: Callable[..., Harness
     h2.upstream.reply = lambda req: h2.lib.Response(400, json={"error": "bad max_tokens"})
     h2.post("/v1/messages")
     assert h2.post("/v1/messages").status_code == 400  # an ordinary 400 is not a verdict
+
+
+async def test_async_client_options_build_the_inner_transport(
+    stack: tuple[ModuleType, ModuleType],
+) -> None:
+    lib, cg = stack
+    guard = BudgetGuard(Source(50), POLICY)
+    async with cg.async_client(guard, limits=lib.Limits(max_connections=2)) as c:
+        inner = c._transport._inner
+        assert isinstance(inner, lib.AsyncHTTPTransport)
+        assert inner._pool._max_connections == 2
+        assert c.timeout.read == 600.0

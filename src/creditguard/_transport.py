@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import re
+import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -69,22 +70,50 @@ _TOKEN_FIELDS_ORDER = ("max_tokens", "max_completion_tokens", "max_output_tokens
 _TOKEN_FIELDS = frozenset(_TOKEN_FIELDS_ORDER)
 
 
-@dataclass(frozen=True, slots=True)
+# Options that belong to the network transport: given to client(), they build
+# the inner transport (a client given a transport would silently ignore them).
+_TRANSPORT_OPTIONS = ("verify", "cert", "http1", "http2", "limits", "proxy", "retries")
+
+
 class Lib:
-    """The classes of one HTTP library (httpx or httpx2)."""
+    """One HTTP library (httpx or httpx2): its classes, and what the adapters
+    share — a TLS context loaded once, default transports, client options."""
 
-    name: str
-    Request: Any
-    Response: Any
-    RequestNotRead: type[Exception]
-    SyncByteStream: type
-    AsyncByteStream: type
-    observed: type = object  # set in __post_init__: ObservedStream for this library
-
-    def __post_init__(self) -> None:
+    def __init__(self, module: Any) -> None:
+        self.name: str = module.__name__
+        self.module = module
+        self.Request = module.Request
+        self.Response = module.Response
+        self.RequestNotRead: type[Exception] = module.RequestNotRead
         # Clients assert that a response stream is their library's own stream type.
-        bases = (ObservedStream, self.SyncByteStream, self.AsyncByteStream)
-        object.__setattr__(self, "observed", type("ObservedStream", bases, {}))
+        bases = (ObservedStream, module.SyncByteStream, module.AsyncByteStream)
+        self.observed: type = type("ObservedStream", bases, {})
+        # LLM calls are slow: openai's own default timeout, unless told otherwise.
+        self.timeout = module.Timeout(timeout=600.0, connect=5.0)
+        self._ssl_context: ssl.SSLContext | None = None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """One TLS context for every default transport: loading the CA bundle
+        costs tens of milliseconds, once is enough."""
+        if self._ssl_context is None:
+            self._ssl_context = self.module.create_ssl_context()
+        return self._ssl_context
+
+    def network(self, *, sync: bool, options: dict[str, Any] | None = None) -> Any:
+        """The library's own network transport; ``options`` (a client's keyword
+        arguments) give up the ones that belong to a transport."""
+        settings: dict[str, Any] = {}
+        if options is not None:
+            settings = {k: options.pop(k) for k in _TRANSPORT_OPTIONS if k in options}
+            if "trust_env" in options:
+                settings["trust_env"] = options["trust_env"]  # the client reads it too
+        settings.setdefault("verify", self.ssl_context())
+        cls = self.module.HTTPTransport if sync else self.module.AsyncHTTPTransport
+        return cls(**settings)
+
+    def client_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        options.setdefault("timeout", self.timeout)
+        return options
 
 
 @dataclass(slots=True)

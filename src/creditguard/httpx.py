@@ -7,14 +7,15 @@
 
     openai.OpenAI(http_client=guard.client())             # or client(guard)
     httpx.Client(transport=GuardTransport(guard, inner=httpx.HTTPTransport()))
+
+The logic lives in :mod:`creditguard._transport`; this module and
+:mod:`creditguard.httpx2` only give it each library's classes and types.
 """
 
 from __future__ import annotations
 
-import functools
-import ssl
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httpx
 
@@ -25,36 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PATHS", "AsyncGuardTransport", "GuardTransport", "async_client", "client"]
 
-_LIB = Lib(
-    "httpx",
-    httpx.Request,
-    httpx.Response,
-    httpx.RequestNotRead,
-    httpx.SyncByteStream,
-    httpx.AsyncByteStream,
-)
-# Options that belong to the network transport: given to client(), they build
-# the inner transport (a client given a transport would silently ignore them).
-_TRANSPORT_OPTIONS = ("verify", "cert", "http1", "http2", "limits", "proxy", "retries", "trust_env")
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One TLS context for every default transport: loading the CA bundle
-    costs tens of milliseconds, once is enough."""
-    return httpx.create_ssl_context()
-
-
-def _transport_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    options = {k: kwargs.pop(k) for k in _TRANSPORT_OPTIONS if k in kwargs and k != "trust_env"}
-    if "trust_env" in kwargs:
-        options["trust_env"] = kwargs["trust_env"]  # the client reads it too
-    options.setdefault("verify", _ssl_context())
-    return options
-
-
-# LLM calls are slow: openai's own default, unless the caller says otherwise.
-_TIMEOUT = httpx.Timeout(timeout=600.0, connect=5.0)
+_LIB = Lib(httpx)
 
 
 class GuardTransport(SyncShell, httpx.BaseTransport):
@@ -68,11 +40,10 @@ class GuardTransport(SyncShell, httpx.BaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = inner if inner is not None else httpx.HTTPTransport(verify=_ssl_context())
+        self._inner = inner if inner is not None else _LIB.network(sync=True)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        response: httpx.Response = SyncShell.handle_request(self, request)
-        return response
+        return cast(httpx.Response, SyncShell.handle_request(self, request))
 
 
 class AsyncGuardTransport(AsyncShell, httpx.AsyncBaseTransport):
@@ -86,13 +57,10 @@ class AsyncGuardTransport(AsyncShell, httpx.AsyncBaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = (
-            inner if inner is not None else httpx.AsyncHTTPTransport(verify=_ssl_context())
-        )
+        self._inner = inner if inner is not None else _LIB.network(sync=False)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response: httpx.Response = await AsyncShell.handle_async_request(self, request)
-        return response
+        return cast(httpx.Response, await AsyncShell.handle_async_request(self, request))
 
 
 def client(
@@ -102,12 +70,13 @@ def client(
     paths: Iterable[str] = DEFAULT_PATHS,
     **kwargs: Any,
 ) -> httpx.Client:
-    """An ``httpx.Client`` whose requests pass through ``guard``; ``transport``
-    is the inner transport, other arguments go to ``httpx.Client``."""
-    kwargs.setdefault("timeout", _TIMEOUT)
-    if transport is None:
-        transport = httpx.HTTPTransport(**_transport_options(kwargs))
-    return httpx.Client(transport=GuardTransport(guard, transport, paths=paths), **kwargs)
+    """A ``httpx.Client`` whose generation calls pass through ``guard``.
+    ``transport`` is the inner transport (default: the network, built with any
+    of ``verify``, ``cert``, ``http1``, ``http2``, ``limits``, ``proxy``,
+    ``retries`` given here); other arguments go to ``httpx.Client``."""
+    inner = transport if transport is not None else _LIB.network(sync=True, options=kwargs)
+    guarded = GuardTransport(guard, inner, paths=paths)
+    return httpx.Client(transport=guarded, **_LIB.client_options(kwargs))
 
 
 def async_client(
@@ -117,6 +86,7 @@ def async_client(
     paths: Iterable[str] = DEFAULT_PATHS,
     **kwargs: Any,
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` whose requests pass through ``guard``."""
-    kwargs.setdefault("timeout", _TIMEOUT)
-    return httpx.AsyncClient(transport=AsyncGuardTransport(guard, transport, paths=paths), **kwargs)
+    """A ``httpx.AsyncClient`` whose generation calls pass through ``guard``."""
+    inner = transport if transport is not None else _LIB.network(sync=False, options=kwargs)
+    guarded = AsyncGuardTransport(guard, inner, paths=paths)
+    return httpx.AsyncClient(transport=guarded, **_LIB.client_options(kwargs))

@@ -15,10 +15,8 @@ classes: one transport cannot serve both libraries. Install with the
 
 from __future__ import annotations
 
-import functools
-import ssl
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 try:
     import httpx2
@@ -34,36 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_PATHS", "AsyncGuardTransport", "GuardTransport", "async_client", "client"]
 
-_LIB = Lib(
-    "httpx2",
-    httpx2.Request,
-    httpx2.Response,
-    httpx2.RequestNotRead,
-    httpx2.SyncByteStream,
-    httpx2.AsyncByteStream,
-)
-# Options that belong to the network transport: given to client(), they build
-# the inner transport (a client given a transport would silently ignore them).
-_TRANSPORT_OPTIONS = ("verify", "cert", "http1", "http2", "limits", "proxy", "retries", "trust_env")
-
-
-@functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    """One TLS context for every default transport: loading the CA bundle
-    costs tens of milliseconds, once is enough."""
-    return httpx2.create_ssl_context()
-
-
-def _transport_options(kwargs: dict[str, Any]) -> dict[str, Any]:
-    options = {k: kwargs.pop(k) for k in _TRANSPORT_OPTIONS if k in kwargs and k != "trust_env"}
-    if "trust_env" in kwargs:
-        options["trust_env"] = kwargs["trust_env"]  # the client reads it too
-    options.setdefault("verify", _ssl_context())
-    return options
-
-
-# LLM calls are slow: openai's own default, unless the caller says otherwise.
-_TIMEOUT = httpx2.Timeout(timeout=600.0, connect=5.0)
+_LIB = Lib(httpx2)
 
 
 class GuardTransport(SyncShell, httpx2.BaseTransport):
@@ -77,11 +46,10 @@ class GuardTransport(SyncShell, httpx2.BaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = inner if inner is not None else httpx2.HTTPTransport(verify=_ssl_context())
+        self._inner = inner if inner is not None else _LIB.network(sync=True)
 
     def handle_request(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = SyncShell.handle_request(self, request)
-        return response
+        return cast(httpx2.Response, SyncShell.handle_request(self, request))
 
 
 class AsyncGuardTransport(AsyncShell, httpx2.AsyncBaseTransport):
@@ -95,13 +63,10 @@ class AsyncGuardTransport(AsyncShell, httpx2.AsyncBaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = (
-            inner if inner is not None else httpx2.AsyncHTTPTransport(verify=_ssl_context())
-        )
+        self._inner = inner if inner is not None else _LIB.network(sync=False)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
-        response: httpx2.Response = await AsyncShell.handle_async_request(self, request)
-        return response
+        return cast(httpx2.Response, await AsyncShell.handle_async_request(self, request))
 
 
 def client(
@@ -111,12 +76,13 @@ def client(
     paths: Iterable[str] = DEFAULT_PATHS,
     **kwargs: Any,
 ) -> httpx2.Client:
-    """An ``httpx2.Client`` whose requests pass through ``guard``; ``transport``
-    is the inner transport, other arguments go to ``httpx2.Client``."""
-    kwargs.setdefault("timeout", _TIMEOUT)
-    if transport is None:
-        transport = httpx2.HTTPTransport(**_transport_options(kwargs))
-    return httpx2.Client(transport=GuardTransport(guard, transport, paths=paths), **kwargs)
+    """A ``httpx2.Client`` whose generation calls pass through ``guard``.
+    ``transport`` is the inner transport (default: the network, built with any
+    of ``verify``, ``cert``, ``http1``, ``http2``, ``limits``, ``proxy``,
+    ``retries`` given here); other arguments go to ``httpx2.Client``."""
+    inner = transport if transport is not None else _LIB.network(sync=True, options=kwargs)
+    guarded = GuardTransport(guard, inner, paths=paths)
+    return httpx2.Client(transport=guarded, **_LIB.client_options(kwargs))
 
 
 def async_client(
@@ -126,10 +92,7 @@ def async_client(
     paths: Iterable[str] = DEFAULT_PATHS,
     **kwargs: Any,
 ) -> httpx2.AsyncClient:
-    """An ``httpx2.AsyncClient`` whose requests pass through ``guard``."""
-    kwargs.setdefault("timeout", _TIMEOUT)
-    if transport is None:
-        transport = httpx2.AsyncHTTPTransport(**_transport_options(kwargs))
-    return httpx2.AsyncClient(
-        transport=AsyncGuardTransport(guard, transport, paths=paths), **kwargs
-    )
+    """A ``httpx2.AsyncClient`` whose generation calls pass through ``guard``."""
+    inner = transport if transport is not None else _LIB.network(sync=False, options=kwargs)
+    guarded = AsyncGuardTransport(guard, inner, paths=paths)
+    return httpx2.AsyncClient(transport=guarded, **_LIB.client_options(kwargs))
