@@ -392,6 +392,17 @@ class BudgetGuard:
 
         return async_client(self, **kwargs)
 
+    def anthropic_middleware(self, *, credential: str | None = None) -> Any:
+        """Middleware for ``anthropic.Anthropic(middleware=[...])`` (anthropic
+        2.x): judged once per call, downgraded by rewriting the body, refused
+        with :class:`CreditsExhausted`. ``credential``: the key the guard judges
+        (default: the source's own)."""
+        try:
+            from ._anthropic import GuardMiddleware
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("anthropic_middleware() needs the anthropic SDK >= 2") from exc
+        return GuardMiddleware(self, credential=credential)
+
     def invalidate(self, credential: str | None = None) -> None:
         """Forget the cached balance of ``credential``: the next check fetches."""
         self.ledger.invalidate(credential)
