@@ -472,13 +472,16 @@ class Ledger:
         with self._lock:
             if hold.state != Hold.OPEN:
                 return False
-            hold.state = Hold.SETTLED
+            hold.state = Hold.SETTLED  # still held (and counted) until debited below
+        # A local budget learns the spend first: a refresh racing with us then
+        # counts it at worst twice (safe, and the next poll corrects it), never zero.
+        if self._source_record is not None:
+            self._source_record(self._fetch_for(hold.credential), cost)
+        with self._lock:
             holds = self._holds.get(hold.key)
             if holds is not None:
                 holds.drop(hold)
             self._debit(hold.key, cost)
-        if self._source_record is not None:
-            self._source_record(self._fetch_for(hold.credential), cost)
         return True
 
     def release(self, hold: Hold) -> bool:
@@ -501,13 +504,14 @@ class Ledger:
             entry.update()
 
     def record(self, credential: str | None, cost: float) -> None:
-        """Debit ``cost`` from the cached balance of ``credential``."""
+        """Debit ``cost`` from the cached balance of ``credential`` (a local
+        budget source learns it first, for the reason given in :meth:`settle`)."""
         cost = check_cost(cost)
+        if self._source_record is not None:
+            self._source_record(self._fetch_for(credential), cost)
         key = self.key(credential)
         with self._lock:
             self._debit(key, cost)
-        if self._source_record is not None:
-            self._source_record(self._fetch_for(credential), cost)
 
     def mark_exhausted(self, credential: str | None) -> None:
         """The provider refused for lack of credits: treat the balance as empty
