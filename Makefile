@@ -38,6 +38,7 @@ lint: $(STAMP)
 check: lint test
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/drift.py
 
 clean:
