@@ -10,10 +10,10 @@ OA2_STAMP := $(OA2)/.installed-stamp
 
 .PHONY: demo test lint check bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml integrations/langchain/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e 'integrations/langchain[dev]'
 	touch $(STAMP)
 
 $(OA2_STAMP): pyproject.toml
@@ -27,6 +27,8 @@ demo: $(STAMP)
 
 test: $(STAMP) $(OA2_STAMP)
 	$(BIN)/python -m pytest
+	@echo "--- integrations/langchain ---"
+	$(BIN)/python -m pytest integrations/langchain/tests
 	@echo "--- the openai SDK tests again, under openai 2.x ---"
 	$(OA2)/bin/python -m pytest -p no:cacheprovider tests/test_sdk_openai.py
 
@@ -34,6 +36,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy --strict src
+	$(BIN)/ruff check integrations/langchain
+	$(BIN)/ruff format --check integrations/langchain
+	$(BIN)/mypy --strict integrations/langchain/src
 
 check: lint test
 
