@@ -22,7 +22,6 @@ their ordinary, final status error.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import re
@@ -32,8 +31,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from cachetools import TTLCache
 
 from .costs import Price, cost_from_usage, merge_usage
 from .policy import Decision
@@ -60,6 +57,7 @@ STABLECOG_CREATE = "/image/generation/create"
 MAX_PARSED_BODY = 16 * 1024 * 1024
 MAX_OBSERVED_BODY = 64 * 1024  # the end of a JSON body kept to read its usage
 RETRY_HEADER = "x-stainless-retry-count"
+_RETRY_HEADER_B = RETRY_HEADER.encode()
 _DECODER = json.JSONDecoder()
 _WS = re.compile(r"[ \t\n\r]*")
 _BUDGET_WORDS = re.compile(rb"budget|limit|credit", re.IGNORECASE)
@@ -85,6 +83,7 @@ class Lib:
         self.Request = module.Request
         self.Response = module.Response
         self.RequestNotRead: type[Exception] = module.RequestNotRead
+        self.ByteStream = module.ByteStream
         # Clients assert that a response stream is their library's own stream type.
         bases = (ObservedStream, module.SyncByteStream, module.AsyncByteStream)
         self.observed: type = type("ObservedStream", bases, {})
@@ -125,21 +124,35 @@ class Plan:
     span: tuple[int, int] | None  # where the model's JSON value sits in ``text``
     text: str | None  # the decoded body, when it was parsed
     retry_of: Decision | None
-    retry_key: str | None
+    retry_key: tuple[str, int] | None
     path: str
     estimate: float
     price: Price | None = None
     refuse: str | None = None  # a reason to refuse whatever the balance (unknown price)
 
 
-def _bearer(headers: Any) -> str | None:
-    auth = headers.get("authorization")
+_WANTED = frozenset((b"authorization", b"x-api-key", b"content-encoding", RETRY_HEADER.encode()))
+
+
+def _headers(request: Any) -> dict[bytes, bytes]:
+    """The request headers the transport reads, in one pass over the raw list
+    (one ``Headers.get`` costs as much as this whole loop)."""
+    found: dict[bytes, bytes] = {}
+    for name, value in request.headers.raw:
+        lowered = name.lower()
+        if lowered in _WANTED and lowered not in found:
+            found[lowered] = value
+    return found
+
+
+def _bearer(headers: dict[bytes, bytes]) -> str | None:
+    auth = headers.get(b"authorization")
     if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return str(token.strip())
-    key = headers.get("x-api-key")
-    return str(key) if key else None
+        scheme, _, token = auth.partition(b" ")
+        if scheme.lower() == b"bearer" and token.strip():
+            return token.strip().decode("latin-1")
+    key = headers.get(b"x-api-key")
+    return key.strip().decode("latin-1") if key and key.strip() else None
 
 
 def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, tuple[int, int]]]:
@@ -216,8 +229,9 @@ class Core:
             raise ConfigError("paths", paths, "non-empty path suffixes such as '/chat/completions'")
         self.per_credential = bool(getattr(guard.source, "per_credential", True))
         self.stablecog = getattr(guard.source, "name", "") == "stablecog"
-        # decisions of first attempts, for SDK retries of the same call
-        self._retries: TTLCache[str, Decision] = TTLCache(maxsize=1024, ttl=600)
+        # decisions of first attempts, for SDK retries of the same call (bounded,
+        # oldest first out: a retry follows its first attempt within seconds)
+        self._retries: dict[tuple[str, int], Decision] = {}
         self._unpriced: set[str] = set()  # models already warned about
 
     # -- 1. plan -------------------------------------------------------------
@@ -229,19 +243,19 @@ class Core:
         path: str = request.url.path
         if not path.endswith(self.paths):
             return None
-        headers = request.headers
+        headers = _headers(request)
         credential = _bearer(headers) if self.per_credential else None
         stablecog = path.endswith(STABLECOG_CREATE)
         field = "model_id" if stablecog else "model"
-        model, span, text = self._read_model(request, field)
+        model, span, text = self._read_model(request, field, headers)
         # Stainless SDKs (openai, anthropic) number their attempts: the first
         # attempt's decision is kept so that a retry is neither judged nor
         # counted again, and is rewritten the same way.
         retry_of = retry_key = None
-        attempt = headers.get(RETRY_HEADER)
+        attempt = headers.get(_RETRY_HEADER_B)
         if attempt is not None and text is not None:
             retry_key = self._retry_key(credential, text)
-            if attempt != "0":
+            if attempt.strip() != b"0":
                 retry_of = self._retries.get(retry_key)
         plan = Plan(credential, model, span, text, retry_of, retry_key, path, self.guard.estimate)
         if retry_of is None:
@@ -302,7 +316,7 @@ class Core:
             )
 
     def _read_model(
-        self, request: Any, field: str
+        self, request: Any, field: str, headers: dict[bytes, bytes]
     ) -> tuple[str | None, tuple[int, int] | None, str | None]:
         def skip(why: str) -> tuple[None, None, None]:
             log.debug("body of %s %s not parsed: %s", request.method, request.url.path, why)
@@ -312,9 +326,9 @@ class Core:
             body: bytes = request.content
         except self.lib.RequestNotRead:
             return skip("streamed request body")
-        encoding = request.headers.get("content-encoding", "identity").lower()
-        if encoding not in ("identity", ""):
-            return skip(f"content-encoding {encoding}")
+        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
+        if encoding not in (b"identity", b""):
+            return skip(f"content-encoding {encoding.decode('latin-1')}")
         if len(body) > MAX_PARSED_BODY:
             return skip(f"{len(body)} bytes is over {MAX_PARSED_BODY}")
         try:
@@ -329,9 +343,9 @@ class Core:
             return skip(f"{field!r} is {type(value).__name__}, not a string")
         return value, span, text
 
-    def _retry_key(self, credential: str | None, text: str) -> str:
-        fingerprint = self.guard.ledger.key(credential)
-        return hashlib.blake2b(text.encode(), key=fingerprint.encode()[:64]).hexdigest()
+    def _retry_key(self, credential: str | None, text: str) -> tuple[str, int]:
+        # the body's hash (cached on the str) and the credential's fingerprint
+        return self.guard.ledger.key(credential), hash(text)
 
     # -- 3. act --------------------------------------------------------------
 
@@ -340,21 +354,19 @@ class Core:
         if decision.action == "refuse":
             return self.refusal(request, decision)
         if plan.retry_key is not None and plan.retry_of is None:
-            self._retries[plan.retry_key] = decision
+            retries = self._retries
+            retries[plan.retry_key] = decision
+            if len(retries) > 1024:
+                del retries[next(iter(retries))]
         if decision.action != "downgrade" or plan.span is None or plan.text is None:
             return request
         start, end = plan.span
         body = (plan.text[:start] + json.dumps(decision.model) + plan.text[end:]).encode()
-        headers = request.headers.copy()
-        headers["content-length"] = str(len(body))
-        headers.pop("transfer-encoding", None)
-        return self.lib.Request(
-            request.method,
-            request.url,
-            headers=headers,
-            content=body,
-            extensions=request.extensions,
-        )
+        # The SDK builds a new request for every attempt: this one is ours to rewrite.
+        request.headers["content-length"] = str(len(body))
+        request.stream = self.lib.ByteStream(body)
+        request._content = body
+        return request
 
     def refusal(self, request: Any, decision: Decision) -> Any:
         """HTTP 402 in OpenRouter's own error shape, never sent to the network.

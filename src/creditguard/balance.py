@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 __all__ = ["Balance", "check_cost"]
 
@@ -54,7 +54,22 @@ class Balance:
         if amount == 0 or self.unlimited:
             return self
         used = None if self.used is None else max(0.0, self.used + amount)
-        return replace(self, remaining=self.remaining - amount, used=used)
+        return self._derived(self.remaining - amount, used)
+
+    def _derived(self, remaining: float, used: float | None) -> Balance:
+        """A copy with new figures, skipping validation: derived from a valid
+        balance by arithmetic on finite numbers (the hot path settles with it)."""
+        new = object.__new__(Balance)
+        for name, value in (
+            ("remaining", remaining),
+            ("total", self.total),
+            ("used", used),
+            ("unit", self.unit),
+            ("fetched_at", self.fetched_at),
+            ("source", self.source),
+        ):
+            object.__setattr__(new, name, value)
+        return new
 
 
 def _is_number(value: object) -> bool:

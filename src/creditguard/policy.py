@@ -143,6 +143,9 @@ class Policy:
     )
     _map: GlobMap[str] = field(init=False, repr=False, compare=False)
     _needs_total: bool = field(init=False, repr=False, compare=False)
+    _absolute: tuple[float | None, float | None, float | None] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         limits = tuple(_parse_threshold(name, getattr(self, name)) for name in _TIERS)
@@ -171,7 +174,15 @@ class Policy:
         object.__setattr__(self, "downgrade", dict(self.downgrade))
         object.__setattr__(self, "_limits", limits)
         object.__setattr__(self, "_needs_total", any(lim and lim.percent for lim in limits))
+        absolute = tuple(None if lim is None else lim.value for lim in limits)
+        object.__setattr__(self, "_absolute", absolute)
         object.__setattr__(self, "_map", _downgrade_map(self.downgrade))
+
+    def refuse_floor(self, balance: Balance) -> float | None:
+        """``refuse_below`` in credits for ``balance`` (None: off, or a percent
+        and the balance has no total)."""
+        limit = self._limits[0]
+        return None if limit is None else limit.resolve(balance.total)
 
     def downgrade_target(self, model: str) -> str | None:
         """The cheaper model configured for ``model``, or None."""
@@ -243,9 +254,12 @@ def decide(
             stale,
             balance,
         )
-    refuse, down, warn = (
-        None if limit is None else limit.resolve(balance.total) for limit in policy._limits
-    )
+    if policy._needs_total:
+        refuse, down, warn = (
+            None if limit is None else limit.resolve(balance.total) for limit in policy._limits
+        )
+    else:
+        refuse, down, warn = policy._absolute
     left = f"{_fmt(headroom)} {balance.unit} left after this call"
     if refuse is not None and headroom < refuse:
         reason = f"{left} is below refuse_below {_fmt(refuse)}"
