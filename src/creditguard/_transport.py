@@ -83,7 +83,6 @@ class Lib:
         self.Request = module.Request
         self.Response = module.Response
         self.RequestNotRead: type[Exception] = module.RequestNotRead
-        self.ByteStream = module.ByteStream
         # Clients assert that a response stream is their library's own stream type.
         bases = (ObservedStream, module.SyncByteStream, module.AsyncByteStream)
         self.observed: type = type("ObservedStream", bases, {})
@@ -362,11 +361,18 @@ class Core:
             return request
         start, end = plan.span
         body = (plan.text[:start] + json.dumps(decision.model) + plan.text[end:]).encode()
-        # The SDK builds a new request for every attempt: this one is ours to rewrite.
-        request.headers["content-length"] = str(len(body))
-        request.stream = self.lib.ByteStream(body)
-        request._content = body
-        return request
+        # A new request: some SDKs (openrouter's) send the same request object
+        # again on a retry, and it must still say what the caller asked for.
+        headers = request.headers.copy()
+        headers["content-length"] = str(len(body))
+        headers.pop("transfer-encoding", None)
+        return self.lib.Request(
+            request.method,
+            request.url,
+            headers=headers,
+            content=body,
+            extensions=request.extensions,
+        )
 
     def refusal(self, request: Any, decision: Decision) -> Any:
         """HTTP 402 in OpenRouter's own error shape, never sent to the network.
