@@ -15,12 +15,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
+from ._fingerprint import Fingerprinter
 from ._protect import CURRENT_CALL, Guarded, unwrap_callable, wrap
 from .balance import Balance
 from .costs import Pricing
 from .errors import ConfigError, CreditSourceError
 from .ledger import Hold, Ledger, Lookup
-from .policy import Decision, Policy, decide
+from .policy import Action, Decision, Policy, decide
 
 if TYPE_CHECKING:
     import httpx
@@ -59,6 +60,53 @@ def _number(key: str, value: object, *, positive: bool = False) -> float:
         allowed = "a finite number > 0" if positive else "a finite number >= 0"
         raise ConfigError(key, value, allowed)
     return float(value)
+
+
+def _make_ledger(
+    source: Any,
+    store: object,
+    policy: Policy,
+    secret: str | None,
+    options: dict[str, Any],
+) -> Ledger:
+    """The in-process ledger, or one over a shared store."""
+    if store is None or store == "memory://":
+        return Ledger(source, **options)
+    from urllib.parse import parse_qs, urlsplit
+
+    from ._shared import SharedLedger
+    from .stores import RedisStore, Store
+
+    shown: object = store
+    if isinstance(store, str):
+        parts = urlsplit(store)
+        shown = parts._replace(netloc=parts.hostname or "", query="").geturl()
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                "store", shown, "None, 'memory://', a redis:// URL or a creditguard.stores.Store"
+            )
+        values = parse_qs(parts.query).get("secret")
+        secret = secret or (values[0] if values else None)
+        store = RedisStore.from_url(store)
+    elif not isinstance(store, Store):
+        raise ConfigError(
+            "store", store, "None, 'memory://', a redis:// URL or a creditguard.stores.Store"
+        )
+    secret = secret or os.environ.get("CREDITGUARD_FINGERPRINT_SECRET") or None
+    if not secret:
+        raise ConfigError(
+            "store",
+            shown,
+            "a shared store needs a fingerprint secret that every process shares: "
+            "?secret=... in the URL, fingerprint_secret=, or $CREDITGUARD_FINGERPRINT_SECRET",
+        )
+    return SharedLedger(
+        source,
+        store,
+        store_error=policy.store_error,
+        fingerprint=Fingerprinter(secret),
+        **options,
+    )
 
 
 class Reservation:
@@ -119,7 +167,11 @@ class BudgetGuard:
     ``source`` says where balances come from (``creditguard.sources``),
     ``policy`` what to do at which balance. A fetched balance is trusted for
     ``ttl`` seconds; ``estimate`` is what a call is assumed to cost when
-    nothing better is known. ``store`` is None or ``"memory://"`` (in-process).
+    nothing better is known. ``store`` is None or ``"memory://"`` (in-process),
+    a ``"redis://host:6379/0?prefix=cg&secret=..."`` URL or a
+    :class:`~creditguard.stores.Store`: one budget for many processes; its
+    credential fingerprints need a secret every process shares (``secret=``,
+    ``fingerprint_secret=`` or ``$CREDITGUARD_FINGERPRINT_SECRET``).
     ``maxsize`` bounds how many credentials' balances are cached; ``timer``
     (monotonic seconds) can be injected in tests.
 
@@ -151,6 +203,7 @@ class BudgetGuard:
         on_source_error: Callable[[CreditSourceError], object] | None = None,
         reserve: bool = True,
         hold_timeout: float = 600.0,
+        fingerprint_secret: str | None = None,
     ) -> None:
         for method in ("fetch", "afetch"):
             if not callable(getattr(source, method, None)):
@@ -163,8 +216,6 @@ class BudgetGuard:
             policy = Policy()
         if not isinstance(policy, Policy):
             raise ConfigError("policy", policy, "a creditguard.Policy")
-        if store not in (None, "memory://"):
-            raise ConfigError("store", store, "None or 'memory://' (the in-process store)")
         if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
             raise ConfigError("maxsize", maxsize, "a whole number >= 1")
         self.source = source
@@ -178,8 +229,7 @@ class BudgetGuard:
         self._warned: dict[str, tuple[str, float]] = {}
         self._reserve = bool(reserve)
         kwargs: dict[str, Any] = {} if timer is None else {"timer": timer}
-        self.ledger = Ledger(
-            source,
+        options: dict[str, Any] = dict(
             ttl=self.ttl,
             max_stale=policy.max_stale,
             error_ttl=policy.error_ttl,
@@ -190,6 +240,7 @@ class BudgetGuard:
             on_error=self._source_failed,
             **kwargs,
         )
+        self.ledger: Ledger = _make_ledger(source, store, policy, fingerprint_secret, options)
 
     @classmethod
     def from_config(
@@ -244,9 +295,16 @@ class BudgetGuard:
         stale = lookup.stale
         policy = self.policy
 
+        store_down = None
+        if lookup.store_down:
+            store_down = f"the shared store is unavailable; store_error={policy.store_error}"
+
         def judge(balance: Balance | None, reserved: float) -> Decision:
             if refuse_reason is not None:
                 return Decision("refuse", model, balance, refuse_reason, model, stale)
+            if store_down is not None:
+                action: Action = "refuse" if policy.store_error == "refuse" else "allow"
+                return Decision(action, model, balance, store_down, model, stale)
             return decide(
                 balance,
                 policy,
@@ -258,7 +316,12 @@ class BudgetGuard:
             )
 
         decision, held = self.ledger.admit(
-            lookup, credential, judge, estimate, reserve=hold and self._reserve
+            lookup,
+            credential,
+            judge,
+            estimate,
+            reserve=hold and self._reserve,
+            floor_of=policy.refuse_floor,
         )
         self._report(decision, lookup.fingerprint)
         return decision, held
@@ -408,16 +471,18 @@ class BudgetGuard:
         self.ledger.invalidate(credential)
 
     def close(self) -> None:
-        """Close the source's HTTP client, if it has one."""
+        """Close the source's HTTP client and the shared store, if any."""
         close = getattr(self.source, "close", None)
         if callable(close):
             close()
+        self.ledger.close()
 
     async def aclose(self) -> None:
         """Close the source's HTTP clients, if it has any."""
         aclose = getattr(self.source, "aclose", None)
         if callable(aclose):
             await aclose()
+            self.ledger.close()
         else:
             self.close()
 

@@ -61,6 +61,8 @@ class Lookup:
     stale: bool = False
     error: CreditSourceError | None = None
     fingerprint: str = ""
+    held: float | None = None  # what calls in flight hold, when read from a shared store
+    store_down: bool = False  # the shared store could not be reached
 
 
 class _Entry:
@@ -78,14 +80,7 @@ class _Entry:
     def update(self) -> None:
         view = self.snapshot.debited(self.debits)
         if self.exhausted and view.remaining > 0:
-            view = Balance(
-                remaining=0.0,
-                total=view.total,
-                used=view.used,
-                unit=view.unit,
-                fetched_at=view.fetched_at,
-                source=view.source,
-            )
+            view = view._derived(0.0, view.used)
         self.view = view
 
 
@@ -136,16 +131,24 @@ class Hold:
     the real cost, once.
     """
 
-    __slots__ = ("amount", "credential", "expires", "key", "state")
+    __slots__ = ("amount", "credential", "expires", "key", "state", "token")
 
     OPEN, SETTLED, RELEASED = 0, 1, 2
 
-    def __init__(self, key: str, credential: str | None, amount: float, expires: float) -> None:
+    def __init__(
+        self,
+        key: str,
+        credential: str | None,
+        amount: float,
+        expires: float,
+        token: str | None = None,
+    ) -> None:
         self.key = key
         self.credential = credential
         self.amount = amount
         self.expires = expires
         self.state = Hold.OPEN
+        self.token = token  # set when the hold lives in a shared store
 
     def __repr__(self) -> str:
         state = ("open", "settled", "released")[self.state]
@@ -437,6 +440,7 @@ class Ledger:
         amount: float,
         *,
         reserve: bool,
+        floor_of: Callable[[Balance], float | None] | None = None,
     ) -> tuple[Decision, Hold | None]:
         """Judge a call on the latest view of its balance less what calls in
         flight hold, and (unless refused) hold ``amount`` for it — one step
@@ -567,6 +571,9 @@ class Ledger:
                 key = self.key(credential)
                 self._cache.pop(key, None)
                 self._errors.pop(key, None)
+
+    def close(self) -> None:
+        """Nothing to close in process memory (a shared ledger closes its store)."""
 
     def __len__(self) -> int:
         with self._lock:

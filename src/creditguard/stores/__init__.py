@@ -1,0 +1,22 @@
+"""Shared stores: one budget for many processes and machines.
+
+A :class:`Store` keeps, per credential fingerprint, the last fetched balance
+(the *snapshot*), the spend recorded since, whether a provider refused for lack
+of credits, the credits held by calls in flight, and a refresh lock.
+:class:`RedisStore` keeps them in Redis; each change is one atomic Lua script.
+
+Errors join creditguard's tree::
+
+    CreditGuardError
+    └── StoreError    the store is down, too slow, or answered an error
+
+``import creditguard.stores`` works without redis-py; only constructing a
+:class:`RedisStore` needs it (``pip install 'creditguard[redis]'``).
+"""
+
+from __future__ import annotations
+
+from ._base import SharedState, Store, StoreError
+from ._redis import RedisStore
+
+__all__ = ["RedisStore", "SharedState", "Store", "StoreError"]

@@ -1,0 +1,758 @@
+"""RedisStore against a real redis-server on loopback (see redis_server.py)."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_server import (  # noqa: F401  (redis_server_fixture: the redis_server fixture)
+    REQUIRE_ENV,
+    RedisServer,
+    free_port,
+    redis_server_fixture,
+    start_server,
+)
+
+from creditguard import Balance
+from creditguard._fingerprint import Fingerprinter
+from creditguard.errors import ConfigError, CreditGuardError
+from creditguard.stores import RedisStore, SharedState, Store, StoreError
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+except ImportError:  # pragma: no cover - the redis extra is not installed
+    if os.environ.get(REQUIRE_ENV) == "1":
+        raise
+    pytest.skip(
+        "redis-py is not installed: pip install 'creditguard[redis]'", allow_module_level=True
+    )
+
+RAW_KEY = "sk-or-v1-SECRETSECRETSECRETSECRETSECRET"
+FP = Fingerprinter("shared secret")(RAW_KEY)
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def store(redis_server: RedisServer) -> Iterator[RedisStore]:
+    s = RedisStore(redis_server.url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain client, to look at what the store wrote."""
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+def put(store: RedisStore, remaining: float, key: str = FP, **kw: Any) -> None:
+    store.put(key, Balance(remaining=remaining, **kw), NOW, 0.0, keep_for=60)
+
+
+def headroom(state: SharedState) -> float:
+    assert state.balance is not None
+    remaining = 0.0 if state.exhausted else state.balance.remaining
+    return remaining - state.debits - state.held
+
+
+# -- packaging and import ---------------------------------------------------------
+
+
+def test_import_without_redis_and_the_extra_named() -> None:
+    code = (
+        "import sys; sys.modules['redis'] = None\n"
+        "import creditguard.stores as s\n"
+        "try:\n"
+        "    s.RedisStore()\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "pip install 'creditguard[redis]'" in out.stdout
+
+
+def test_lua_scripts_are_package_data() -> None:
+    lua = files("creditguard.stores") / "lua"
+    names = {entry.name for entry in lua.iterdir()}
+    for name in ("read", "put", "set_remaining", "reserve", "settle", "release", "debit"):
+        assert f"{name}.lua" in names
+    assert {"exhaust.lua", "unlock.lua", "_holds.lua"} <= names
+
+
+def test_scripts_take_every_key_through_KEYS() -> None:
+    lua = files("creditguard.stores") / "lua"
+    for entry in lua.iterdir():
+        text = entry.read_text(encoding="utf-8")
+        assert not re.search(r"['\"][^'\"]*:(snap|holds|exp|late|lock)['\"]", text), entry.name
+        for call in re.findall(r"redis\.call\('(\w+)', (\w+)", text):
+            assert call[1] in ("KEYS", "holds", "exp", "late", "snap"), (entry.name, call)
+
+
+def test_a_store_is_a_store(store: RedisStore) -> None:
+    assert isinstance(store, Store)
+
+
+def test_store_error_is_a_creditguard_error_and_pickles() -> None:
+    exc = StoreError("redis://127.0.0.1:1/0: read: ConnectionError")
+    assert isinstance(exc, CreditGuardError)
+    again = pickle.loads(pickle.dumps(exc))
+    assert type(again) is StoreError and again.reason == exc.reason
+
+
+# -- snapshots ----------------------------------------------------------------------
+
+
+def test_read_without_anything(store: RedisStore) -> None:
+    assert store.read(FP, NOW) == SharedState(None, 0.0, 0.0, False, 0.0)
+
+
+def test_put_and_read_round_trip(store: RedisStore, raw: redis.Redis) -> None:
+    balance = Balance(12.5, total=20.0, used=7.5, unit="credits", fetched_at=NOW, source="or")
+    store.put(FP, balance, NOW, 0.0, keep_for=30)
+    state = store.read(FP, NOW + 1)
+    assert state == SharedState(balance, NOW, 0.0, False, 0.0)
+    assert 29_000 < raw.pttl(f"cg:{{{FP}}}:snap") <= 30_000
+
+
+def test_put_without_total_and_used(store: RedisStore) -> None:
+    put(store, 3.0)
+    state = store.read(FP, NOW)
+    assert state.balance is not None
+    assert state.balance.total is None and state.balance.used is None
+
+
+def test_unlimited_and_negative_remaining(store: RedisStore, raw: redis.Redis) -> None:
+    put(store, math.inf)
+    state = store.read(FP, NOW)
+    assert state.balance is not None and state.balance.unlimited
+    assert raw.hget(f"cg:{{{FP}}}:snap", "unlimited") == b"1"
+    put(store, -2.75)
+    state = store.read(FP, NOW)
+    assert state.balance is not None and state.balance.remaining == -2.75
+
+
+def test_put_carries_spend_recorded_while_the_fetch_ran(store: RedisStore) -> None:
+    put(store, 10.0)
+    store.debit(FP, 3.0)
+    base = store.read(FP, NOW).debits  # the fetch starts here
+    store.debit(FP, 2.0)  # recorded meanwhile: not in the fetched figure
+    store.exhaust(FP)
+    store.put(FP, Balance(7.0), NOW + 5, base, keep_for=60)
+    state = store.read(FP, NOW + 5)
+    assert state.debits == 2.0
+    assert not state.exhausted
+    assert state.fetched_at == NOW + 5
+
+
+def test_put_never_leaves_negative_debits(store: RedisStore) -> None:
+    store.debit(FP, 1.0)
+    store.put(FP, Balance(7.0), NOW, 5.0, keep_for=60)
+    assert store.read(FP, NOW).debits == 0.0
+
+
+def test_put_leaves_holds_alone(store: RedisStore) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 4.0, 0.0, NOW, NOW + 60)
+    put(store, 9.0)
+    assert store.read(FP, NOW).held == 4.0
+    assert store.settle(FP, "h", 1.0)
+
+
+def test_snapshot_expires_after_keep_for(store: RedisStore) -> None:
+    store.put(FP, Balance(5.0), NOW, 0.0, keep_for=0.15)
+    assert store.read(FP, NOW).balance is not None
+    time.sleep(0.3)
+    assert store.read(FP, NOW).balance is None
+
+
+def test_set_remaining_keeps_total_unit_and_source(store: RedisStore) -> None:
+    put(store, 10.0, total=20.0, used=10.0, unit="credits", source="stablecog")
+    store.debit(FP, 1.0)
+    store.exhaust(FP)
+    store.set_remaining(FP, 4.0, NOW + 3, keep_for=60)
+    state = store.read(FP, NOW + 3)
+    assert state == SharedState(
+        Balance(4.0, total=20.0, used=16.0, unit="credits", fetched_at=NOW + 3, source="stablecog"),
+        NOW + 3,
+        0.0,
+        False,
+        0.0,
+    )
+
+
+def test_set_remaining_without_a_snapshot(store: RedisStore, raw: redis.Redis) -> None:
+    store.debit(FP, 1.0)
+    store.set_remaining(FP, 8.0, NOW, keep_for=10)
+    state = store.read(FP, NOW)
+    assert state == SharedState(Balance(8.0, unit="credits", fetched_at=NOW), NOW, 0.0, False, 0.0)
+    assert 0 < raw.pttl(f"cg:{{{FP}}}:snap") <= 10_000
+
+
+def test_set_remaining_unlimited(store: RedisStore) -> None:
+    put(store, 10.0, total=20.0, used=10.0)
+    store.set_remaining(FP, math.inf, NOW, keep_for=10)
+    state = store.read(FP, NOW)
+    assert state.balance is not None and state.balance.unlimited and state.balance.used == 0.0
+
+
+def test_debit_without_a_snapshot_is_kept_and_expires(store: RedisStore, raw: redis.Redis) -> None:
+    store.debit(FP, 0.5)
+    state = store.read(FP, NOW)
+    assert state.balance is None and state.debits == 0.5
+    assert raw.pttl(f"cg:{{{FP}}}:snap") > 0  # nothing lives forever
+
+
+def test_debit_keeps_the_snapshot_expiry(store: RedisStore, raw: redis.Redis) -> None:
+    store.put(FP, Balance(5.0), NOW, 0.0, keep_for=30)
+    store.debit(FP, 1.0)
+    assert 29_000 < raw.pttl(f"cg:{{{FP}}}:snap") <= 30_000
+
+
+def test_exhaust_without_a_snapshot_creates_an_empty_one(store: RedisStore) -> None:
+    before = time.time()
+    store.exhaust(FP)
+    state = store.read(FP, NOW)
+    assert state.exhausted
+    assert state.balance is not None and state.balance.remaining == 0.0
+    assert state.balance.source == "provider refusal"
+    assert before <= state.fetched_at <= time.time()
+
+
+def test_exhaust_keeps_the_snapshot(store: RedisStore) -> None:
+    put(store, 10.0, total=12.0)
+    store.debit(FP, 1.0)
+    store.exhaust(FP)
+    state = store.read(FP, NOW)
+    assert state.exhausted and state.debits == 1.0
+    assert state.balance is not None and state.balance.remaining == 10.0
+
+
+# -- micro-units --------------------------------------------------------------------
+
+
+def test_micro_units_are_exact(store: RedisStore, raw: redis.Redis) -> None:
+    put(store, 0.3)
+    assert store.reserve(FP, "a", 0.1, None, NOW, NOW + 60)
+    assert store.reserve(FP, "b", 0.2, None, NOW, NOW + 60)
+    assert store.settle(FP, "a", 0.1)
+    assert store.settle(FP, "b", 0.2)
+    assert raw.hget(f"cg:{{{FP}}}:snap", "debits") == b"300000"
+    assert store.read(FP, NOW).debits == 0.3  # 0.1 + 0.2 == 0.30000000000000004 in floats
+    # and the floor check sees exactly nothing left, not a hair below zero
+    assert store.reserve(FP, "c", 0.0, 0.0, NOW, NOW + 60)
+    assert not store.reserve(FP, "d", 0.000001, 0.0, NOW, NOW + 60)
+
+
+def test_many_small_debits_add_up_exactly(store: RedisStore) -> None:
+    for _ in range(1000):
+        store.debit(FP, 0.001)
+    assert store.read(FP, NOW).debits == 1.0
+
+
+# -- reservations ------------------------------------------------------------------------
+
+
+def test_reserve_refuses_below_the_floor(store: RedisStore) -> None:
+    put(store, 10.0)
+    store.debit(FP, 1.0)
+    assert store.reserve(FP, "a", 4.0, 2.0, NOW, NOW + 60)  # 10 - 1 - 4 = 5
+    assert store.reserve(FP, "b", 3.0, 2.0, NOW, NOW + 60)  # 5 - 3 = 2: at the floor
+    assert not store.reserve(FP, "c", 0.5, 2.0, NOW, NOW + 60)  # 1.5 < 2
+    state = store.read(FP, NOW)
+    assert state.held == 7.0 and headroom(state) == 2.0
+    assert store.reserve(FP, "d", 0.5, None, NOW, NOW + 60)  # no floor: no check
+
+
+def test_reserve_without_a_snapshot_or_unlimited_always_holds(store: RedisStore) -> None:
+    assert store.reserve(FP, "a", 1e6, 0.0, NOW, NOW + 60)
+    put(store, math.inf)
+    assert store.reserve(FP, "b", 1e6, 0.0, NOW, NOW + 60)
+    assert store.read(FP, NOW).held == 2e6
+
+
+def test_reserve_when_exhausted_counts_nothing_left(store: RedisStore) -> None:
+    put(store, 10.0)
+    store.exhaust(FP)
+    assert not store.reserve(FP, "a", 0.1, 0.0, NOW, NOW + 60)
+    assert store.reserve(FP, "b", 0.1, -1.0, NOW, NOW + 60)
+    put(store, math.inf)
+    store.exhaust(FP)  # an exhausted unlimited key has nothing left either
+    assert not store.reserve(FP, "c", 0.1, 0.0, NOW, NOW + 60)
+
+
+def test_reserve_with_a_negative_remaining(store: RedisStore) -> None:
+    put(store, -5.0)
+    assert not store.reserve(FP, "a", 1.0, 0.0, NOW, NOW + 60)
+    assert store.reserve(FP, "b", 1.0, -10.0, NOW, NOW + 60)  # -6 >= -10
+    assert not store.reserve(FP, "c", 5.0, -10.0, NOW, NOW + 60)  # -11 < -10
+
+
+def test_settle_applies_once(store: RedisStore) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 2.0, 0.0, NOW, NOW + 60)
+    assert store.settle(FP, "h", 1.25)
+    assert not store.settle(FP, "h", 1.25)  # a retried settle: HDEL removed nothing
+    assert not store.release(FP, "h")
+    state = store.read(FP, NOW)
+    assert state.debits == 1.25 and state.held == 0.0
+
+
+def test_release_drops_the_hold_without_a_charge(store: RedisStore) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 2.0, 0.0, NOW, NOW + 60)
+    assert store.release(FP, "h")
+    assert not store.release(FP, "h")
+    assert not store.settle(FP, "h", 2.0)
+    assert store.read(FP, NOW) == SharedState(Balance(10.0), NOW, 0.0, False, 0.0)
+
+
+def test_settle_or_release_of_an_unknown_hold(store: RedisStore) -> None:
+    assert not store.settle(FP, "nope", 1.0)
+    assert not store.release(FP, "nope")
+    assert store.read(FP, NOW).debits == 0.0
+
+
+def test_settle_with_zero_cost(store: RedisStore) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 2.0, 0.0, NOW, NOW + 60)
+    assert store.settle(FP, "h", 0.0)
+    assert store.read(FP, NOW).debits == 0.0
+
+
+def test_bad_amounts_are_refused_before_redis(store: RedisStore) -> None:
+    for bad in (-1.0, math.nan, math.inf):
+        with pytest.raises(ValueError):
+            store.debit(FP, bad)
+        with pytest.raises(ValueError):
+            store.settle(FP, "h", bad)
+        with pytest.raises(ValueError):
+            store.reserve(FP, "h", bad, None, NOW, NOW + 1)
+    with pytest.raises(ValueError):
+        store.read("{bad}", NOW)
+    with pytest.raises(ValueError):
+        store.reserve(FP, "", 1.0, None, NOW, NOW + 1)
+
+
+# -- expiry of holds ----------------------------------------------------------------------
+
+
+def test_expired_holds_stop_counting(store: RedisStore, raw: redis.Redis) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "old", 6.0, 0.0, NOW, NOW + 10)
+    assert not store.reserve(FP, "x", 6.0, 0.0, NOW + 9, NOW + 20)
+    assert store.read(FP, NOW + 9.999).held == 6.0
+    assert store.read(FP, NOW + 10).held == 0.0  # purged at its expiry
+    assert raw.hlen(f"cg:{{{FP}}}:holds") == 0
+    assert store.reserve(FP, "new", 6.0, 0.0, NOW + 10, NOW + 20)
+
+
+def test_reserve_purges_expired_holds_itself(store: RedisStore) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "old", 6.0, 0.0, NOW, NOW + 10)
+    assert store.reserve(FP, "new", 6.0, 0.0, NOW + 11, NOW + 20)  # no read in between
+
+
+def test_holds_expire_in_real_time(store: RedisStore) -> None:
+    put(store, 10.0)
+    now = time.time()
+    assert store.reserve(FP, "h", 6.0, 0.0, now, now + 0.2)
+    assert store.read(FP, time.time()).held == 6.0
+    time.sleep(0.3)
+    assert store.read(FP, time.time()).held == 0.0
+
+
+def test_a_late_settle_still_charges_once(store: RedisStore) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 6.0, 0.0, NOW, NOW + 10)
+    assert store.read(FP, NOW + 11).held == 0.0  # expired: no longer held
+    assert store.settle(FP, "h", 2.5)  # the call did finish: its cost is owed
+    assert not store.settle(FP, "h", 2.5)
+    assert store.read(FP, NOW + 11).debits == 2.5
+    assert store.reserve(FP, "g", 1.0, 0.0, NOW, NOW + 10)
+    store.read(FP, NOW + 11)
+    assert store.release(FP, "g")
+    assert not store.release(FP, "g")
+
+
+def test_hold_keys_expire_by_themselves(store: RedisStore, raw: redis.Redis) -> None:
+    now = time.time()
+    assert store.reserve(FP, "h", 1.0, None, now, now + 60)
+    for name in ("holds", "exp"):
+        ttl = raw.pttl(f"cg:{{{FP}}}:{name}")
+        assert ttl > 60_000  # outlives its hold (a late settle still finds it)
+        assert ttl <= (60 + 86_400 + 2) * 1000  # but not forever
+    store.read(FP, now + 61)
+    assert 0 < raw.pttl(f"cg:{{{FP}}}:late") <= (86_400 + 2) * 1000
+
+
+# -- atomicity -------------------------------------------------------------------------------
+
+
+def run_threads(count: int, work: Callable[[int], None]) -> None:
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait()
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+
+
+def test_concurrent_reserves_never_go_below_the_floor(store: RedisStore) -> None:
+    put(store, 10.0)
+    won: list[str] = []
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        for j in range(5):
+            if store.reserve(FP, f"{i}-{j}", 1.0, 2.0, NOW, NOW + 60):
+                with lock:
+                    won.append(f"{i}-{j}")
+
+    run_threads(20, work)
+    state = store.read(FP, NOW)
+    assert len(won) == 8
+    assert state.held == 8.0 and headroom(state) == 2.0
+
+
+def test_concurrent_reserve_and_settle_keep_the_floor(redis_server: RedisServer) -> None:
+    stores = [RedisStore(redis_server.url) for _ in range(4)]  # separate connection pools
+    put(stores[0], 10.0)
+    won = [0] * 20
+
+    def work(i: int) -> None:
+        s = stores[i % 4]
+        for j in range(10):
+            hold = f"{i}-{j}"
+            if s.reserve(FP, hold, 1.0, 2.0, NOW, NOW + 60):
+                won[i] += 1
+                assert headroom(s.read(FP, NOW)) >= 2.0
+                assert s.settle(FP, hold, 1.0)
+                assert not s.settle(FP, hold, 1.0)
+
+    run_threads(20, work)
+    state = stores[0].read(FP, NOW)
+    assert sum(won) == 8
+    assert state.debits == 8.0 and state.held == 0.0
+    for s in stores:
+        s.close()
+
+
+# -- the refresh lock ---------------------------------------------------------------------------
+
+
+def test_lock_is_taken_once_and_freed_by_its_token(store: RedisStore) -> None:
+    assert store.try_lock(FP, "one", 10)
+    assert not store.try_lock(FP, "two", 10)
+    store.unlock(FP, "two")  # not the holder: nothing happens
+    assert not store.try_lock(FP, "two", 10)
+    store.unlock(FP, "one")
+    assert store.try_lock(FP, "two", 10)
+
+
+def test_lock_expires(store: RedisStore) -> None:
+    assert store.try_lock(FP, "one", 0.1)
+    time.sleep(0.2)
+    assert store.try_lock(FP, "two", 10)
+    store.unlock(FP, "one")  # the expired holder cannot free the new one's lock
+    assert not store.try_lock(FP, "three", 10)
+
+
+# -- keys ----------------------------------------------------------------------------------------
+
+
+def everything(raw: redis.Redis) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in raw.scan_iter():
+        kind = raw.type(key)
+        name = key.decode()
+        if kind == b"hash":
+            out[name] = raw.hgetall(key)
+        elif kind == b"zset":
+            out[name] = raw.zrange(key, 0, -1, withscores=True)
+        else:
+            out[name] = raw.get(key)
+    return out
+
+
+def test_keys_carry_the_prefix_and_never_the_raw_key(redis_server: RedisServer) -> None:
+    raw = redis.Redis.from_url(redis_server.url)
+    store = RedisStore(redis_server.url, prefix="app1")
+    key = Fingerprinter("shared secret")(RAW_KEY)
+    store.put(key, Balance(5.0, source="or"), NOW, 0.0, keep_for=60)
+    assert store.reserve(key, "h1", 1.0, 0.0, NOW, NOW + 10)
+    assert store.reserve(key, "h2", 1.0, 0.0, NOW, NOW + 20)
+    store.read(key, NOW + 15)  # h1 expires into :late
+    store.debit(key, 0.5)
+    assert store.try_lock(key, "token", 10)
+    data = everything(raw)
+    assert set(data) == {
+        f"app1:{{{key}}}:{name}" for name in ("snap", "holds", "exp", "late", "lock")
+    }
+    assert RAW_KEY not in repr(data)
+    for name in data:
+        assert raw.pttl(name) > 0, name
+    raw.close()
+    store.close()
+
+
+def test_prefixes_are_isolated(redis_server: RedisServer) -> None:
+    a = RedisStore(redis_server.url, prefix="a")
+    b = RedisStore(redis_server.url, prefix="b")
+    put(a, 10.0)
+    a.debit(FP, 1.0)
+    assert a.reserve(FP, "h", 2.0, 0.0, NOW, NOW + 60)
+    assert a.try_lock(FP, "t", 10)
+    assert b.read(FP, NOW) == SharedState(None, 0.0, 0.0, False, 0.0)
+    assert not b.settle(FP, "h", 1.0)
+    assert b.try_lock(FP, "t", 10)
+    assert a.read(FP, NOW).held == 2.0
+    a.close()
+    b.close()
+
+
+def test_credentials_are_isolated(store: RedisStore) -> None:
+    other = Fingerprinter("shared secret")("sk-other")
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 2.0, 0.0, NOW, NOW + 60)
+    assert store.read(other, NOW) == SharedState(None, 0.0, 0.0, False, 0.0)
+
+
+# -- URLs and construction ---------------------------------------------------------------------
+
+
+def test_from_url_reads_prefix_and_timeout_and_drops_secret(redis_server: RedisServer) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0?prefix=tenant7&timeout=0.5&secret=xyz&db=3"
+    store = RedisStore.from_url(url)
+    assert store.prefix == "tenant7" and store.timeout == 0.5
+    store.debit(FP, 1.0)
+    raw = redis.Redis(port=redis_server.port, db=3)  # db=3 reached redis-py
+    assert raw.keys() == [f"tenant7:{{{FP}}}:snap".encode()]
+    assert "xyz" not in repr(store)
+    raw.close()
+    store.close()
+
+
+def test_from_url_defaults() -> None:
+    store = RedisStore.from_url("redis://127.0.0.1:6379/0")
+    assert store.prefix == "cg" and store.timeout == 0.25
+    store.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://127.0.0.1:6379/0?timeout=nope",
+        "redis://127.0.0.1:6379/0?timeout=0",
+        "redis://127.0.0.1:6379/0?timeout=inf",
+        "redis://127.0.0.1:6379/0?prefix=a{b}",
+        "redis://127.0.0.1:6379/0?prefix=",
+    ],
+)
+def test_bad_settings_are_config_errors(url: str) -> None:
+    with pytest.raises(ConfigError):
+        RedisStore.from_url(url)
+
+
+def test_init_wants_prefix_and_timeout_as_arguments() -> None:
+    with pytest.raises(ConfigError, match="from_url"):
+        RedisStore("redis://127.0.0.1:6379/0?prefix=x")
+
+
+def test_a_bad_url_is_a_config_error_without_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        RedisStore("redis://:hunter2pw@127.0.0.1:notaport/0")
+    assert "hunter2pw" not in str(info.value)
+
+
+def test_repr_has_no_password() -> None:
+    store = RedisStore("redis://user:hunter2pw@127.0.0.1:6379/0")
+    assert "hunter2pw" not in repr(store) and "user" not in repr(store)
+    store.close()
+
+
+# -- failures --------------------------------------------------------------------------------------
+
+
+def every_op(store: RedisStore) -> list[Callable[[], object]]:
+    return [
+        lambda: store.read(FP, NOW),
+        lambda: store.put(FP, Balance(1.0), NOW, 0.0, 60),
+        lambda: store.set_remaining(FP, 1.0, NOW, 60),
+        lambda: store.reserve(FP, "h", 1.0, 0.0, NOW, NOW + 60),
+        lambda: store.settle(FP, "h", 1.0),
+        lambda: store.release(FP, "h"),
+        lambda: store.debit(FP, 1.0),
+        lambda: store.exhaust(FP),
+        lambda: store.try_lock(FP, "t", 1.0),
+        lambda: store.unlock(FP, "t"),
+    ]
+
+
+def test_a_closed_port_raises_store_error_fast_without_the_password() -> None:
+    port = free_port()  # nothing listens there
+    store = RedisStore(f"redis://admin:hunter2pw@127.0.0.1:{port}/0")
+    for op in every_op(store):
+        started = time.monotonic()
+        with pytest.raises(StoreError) as info:
+            op()
+        assert time.monotonic() - started < 1.0
+        text = f"{info.value} {info.value!r} {info.value.__cause__}"
+        assert "hunter2pw" not in text
+        assert f"127.0.0.1:{port}" in str(info.value)
+    store.close()
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A port that accepts connections and never answers (a hung Redis)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        sock.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                accepted.append(sock.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield sock.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    for conn in accepted:
+        conn.close()
+    sock.close()
+
+
+def test_a_hung_server_raises_store_error_within_the_timeout(silent_port: int) -> None:
+    store = RedisStore(f"redis://:hunter2pw@127.0.0.1:{silent_port}/0", timeout=0.2)
+    for op in every_op(store)[:3]:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="Timeout") as info:
+            op()
+        elapsed = time.monotonic() - started
+        assert 0.15 <= elapsed < 1.0, elapsed
+        assert "hunter2pw" not in str(info.value)
+    store.close()
+
+
+def test_wrong_password_is_a_store_error_without_it(tmp_path: Path) -> None:
+    server = start_server(tmp_path, password="rightpass123")
+    try:
+        good = RedisStore(server.url)
+        good.debit(FP, 1.0)
+        assert good.read(FP, NOW).debits == 1.0
+        bad = RedisStore(f"redis://:wrongpass456@127.0.0.1:{server.port}/0")
+        with pytest.raises(StoreError) as info:
+            bad.read(FP, NOW)
+        assert "wrongpass456" not in str(info.value) and "rightpass123" not in str(info.value)
+        good.close()
+        bad.close()
+    finally:
+        server.stop()
+
+
+def test_an_error_reply_is_a_store_error(store: RedisStore, raw: redis.Redis) -> None:
+    raw.set(f"cg:{{{FP}}}:snap", "not a hash")
+    with pytest.raises(StoreError, match="WRONGTYPE"):
+        store.debit(FP, 1.0)
+    with pytest.raises(StoreError, match="read"):
+        store.read(FP, NOW)
+
+
+def test_garbage_in_the_snapshot_is_a_store_error(store: RedisStore, raw: redis.Redis) -> None:
+    raw.hset(f"cg:{{{FP}}}:snap", mapping={"unlimited": "0", "remaining": "x", "fetched_at": "1"})
+    with pytest.raises(StoreError, match="unexpected data"):
+        store.read(FP, NOW)
+
+
+def test_redis_killed_and_back(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 1.0, 0.0, NOW, NOW + 60)
+    redis_server.kill()
+    for op in every_op(store):
+        started = time.monotonic()
+        with pytest.raises(StoreError):
+            op()
+        assert time.monotonic() - started < 1.0
+    redis_server.start()  # same port, empty (no persistence)
+    assert store.read(FP, NOW) == SharedState(None, 0.0, 0.0, False, 0.0)
+    put(store, 10.0)  # the scripts are loaded again by themselves (NOSCRIPT fallback)
+    assert store.reserve(FP, "h", 1.0, 0.0, NOW, NOW + 60)
+    assert store.settle(FP, "h", 1.0)
+    store.close()
+
+
+def test_script_cache_flushed(store: RedisStore, raw: redis.Redis) -> None:
+    put(store, 10.0)
+    raw.script_flush()
+    assert store.reserve(FP, "h", 1.0, 0.0, NOW, NOW + 60)
+
+
+# -- clients ---------------------------------------------------------------------------------------
+
+
+def test_closed_store_refuses(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    store.close()
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.read(FP, NOW)
+    with pytest.raises(StoreError, match="closed"):
+        store.try_lock(FP, "t", 1)
+
+
+def test_a_client_passed_in(redis_server: RedisServer) -> None:
+    client = redis.Redis(
+        port=redis_server.port,
+        decode_responses=True,
+        socket_timeout=0.25,
+        retry=Retry(NoBackoff(), 0),
+    )
+    store = RedisStore(client=client, prefix="x")
+    put(store, 10.0, unit="credits", source="src")
+    assert store.read(FP, NOW).balance == Balance(10.0, unit="credits", source="src")
+    store.close()
+    assert client.ping()  # not ours to close
+    client.close()
+
+
+def test_a_client_that_could_hang_or_retry_is_warned_about(redis_server: RedisServer) -> None:
+    client = redis.Redis(port=redis_server.port, socket_timeout=None)
+    with pytest.warns(UserWarning, match="socket_timeout.*retries"):
+        RedisStore(client=client)
+    client.close()
