@@ -45,6 +45,7 @@ check: lint test
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/store.py
 
 clean:
 	rm -rf $(VENV) $(OA2) .pytest_cache .mypy_cache .ruff_cache
