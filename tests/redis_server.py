@@ -13,7 +13,7 @@ Import the fixture into a test module (it is named ``redis_server``)::
 
 ``redis_server`` starts a fresh server per test in ``tmp_path`` (no RDB, no
 AOF) and stops it afterwards. Without a ``redis-server`` binary the test is
-skipped, unless ``CREDITGUARD_REQUIRE_REDIS=1`` (CI), where it fails.
+skipped, unless ``REQUIRE_REDIS_TESTS=1`` (CI), where it fails.
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ __all__ = [
     "start_server",
 ]
 
-REQUIRE_ENV = "CREDITGUARD_REQUIRE_REDIS"
+REQUIRE_ENV = "REQUIRE_REDIS_TESTS"
 
 
 def redis_server_binary() -> str:
     """The path of ``redis-server``; skips the test (or fails it when
-    ``CREDITGUARD_REQUIRE_REDIS=1``) when there is none."""
+    ``REQUIRE_REDIS_TESTS=1``) when there is none."""
     path = os.environ.get("CREDITGUARD_REDIS_SERVER") or shutil.which("redis-server")
     if path is None:
         reason = (
