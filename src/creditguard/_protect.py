@@ -20,7 +20,7 @@ from .costs import cost_from_result
 from .errors import ConfigError, CreditsExhausted
 
 if TYPE_CHECKING:
-    from .guard import BudgetGuard
+    from .guard import BudgetGuard, Reservation
     from .ledger import Hold
     from .policy import Decision
 
@@ -115,45 +115,30 @@ class ArgSpec:
 
 
 class Call:
-    """One guarded call in progress: who pays, what it holds, and did its code
-    report its own cost?"""
+    """One guarded call in progress: its reservation, whose key pays, and did
+    its code report its own cost?"""
 
-    __slots__ = ("credential", "decision", "estimate", "guard", "hold", "reported")
+    __slots__ = ("credential", "guard", "reported", "reservation")
 
-    def __init__(
-        self,
-        guard: BudgetGuard,
-        decision: Decision,
-        hold: Hold | None,
-        credential: str | None,
-        estimate: float,
-    ) -> None:
+    def __init__(self, guard: BudgetGuard, reservation: Reservation, credential: str | None):
         self.guard = guard
-        self.decision = decision
-        self.hold = hold
+        self.reservation = reservation
         self.credential = credential
-        self.estimate = estimate
         self.reported = False
 
     def settle(self, result: object) -> None:
         """Charge what the call cost: its result's ``usage.cost`` (or tokens x
         prices), else its estimate — unless its code called ``guard.record()``."""
-        ledger = self.guard.ledger
+        reservation = self.reservation
         if self.reported:
-            if self.hold is not None:
-                ledger.release(self.hold)
+            reservation.release()  # what it recorded stands instead
             return
-        cost = cost_from_result(result, self.guard.pricing.price(self.decision.model))
-        amount = self.estimate if cost is None else cost
-        if self.hold is not None:
-            ledger.settle(self.hold, amount)
-        else:
-            ledger.record(self.credential, amount)
+        price = self.guard.pricing.price(reservation.decision.model)
+        reservation.settle(cost_from_result(result, price))
 
     def release(self) -> None:
         """The call failed: nothing is charged for it."""
-        if self.hold is not None:
-            self.guard.ledger.release(self.hold)
+        self.reservation.release()
 
 
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("creditguard_call", default=None)
@@ -163,7 +148,7 @@ class Guarded:
     """What the decorator worked out at decoration time about one function,
     and the two pure steps around the guard's decision."""
 
-    __slots__ = ("credential", "estimate", "guard", "model", "shift")
+    __slots__ = ("credential", "estimate", "guard", "model", "reservation", "shift")
 
     def __init__(
         self,
@@ -175,6 +160,9 @@ class Guarded:
         *,
         explicit: bool,
     ) -> None:
+        from .guard import Reservation  # (guard imports this module)
+
+        self.reservation = Reservation
         self.guard = guard
         self.estimate = estimate
         # wrapt passes the bound object as ``instance`` and args without it; a
@@ -214,7 +202,8 @@ class Guarded:
         if decision.action == "downgrade" and self.model.usable:
             bound = self.shift and instance is not None
             args, kwargs = self.model.set(bound, args, kwargs, decision.model)
-        return Call(self.guard, decision, hold, credential, self.estimate), args, kwargs
+        reservation = self.reservation(self.guard, decision, hold, credential, self.estimate)
+        return Call(self.guard, reservation, credential), args, kwargs
 
 
 def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> Any:
