@@ -7,6 +7,9 @@ STAMP  := $(VENV)/.installed-stamp
 # openai 2.x cannot share a venv with openai 3.x: its SDK tests run in a second one
 OA2    := .venv-openai2
 OA2_STAMP := $(OA2)/.installed-stamp
+# litellm pins openai < 3: the LiteLLM integration is tested in a venv of its own
+LITELLM := .venv-litellm
+LITELLM_STAMP := $(LITELLM)/.installed-stamp
 
 .PHONY: demo test lint check bench clean
 
@@ -22,23 +25,34 @@ $(OA2_STAMP): pyproject.toml
 	$(OA2)/bin/python -m pip install --quiet -e . pytest pytest-asyncio hypothesis httpx2 'openai>=2,<3'
 	touch $(OA2_STAMP)
 
+$(LITELLM_STAMP): pyproject.toml integrations/litellm/pyproject.toml
+	$(PYTHON) -m venv $(LITELLM)
+	$(LITELLM)/bin/python -m pip install --quiet --upgrade pip
+	$(LITELLM)/bin/python -m pip install --quiet -e . -e 'integrations/litellm[dev]'
+	touch $(LITELLM_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/creditguard demo
 
-test: $(STAMP) $(OA2_STAMP)
+test: $(STAMP) $(OA2_STAMP) $(LITELLM_STAMP)
 	$(BIN)/python -m pytest
 	@echo "--- integrations/langchain ---"
 	$(BIN)/python -m pytest integrations/langchain/tests
 	@echo "--- the openai SDK tests again, under openai 2.x ---"
 	$(OA2)/bin/python -m pytest -p no:cacheprovider tests/test_sdk_openai.py
+	@echo "--- integrations/litellm (its own venv: litellm pins openai < 3) ---"
+	$(LITELLM)/bin/python -m pytest integrations/litellm/tests
 
-lint: $(STAMP)
+lint: $(STAMP) $(LITELLM_STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy --strict src
 	$(BIN)/ruff check integrations/langchain
 	$(BIN)/ruff format --check integrations/langchain
 	$(BIN)/mypy --strict integrations/langchain/src
+	$(BIN)/ruff check integrations/litellm
+	$(BIN)/ruff format --check integrations/litellm
+	$(LITELLM)/bin/mypy --strict integrations/litellm/src
 
 check: lint test
 
@@ -48,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/store.py
 
 clean:
-	rm -rf $(VENV) $(OA2) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OA2) $(LITELLM) .pytest_cache .mypy_cache .ruff_cache
