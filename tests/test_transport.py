@@ -519,3 +519,19 @@ async def test_async_client_options_build_the_inner_transport(
         assert isinstance(inner, lib.AsyncHTTPTransport)
         assert inner._pool._max_connections == 2
         assert c.timeout.read == 600.0
+
+
+def test_a_body_broken_before_its_model_is_judged_but_never_rewritten(
+    make: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    # the model is read without decoding what comes before it; a rewrite checks
+    # the whole body first, and a broken one goes out as it came
+    body = b'{"messages": [oops], "model": "big"}'
+    h = make(2)  # downgrade tier
+    with caplog.at_level(logging.DEBUG, logger="creditguard"):
+        r = h.post(content=body)
+    assert r.status_code == 200
+    assert h.upstream.bodies == [body]
+    assert h.decisions[0].action == "warn"
+    assert "no model to rewrite" in h.decisions[0].reason
+    assert "not parsed" in caplog.text

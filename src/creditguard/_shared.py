@@ -27,16 +27,15 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Generator
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from .balance import Balance, check_cost
 from .errors import CreditSourceError
 from .ledger import Hold, Ledger, Lookup, _Entry
+from .policy import Decision
 from .stores import StoreError
 
 if TYPE_CHECKING:
-    from .policy import Decision
     from .stores import SharedState, Store
 
 __all__ = ["SharedLedger"]
@@ -157,8 +156,9 @@ class SharedLedger(Ledger):
             if self._fresh(state, time.time()):
                 return state, None
 
-    def get(self, credential: str | None) -> Lookup:
-        key = self.key(credential)
+    def get(self, credential: str | None, key: str | None = None) -> Lookup:
+        if key is None:
+            key = self.key(credential)
         store = self._usable()
         if store is None:
             return self._degraded(credential)
@@ -183,8 +183,9 @@ class SharedLedger(Ledger):
             return self._degraded(credential)
         return self._lookup(key, state, error)
 
-    async def aget(self, credential: str | None) -> Lookup:
-        key = self.key(credential)
+    async def aget(self, credential: str | None, key: str | None = None) -> Lookup:
+        if key is None:
+            key = self.key(credential)
         store = self._usable()
         if store is None:
             return await self._adegraded(credential)
@@ -259,9 +260,15 @@ class SharedLedger(Ledger):
                 f"{decision.reason}; but calls in flight elsewhere now hold the headroom "
                 "down to refuse_below"
             )
-            return replace(
-                decision, action="refuse", model=decision.requested_model, reason=reason
-            ), None
+            refused = Decision(
+                "refuse",
+                decision.requested_model,
+                decision.balance,
+                reason,
+                decision.requested_model,
+                decision.stale,
+            )
+            return refused, None
         return decision, Hold(key, credential, amount, self._timer() + self.hold_timeout, token)
 
     def settle(self, hold: Hold, cost: float) -> bool:

@@ -80,6 +80,7 @@ class Lib:
     def __init__(self, module: Any) -> None:
         self.name: str = module.__name__
         self.module = module
+        self.lowered_list = _lowered_list(module)
         self.Request = module.Request
         self.Response = module.Response
         self.RequestNotRead: type[Exception] = module.RequestNotRead
@@ -119,6 +120,7 @@ class Plan:
     """What the transport learned of one request before asking the guard."""
 
     credential: str | None
+    key: str  # the credential's fingerprint (the ledger's key)
     model: str | None
     span: tuple[int, int] | None  # where the model's JSON value sits in ``text``
     text: str | None  # the decoded body, when it was parsed
@@ -126,22 +128,53 @@ class Plan:
     retry_key: tuple[str, int] | None
     path: str
     estimate: float
+    field: str = "model"
     price: Price | None = None
     refuse: str | None = None  # a reason to refuse whatever the balance (unknown price)
+    checked: bool | None = None  # the whole body is valid JSON (checked on downgrade only)
+
+    def can_rewrite(self) -> bool:
+        """Can the model be spliced in? The model was found without decoding
+        the body before it (:func:`find_member_fast`); a rewrite needs the whole
+        body to be valid JSON, checked here, once, only when it comes to that."""
+        if self.span is None or self.text is None:
+            return False
+        if self.checked is None:
+            self.checked = prefix_is_json(self.text, self.field, self.span)
+            if not self.checked:
+                why = "not JSON before its %r, not rewritten"
+                log.debug("body of POST %s not parsed: " + why, self.path, self.field)
+        return self.checked
 
 
 _WANTED = frozenset((b"authorization", b"x-api-key", b"content-encoding", RETRY_HEADER.encode()))
 
 
-def _headers(request: Any) -> dict[bytes, bytes]:
-    """The request headers the transport reads, in one pass over the raw list
-    (one ``Headers.get`` costs as much as this whole loop)."""
+def _headers(request: Any, lowered_list: bool) -> dict[bytes, bytes]:
+    """The request headers the transport reads, in one pass (one ``Headers.get``
+    costs as much as this whole loop). httpx and httpx2 keep each header as
+    ``(raw name, lowercased name, value)`` in ``Headers._list`` (``lowered_list``:
+    :class:`Lib` checked that once), else the public ``raw`` list is lowercased here."""
     found: dict[bytes, bytes] = {}
+    if lowered_list:
+        for _, lowered, value in request.headers._list:
+            if lowered in _WANTED and lowered not in found:
+                found[lowered] = value
+        return found
     for name, value in request.headers.raw:
         lowered = name.lower()
         if lowered in _WANTED and lowered not in found:
             found[lowered] = value
     return found
+
+
+def _lowered_list(module: Any) -> bool:
+    """Does ``module.Headers`` keep ``(raw, lowered, value)`` triples in ``_list``?"""
+    try:
+        items = module.Headers({"X-Probe": "v"})._list
+        return bool(items == [(b"X-Probe", b"x-probe", b"v")])
+    except Exception:
+        return False
 
 
 def _bearer(headers: dict[bytes, bytes]) -> str | None:
@@ -190,6 +223,93 @@ def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, tu
 def find_member(text: str, name: str) -> tuple[object, tuple[int, int]] | None:
     """:func:`find_members` for one name."""
     return find_members(text, frozenset((name,))).get(name)
+
+
+_MAX_CANDIDATES = 4
+
+
+def find_member_fast(text: str, name: str) -> tuple[object, tuple[int, int]] | None:
+    """The top-level member ``name`` of the JSON object in ``text``, found
+    without decoding the members before it (SDKs put ``messages`` first).
+
+    A candidate is an unescaped ``"name"`` followed by ``:``; in valid JSON that
+    is always a key (a quote inside a string is escaped), and it is a key of the
+    top-level object exactly when the members after it run to that object's
+    closing brace at the end of the text: a nested object's brace would be
+    followed by its parents' closing brackets. So each candidate's *suffix* is
+    decoded, never the prefix. For valid JSON the answer is :func:`find_member`'s
+    (the first top-level one). The prefix is not checked: callers that act on
+    the whole body (a rewrite) check it with :func:`prefix_is_json` first.
+    After a few rejected candidates it falls back to :func:`find_member`.
+    Raises ValueError like :func:`find_member` when that fallback does."""
+    idx = _WS.match(text, 0).end()  # type: ignore[union-attr]
+    if not text.startswith("{", idx):
+        return None
+    needle = '"' + name + '"'
+    at = text.find(needle, idx + 1)
+    tries = 0
+    while at >= 0:
+        tries += 1
+        if tries > _MAX_CANDIDATES:
+            return find_member(text, name)
+        escapes = 0
+        while text[at - 1 - escapes] == "\\":
+            escapes += 1
+        colon = _WS.match(text, at + len(needle)).end()  # type: ignore[union-attr]
+        if escapes % 2 == 0 and text.startswith(":", colon):
+            start = _WS.match(text, colon + 1).end()  # type: ignore[union-attr]
+            try:
+                value, end = _DECODER.raw_decode(text, start)
+                if _closes_top_level(text, end):
+                    return value, (start, end)
+            except ValueError:
+                pass
+        at = text.find(needle, at + 1)
+    return None
+
+
+_J_STR = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+_J_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
+_J_WS = r"[ \t\n\r]*"
+# members with scalar values, then the closing brace: the usual tail of a chat
+# body after its model (max_tokens, temperature, stream...), matched in one go
+_SCALAR_TAIL = re.compile(
+    rf"(?:{_J_WS},{_J_WS}{_J_STR}{_J_WS}:{_J_WS}(?:{_J_STR}|{_J_NUM}|true|false|null))*"
+    rf"{_J_WS}\}}{_J_WS}"
+)
+
+
+def _closes_top_level(text: str, idx: int) -> bool:
+    """Do the members from ``idx`` (just after a member's value) run to a
+    closing brace with only whitespace after it? Raises ValueError on bad JSON."""
+    if _SCALAR_TAIL.fullmatch(text, idx):
+        return True
+    while True:
+        idx = _WS.match(text, idx).end()  # type: ignore[union-attr]
+        if text.startswith("}", idx):
+            return _WS.match(text, idx + 1).end() == len(text)  # type: ignore[union-attr]
+        if not text.startswith(",", idx):
+            return False
+        idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
+        if not text.startswith('"', idx):
+            return False
+        _, idx = json.decoder.scanstring(text, idx + 1)  # type: ignore[attr-defined]
+        idx = _WS.match(text, idx).end()  # type: ignore[union-attr]
+        if not text.startswith(":", idx):
+            return False
+        start = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
+        _, idx = _DECODER.raw_decode(text, start)
+
+
+def prefix_is_json(text: str, name: str, span: tuple[int, int]) -> bool:
+    """Is ``text`` up to the member :func:`find_member_fast` found at ``span``
+    valid JSON, that member being the first top-level ``name``? (Its suffix was
+    checked when it was found: together, the whole text is valid.)"""
+    try:
+        found = find_member(text, name)
+    except ValueError:
+        return False
+    return found is not None and found[1] == span
 
 
 def _whole(value: object) -> int | None:
@@ -242,8 +362,9 @@ class Core:
         path: str = request.url.path
         if not path.endswith(self.paths):
             return None
-        headers = _headers(request)
+        headers = _headers(request, self.lib.lowered_list)
         credential = _bearer(headers) if self.per_credential else None
+        key = self.guard.ledger.key(credential)
         stablecog = path.endswith(STABLECOG_CREATE)
         field = "model_id" if stablecog else "model"
         model, span, text = self._read_model(request, field, headers)
@@ -253,10 +374,21 @@ class Core:
         retry_of = retry_key = None
         attempt = headers.get(_RETRY_HEADER_B)
         if attempt is not None and text is not None:
-            retry_key = self._retry_key(credential, text)
+            retry_key = (key, hash(text))  # the body's hash is cached on the str
             if attempt.strip() != b"0":
                 retry_of = self._retries.get(retry_key)
-        plan = Plan(credential, model, span, text, retry_of, retry_key, path, self.guard.estimate)
+        plan = Plan(
+            credential,
+            key,
+            model,
+            span,
+            text,
+            retry_of,
+            retry_key,
+            path,
+            self.guard.estimate,
+            field,
+        )
         if retry_of is None:
             self._estimate(plan, stablecog)
         return plan
@@ -332,7 +464,7 @@ class Core:
             return skip(f"{len(body)} bytes is over {MAX_PARSED_BODY}")
         try:
             text = body.decode("utf-8")
-            found = find_member(text, field)
+            found = find_member_fast(text, field)
         except (UnicodeDecodeError, ValueError) as exc:
             return skip(f"not JSON ({type(exc).__name__})")
         if found is None:
@@ -341,10 +473,6 @@ class Core:
         if not isinstance(value, str):
             return skip(f"{field!r} is {type(value).__name__}, not a string")
         return value, span, text
-
-    def _retry_key(self, credential: str | None, text: str) -> tuple[str, int]:
-        # the body's hash (cached on the str) and the credential's fingerprint
-        return self.guard.ledger.key(credential), hash(text)
 
     # -- 3. act --------------------------------------------------------------
 
@@ -649,7 +777,12 @@ class SyncShell:
             decision, hold = plan.retry_of, None
         else:
             decision, hold = core.guard._hold(
-                plan.model, plan.credential, plan.estimate, refuse_reason=plan.refuse
+                plan.model,
+                plan.credential,
+                plan.estimate,
+                key=plan.key,
+                refuse_reason=plan.refuse,
+                can_rewrite=plan.can_rewrite,
             )
         out = core.act(request, plan, decision)
         if decision.action == "refuse":
@@ -680,7 +813,12 @@ class AsyncShell:
             decision, hold = plan.retry_of, None
         else:
             decision, hold = await core.guard._ahold(
-                plan.model, plan.credential, plan.estimate, refuse_reason=plan.refuse
+                plan.model,
+                plan.credential,
+                plan.estimate,
+                key=plan.key,
+                refuse_reason=plan.refuse,
+                can_rewrite=plan.can_rewrite,
             )
         out = core.act(request, plan, decision)
         if decision.action == "refuse":

@@ -60,16 +60,20 @@ class Balance:
         """A copy with new figures, skipping validation: derived from a valid
         balance by arithmetic on finite numbers (the hot path settles with it)."""
         new = object.__new__(Balance)
-        for name, value in (
-            ("remaining", remaining),
-            ("total", self.total),
-            ("used", used),
-            ("unit", self.unit),
-            ("fetched_at", self.fetched_at),
-            ("source", self.source),
-        ):
-            object.__setattr__(new, name, value)
+        _set_remaining(new, remaining)
+        _set_total(new, self.total)
+        _set_used(new, used)
+        _set_unit(new, self.unit)
+        _set_fetched_at(new, self.fetched_at)
+        _set_source(new, self.source)
         return new
+
+
+# the slots' own setters: a frozen dataclass refuses ``setattr``
+_set_remaining, _set_total, _set_used, _set_unit, _set_fetched_at, _set_source = (
+    Balance.__dict__[name].__set__
+    for name in ("remaining", "total", "used", "unit", "fetched_at", "source")
+)
 
 
 def _is_number(value: object) -> bool:

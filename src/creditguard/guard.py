@@ -286,6 +286,7 @@ class BudgetGuard:
         *,
         hold: bool,
         refuse_reason: str | None = None,
+        can_rewrite: bool | Callable[[], bool] = True,
     ) -> tuple[Decision, Hold | None]:
         """The decision on one call (and its hold, when ``hold``), logged and
         reported. Shared by every surface, sync and async."""
@@ -311,6 +312,7 @@ class BudgetGuard:
                 model,
                 estimate,
                 reserved=reserved,
+                can_rewrite=can_rewrite,
                 unavailable=unavailable,
                 stale=stale,
             )
@@ -412,18 +414,48 @@ class BudgetGuard:
         return Reservation(self, decision, hold, credential, est)
 
     def _hold(
-        self, model: str | None, credential: str | None, estimate: float, **kw: Any
+        self,
+        model: str | None,
+        credential: str | None,
+        estimate: float,
+        *,
+        key: str | None = None,
+        refuse_reason: str | None = None,
+        can_rewrite: bool | Callable[[], bool] = True,
     ) -> tuple[Decision, Hold | None]:
-        """Decide and hold ``estimate`` for a call about to go out."""
+        """Decide and hold ``estimate`` for a call about to go out (``key``: the
+        credential's fingerprint, when the caller has it already)."""
+        lookup = self.ledger.get(credential, key)
         return self._admit(
-            self.ledger.get(credential), credential, model, estimate, hold=True, **kw
+            lookup,
+            credential,
+            model,
+            estimate,
+            hold=True,
+            refuse_reason=refuse_reason,
+            can_rewrite=can_rewrite,
         )
 
     async def _ahold(
-        self, model: str | None, credential: str | None, estimate: float, **kw: Any
+        self,
+        model: str | None,
+        credential: str | None,
+        estimate: float,
+        *,
+        key: str | None = None,
+        refuse_reason: str | None = None,
+        can_rewrite: bool | Callable[[], bool] = True,
     ) -> tuple[Decision, Hold | None]:
-        lookup = await self.ledger.aget(credential)
-        return self._admit(lookup, credential, model, estimate, hold=True, **kw)
+        lookup = await self.ledger.aget(credential, key)
+        return self._admit(
+            lookup,
+            credential,
+            model,
+            estimate,
+            hold=True,
+            refuse_reason=refuse_reason,
+            can_rewrite=can_rewrite,
+        )
 
     def record(self, cost: float, *, credential: str | _Unset | None = _UNSET) -> None:
         """Debit ``cost`` (credits spent by a call) from the cached balance of

@@ -31,7 +31,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
@@ -49,20 +49,37 @@ __all__ = ["Hold", "Ledger", "Lookup"]
 log = logging.getLogger("creditguard")
 
 
-@dataclass(frozen=True, slots=True)
 class Lookup:
     """What the ledger knows of one credential right now.
 
     ``balance`` is None when no usable balance could be had; ``error`` is the
     latest refresh failure, if the balance is stale or missing because of one.
+    (A plain slotted class: one is built on every guarded call.)
     """
 
-    balance: Balance | None
-    stale: bool = False
-    error: CreditSourceError | None = None
-    fingerprint: str = ""
-    held: float | None = None  # what calls in flight hold, when read from a shared store
-    store_down: bool = False  # the shared store could not be reached
+    __slots__ = ("balance", "error", "fingerprint", "held", "stale", "store_down")
+
+    def __init__(
+        self,
+        balance: Balance | None,
+        stale: bool = False,
+        error: CreditSourceError | None = None,
+        fingerprint: str = "",
+        held: float | None = None,  # what calls in flight hold, read from a shared store
+        store_down: bool = False,  # the shared store could not be reached
+    ) -> None:
+        self.balance = balance
+        self.stale = stale
+        self.error = error
+        self.fingerprint = fingerprint
+        self.held = held
+        self.store_down = store_down
+
+    def __repr__(self) -> str:
+        return (
+            f"Lookup(balance={self.balance!r}, stale={self.stale}, error={self.error!r}, "
+            f"fingerprint={self.fingerprint[:8]!r})"
+        )
 
 
 class _Entry:
@@ -228,6 +245,13 @@ class Ledger:
 
     # -- keys ---------------------------------------------------------------
 
+    def _entry(self, key: str) -> _Entry | None:
+        """The cached entry of ``key`` (one TTLCache read: ``get`` costs three)."""
+        try:
+            return self._cache[key]
+        except KeyError:
+            return None
+
     def key(self, credential: str | None) -> str:
         """The cache key of ``credential``: its fingerprint, or one key for all
         when the source's balance does not depend on the call's credential."""
@@ -236,7 +260,7 @@ class Ledger:
     # -- the shared state machine (call with the lock held) -----------------
 
     def _stale(self, key: str, now: float) -> _Entry | None:
-        entry = self._cache.get(key)
+        entry = self._entry(key)
         if entry is not None and now - entry.fetched < self.max_stale:
             return entry
         return None
@@ -246,7 +270,7 @@ class Ledger:
     ) -> Lookup | tuple[_Flight, asyncio.Future[Lookup] | None, bool]:
         """Serve from cache, or say which flight to join or lead."""
         now = self._timer()
-        entry = self._cache.get(key)
+        entry = self._entry(key)
         if entry is not None and now - entry.fetched < self.ttl:
             return Lookup(entry.view, fingerprint=key)
         stale = self._stale(key, now)
@@ -354,9 +378,11 @@ class Ledger:
 
     # -- sync shell ----------------------------------------------------------
 
-    def get(self, credential: str | None) -> Lookup:
-        """The balance of ``credential``, fetching it when needed (blocking)."""
-        key = self.key(credential)
+    def get(self, credential: str | None, key: str | None = None) -> Lookup:
+        """The balance of ``credential``, fetching it when needed (blocking).
+        ``key``: its :meth:`key`, when the caller has it already."""
+        if key is None:
+            key = self.key(credential)
         with self._lock:
             step = self._step(key, None)
         if isinstance(step, Lookup):
@@ -385,9 +411,10 @@ class Ledger:
 
     # -- async shell ---------------------------------------------------------
 
-    async def aget(self, credential: str | None) -> Lookup:
+    async def aget(self, credential: str | None, key: str | None = None) -> Lookup:
         """The balance of ``credential``, fetching it when needed."""
-        key = self.key(credential)
+        if key is None:
+            key = self.key(credential)
         loop = asyncio.get_running_loop()
         with self._lock:
             step = self._step(key, loop)
@@ -450,7 +477,7 @@ class Ledger:
             now = self._timer()
             balance = lookup.balance
             if balance is not None:
-                entry = self._cache.get(key)
+                entry = self._entry(key)
                 if entry is not None:
                     balance = entry.view  # spend settled since the lookup counts too
             decision = judge(balance, self._held(key, now))
@@ -473,20 +500,30 @@ class Ledger:
         """Replace ``hold`` with the call's real ``cost``. False if it was
         settled or released before (nothing is charged twice)."""
         cost = check_cost(cost)
+        if self._source_record is None:
+            with self._lock:
+                if hold.state != Hold.OPEN:
+                    return False
+                hold.state = Hold.SETTLED
+                self._drop(hold)
+                self._debit(hold.key, cost)
+            return True
         with self._lock:
             if hold.state != Hold.OPEN:
                 return False
             hold.state = Hold.SETTLED  # still held (and counted) until debited below
         # A local budget learns the spend first: a refresh racing with us then
         # counts it at worst twice (safe, and the next poll corrects it), never zero.
-        if self._source_record is not None:
-            self._source_record(self._fetch_for(hold.credential), cost)
+        self._source_record(self._fetch_for(hold.credential), cost)
         with self._lock:
-            holds = self._holds.get(hold.key)
-            if holds is not None:
-                holds.drop(hold)
+            self._drop(hold)
             self._debit(hold.key, cost)
         return True
+
+    def _drop(self, hold: Hold) -> None:
+        holds = self._holds.get(hold.key)
+        if holds is not None:
+            holds.drop(hold)
 
     def release(self, hold: Hold) -> bool:
         """Drop ``hold`` without a charge (the call failed or never went out)."""
@@ -494,15 +531,13 @@ class Ledger:
             if hold.state != Hold.OPEN:
                 return False
             hold.state = Hold.RELEASED
-            holds = self._holds.get(hold.key)
-            if holds is not None:
-                holds.drop(hold)
+            self._drop(hold)
         return True
 
     # -- local accounting ----------------------------------------------------
 
     def _debit(self, key: str, cost: float) -> None:
-        entry = self._cache.get(key)
+        entry = self._entry(key)
         if entry is not None and cost:
             entry.debits += cost
             entry.update()

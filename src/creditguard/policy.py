@@ -15,9 +15,9 @@ severe tier wins: refuse > downgrade > warn > allow.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
 from ._globmap import GlobMap
 from .balance import Balance
@@ -189,22 +189,60 @@ class Policy:
         return self._map.lookup(model)[0]
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """The verdict on one call.
+class _DecisionSlots:
+    __slots__ = ("_reason", "action", "balance", "model", "requested_model", "stale")
+    _reason: str | tuple[Any, ...]
+
+
+_SET = {name: getattr(_DecisionSlots, name).__set__ for name in _DecisionSlots.__slots__}
+_set_action, _set_model, _set_balance = _SET["action"], _SET["model"], _SET["balance"]
+_set_reason, _set_requested, _set_stale = _SET["_reason"], _SET["requested_model"], _SET["stale"]
+
+
+class Decision(_DecisionSlots):
+    """The verdict on one call (immutable).
 
     ``action`` is ``"allow"``, ``"warn"``, ``"downgrade"`` or ``"refuse"``;
     ``model`` is the model to use (rewritten on downgrade), ``requested_model``
     the one the call asked for; ``balance`` the balance the decision was made on
     (None when none could be had); ``reason`` one human sentence.
+
+    One is made on every guarded call, so it is a slotted class rather than a
+    dataclass, and its reason is put into words when first read (most are never
+    read).
     """
 
+    __slots__ = ()
     action: Action
     model: str | None
     balance: Balance | None
-    reason: str
-    requested_model: str | None = None
-    stale: bool = False
+    requested_model: str | None
+    stale: bool
+
+    def __init__(
+        self,
+        action: Action,
+        model: str | None,
+        balance: Balance | None,
+        reason: str | tuple[Any, ...],
+        requested_model: str | None = None,
+        stale: bool = False,
+    ) -> None:
+        _set_action(self, action)
+        _set_model(self, model)
+        _set_balance(self, balance)
+        _set_reason(self, reason)
+        _set_requested(self, requested_model)
+        _set_stale(self, stale)
+
+    @property
+    def reason(self) -> str:
+        """One human sentence: why this action."""
+        reason = self._reason
+        if not isinstance(reason, str):
+            reason = _explain(*reason)
+            _set_reason(self, reason)
+        return reason
 
     @property
     def allowed(self) -> bool:
@@ -214,6 +252,40 @@ class Decision:
     @property
     def downgraded(self) -> bool:
         return self.action == "downgrade"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Decision is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Decision is immutable: cannot delete {name!r}")
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.action,
+            self.model,
+            self.balance,
+            self.reason,
+            self.requested_model,
+            self.stale,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Decision):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(action={self.action!r}, model={self.model!r}, balance={self.balance!r}, "
+            f"reason={self.reason!r}, requested_model={self.requested_model!r}, "
+            f"stale={self.stale!r})"
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (Decision, self._fields())
 
 
 def _fmt(value: float) -> str:
@@ -227,7 +299,7 @@ def decide(
     estimate: float = 0.0,
     *,
     reserved: float = 0.0,
-    can_rewrite: bool = True,
+    can_rewrite: bool | Callable[[], bool] = True,
     unavailable: str = "no balance available",
     stale: bool = False,
 ) -> Decision:
@@ -236,7 +308,8 @@ def decide(
     ``balance`` None means no usable balance could be had (``unavailable`` says
     why); ``on_source_error`` decides then. ``reserved`` is what calls in flight
     hold; ``estimate`` what this call may cost. ``can_rewrite`` False means the
-    call has no model to rewrite (a downgrade becomes a warning).
+    call has no model to rewrite (a downgrade becomes a warning); a callable is
+    asked only when it comes to a downgrade (it must be pure, like this function).
     """
     if balance is None:
         return _on_unusable(policy, model, unavailable, stale)
@@ -260,47 +333,39 @@ def decide(
         )
     else:
         refuse, down, warn = policy._absolute
-    left = f"{_fmt(headroom)} {balance.unit} left after this call"
+    unit = balance.unit
     if refuse is not None and headroom < refuse:
-        reason = f"{left} is below refuse_below {_fmt(refuse)}"
-        return Decision("refuse", model, balance, reason, model, stale)
+        return Decision(
+            "refuse", model, balance, (headroom, unit, "refuse_below", refuse), model, stale
+        )
     if down is not None and headroom < down:
-        reason = f"{left} is below downgrade_below {_fmt(down)}"
-        if model is None or not can_rewrite:
+        why: tuple[object, ...] = (headroom, unit, "downgrade_below", down)
+        if model is None or not (can_rewrite() if callable(can_rewrite) else can_rewrite):
             return Decision(
-                "warn", model, balance, f"{reason}; the call has no model to rewrite", model, stale
+                "warn", model, balance, (*why, "; the call has no model to rewrite"), model, stale
             )
         target, matched = policy._map.lookup(model)
         if target is None:
-            return Decision(
-                "warn",
-                model,
-                balance,
-                f"{reason}; no downgrade configured for {model!r}",
-                model,
-                stale,
-            )
+            why = (*why, f"; no downgrade configured for {model!r}")
+            return Decision("warn", model, balance, why, model, stale)
         if target == model:
-            return Decision(
-                "warn",
-                model,
-                balance,
-                f"{reason}; {model!r} is already its downgrade target",
-                model,
-                stale,
-            )
-        return Decision(
-            "downgrade",
-            target,
-            balance,
-            f"{reason}; {model!r} -> {target!r}" + (f" (matched {matched!r})" if matched else ""),
-            model,
-            stale,
-        )
+            why = (*why, f"; {model!r} is already its downgrade target")
+            return Decision("warn", model, balance, why, model, stale)
+        why = (*why, f"; {model!r} -> {target!r}" + (f" (matched {matched!r})" if matched else ""))
+        return Decision("downgrade", target, balance, why, model, stale)
     if warn is not None and headroom < warn:
-        reason = f"{left} is below warn_below {_fmt(warn)}"
-        return Decision("warn", model, balance, reason, model, stale)
-    return Decision("allow", model, balance, left, model, stale)
+        return Decision("warn", model, balance, (headroom, unit, "warn_below", warn), model, stale)
+    return Decision("allow", model, balance, (headroom, unit), model, stale)
+
+
+def _explain(
+    headroom: float, unit: str, tier: str = "", threshold: float = 0.0, more: str = ""
+) -> str:
+    """A decision's reason, put into words (when first read)."""
+    left = f"{_fmt(headroom)} {unit} left after this call"
+    if not tier:
+        return left
+    return f"{left} is below {tier} {_fmt(threshold)}{more}"
 
 
 def _on_unusable(
