@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from creditguard import Balance, CreditSourceError
-from creditguard.ledger import Ledger
+from creditguard.ledger import Ledger, Lookup
 
 KEY_A = "sk-or-v1-AAAAAAAAAAAAAAAAAAAAAAAA"
 KEY_B = "sk-or-v1-BBBBBBBBBBBBBBBBBBBBBBBB"
@@ -485,3 +486,43 @@ def test_concurrent_threads_never_hold_past_the_floor() -> None:
     allowed = [h for d, h in results if d.action != "refuse"]
     assert len(allowed) == 36
     assert ledger.reserved(KEY_A) == pytest.approx(9.0)
+
+
+def test_waiters_on_several_loops_share_one_fetch_and_are_all_woken() -> None:
+    # a flight's asyncio waiters are grouped per event loop: one wake-up per
+    # loop, however many tasks wait on it
+    source = Source(delay=0.2)
+    ledger = make(source)
+    barrier = threading.Barrier(3)
+
+    def on_a_loop_of_its_own() -> list[Lookup]:
+        async def many() -> list[Lookup]:
+            barrier.wait()
+            return list(await asyncio.gather(*(ledger.aget(KEY_A) for _ in range(50))))
+
+        return asyncio.run(many())
+
+    with ThreadPoolExecutor(3) as pool:
+        results = [pool.submit(on_a_loop_of_its_own) for _ in range(3)]
+        lookups = [lookup for r in results for lookup in r.result(timeout=10)]
+    assert len(lookups) == 150
+    assert all(lookup.balance is not None and lookup.balance.remaining == 10 for lookup in lookups)
+    assert source.calls == 1
+
+
+def test_async_waiters_on_a_thread_led_hung_refresh_time_out_on_their_loop() -> None:
+    source = Source(delay=0.6)
+    ledger = make(source, refresh_timeout=0.1, error_ttl=5)
+    leader = threading.Thread(target=ledger.get, args=(KEY_A,))
+    leader.start()
+    time.sleep(0.05)  # the thread leads the flight and hangs in its fetch
+
+    async def wait() -> list[Lookup]:
+        return list(await asyncio.gather(*(ledger.aget(KEY_A) for _ in range(5))))
+
+    t0 = time.monotonic()
+    results = asyncio.run(wait())
+    assert time.monotonic() - t0 < 0.5
+    assert all(r.balance is None and "within 0.1 s" in str(r.error) for r in results)
+    leader.join()
+    assert source.calls == 1

@@ -535,3 +535,27 @@ def test_a_body_broken_before_its_model_is_judged_but_never_rewritten(
     assert h.decisions[0].action == "warn"
     assert "no model to rewrite" in h.decisions[0].reason
     assert "not parsed" in caplog.text
+
+
+@pytest.mark.parametrize("shortcuts", [True, False], ids=["private-parts", "public-api"])
+def test_downgrade_and_credential_without_the_library_shortcuts(
+    make: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch, shortcuts: bool
+) -> None:
+    # The hot path reads httpx's lowered header list and copies a request's
+    # parts instead of building a new Request, when a probe at import says the
+    # library keeps them that way; otherwise it uses the public API. Both ways
+    # give the same request upstream, and the caller's request is untouched.
+    h = make(2)
+    lib = h.client._transport._core.lib
+    monkeypatch.setattr(lib, "lowered_list", shortcuts)
+    monkeypatch.setattr(lib, "cloneable", shortcuts)
+    original = h.client.build_request("POST", "/chat/completions", content=BODY)
+    r = h.client.send(original)
+    assert r.headers["x-creditguard-decision"] == "downgrade"
+    sent = h.upstream.requests[0]
+    assert sent is not original and original.content == BODY
+    assert json.loads(sent.content)["model"] == "small"
+    assert sent.headers["content-length"] == str(len(sent.content))
+    assert sent.headers["authorization"] == f"Bearer {KEY}"
+    assert sent.url == original.url and sent.method == "POST"
+    assert h.source.seen == [KEY]

@@ -81,6 +81,8 @@ class Lib:
         self.name: str = module.__name__
         self.module = module
         self.lowered_list = _lowered_list(module)
+        self.ByteStream = module.ByteStream
+        self.cloneable = _cloneable(module)
         self.Request = module.Request
         self.Response = module.Response
         self.RequestNotRead: type[Exception] = module.RequestNotRead
@@ -109,6 +111,32 @@ class Lib:
         settings.setdefault("verify", self.ssl_context())
         cls = self.module.HTTPTransport if sync else self.module.AsyncHTTPTransport
         return cls(**settings)
+
+    def with_body(self, request: Any, body: bytes) -> Any:
+        """A new request like ``request`` with another JSON body (the original
+        is untouched: some SDKs, openrouter's, send the same object again on a
+        retry, and it must still say what the caller asked for).
+
+        Building a ``Request`` parses its URL and headers again (~20 us); when
+        the library keeps a request's parts as plain attributes (checked once,
+        :func:`_cloneable`), the parts are copied instead."""
+        headers = request.headers.copy()
+        headers["content-length"] = str(len(body))
+        headers.pop("transfer-encoding", None)
+        if not self.cloneable:
+            return self.Request(
+                request.method,
+                request.url,
+                headers=headers,
+                content=body,
+                extensions=request.extensions,
+            )
+        new = object.__new__(type(request))
+        new.__dict__.update(request.__dict__)
+        new.headers = headers
+        new.stream = self.ByteStream(body)
+        new._content = body
+        return new
 
     def client_options(self, options: dict[str, Any]) -> dict[str, Any]:
         options.setdefault("timeout", self.timeout)
@@ -166,6 +194,18 @@ def _headers(request: Any, lowered_list: bool) -> dict[bytes, bytes]:
         if lowered in _WANTED and lowered not in found:
             found[lowered] = value
     return found
+
+
+_REQUEST_PARTS = frozenset(("method", "url", "headers", "extensions", "stream", "_content"))
+
+
+def _cloneable(module: Any) -> bool:
+    """Are ``module.Request``'s parts exactly these plain attributes?"""
+    try:
+        request = module.Request("POST", "http://probe/", content=b"{}")
+        return set(vars(request)) == _REQUEST_PARTS
+    except Exception:
+        return False
 
 
 def _lowered_list(module: Any) -> bool:
@@ -489,18 +529,7 @@ class Core:
             return request
         start, end = plan.span
         body = (plan.text[:start] + json.dumps(decision.model) + plan.text[end:]).encode()
-        # A new request: some SDKs (openrouter's) send the same request object
-        # again on a retry, and it must still say what the caller asked for.
-        headers = request.headers.copy()
-        headers["content-length"] = str(len(body))
-        headers.pop("transfer-encoding", None)
-        return self.lib.Request(
-            request.method,
-            request.url,
-            headers=headers,
-            content=body,
-            extensions=request.extensions,
-        )
+        return self.lib.with_body(request, body)
 
     def refusal(self, request: Any, decision: Decision) -> Any:
         """HTTP 402 in OpenRouter's own error shape, never sent to the network.

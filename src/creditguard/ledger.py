@@ -118,6 +118,7 @@ class _Flight:
         "loop",
         "outcome",
         "started",
+        "timers",
         "waiters",
     )
 
@@ -136,7 +137,9 @@ class _Flight:
         self.base_exhausted = base.exhausted if base is not None else False
         self.done = threading.Event()
         self.outcome: Lookup | None = None
-        self.waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Lookup]]] = []
+        # asyncio waiters by event loop, and each loop's one timeout timer
+        self.waiters: dict[asyncio.AbstractEventLoop, list[asyncio.Future[Lookup]]] = {}
+        self.timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
 
 
 class Hold:
@@ -267,14 +270,18 @@ class Ledger:
 
     def _step(
         self, key: str, loop: asyncio.AbstractEventLoop | None
-    ) -> Lookup | tuple[_Flight, asyncio.Future[Lookup] | None, bool]:
-        """Serve from cache, or say which flight to join or lead."""
+    ) -> Lookup | tuple[_Flight, asyncio.Future[Lookup] | None, bool, bool]:
+        """Serve from cache, or say which flight to join or lead (and whether
+        this is the first waiter from ``loop``, which then times the flight out)."""
         now = self._timer()
         entry = self._entry(key)
         if entry is not None and now - entry.fetched < self.ttl:
             return Lookup(entry.view, fingerprint=key)
-        stale = self._stale(key, now)
-        error = self._errors.get(key)
+        stale = entry if entry is not None and now - entry.fetched < self.max_stale else None
+        try:
+            error: CreditSourceError | None = self._errors[key]
+        except KeyError:
+            error = None
         if error is not None:  # failed a moment ago: don't hammer the source
             return Lookup(stale.view if stale else None, True, error, key)
         flight = self._flights.get(key)
@@ -286,10 +293,15 @@ class Ledger:
         if flight is None:
             flight = self._flights[key] = _Flight(loop, now, entry, self.refresh_timeout)
         future: asyncio.Future[Lookup] | None = None
+        first = False
         if loop is not None:
             future = loop.create_future()
-            flight.waiters.append((loop, future))
-        return flight, future, lead
+            futures = flight.waiters.get(loop)
+            if futures is None:
+                futures = flight.waiters[loop] = []
+                first = True
+            futures.append(future)
+        return flight, future, lead, first
 
     def _finish(
         self,
@@ -323,11 +335,20 @@ class Ledger:
             if self._flights.get(key) is flight:
                 del self._flights[key]
             flight.outcome = outcome
-            waiters, flight.waiters = flight.waiters, []
+            waiters, flight.waiters = flight.waiters, {}
+            timers, flight.timers = flight.timers, {}
             flight.done.set()
-        for loop, future in waiters:
-            with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits
-                loop.call_soon_threadsafe(_resolve, future, outcome)
+        if waiters:
+            # one wake-up per event loop, not one per waiter: a thousand tasks
+            # waiting on the loop that fetched are resolved right here
+            here = _running_loop()
+            for loop, futures in waiters.items():
+                timer = timers.get(loop)
+                if loop is here:
+                    _resolve(futures, outcome, timer)
+                else:
+                    with contextlib.suppress(RuntimeError):  # that loop is closed
+                        loop.call_soon_threadsafe(_resolve, futures, outcome, timer)
         if isinstance(result, Balance):
             if self._on_refresh is not None:
                 self._on_refresh(result, key)
@@ -387,7 +408,7 @@ class Ledger:
             step = self._step(key, None)
         if isinstance(step, Lookup):
             return step
-        flight, _, lead = step
+        flight, _, lead, _ = step
         if not lead:
             if flight.loop is not None and _running_loop() is flight.loop:
                 # The flight runs on the loop this thread would block: wait on it
@@ -420,16 +441,32 @@ class Ledger:
             step = self._step(key, loop)
         if isinstance(step, Lookup):
             return step
-        flight, future, lead = step
+        flight, future, lead, first = step
         assert future is not None
+        if first:  # one timer per loop gives up on a hung refresh for all its waiters
+            timer = loop.call_later(self.refresh_timeout, self._give_up, key, flight, loop)
+            with self._lock:
+                if flight.done.is_set():
+                    timer.cancel()
+                else:
+                    flight.timers[loop] = timer
         if lead:
             task = loop.create_task(self._fetch_async(key, flight, credential))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        try:
-            return await asyncio.wait_for(future, self.refresh_timeout)
-        except asyncio.TimeoutError:
-            return self._timed_out(key, flight)
+        # cancelling this caller cancels its own future only, never the fetch
+        return await future
+
+    def _give_up(self, key: str, flight: _Flight, loop: asyncio.AbstractEventLoop) -> None:
+        """``refresh_timeout`` passed and the refresh has not finished: this
+        loop's waiters are served what :meth:`_timed_out` says."""
+        if flight.done.is_set():
+            return
+        outcome = self._timed_out(key, flight)
+        with self._lock:
+            futures = flight.waiters.pop(loop, [])
+            flight.timers.pop(loop, None)
+        _resolve(futures, outcome, None)
 
     async def _fetch_async(self, key: str, flight: _Flight, credential: str | None) -> None:
         try:
@@ -615,9 +652,17 @@ class Ledger:
             return len(self._cache)
 
 
-def _resolve(future: asyncio.Future[Lookup], outcome: Lookup) -> None:
-    if not future.done():
-        future.set_result(outcome)
+def _resolve(
+    futures: list[asyncio.Future[Lookup]],
+    outcome: Lookup,
+    timer: asyncio.TimerHandle | None,
+) -> None:
+    """Runs on the futures' loop: every waiter still waiting gets ``outcome``."""
+    if timer is not None:
+        timer.cancel()
+    for future in futures:
+        if not future.done():  # a cancelled caller's future is done already
+            future.set_result(outcome)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
