@@ -247,3 +247,24 @@ def test_amounts_compare_without_float_noise() -> None:
     d = decide(bal(0.22), policy, "m", 0.12)
     assert d.action == "allow"
     assert decide(bal(0.22), policy, "m", 0.1200001).action == "refuse"
+
+
+def test_a_decision_is_immutable_comparable_and_picklable() -> None:
+    import copy
+    import pickle
+
+    balance = Balance(remaining=3.0, total=100.0)
+    decision = decide(balance, Policy(downgrade_below=5, downgrade={"a": "b"}), "a", 0.5)
+    assert decision.action == "downgrade" and decision.model == "b"
+    with pytest.raises(AttributeError):
+        decision.action = "allow"  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del decision.model  # type: ignore[misc]
+    # the reason is put into words when first read; equal either way
+    twin = decide(balance, Policy(downgrade_below=5, downgrade={"a": "b"}), "a", 0.5)
+    assert twin == decision and hash(twin) == hash(decision)
+    assert decision.reason == "2.5 USD left after this call is below downgrade_below 5; 'a' -> 'b'"
+    for clone in (pickle.loads(pickle.dumps(decision)), copy.copy(decision)):
+        assert clone == decision and clone.reason == decision.reason
+    assert f"reason={decision.reason!r}" in repr(decision)
+    assert decision != decide(balance, Policy(), "a", 0.5)
