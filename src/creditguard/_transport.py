@@ -227,6 +227,21 @@ def _bearer(headers: dict[bytes, bytes]) -> str | None:
     return key.strip().decode("latin-1") if key and key.strip() else None
 
 
+def _member(text: str, idx: int) -> tuple[str, object, int, int] | None:
+    """One ``"key": value`` member at ``idx`` (whitespace already skipped):
+    key, decoded value and the value's span; None when no member starts there.
+    Raises ValueError when the value is not JSON."""
+    if not text.startswith('"', idx):
+        return None
+    key, idx = json.decoder.scanstring(text, idx + 1)  # type: ignore[attr-defined]
+    idx = _WS.match(text, idx).end()  # type: ignore[union-attr]
+    if not text.startswith(":", idx):
+        return None
+    start = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
+    value, end = _DECODER.raw_decode(text, start)
+    return key, value, start, end
+
+
 def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, tuple[int, int]]]:
     """The values of the top-level members ``names`` of the JSON object in
     ``text``, with the span of each encoded value. Scanning stops once all are
@@ -238,26 +253,17 @@ def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, tu
     if not text.startswith("{", idx):
         return found
     idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
-    if text.startswith("}", idx):
-        return found
-    while True:
-        if not text.startswith('"', idx):
-            return found
-        key, idx = json.decoder.scanstring(text, idx + 1)  # type: ignore[attr-defined]
-        idx = _WS.match(text, idx).end()  # type: ignore[union-attr]
-        if not text.startswith(":", idx):
-            return found
-        start = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
-        value, end = _DECODER.raw_decode(text, start)
+    while (member := _member(text, idx)) is not None:
+        key, value, start, end = member
         if key in names and key not in found:
             found[key] = (value, (start, end))
             if len(found) == len(names):
                 return found
         idx = _WS.match(text, end).end()  # type: ignore[union-attr]
-        if text.startswith(",", idx):
-            idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
-            continue
-        return found
+        if not text.startswith(",", idx):
+            return found
+        idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
+    return found
 
 
 def find_member(text: str, name: str) -> tuple[object, tuple[int, int]] | None:
@@ -330,15 +336,10 @@ def _closes_top_level(text: str, idx: int) -> bool:
             return _WS.match(text, idx + 1).end() == len(text)  # type: ignore[union-attr]
         if not text.startswith(",", idx):
             return False
-        idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
-        if not text.startswith('"', idx):
+        member = _member(text, _WS.match(text, idx + 1).end())  # type: ignore[union-attr]
+        if member is None:
             return False
-        _, idx = json.decoder.scanstring(text, idx + 1)  # type: ignore[attr-defined]
-        idx = _WS.match(text, idx).end()  # type: ignore[union-attr]
-        if not text.startswith(":", idx):
-            return False
-        start = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
-        _, idx = _DECODER.raw_decode(text, start)
+        idx = member[3]
 
 
 def prefix_is_json(text: str, name: str, span: tuple[int, int]) -> bool:

@@ -262,8 +262,11 @@ class Ledger:
 
     # -- the shared state machine (call with the lock held) -----------------
 
-    def _stale(self, key: str, now: float) -> _Entry | None:
-        entry = self._entry(key)
+    def _stale(self, key: str, now: float, entry: _Entry | None = None) -> _Entry | None:
+        """The cached entry of ``key`` (or ``entry``, read already) while it is
+        younger than ``max_stale``."""
+        if entry is None:
+            entry = self._entry(key)
         if entry is not None and now - entry.fetched < self.max_stale:
             return entry
         return None
@@ -277,7 +280,7 @@ class Ledger:
         entry = self._entry(key)
         if entry is not None and now - entry.fetched < self.ttl:
             return Lookup(entry.view, fingerprint=key)
-        stale = entry if entry is not None and now - entry.fetched < self.max_stale else None
+        stale = self._stale(key, now, entry)
         try:
             error: CreditSourceError | None = self._errors[key]
         except KeyError:
