@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from creditguard import ConfigError
-from creditguard._transport import _usage_from_body, find_members
+from creditguard._body import find_members, usage_from_body
 from creditguard.costs import Price, Pricing, cost_from_result, cost_from_usage
 
 PRICING = Pricing(
@@ -76,11 +76,11 @@ def test_usage_from_the_end_of_a_json_body() -> None:
         b'{"choices": [{"message": {"content": "the \\"usage\\": is here"}}], '
         b'"usage": {"prompt_tokens": 3, "cost": 0.25}}'
     )
-    assert _usage_from_body(body) == {"prompt_tokens": 3, "cost": 0.25}
-    assert _usage_from_body(body[-60:]) == {"prompt_tokens": 3, "cost": 0.25}  # a kept tail
-    assert _usage_from_body(b'{"choices": []}') is None
-    assert _usage_from_body(b'{"usage": null}') is None
-    assert _usage_from_body(b'{"usage": {"cost": 1') is None
+    assert usage_from_body(body) == {"prompt_tokens": 3, "cost": 0.25}
+    assert usage_from_body(body[-60:]) == {"prompt_tokens": 3, "cost": 0.25}  # a kept tail
+    assert usage_from_body(b'{"choices": []}') is None
+    assert usage_from_body(b'{"usage": null}') is None
+    assert usage_from_body(b'{"usage": {"cost": 1') is None
 
 
 def test_find_members_stops_once_all_are_found() -> None:

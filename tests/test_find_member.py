@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from creditguard._transport import find_member, find_member_fast, prefix_is_json
+from creditguard._body import find_member, find_member_fast, prefix_is_json
 
 # keys and strings that look like the member we are after, in every place
 KEYS = st.sampled_from(["model", "messages", "role", "content", "x", 'mo"del', "model\\"])

@@ -18,7 +18,7 @@ import pytest
 import creditguard.httpx as cg1
 import creditguard.httpx2 as cg2
 from creditguard import Balance, BudgetGuard, Decision, Policy
-from creditguard._transport import find_member
+from creditguard._body import find_member
 from creditguard.sources import OpenRouterKey
 from creditguard.testing import FakeProvider
 
@@ -469,9 +469,13 @@ def test_find_member() -> None:
         assert got == value and json.loads(text[start:end]) == value
     assert find_member("{}", "model") is None
     assert find_member("[1]", "model") is None
-    assert find_member('{"a": 1 "model": "x"}', "model") is None
-    with pytest.raises(ValueError):
-        find_member('{"a": tru', "model")
+    # the full scan validates the whole object: what the fast read relies on
+    for bad in ('{"a": tru', '{"a": 1 "model": "x"}', '{"model": "x",}', '{"model": "x"} 1'):
+        with pytest.raises(ValueError):
+            find_member(bad, "model")
+    # duplicates: the last one counts, as JSON parsers that keep one value read it
+    found = find_member('{"model": "a", "n": 1, "model": "b"}', "model")
+    assert found is not None and found[0] == "b"
 
 
 def test_transport_options_given_to_client_build_the_inner_transport(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anthropic
 from cachetools import TTLCache
 
-from ._transport import _usage_from_body
+from ._body import usage_from_body
 from .costs import cost_from_usage
 from .errors import CreditsExhausted
 
@@ -66,7 +66,7 @@ class GuardMiddleware(anthropic.Middleware):
             return
         cost = None
         if not request.stream:  # a whole JSON body: its usage is there
-            usage = _usage_from_body(response.http_response.read())
+            usage = usage_from_body(response.http_response.read())
             cost = cost_from_usage(usage, self.guard.pricing.price(reservation.decision.model))
         reservation.settle(cost)  # a stream's cost is not seen here: its estimate
 

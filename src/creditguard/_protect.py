@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from .costs import cost_from_result
+from .costs import cost_of_result
 from .errors import ConfigError, CreditsExhausted
 
 if TYPE_CHECKING:
-    from .guard import BudgetGuard, Reservation
+    from .guard import BudgetGuard
     from .ledger import Hold
     from .policy import Decision
 
-__all__ = ["CURRENT_CALL", "ArgSpec", "Call", "Guarded", "unwrap_callable", "wrap"]
+__all__ = ["CURRENT_CALL", "ArgSpec", "Call", "Guarded", "Reservation", "unwrap_callable", "wrap"]
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -114,31 +114,88 @@ class ArgSpec:
 # -- the guarded call -----------------------------------------------------------
 
 
-class Call:
-    """One guarded call in progress: its reservation, whose key pays, and did
-    its code report its own cost?"""
+class Reservation:
+    """A decided call and the credits held for it (see :meth:`BudgetGuard.reserve`)."""
 
-    __slots__ = ("credential", "guard", "reported", "reservation")
+    __slots__ = ("_credential", "_done", "_guard", "_hold", "decision", "estimate")
 
-    def __init__(self, guard: BudgetGuard, reservation: Reservation, credential: str | None):
-        self.guard = guard
-        self.reservation = reservation
-        self.credential = credential
-        self.reported = False
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        decision: Decision,
+        hold: Hold | None,
+        credential: str | None,
+        estimate: float,
+    ) -> None:
+        self._guard = guard
+        self.decision = decision
+        self._hold = hold
+        self._credential = credential
+        self.estimate = estimate
+        self._done = decision.action == "refuse"
 
-    def settle(self, result: object) -> None:
-        """Charge what the call cost: its result's ``usage.cost`` (or tokens x
-        prices), else its estimate — unless its code called ``guard.record()``."""
-        reservation = self.reservation
-        if self.reported:
-            reservation.release()  # what it recorded stands instead
+    def settle(self, cost: float | None = None) -> None:
+        """The call went through and cost ``cost`` (None: its estimate). Once."""
+        if self._done:
             return
-        price = self.guard.pricing.price(reservation.decision.model)
-        reservation.settle(cost_from_result(result, price))
+        self._done = True
+        amount = self.estimate if cost is None else cost
+        if self._hold is not None:
+            self._guard.ledger.settle(self._hold, amount)
+        else:
+            self._guard.ledger.record(self._credential, amount)
 
     def release(self) -> None:
-        """The call failed: nothing is charged for it."""
-        self.reservation.release()
+        """The call failed or was not made: nothing is charged. Once."""
+        if self._done:
+            return
+        self._done = True
+        if self._hold is not None:
+            self._guard.ledger.release(self._hold)
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self.release()
+        else:
+            self.settle()
+
+    def __repr__(self) -> str:
+        return f"<Reservation {self.decision.action} estimate={self.estimate:g}>"
+
+
+class Call(Reservation):
+    """One decorated call in progress: its reservation, and did its code
+    report its own cost (``guard.record()``)?"""
+
+    __slots__ = ("reported",)
+
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        decision: Decision,
+        hold: Hold | None,
+        credential: str | None,
+        estimate: float,
+    ) -> None:
+        # (Reservation.__init__'s assignments, inlined: once per decorated call)
+        self._guard = guard
+        self.decision = decision
+        self._hold = hold
+        self._credential = credential
+        self.estimate = estimate
+        self._done = decision.action == "refuse"
+        self.reported = False
+
+    def charge(self, result: object) -> None:
+        """Charge what the call cost: its result's ``usage.cost`` (or tokens x
+        prices), else its estimate — unless its code called ``guard.record()``."""
+        if self.reported:
+            self.release()  # what it recorded stands instead
+            return
+        self.settle(cost_of_result(result, self._guard.pricing, self.decision.model))
 
 
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("creditguard_call", default=None)
@@ -148,7 +205,7 @@ class Guarded:
     """What the decorator worked out at decoration time about one function,
     and the two pure steps around the guard's decision."""
 
-    __slots__ = ("credential", "estimate", "guard", "model", "reservation", "shift")
+    __slots__ = ("credential", "estimate", "guard", "model", "shift")
 
     def __init__(
         self,
@@ -160,9 +217,6 @@ class Guarded:
         *,
         explicit: bool,
     ) -> None:
-        from .guard import Reservation  # (guard imports this module)
-
-        self.reservation = Reservation
         self.guard = guard
         self.estimate = estimate
         # wrapt passes the bound object as ``instance`` and args without it; a
@@ -189,27 +243,26 @@ class Guarded:
 
     def apply(
         self,
-        decided: tuple[Decision, Hold | None],
-        credential: str | None,
+        decision: Decision,
         instance: object,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-    ) -> tuple[Call, tuple[Any, ...], dict[str, Any]]:
-        """Act on the decision: raise on refuse, rewrite the model on downgrade."""
-        decision, hold = decided
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Act on a decision other than allow: raise on refuse, rewrite the
+        model on downgrade."""
         if decision.action == "refuse":
             raise CreditsExhausted(decision)
         if decision.action == "downgrade" and self.model.usable:
             bound = self.shift and instance is not None
             args, kwargs = self.model.set(bound, args, kwargs, decision.model)
-        reservation = self.reservation(self.guard, decision, hold, credential, self.estimate)
-        return Call(self.guard, reservation, credential), args, kwargs
+        return args, kwargs
 
 
 def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> Any:
     """The wrapt decorator for ``fn``, chosen once: sync or async, function or
     generator. Each driver is the same three steps around its own I/O."""
-    hold, ahold = guard._hold, guard._ahold
+    hold, ahold, estimate = guard._hold, guard._ahold, g.estimate
+    set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
 
     if inspect.isasyncgenfunction(raw):
 
@@ -217,8 +270,10 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            decided = await ahold(model, credential, g.estimate)
-            call, args, kwargs = g.apply(decided, credential, instance, args, kwargs)
+            decision, held = await ahold(model, credential, estimate)
+            if decision.action != "allow":
+                args, kwargs = g.apply(decision, instance, args, kwargs)
+            call = Call(guard, decision, held, credential, estimate)
             agen = wrapped(*args, **kwargs)
             try:
                 while True:
@@ -234,11 +289,11 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                         CURRENT_CALL.reset(token)
                     yield item
             except GeneratorExit:  # closed early: a cut stream still costs
-                call.settle(None)
+                call.charge(None)
                 raise
             finally:
                 await agen.aclose()
-            call.settle(None)
+            call.charge(None)
 
         return wrapt.decorator(agen_wrapper)(fn)
 
@@ -248,17 +303,19 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            decided = await ahold(model, credential, g.estimate)
-            call, args, kwargs = g.apply(decided, credential, instance, args, kwargs)
-            token = CURRENT_CALL.set(call)
+            decision, held = await ahold(model, credential, estimate)
+            if decision.action != "allow":
+                args, kwargs = g.apply(decision, instance, args, kwargs)
+            call = Call(guard, decision, held, credential, estimate)
+            token = set_call(call)
             try:
                 result = await wrapped(*args, **kwargs)
             except BaseException:  # failed or cancelled: its hold goes
                 call.release()
                 raise
             finally:
-                CURRENT_CALL.reset(token)
-            call.settle(result)
+                reset_call(token)
+            call.charge(result)
             return result
 
         return wrapt.decorator(async_wrapper)(fn)
@@ -269,19 +326,21 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential = g.begin(instance, args, kwargs)
-        decided = hold(model, credential, g.estimate)
-        call, args, kwargs = g.apply(decided, credential, instance, args, kwargs)
-        token = CURRENT_CALL.set(call)
+        decision, held = hold(model, credential, estimate)
+        if decision.action != "allow":
+            args, kwargs = g.apply(decision, instance, args, kwargs)
+        call = Call(guard, decision, held, credential, estimate)
+        token = set_call(call)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException:
             call.release()
             raise
         finally:
-            CURRENT_CALL.reset(token)
+            reset_call(token)
         if generator:
             return _charged(call, result)
-        call.settle(result)
+        call.charge(result)
         return result
 
     return wrapt.decorator(sync_wrapper)(fn)
@@ -304,10 +363,10 @@ def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
                 CURRENT_CALL.reset(token)
             yield item
     except GeneratorExit:
-        call.settle(None)
+        call.charge(None)
         raise
     finally:
         close = getattr(gen, "close", None)
         if close is not None:
             close()
-    call.settle(None)
+    call.charge(None)

@@ -106,7 +106,7 @@ class SharedLedger(Ledger):
         entry.exhausted = state.exhausted
         entry.update()
         with self._lock:
-            self._cache[key] = entry
+            self._cache.put(key, entry)
         return Lookup(entry.view, age >= self.ttl, error, key, state.held)
 
     def _refresh(
@@ -223,6 +223,11 @@ class SharedLedger(Ledger):
             return self._as_error(exc, credential)
 
     # -- holds -----------------------------------------------------------------
+
+    def admit_fresh(self, *args: Any, **kwargs: Any) -> None:
+        """No local fast path: the shared state is read from the store on every
+        call (:meth:`get`), and holds are taken there (:meth:`admit`)."""
+        return None
 
     def admit(
         self,

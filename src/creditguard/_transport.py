@@ -22,6 +22,7 @@ their ordinary, final status error.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -32,6 +33,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._body import find_member_fast, find_members, prefix_is_json, usage_from_body
 from .costs import Price, cost_from_usage, merge_usage
 from .policy import Decision
 
@@ -58,10 +60,7 @@ MAX_PARSED_BODY = 16 * 1024 * 1024
 MAX_OBSERVED_BODY = 64 * 1024  # the end of a JSON body kept to read its usage
 RETRY_HEADER = "x-stainless-retry-count"
 _RETRY_HEADER_B = RETRY_HEADER.encode()
-_DECODER = json.JSONDecoder()
-_WS = re.compile(r"[ \t\n\r]*")
 _BUDGET_WORDS = re.compile(rb"budget|limit|credit", re.IGNORECASE)
-_USAGE_KEY = re.compile(r'"usage"[ \t\n\r]*:[ \t\n\r]*')
 STABLECOG_OUTPUTS = 2  # Stablecog's default num_outputs
 _STABLECOG_FIELDS = frozenset(("num_outputs",))
 _TOKEN_FIELDS_ORDER = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -157,6 +156,7 @@ class Plan:
     path: str
     estimate: float
     field: str = "model"
+    stablecog: bool = False  # Stablecog's create path
     price: Price | None = None
     refuse: str | None = None  # a reason to refuse whatever the balance (unknown price)
     checked: bool | None = None  # the whole body is valid JSON (checked on downgrade only)
@@ -227,153 +227,10 @@ def _bearer(headers: dict[bytes, bytes]) -> str | None:
     return key.strip().decode("latin-1") if key and key.strip() else None
 
 
-def _member(text: str, idx: int) -> tuple[str, object, int, int] | None:
-    """One ``"key": value`` member at ``idx`` (whitespace already skipped):
-    key, decoded value and the value's span; None when no member starts there.
-    Raises ValueError when the value is not JSON."""
-    if not text.startswith('"', idx):
-        return None
-    key, idx = json.decoder.scanstring(text, idx + 1)  # type: ignore[attr-defined]
-    idx = _WS.match(text, idx).end()  # type: ignore[union-attr]
-    if not text.startswith(":", idx):
-        return None
-    start = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
-    value, end = _DECODER.raw_decode(text, start)
-    return key, value, start, end
-
-
-def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, tuple[int, int]]]:
-    """The values of the top-level members ``names`` of the JSON object in
-    ``text``, with the span of each encoded value. Scanning stops once all are
-    found: only the members before them are decoded (by the C decoder).
-    Raises ValueError when ``text`` is not JSON; returns what it found when the
-    top level is not an object or is malformed after the last find."""
-    found: dict[str, tuple[object, tuple[int, int]]] = {}
-    idx = _WS.match(text, 0).end()  # type: ignore[union-attr]
-    if not text.startswith("{", idx):
-        return found
-    idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
-    while (member := _member(text, idx)) is not None:
-        key, value, start, end = member
-        if key in names and key not in found:
-            found[key] = (value, (start, end))
-            if len(found) == len(names):
-                return found
-        idx = _WS.match(text, end).end()  # type: ignore[union-attr]
-        if not text.startswith(",", idx):
-            return found
-        idx = _WS.match(text, idx + 1).end()  # type: ignore[union-attr]
-    return found
-
-
-def find_member(text: str, name: str) -> tuple[object, tuple[int, int]] | None:
-    """:func:`find_members` for one name."""
-    return find_members(text, frozenset((name,))).get(name)
-
-
-_MAX_CANDIDATES = 4
-
-
-def find_member_fast(text: str, name: str) -> tuple[object, tuple[int, int]] | None:
-    """The top-level member ``name`` of the JSON object in ``text``, found
-    without decoding the members before it (SDKs put ``messages`` first).
-
-    A candidate is an unescaped ``"name"`` followed by ``:``; in valid JSON that
-    is always a key (a quote inside a string is escaped), and it is a key of the
-    top-level object exactly when the members after it run to that object's
-    closing brace at the end of the text: a nested object's brace would be
-    followed by its parents' closing brackets. So each candidate's *suffix* is
-    decoded, never the prefix. For valid JSON the answer is :func:`find_member`'s
-    (the first top-level one). The prefix is not checked: callers that act on
-    the whole body (a rewrite) check it with :func:`prefix_is_json` first.
-    After a few rejected candidates it falls back to :func:`find_member`.
-    Raises ValueError like :func:`find_member` when that fallback does."""
-    idx = _WS.match(text, 0).end()  # type: ignore[union-attr]
-    if not text.startswith("{", idx):
-        return None
-    needle = '"' + name + '"'
-    at = text.find(needle, idx + 1)
-    tries = 0
-    while at >= 0:
-        tries += 1
-        if tries > _MAX_CANDIDATES:
-            return find_member(text, name)
-        escapes = 0
-        while text[at - 1 - escapes] == "\\":
-            escapes += 1
-        colon = _WS.match(text, at + len(needle)).end()  # type: ignore[union-attr]
-        if escapes % 2 == 0 and text.startswith(":", colon):
-            start = _WS.match(text, colon + 1).end()  # type: ignore[union-attr]
-            try:
-                value, end = _DECODER.raw_decode(text, start)
-                if _closes_top_level(text, end):
-                    return value, (start, end)
-            except ValueError:
-                pass
-        at = text.find(needle, at + 1)
-    return None
-
-
-_J_STR = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
-_J_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
-_J_WS = r"[ \t\n\r]*"
-# members with scalar values, then the closing brace: the usual tail of a chat
-# body after its model (max_tokens, temperature, stream...), matched in one go
-_SCALAR_TAIL = re.compile(
-    rf"(?:{_J_WS},{_J_WS}{_J_STR}{_J_WS}:{_J_WS}(?:{_J_STR}|{_J_NUM}|true|false|null))*"
-    rf"{_J_WS}\}}{_J_WS}"
-)
-
-
-def _closes_top_level(text: str, idx: int) -> bool:
-    """Do the members from ``idx`` (just after a member's value) run to a
-    closing brace with only whitespace after it? Raises ValueError on bad JSON."""
-    if _SCALAR_TAIL.fullmatch(text, idx):
-        return True
-    while True:
-        idx = _WS.match(text, idx).end()  # type: ignore[union-attr]
-        if text.startswith("}", idx):
-            return _WS.match(text, idx + 1).end() == len(text)  # type: ignore[union-attr]
-        if not text.startswith(",", idx):
-            return False
-        member = _member(text, _WS.match(text, idx + 1).end())  # type: ignore[union-attr]
-        if member is None:
-            return False
-        idx = member[3]
-
-
-def prefix_is_json(text: str, name: str, span: tuple[int, int]) -> bool:
-    """Is ``text`` up to the member :func:`find_member_fast` found at ``span``
-    valid JSON, that member being the first top-level ``name``? (Its suffix was
-    checked when it was found: together, the whole text is valid.)"""
-    try:
-        found = find_member(text, name)
-    except ValueError:
-        return False
-    return found is not None and found[1] == span
-
-
 def _whole(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     return None
-
-
-def _usage_from_body(body: bytes) -> object:
-    """``usage`` of a JSON response body. OpenAI- and Anthropic-shaped bodies
-    end with it, so it is looked for from the end (a kept tail is enough)."""
-    at = body.rfind(b'"usage"')
-    if at < 0:
-        return None
-    text = body[at:].decode("utf-8", "replace")
-    match = _USAGE_KEY.match(text)
-    if match is None:
-        return None
-    try:
-        usage, _ = _DECODER.raw_decode(text, match.end())
-    except ValueError:
-        return None
-    return usage if isinstance(usage, dict) else None
 
 
 class Core:
@@ -429,8 +286,9 @@ class Core:
             path,
             self.guard.estimate,
             field,
+            stablecog,
         )
-        if retry_of is None:
+        if retry_of is None and (stablecog or self.guard.pricing):
             self._estimate(plan, stablecog)
         return plan
 
@@ -495,8 +353,8 @@ class Core:
             return None, None, None
 
         try:
-            body: bytes = request.content
-        except self.lib.RequestNotRead:
+            body: bytes = request._content if self.lib.cloneable else request.content
+        except (AttributeError, self.lib.RequestNotRead):
             return skip("streamed request body")
         encoding = headers.get(b"content-encoding", b"identity").strip().lower()
         if encoding not in (b"identity", b""):
@@ -588,13 +446,43 @@ class Core:
     def observe(self, plan: Plan, decision: Decision, hold: Hold | None, response: Any) -> Any:
         """Label the response and watch it pass, settling the call's hold from
         what it shows: the usage of a JSON body or of the last SSE events."""
-        response.headers["x-creditguard-decision"] = decision.action
-        if decision.action == "downgrade" and decision.requested_model:
-            response.headers["x-creditguard-model-requested"] = decision.requested_model
+        action = decision.action
+        headers = response.headers
+        # one pass over the response headers: label it, and read what it is
+        ctype = encoding = b""
+        if self.lib.lowered_list:
+            items = headers._list
+            labelled = False
+            for _, name, value in items:
+                if name == b"content-type":
+                    ctype = ctype or value
+                elif name == b"content-encoding":
+                    encoding = encoding or value
+                elif name == _LABEL:
+                    labelled = True
+            if labelled:
+                headers["x-creditguard-decision"] = action
+            else:
+                items.append((_LABEL, _LABEL, _ACTIONS[action]))
+        else:
+            headers["x-creditguard-decision"] = action
+            ctype = headers.get("content-type", "").encode("latin-1")
+            encoding = headers.get("content-encoding", "").encode("latin-1")
+        if action == "downgrade" and decision.requested_model:
+            headers["x-creditguard-model-requested"] = decision.requested_model
         status: int = response.status_code
+        stablecog = plan.stablecog
+        if 200 <= status < 300 and not stablecog and not ctype.startswith(b"text/event-stream"):
+            # the usual answer: a JSON body whose usage settles the call
+            loaded = getattr(response, "_content", None)  # a body already in memory (mocks)
+            if isinstance(loaded, bytes):
+                self.charge(plan, hold, cost_from_usage(usage_from_body(loaded), plan.price))
+                return response
+            tap = BodyTap(functools.partial(self._settle_body, plan, hold), _encoding(encoding))
+            response.stream = self.lib.observed(response.stream, tap)
+            return response
         credential = plan.credential
         ledger = self.guard.ledger
-        stablecog = plan.path.endswith(STABLECOG_CREATE)
         on_body: Callable[[bytes, bool], None] | None = None
         if not 200 <= status < 300:
             self.release(hold)  # no charge for a call the provider turned down
@@ -637,26 +525,34 @@ class Core:
                 else:
                     self.charge(plan, hold, None)
 
-        elif response.headers.get("content-type", "").startswith("text/event-stream"):
-            tap = SSETap(self, plan, hold)
-            encoding = response.headers.get("content-encoding", "identity").lower()
-            if encoding not in ("identity", ""):
-                tap.disabled = True
-            response.stream = self.lib.observed(response.stream, tap)
+        else:  # an event stream
+            sse = SSETap(self, plan, hold)
+            if _encoding(encoding) != "identity":
+                sse.disabled = True
+            response.stream = self.lib.observed(response.stream, sse)
             return response
-        else:
 
-            def on_body(body: bytes, complete: bool) -> None:
-                usage = _usage_from_body(body) if complete else None
-                self.charge(plan, hold, cost_from_usage(usage, plan.price))
-
-        loaded = getattr(response, "_content", None)  # a body already in memory (mocks)
+        loaded = getattr(response, "_content", None)
         if isinstance(loaded, bytes):
             on_body(loaded, True)
         else:
-            encoding = response.headers.get("content-encoding", "identity").lower()
-            response.stream = self.lib.observed(response.stream, BodyTap(on_body, encoding))
+            response.stream = self.lib.observed(
+                response.stream, BodyTap(on_body, _encoding(encoding))
+            )
         return response
+
+    def _settle_body(self, plan: Plan, hold: Hold | None, body: bytes, complete: bool) -> None:
+        usage = usage_from_body(body) if complete else None
+        self.charge(plan, hold, cost_from_usage(usage, plan.price))
+
+
+_LABEL = b"x-creditguard-decision"
+_ACTIONS = {action: action.encode() for action in ("allow", "warn", "downgrade", "refuse")}
+
+
+def _encoding(value: bytes) -> str:
+    """A Content-Encoding header's value, lowercased ("identity" when none)."""
+    return value.strip().decode("latin-1").lower() or "identity"
 
 
 class BodyTap:

@@ -16,7 +16,17 @@ from typing import Any
 from ._globmap import GlobMap
 from .errors import ConfigError
 
-__all__ = ["Price", "Pricing", "cost_from_result", "cost_from_usage", "merge_usage", "usage_of"]
+__all__ = [
+    "Price",
+    "Pricing",
+    "cost_from_result",
+    "cost_from_usage",
+    "cost_of_result",
+    "merge_usage",
+    "usage_of",
+]
+
+_INF = math.inf
 
 _PROMPT_KEYS = ("prompt_tokens", "input_tokens")
 _COMPLETION_KEYS = ("completion_tokens", "output_tokens")
@@ -97,7 +107,10 @@ def cost_from_usage(usage: object, price: Price | None) -> float | None:
     None when neither is known."""
     if usage is None:
         return None
-    cost = _number(_get(usage, "cost"))
+    cost = usage.get("cost") if type(usage) is dict else _get(usage, "cost")
+    if type(cost) is float and 0.0 <= cost < _INF:  # the usual case: a plain float
+        return cost
+    cost = _number(cost)
     if cost is not None:
         return cost
     if price is None:
@@ -114,6 +127,16 @@ def cost_from_usage(usage: object, price: Price | None) -> float | None:
 def cost_from_result(result: object, price: Price | None = None) -> float | None:
     """What the call whose ``result`` this is cost, if the result says."""
     return cost_from_usage(usage_of(result), price)
+
+
+def cost_of_result(result: object, pricing: Pricing, model: str | None) -> float | None:
+    """:func:`cost_from_result` with ``model``'s price looked up in ``pricing``
+    only when the result has no ``usage.cost`` of its own."""
+    usage = result.get("usage") if type(result) is dict else usage_of(result)
+    cost = cost_from_usage(usage, None)
+    if cost is not None or usage is None or not pricing:
+        return cost
+    return cost_from_usage(usage, pricing.price(model))
 
 
 def merge_usage(into: dict[str, Any], usage: object) -> None:

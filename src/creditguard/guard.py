@@ -8,6 +8,7 @@ core (:func:`creditguard.policy.decide`) and one ledger.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._fingerprint import Fingerprinter
-from ._protect import CURRENT_CALL, Guarded, unwrap_callable, wrap
+from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
 from .balance import Balance
 from .costs import Pricing
 from .errors import ConfigError, CreditSourceError
@@ -28,11 +29,13 @@ if TYPE_CHECKING:
 
     from .sources import CreditSource
 
-__all__ = ["BudgetGuard"]
+__all__ = ["BudgetGuard", "Reservation"]
 
 log = logging.getLogger("creditguard")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_debug = functools.partial(log.isEnabledFor, logging.DEBUG)
 
 _LEVELS = {
     "allow": logging.DEBUG,
@@ -107,58 +110,6 @@ def _make_ledger(
         fingerprint=Fingerprinter(secret),
         **options,
     )
-
-
-class Reservation:
-    """A decided call and the credits held for it (see :meth:`BudgetGuard.reserve`)."""
-
-    __slots__ = ("_credential", "_done", "_guard", "_hold", "decision", "estimate")
-
-    def __init__(
-        self,
-        guard: BudgetGuard,
-        decision: Decision,
-        hold: Hold | None,
-        credential: str | None,
-        estimate: float,
-    ) -> None:
-        self._guard = guard
-        self.decision = decision
-        self._hold = hold
-        self._credential = credential
-        self.estimate = estimate
-        self._done = decision.action == "refuse"
-
-    def settle(self, cost: float | None = None) -> None:
-        """The call went through and cost ``cost`` (None: its estimate). Once."""
-        if self._done:
-            return
-        self._done = True
-        amount = self.estimate if cost is None else cost
-        if self._hold is not None:
-            self._guard.ledger.settle(self._hold, amount)
-        else:
-            self._guard.ledger.record(self._credential, amount)
-
-    def release(self) -> None:
-        """The call failed or was not made: nothing is charged. Once."""
-        if self._done:
-            return
-        self._done = True
-        if self._hold is not None:
-            self._guard.ledger.release(self._hold)
-
-    def __enter__(self) -> Reservation:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is not None:
-            self.release()
-        else:
-            self.settle()
-
-    def __repr__(self) -> str:
-        return f"<Reservation {self.decision.action} estimate={self.estimate:g}>"
 
 
 class BudgetGuard:
@@ -329,6 +280,17 @@ class BudgetGuard:
         return decision, held
 
     def _report(self, decision: Decision, key: str) -> None:
+        if decision.action == "allow" and decision.balance is not None:  # the usual case
+            if _debug():
+                log.debug(
+                    "allow model=%s credential=%s: %s",
+                    decision.requested_model,
+                    key[:8] or "-",
+                    decision.reason,
+                )
+            if self.on_decision is not None:
+                self._emit(self.on_decision, decision)
+            return
         level = _LEVELS[decision.action]
         if decision.balance is None and decision.action == "allow":
             level = logging.WARNING
@@ -370,7 +332,13 @@ class BudgetGuard:
         decorator and the transports hold the estimate while their call runs.
         """
         est = self._estimate(estimate)
-        return self._admit(self.ledger.get(credential), credential, model, est, hold=False)[0]
+        ledger = self.ledger
+        key = ledger.key(credential)
+        fast = ledger.admit_fresh(key, credential, model, est, self.policy, reserve=False)
+        if fast is not None:
+            self._report(fast[0], key)
+            return fast[0]
+        return self._admit(ledger.get(credential, key), credential, model, est, hold=False)[0]
 
     async def acheck(
         self,
@@ -381,7 +349,13 @@ class BudgetGuard:
     ) -> Decision:
         """:meth:`check` for async code: never blocks the event loop."""
         est = self._estimate(estimate)
-        lookup = await self.ledger.aget(credential)
+        ledger = self.ledger
+        key = ledger.key(credential)
+        fast = ledger.admit_fresh(key, credential, model, est, self.policy, reserve=False)
+        if fast is not None:
+            self._report(fast[0], key)
+            return fast[0]
+        lookup = await ledger.aget(credential, key)
         return self._admit(lookup, credential, model, est, hold=False)[0]
 
     def reserve(
@@ -413,6 +387,35 @@ class BudgetGuard:
         decision, hold = await self._ahold(model, credential, est)
         return Reservation(self, decision, hold, credential, est)
 
+    def _fast(
+        self,
+        model: str | None,
+        credential: str | None,
+        estimate: float,
+        key: str | None,
+        refuse_reason: str | None,
+        can_rewrite: bool | Callable[[], bool],
+    ) -> tuple[Decision, Hold | None] | None:
+        """The decision and hold from a fresh cached balance, with no lookup
+        (sync and async alike: nothing to wait for); None: look it up first."""
+        if refuse_reason is not None:
+            return None
+        ledger = self.ledger
+        if key is None:
+            key = ledger.key(credential)
+        fast = ledger.admit_fresh(
+            key,
+            credential,
+            model,
+            estimate,
+            self.policy,
+            reserve=self._reserve,
+            can_rewrite=can_rewrite,
+        )
+        if fast is not None:
+            self._report(fast[0], key)
+        return fast
+
     def _hold(
         self,
         model: str | None,
@@ -425,6 +428,9 @@ class BudgetGuard:
     ) -> tuple[Decision, Hold | None]:
         """Decide and hold ``estimate`` for a call about to go out (``key``: the
         credential's fingerprint, when the caller has it already)."""
+        fast = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
+        if fast is not None:
+            return fast
         lookup = self.ledger.get(credential, key)
         return self._admit(
             lookup,
@@ -446,6 +452,9 @@ class BudgetGuard:
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
     ) -> tuple[Decision, Hold | None]:
+        fast = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
+        if fast is not None:
+            return fast
         lookup = await self.ledger.aget(credential, key)
         return self._admit(
             lookup,
@@ -466,10 +475,10 @@ class BudgetGuard:
         is not charged on top.
         """
         call = CURRENT_CALL.get()
-        if call is not None and call.guard is not self:
+        if call is not None and call._guard is not self:
             call = None
         if isinstance(credential, _Unset):
-            credential = call.credential if call is not None else None
+            credential = call._credential if call is not None else None
         self.ledger.record(credential, cost)
         if call is not None:
             call.reported = True

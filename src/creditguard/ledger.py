@@ -1,7 +1,7 @@
 """The ledger: cached balances per credential, refreshed single-flight.
 
 One :class:`Ledger` per guard. Balances are cached per credential fingerprint
-in a bounded :class:`cachetools.TTLCache` (the raw key is never a key here).
+in a bounded dict (the raw key is never a key here).
 When an entry is missing or older than ``ttl``, exactly one fetch per
 credential runs, whatever mix of threads and asyncio tasks is asking:
 
@@ -20,6 +20,8 @@ fetch replaces the snapshot together with the debits it already reflects.
 
 The state machine (:meth:`Ledger._step`, :meth:`Ledger._finish`) is shared;
 :meth:`Ledger.get` and :meth:`Ledger.aget` are the thin sync and async shells.
+A call whose balance is cached and fresh (nearly every call) takes neither:
+:meth:`Ledger.admit_fresh` judges and holds it in one step under the lock.
 """
 
 from __future__ import annotations
@@ -39,9 +41,9 @@ from cachetools import TTLCache
 from ._fingerprint import Fingerprinter, describe, redact
 from .balance import Balance, check_cost
 from .errors import CreditSourceError
+from .policy import Decision, Policy, decide
 
 if TYPE_CHECKING:
-    from .policy import Decision
     from .sources import CreditSource
 
 __all__ = ["Hold", "Ledger", "Lookup"]
@@ -94,11 +96,58 @@ class _Entry:
         self.exhausted = False
         self.view = snapshot
 
+    def debit(self, cost: float) -> None:
+        """``cost`` more spent locally (the hot path of a settle: one new view)."""
+        self.debits += cost
+        snapshot = self.snapshot
+        if self.exhausted or snapshot.remaining == math.inf:
+            self.update()
+            return
+        used = snapshot.used
+        debits = self.debits
+        self.view = snapshot._derived(
+            snapshot.remaining - debits, None if used is None else max(0.0, used + debits)
+        )
+
     def update(self) -> None:
         view = self.snapshot.debited(self.debits)
         if self.exhausted and view.remaining > 0:
             view = view._derived(0.0, view.used)
         self.view = view
+
+
+class _Entries(dict[str, _Entry]):
+    """The cached entries by fingerprint: a plain dict, so that the hot path
+    reads one at C speed (``TTLCache`` reads cost a Python call and a clock
+    read each). Bounded: :meth:`put` past ``maxsize`` first drops the entries
+    older than ``keep`` seconds (those that could no longer be served even as
+    stale), then the least recently stored. Readers judge an entry's age by
+    its ``fetched`` time themselves; :meth:`live` treats an entry past
+    ``keep`` as gone, as an expiring cache would."""
+
+    __slots__ = ("keep", "maxsize")
+
+    def __init__(self, maxsize: int, keep: float) -> None:
+        super().__init__()
+        self.maxsize = maxsize
+        self.keep = keep
+
+    def live(self, key: str, now: float) -> _Entry | None:
+        entry = self.get(key)
+        if entry is not None and now - entry.fetched >= self.keep:
+            del self[key]
+            return None
+        return entry
+
+    def put(self, key: str, entry: _Entry) -> None:
+        self.pop(key, None)  # stored again: the most recent
+        if len(self) >= self.maxsize:
+            now = entry.fetched
+            for old in [k for k, e in self.items() if now - e.fetched >= self.keep]:
+                del self[old]
+            while len(self) >= self.maxsize:
+                del self[next(iter(self))]
+        self[key] = entry
 
 
 class _Flight:
@@ -188,11 +237,15 @@ class _Holds:
     def add(self, hold: Hold) -> None:
         self.items[hold] = None
         self.total += hold.amount
-        self.next_expiry = min(self.next_expiry, hold.expires)
+        if hold.expires < self.next_expiry:
+            self.next_expiry = hold.expires
 
     def drop(self, hold: Hold) -> None:
         if self.items.pop(hold, 0) is None:
-            self.total = max(0.0, self.total - hold.amount) if self.items else 0.0
+            if self.items:
+                self.total = max(0.0, self.total - hold.amount)
+            else:
+                self.total, self.next_expiry = 0.0, math.inf
 
     def expire(self, now: float) -> None:
         if now < self.next_expiry:
@@ -232,7 +285,7 @@ class Ledger:
         self._timer = timer
         self._fingerprint = fingerprint or Fingerprinter()
         self._per_credential = bool(getattr(source, "per_credential", True))
-        self._cache: TTLCache[str, _Entry] = TTLCache(maxsize, ttl=max(ttl, max_stale), timer=timer)
+        self._cache = _Entries(maxsize, max(ttl, max_stale))
         self._errors: TTLCache[str, CreditSourceError] = TTLCache(
             maxsize, ttl=max(error_ttl, 1e-9), timer=timer
         )
@@ -248,13 +301,6 @@ class Ledger:
 
     # -- keys ---------------------------------------------------------------
 
-    def _entry(self, key: str) -> _Entry | None:
-        """The cached entry of ``key`` (one TTLCache read: ``get`` costs three)."""
-        try:
-            return self._cache[key]
-        except KeyError:
-            return None
-
     def key(self, credential: str | None) -> str:
         """The cache key of ``credential``: its fingerprint, or one key for all
         when the source's balance does not depend on the call's credential."""
@@ -266,7 +312,7 @@ class Ledger:
         """The cached entry of ``key`` (or ``entry``, read already) while it is
         younger than ``max_stale``."""
         if entry is None:
-            entry = self._entry(key)
+            entry = self._cache.live(key, now)
         if entry is not None and now - entry.fetched < self.max_stale:
             return entry
         return None
@@ -277,7 +323,7 @@ class Ledger:
         """Serve from cache, or say which flight to join or lead (and whether
         this is the first waiter from ``loop``, which then times the flight out)."""
         now = self._timer()
-        entry = self._entry(key)
+        entry = self._cache.live(key, now)
         if entry is not None and now - entry.fetched < self.ttl:
             return Lookup(entry.view, fingerprint=key)
         stale = self._stale(key, now, entry)
@@ -317,7 +363,7 @@ class Ledger:
         with self._lock:
             now = self._timer()
             if isinstance(result, Balance):
-                current = self._cache.get(key)
+                current = self._cache.live(key, now)
                 if current is not None and current is not flight.base:
                     # set_balance / mark_exhausted landed while we fetched: it is newer
                     outcome = Lookup(current.view, fingerprint=key)
@@ -327,7 +373,7 @@ class Ledger:
                         entry.debits = max(0.0, current.debits - flight.base_debits)
                         entry.exhausted = current.exhausted and not flight.base_exhausted
                         entry.update()
-                    self._cache[key] = entry
+                    self._cache.put(key, entry)
                     outcome = Lookup(entry.view, fingerprint=key)
                 self._errors.pop(key, None)
             else:
@@ -484,13 +530,13 @@ class Ledger:
     # -- holds ---------------------------------------------------------------
 
     def _held(self, key: str, now: float) -> float:
+        """What the open holds of ``key`` add up to (an emptied record stays
+        for the next call; :meth:`_sweep` drops them when there are many)."""
         holds = self._holds.get(key)
         if holds is None:
             return 0.0
-        holds.expire(now)
-        if not holds.items:
-            del self._holds[key]
-            return 0.0
+        if now >= holds.next_expiry:
+            holds.expire(now)
         return holds.total
 
     def reserved(self, credential: str | None) -> float:
@@ -498,6 +544,52 @@ class Ledger:
         key = self.key(credential)
         with self._lock:
             return self._held(key, self._timer())
+
+    def _take(self, key: str, credential: str | None, amount: float, now: float) -> Hold:
+        """Hold ``amount`` for one call of ``key`` (with the lock held)."""
+        hold = Hold(key, credential, amount, now + self.hold_timeout)
+        holds = self._holds.get(key)
+        if holds is None:
+            if len(self._holds) >= self._maxsize:
+                self._sweep(now)
+            holds = self._holds[key] = _Holds()
+        holds.items[hold] = None  # (_Holds.add, inlined: once per guarded call)
+        holds.total += amount
+        if hold.expires < holds.next_expiry:
+            holds.next_expiry = hold.expires
+        return hold
+
+    def admit_fresh(
+        self,
+        key: str,
+        credential: str | None,
+        model: str | None,
+        amount: float,
+        policy: Policy,
+        *,
+        reserve: bool,
+        can_rewrite: bool | Callable[[], bool] = True,
+    ) -> tuple[Decision, Hold | None] | None:
+        """The hot path: when ``key`` has a fresh cached balance, judge the call
+        on it (:func:`~creditguard.policy.decide`) less what calls in flight
+        hold, and hold ``amount`` unless refused — one step under the lock.
+        None when there is no fresh balance: then :meth:`get` (or :meth:`aget`)
+        and :meth:`admit` do the same the long way round."""
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            now = self._timer()
+            if now - entry.fetched >= self.ttl:
+                return None
+            holds = self._holds.get(key)
+            held = 0.0 if holds is None else self._held(key, now)
+            decision = decide(
+                entry.view, policy, model, amount, reserved=held, can_rewrite=can_rewrite
+            )
+            if not reserve or amount <= 0 or decision.action == "refuse":
+                return decision, None
+            return decision, self._take(key, credential, amount, now)
 
     def admit(
         self,
@@ -517,36 +609,38 @@ class Ledger:
             now = self._timer()
             balance = lookup.balance
             if balance is not None:
-                entry = self._entry(key)
+                entry = self._cache.live(key, now)
                 if entry is not None:
                     balance = entry.view  # spend settled since the lookup counts too
             decision = judge(balance, self._held(key, now))
             if not reserve or amount <= 0 or decision.action == "refuse":
                 return decision, None
-            hold = Hold(key, credential, amount, now + self.hold_timeout)
-            holds = self._holds.get(key)
-            if holds is None:
-                if len(self._holds) >= self._maxsize:
-                    self._sweep(now)
-                holds = self._holds[key] = _Holds()
-            holds.add(hold)
-        return decision, hold
+            return decision, self._take(key, credential, amount, now)
 
     def _sweep(self, now: float) -> None:
-        for key in list(self._holds):
-            self._held(key, now)
+        for key, holds in list(self._holds.items()):
+            holds.expire(now)
+            if not holds.items:
+                del self._holds[key]
 
     def settle(self, hold: Hold, cost: float) -> bool:
         """Replace ``hold`` with the call's real ``cost``. False if it was
         settled or released before (nothing is charged twice)."""
-        cost = check_cost(cost)
+        if type(cost) is not float or not 0.0 <= cost < math.inf:
+            cost = check_cost(cost)
         if self._source_record is None:
+            key = hold.key
             with self._lock:
                 if hold.state != Hold.OPEN:
                     return False
                 hold.state = Hold.SETTLED
-                self._drop(hold)
-                self._debit(hold.key, cost)
+                holds = self._holds.get(key)
+                if holds is not None:
+                    holds.drop(hold)
+                if cost:
+                    entry = self._cache.get(key)
+                    if entry is not None:
+                        entry.debit(cost)
             return True
         with self._lock:
             if hold.state != Hold.OPEN:
@@ -577,10 +671,9 @@ class Ledger:
     # -- local accounting ----------------------------------------------------
 
     def _debit(self, key: str, cost: float) -> None:
-        entry = self._entry(key)
+        entry = self._cache.get(key)  # (an entry too old to serve: debited all the same)
         if entry is not None and cost:
-            entry.debits += cost
-            entry.update()
+            entry.debit(cost)
 
     def record(self, credential: str | None, cost: float) -> None:
         """Debit ``cost`` from the cached balance of ``credential`` (a local
@@ -597,12 +690,14 @@ class Ledger:
         until the next successful fetch."""
         key = self.key(credential)
         with self._lock:
-            entry = self._cache.get(key)
+            now = self._timer()
+            entry = self._cache.live(key, now)
             if entry is None:
-                entry = self._cache[key] = _Entry(
+                entry = _Entry(
                     Balance(remaining=0.0, fetched_at=time.time(), source="provider refusal"),
-                    self._timer(),
+                    now,
                 )
+                self._cache.put(key, entry)
             entry.exhausted = True
             entry.update()
 
@@ -610,7 +705,7 @@ class Ledger:
         """Replace the cached balance with a fresh one (e.g. from a response)."""
         key = self.key(credential)
         with self._lock:
-            self._cache[key] = _Entry(balance, self._timer())
+            self._cache.put(key, _Entry(balance, self._timer()))
             self._errors.pop(key, None)
 
     def set_remaining(self, credential: str | None, remaining: float) -> None:
@@ -618,7 +713,7 @@ class Ledger:
         ``remaining_credits``): it replaces the snapshot, keeping its total."""
         key = self.key(credential)
         with self._lock:
-            old = self._cache.get(key)
+            old = self._cache.live(key, self._timer())
             if old is None:
                 balance = Balance(
                     remaining=remaining,
@@ -633,7 +728,7 @@ class Ledger:
                 balance = replace(
                     old.snapshot, remaining=remaining, used=used, fetched_at=time.time()
                 )
-            self._cache[key] = _Entry(balance, self._timer())
+            self._cache.put(key, _Entry(balance, self._timer()))
             self._errors.pop(key, None)
 
     def invalidate(self, credential: str | None = None, *, all: bool = False) -> None:

@@ -28,6 +28,8 @@ __all__ = ["Action", "Decision", "Policy", "Threshold", "decide"]
 Action: TypeAlias = Literal["allow", "warn", "downgrade", "refuse"]
 Threshold: TypeAlias = "float | int | str | None"
 
+_INF = math.inf
+
 SEVERITY: dict[str, int] = {"allow": 0, "warn": 1, "downgrade": 2, "refuse": 3}
 
 _ON_SOURCE_ERROR = ("allow", "refuse")
@@ -146,6 +148,7 @@ class Policy:
     _absolute: tuple[float | None, float | None, float | None] = field(
         init=False, repr=False, compare=False
     )
+    _top: float = field(init=False, repr=False, compare=False)  # the highest absolute threshold
 
     def __post_init__(self) -> None:
         limits = tuple(_parse_threshold(name, getattr(self, name)) for name in _TIERS)
@@ -176,6 +179,7 @@ class Policy:
         object.__setattr__(self, "_needs_total", any(lim and lim.percent for lim in limits))
         absolute = tuple(None if lim is None else lim.value for lim in limits)
         object.__setattr__(self, "_absolute", absolute)
+        object.__setattr__(self, "_top", max((v for v in absolute if v is not None), default=-_INF))
         object.__setattr__(self, "_map", _downgrade_map(self.downgrade))
 
     def refuse_floor(self, balance: Balance) -> float | None:
@@ -313,12 +317,17 @@ def decide(
     """
     if balance is None:
         return _on_unusable(policy, model, unavailable, stale)
-    if balance.unlimited:
+    remaining = balance.remaining
+    if remaining == _INF:
         return Decision("allow", model, balance, "unlimited balance", model, stale)
 
     # Compared at 1e-9 credits: 0.22 - 0.12 is 0.1, not 0.09999999999999998.
-    headroom = round(balance.remaining - reserved - estimate, 9)
-    if balance.total is None and policy._needs_total:
+    headroom = round(remaining - reserved - estimate, 9)
+    if not policy._needs_total:
+        if headroom >= policy._top:  # no tier applies: the usual case, decided at once
+            return Decision("allow", model, balance, (headroom, balance.unit), model, stale)
+        refuse, down, warn = policy._absolute
+    elif balance.total is None:
         return _on_unusable(
             policy,
             model,
@@ -327,12 +336,10 @@ def decide(
             stale,
             balance,
         )
-    if policy._needs_total:
+    else:
         refuse, down, warn = (
             None if limit is None else limit.resolve(balance.total) for limit in policy._limits
         )
-    else:
-        refuse, down, warn = policy._absolute
     unit = balance.unit
     if refuse is not None and headroom < refuse:
         return Decision(

@@ -1,0 +1,208 @@
+"""Reading the few members of a JSON request or response body that the guard
+needs, without decoding (or re-encoding) the rest.
+
+A chat request body is mostly ``messages``; the guard wants its top-level
+``model`` (to judge it and, on downgrade, to splice another value in place)
+and sometimes ``max_tokens``. A response body ends with its ``usage``.
+
+Duplicate keys: the member that counts is the *last* top-level one, as JSON
+parsers that keep one value (Python's ``json``, JavaScript's ``JSON.parse``)
+read it, so a rewrite changes the model the provider will see.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from json.decoder import scanstring  # type: ignore[attr-defined]
+
+__all__ = [
+    "find_member",
+    "find_member_fast",
+    "find_members",
+    "prefix_is_json",
+    "usage_from_body",
+]
+
+_DECODER = json.JSONDecoder()
+_WS = re.compile(r"[ \t\n\r]*")
+_WS_CHARS = " \t\n\r"
+_USAGE_KEY = re.compile(r'"usage"[ \t\n\r]*:[ \t\n\r]*')
+_MAX_CANDIDATES = 4
+
+Span = tuple[int, int]
+
+
+def _ws(text: str, idx: int) -> int:
+    """The index of the first non-whitespace character at or after ``idx``."""
+    if text[idx : idx + 1] in _WS_CHARS and idx < len(text):
+        return _WS.match(text, idx).end()  # type: ignore[union-attr]
+    return idx
+
+
+def _value(text: str, idx: int) -> tuple[object, int]:
+    """The JSON value at ``idx`` and the index after it (ValueError if none)."""
+    if text.startswith('"', idx):
+        return scanstring(text, idx + 1)  # type: ignore[no-any-return]
+    return _DECODER.raw_decode(text, idx)
+
+
+def _member(text: str, idx: int) -> tuple[str, object, int, int] | None:
+    """One ``"key": value`` member at ``idx`` (whitespace already skipped):
+    key, decoded value and the value's span; None when no member starts there.
+    Raises ValueError when the value is not JSON."""
+    if not text.startswith('"', idx):
+        return None
+    key, idx = scanstring(text, idx + 1)
+    idx = _ws(text, idx)
+    if not text.startswith(":", idx):
+        return None
+    start = _ws(text, idx + 1)
+    value, end = _value(text, start)
+    return key, value, start, end
+
+
+def _object_start(text: str) -> int | None:
+    """The index just inside the top-level ``{``, or None when ``text`` is no object."""
+    idx = _ws(text, 0)
+    return idx + 1 if text.startswith("{", idx) else None
+
+
+def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, Span]]:
+    """The values of the top-level members ``names`` of the JSON object in
+    ``text``, with the span of each encoded value. Scanning stops once all are
+    found: only the members before them are decoded (by the C decoder), and
+    the first of duplicates is the one found. Raises ValueError when ``text``
+    is not JSON; returns what it found when the top level is not an object or
+    is malformed after the last find."""
+    found: dict[str, tuple[object, Span]] = {}
+    idx = _object_start(text)
+    if idx is None:
+        return found
+    idx = _ws(text, idx)
+    while (member := _member(text, idx)) is not None:
+        key, value, start, end = member
+        if key in names and key not in found:
+            found[key] = (value, (start, end))
+            if len(found) == len(names):
+                return found
+        idx = _ws(text, end)
+        if not text.startswith(",", idx):
+            return found
+        idx = _ws(text, idx + 1)
+    return found
+
+
+def find_member(text: str, name: str) -> tuple[object, Span] | None:
+    """The last top-level member ``name`` of the JSON object in ``text`` and
+    its value's span, by a full scan that decodes every member: None when
+    ``text`` is valid JSON without such a member (or no object at all),
+    ValueError when it is not valid JSON."""
+    idx = _object_start(text)
+    if idx is None:
+        _, end = _DECODER.raw_decode(text, _ws(text, 0))
+        if _ws(text, end) != len(text):
+            raise ValueError(f"extra data at {end}")
+        return None
+    found: tuple[object, Span] | None = None
+    idx = _ws(text, idx)
+    if not text.startswith("}", idx):
+        while True:
+            member = _member(text, idx)
+            if member is None:
+                raise ValueError(f"no object member at {idx}")
+            key, value, start, end = member
+            if key == name:
+                found = (value, (start, end))
+            idx = _ws(text, end)
+            if not text.startswith(",", idx):
+                break
+            idx = _ws(text, idx + 1)
+    if not text.startswith("}", idx) or _ws(text, idx + 1) != len(text):
+        raise ValueError(f"not the end of the object at {idx}")
+    return found
+
+
+def find_member_fast(text: str, name: str) -> tuple[object, Span] | None:
+    """:func:`find_member`'s answer, found from the end without decoding the
+    members before it (SDKs put ``messages`` first and ``model`` after).
+
+    A candidate is an unescaped ``"name"`` followed by ``:``; in valid JSON that
+    is always a key (a quote inside a string is escaped), and it is a key of the
+    top-level object exactly when the members after it run to that object's
+    closing brace at the end of the text: a nested object's brace would be
+    followed by its parents' closing brackets. So candidates are tried from the
+    last, and each one's *suffix* is decoded, never the prefix. The prefix is
+    not checked: callers that act on the whole body (a rewrite) check it with
+    :func:`prefix_is_json` first. After a few rejected candidates it falls
+    back to :func:`find_member`, and raises ValueError when that does."""
+    inside = _object_start(text)
+    if inside is None:
+        return None
+    needle = '"' + name + '"'
+    at = text.rfind(needle, inside)
+    tries = 0
+    while at >= 0:
+        tries += 1
+        if tries > _MAX_CANDIDATES:
+            return find_member(text, name)
+        escapes = 0
+        while text[at - 1 - escapes] == "\\":
+            escapes += 1
+        colon = _ws(text, at + len(needle))
+        if escapes % 2 == 0 and text.startswith(":", colon):
+            start = _ws(text, colon + 1)
+            try:
+                value, end = _value(text, start)
+                if _closes_top_level(text, end):
+                    return value, (start, end)
+            except ValueError:
+                pass
+        at = text.rfind(needle, inside, at)
+    return None
+
+
+def _closes_top_level(text: str, idx: int) -> bool:
+    """Do the members from ``idx`` (just after a member's value) run to the
+    closing brace of one object, with only whitespace after it? The members
+    are decoded as an object of their own, by the C decoder."""
+    idx = _ws(text, idx)
+    if text.startswith("}", idx):
+        return _ws(text, idx + 1) == len(text)
+    if not text.startswith(",", idx):
+        return False
+    rest = "{" + text[idx + 1 :]
+    try:
+        members, end = _DECODER.raw_decode(rest)
+    except ValueError:
+        return False
+    # ``{}`` would be a trailing comma, not a member
+    return bool(members) and _ws(rest, end) == len(rest)
+
+
+def prefix_is_json(text: str, name: str, span: Span) -> bool:
+    """Is ``text`` valid JSON as a whole, and the member :func:`find_member_fast`
+    found at ``span`` its last top-level ``name``? (Checked before a rewrite:
+    the fast read never decodes what comes before the member.)"""
+    try:
+        found = find_member(text, name)
+    except ValueError:
+        return False
+    return found is not None and found[1] == span
+
+
+def usage_from_body(body: bytes) -> object:
+    """``usage`` of a JSON response body. OpenAI- and Anthropic-shaped bodies
+    end with it, so it is looked for from the end (a kept tail is enough)."""
+    at = body.rfind(b'"usage"')
+    if at < 0:
+        return None
+    text = body[at:].decode("utf-8", "replace")
+    match = _USAGE_KEY.match(text)
+    if match is None:
+        return None
+    try:
+        usage, _ = _DECODER.raw_decode(text, match.end())
+    except ValueError:
+        return None
+    return usage if isinstance(usage, dict) else None
