@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from json.decoder import scanstring  # type: ignore[attr-defined]
+from typing import Any
 
 __all__ = [
     "find_member",
@@ -25,9 +27,10 @@ __all__ = [
 ]
 
 _DECODER = json.JSONDecoder()
+# the C scanner: (value, end), StopIteration when no value starts there
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = " \t\n\r"
-_USAGE_KEY = re.compile(r'"usage"[ \t\n\r]*:[ \t\n\r]*')
 _MAX_CANDIDATES = 4
 
 Span = tuple[int, int]
@@ -44,7 +47,10 @@ def _value(text: str, idx: int) -> tuple[object, int]:
     """The JSON value at ``idx`` and the index after it (ValueError if none)."""
     if text.startswith('"', idx):
         return scanstring(text, idx + 1)  # type: ignore[no-any-return]
-    return _DECODER.raw_decode(text, idx)
+    try:
+        return _SCAN(text, idx)
+    except StopIteration as exc:
+        raise ValueError(f"no JSON value at {exc.value}") from None
 
 
 def _member(text: str, idx: int) -> tuple[str, object, int, int] | None:
@@ -173,8 +179,8 @@ def _closes_top_level(text: str, idx: int) -> bool:
         return False
     rest = "{" + text[idx + 1 :]
     try:
-        members, end = _DECODER.raw_decode(rest)
-    except ValueError:
+        members, end = _SCAN(rest, 0)
+    except (StopIteration, ValueError):
         return False
     # ``{}`` would be a trailing comma, not a member
     return bool(members) and _ws(rest, end) == len(rest)
@@ -197,12 +203,12 @@ def usage_from_body(body: bytes) -> object:
     at = body.rfind(b'"usage"')
     if at < 0:
         return None
-    text = body[at:].decode("utf-8", "replace")
-    match = _USAGE_KEY.match(text)
-    if match is None:
+    text = body[at + 7 :].decode("utf-8", "replace")
+    idx = _ws(text, 0)
+    if not text.startswith(":", idx):
         return None
     try:
-        usage, _ = _DECODER.raw_decode(text, match.end())
-    except ValueError:
+        usage, _ = _SCAN(text, _ws(text, idx + 1))
+    except (StopIteration, ValueError):
         return None
-    return usage if isinstance(usage, dict) else None
+    return usage if type(usage) is dict else None

@@ -261,7 +261,7 @@ class Guarded:
 def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> Any:
     """The wrapt decorator for ``fn``, chosen once: sync or async, function or
     generator. Each driver is the same three steps around its own I/O."""
-    hold, ahold, estimate = guard._hold, guard._ahold, g.estimate
+    fast, hold, ahold, estimate = guard._fast, guard._hold, guard._ahold, g.estimate
     set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
 
     if inspect.isasyncgenfunction(raw):
@@ -270,7 +270,9 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            decision, held = await ahold(model, credential, estimate)
+            decision, held = fast(model, credential, estimate, None, None, True) or await ahold(
+                model, credential, estimate, fast=False
+            )
             if decision.action != "allow":
                 args, kwargs = g.apply(decision, instance, args, kwargs)
             call = Call(guard, decision, held, credential, estimate)
@@ -303,7 +305,9 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            decision, held = await ahold(model, credential, estimate)
+            decision, held = fast(model, credential, estimate, None, None, True) or await ahold(
+                model, credential, estimate, fast=False
+            )
             if decision.action != "allow":
                 args, kwargs = g.apply(decision, instance, args, kwargs)
             call = Call(guard, decision, held, credential, estimate)
@@ -326,7 +330,9 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential = g.begin(instance, args, kwargs)
-        decision, held = hold(model, credential, estimate)
+        decision, held = fast(model, credential, estimate, None, None, True) or hold(
+            model, credential, estimate, fast=False
+        )
         if decision.action != "allow":
             args, kwargs = g.apply(decision, instance, args, kwargs)
         call = Call(guard, decision, held, credential, estimate)

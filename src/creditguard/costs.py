@@ -57,7 +57,7 @@ def _price_value(key: str, value: object) -> float:
 class Pricing:
     """Per-token prices by model name or glob (``"openai/*"``, ``"*"``)."""
 
-    __slots__ = ("_map", "table")
+    __slots__ = ("_any", "_map", "table")
 
     def __init__(self, table: Mapping[str, Mapping[str, float]] | None = None) -> None:
         prices: dict[str, Price] = {}
@@ -74,9 +74,10 @@ class Pricing:
             m: {"prompt": p.prompt, "completion": p.completion} for m, p in prices.items()
         }
         self._map: GlobMap[Price] = GlobMap(prices.items())
+        self._any = bool(self._map)  # asked on every guarded request
 
     def __bool__(self) -> bool:
-        return bool(self._map)
+        return self._any
 
     def __repr__(self) -> str:
         return f"Pricing({len(self.table)} models)"

@@ -332,13 +332,11 @@ class BudgetGuard:
         decorator and the transports hold the estimate while their call runs.
         """
         est = self._estimate(estimate)
-        ledger = self.ledger
-        key = ledger.key(credential)
-        fast = ledger.admit_fresh(key, credential, model, est, self.policy, reserve=False)
+        key = self.ledger.key(credential)
+        fast = self._fast(model, credential, est, key, None, True, reserve=False)
         if fast is not None:
-            self._report(fast[0], key)
             return fast[0]
-        return self._admit(ledger.get(credential, key), credential, model, est, hold=False)[0]
+        return self._admit(self.ledger.get(credential, key), credential, model, est, hold=False)[0]
 
     async def acheck(
         self,
@@ -349,13 +347,11 @@ class BudgetGuard:
     ) -> Decision:
         """:meth:`check` for async code: never blocks the event loop."""
         est = self._estimate(estimate)
-        ledger = self.ledger
-        key = ledger.key(credential)
-        fast = ledger.admit_fresh(key, credential, model, est, self.policy, reserve=False)
+        key = self.ledger.key(credential)
+        fast = self._fast(model, credential, est, key, None, True, reserve=False)
         if fast is not None:
-            self._report(fast[0], key)
             return fast[0]
-        lookup = await ledger.aget(credential, key)
+        lookup = await self.ledger.aget(credential, key)
         return self._admit(lookup, credential, model, est, hold=False)[0]
 
     def reserve(
@@ -395,9 +391,12 @@ class BudgetGuard:
         key: str | None,
         refuse_reason: str | None,
         can_rewrite: bool | Callable[[], bool],
+        *,
+        reserve: bool = True,
     ) -> tuple[Decision, Hold | None] | None:
         """The decision and hold from a fresh cached balance, with no lookup
-        (sync and async alike: nothing to wait for); None: look it up first."""
+        (sync and async alike: nothing to wait for); None: look it up first
+        (:meth:`_hold` / :meth:`_ahold` with ``fast=False``)."""
         if refuse_reason is not None:
             return None
         ledger = self.ledger
@@ -409,11 +408,19 @@ class BudgetGuard:
             model,
             estimate,
             self.policy,
-            reserve=self._reserve,
+            reserve=reserve and self._reserve,
             can_rewrite=can_rewrite,
         )
         if fast is not None:
-            self._report(fast[0], key)
+            decision = fast[0]
+            # (a quiet allow, the usual case, has nothing to report)
+            if (
+                decision.action != "allow"
+                or decision.balance is None
+                or self.on_decision is not None
+                or _debug()
+            ):
+                self._report(decision, key)
         return fast
 
     def _hold(
@@ -425,12 +432,15 @@ class BudgetGuard:
         key: str | None = None,
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
+        fast: bool = True,
     ) -> tuple[Decision, Hold | None]:
         """Decide and hold ``estimate`` for a call about to go out (``key``: the
-        credential's fingerprint, when the caller has it already)."""
-        fast = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
-        if fast is not None:
-            return fast
+        credential's fingerprint, when the caller has it already). ``fast``
+        False: the caller tried :meth:`_fast` already."""
+        if fast:
+            decided = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
+            if decided is not None:
+                return decided
         lookup = self.ledger.get(credential, key)
         return self._admit(
             lookup,
@@ -451,10 +461,12 @@ class BudgetGuard:
         key: str | None = None,
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
+        fast: bool = True,
     ) -> tuple[Decision, Hold | None]:
-        fast = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
-        if fast is not None:
-            return fast
+        if fast:
+            decided = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
+            if decided is not None:
+                return decided
         lookup = await self.ledger.aget(credential, key)
         return self._admit(
             lookup,

@@ -583,7 +583,12 @@ class Ledger:
             if now - entry.fetched >= self.ttl:
                 return None
             holds = self._holds.get(key)
-            held = 0.0 if holds is None else self._held(key, now)
+            if holds is None:
+                held = 0.0
+            elif now < holds.next_expiry:
+                held = holds.total
+            else:
+                held = self._held(key, now)
             decision = decide(
                 entry.view, policy, model, amount, reserved=held, can_rewrite=can_rewrite
             )
