@@ -136,6 +136,28 @@ def test_downgrade_splices_only_the_model(make: Callable[..., Harness]) -> None:
     assert json.loads(sent)["meta"] == {"model": "big"}  # nested "model" untouched
 
 
+def test_downgrade_rewrites_the_model_the_provider_reads(make: Callable[..., Harness]) -> None:
+    # duplicate keys: JSON parsers that keep one value keep the last, so the
+    # last top-level "model" is judged and rewritten (rewriting the first would
+    # let the expensive one through)
+    h = make(2)
+    body = b'{"model": "big", "messages": [{"model": "x"}], "model": "big", "n": 1}'
+    r = h.post(content=body)
+    assert r.headers["x-creditguard-decision"] == "downgrade"
+    sent = h.upstream.bodies[0]
+    assert sent == b'{"model": "big", "messages": [{"model": "x"}], "model": "small", "n": 1}'
+    assert json.loads(sent)["model"] == "small"
+
+
+def test_a_response_labelled_already_keeps_one_label(make: Callable[..., Harness]) -> None:
+    h = make(50)
+    h.upstream.reply = lambda request: h.lib.Response(
+        200, headers={"X-CreditGuard-Decision": "warn"}, json={"ok": True}
+    )
+    r = h.post()
+    assert r.headers.get_list("x-creditguard-decision") == ["allow"]
+
+
 def test_refuse_answers_402_without_touching_the_network(make: Callable[..., Harness]) -> None:
     h = make(0.5)
     r = h.post()

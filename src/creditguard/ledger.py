@@ -105,8 +105,9 @@ class _Entry:
             return
         used = snapshot.used
         debits = self.debits
+        # (used and debits are never negative: no max() needed)
         self.view = snapshot._derived(
-            snapshot.remaining - debits, None if used is None else max(0.0, used + debits)
+            snapshot.remaining - debits, None if used is None else used + debits
         )
 
     def update(self) -> None:
@@ -243,7 +244,8 @@ class _Holds:
     def drop(self, hold: Hold) -> None:
         if self.items.pop(hold, 0) is None:
             if self.items:
-                self.total = max(0.0, self.total - hold.amount)
+                total = self.total - hold.amount
+                self.total = total if total > 0.0 else 0.0
             else:
                 self.total, self.next_expiry = 0.0, math.inf
 

@@ -321,11 +321,12 @@ def decide(
     if remaining == _INF:
         return Decision("allow", model, balance, "unlimited balance", model, stale)
 
-    # Compared at 1e-9 credits: 0.22 - 0.12 is 0.1, not 0.09999999999999998.
-    headroom = round(remaining - reserved - estimate, 9)
+    raw = remaining - reserved - estimate
     if not policy._needs_total:
-        if headroom >= policy._top:  # no tier applies: the usual case, decided at once
-            return Decision("allow", model, balance, (headroom, balance.unit), model, stale)
+        if raw - policy._top >= 1e-9:
+            # Far enough above every tier that rounding (below) cannot change
+            # the answer: the usual case, decided at once (the reason rounds).
+            return Decision("allow", model, balance, (raw, balance.unit), model, stale)
         refuse, down, warn = policy._absolute
     elif balance.total is None:
         return _on_unusable(
@@ -340,6 +341,8 @@ def decide(
         refuse, down, warn = (
             None if limit is None else limit.resolve(balance.total) for limit in policy._limits
         )
+    # Compared at 1e-9 credits: 0.22 - 0.12 is 0.1, not 0.09999999999999998.
+    headroom = round(raw, 9)
     unit = balance.unit
     if refuse is not None and headroom < refuse:
         return Decision(
@@ -369,7 +372,7 @@ def _explain(
     headroom: float, unit: str, tier: str = "", threshold: float = 0.0, more: str = ""
 ) -> str:
     """A decision's reason, put into words (when first read)."""
-    left = f"{_fmt(headroom)} {unit} left after this call"
+    left = f"{_fmt(round(headroom, 9))} {unit} left after this call"
     if not tier:
         return left
     return f"{left} is below {tier} {_fmt(threshold)}{more}"
