@@ -38,7 +38,14 @@ def test_agrees_with_the_full_scan_on_valid_json(
     # but a body may carry
     item, colon = separators
     text = "{" + item.join(json.dumps(k) + colon + json.dumps(v) for k, v in members) + "}"
-    assert find_member_fast(text, "model") == find_member(text, "model")
+    found = find_member_fast(text, "model")
+    assert found == find_member(text, "model")
+    if found is not None:
+        # what a rewrite checks first: valid as a whole, so the span is the one
+        assert prefix_is_json(text, "model", found[1])
+        assert json.loads(text)["model"] == found[0]  # the provider reads this one
+        broken = text[: found[1][0] - 1] + "[" + text[found[1][0] - 1 :]
+        assert not prefix_is_json(broken, "model", (found[1][0] + 1, found[1][1] + 1))
 
 
 @pytest.mark.parametrize(

@@ -187,14 +187,21 @@ def _closes_top_level(text: str, idx: int) -> bool:
 
 
 def prefix_is_json(text: str, name: str, span: Span) -> bool:
-    """Is ``text`` valid JSON as a whole, and the member :func:`find_member_fast`
-    found at ``span`` its last top-level ``name``? (Checked before a rewrite:
-    the fast read never decodes what comes before the member.)"""
+    """Is ``text`` valid JSON as a whole, so that the member
+    :func:`find_member_fast` found at ``span`` is its last top-level ``name``?
+    (Checked before a rewrite: the fast read never decodes what comes before
+    the member.)
+
+    Validity is enough: in valid JSON every unescaped ``"name":`` is a key, the
+    fast read tried them from the last and took the first whose suffix closes
+    the top-level object, so no top-level ``name`` comes after it. The whole
+    text is decoded in one go by the C scanner."""
+    start = _ws(text, 0)
     try:
-        found = find_member(text, name)
-    except ValueError:
+        _, end = _SCAN(text, start)
+    except (StopIteration, ValueError):
         return False
-    return found is not None and found[1] == span
+    return text.startswith("{", start) and _ws(text, end) == len(text) and start < span[0] < end
 
 
 def usage_from_body(body: bytes) -> object:

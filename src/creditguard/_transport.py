@@ -31,7 +31,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ._body import find_member_fast, find_members, prefix_is_json, usage_from_body
 from .costs import Price, cost_from_usage, merge_usage
@@ -117,12 +117,12 @@ class Lib:
         retry, and it must still say what the caller asked for).
 
         Building a ``Request`` parses its URL and headers again (~20 us); when
-        the library keeps a request's parts as plain attributes (checked once,
-        :func:`_cloneable`), the parts are copied instead."""
-        headers = request.headers.copy()
-        headers["content-length"] = str(len(body))
-        headers.pop("transfer-encoding", None)
+        the library keeps a request's and its headers' parts as plain attributes
+        (checked once, :func:`_cloneable`), the parts are copied instead."""
         if not self.cloneable:
+            headers = request.headers.copy()
+            headers["content-length"] = str(len(body))
+            headers.pop("transfer-encoding", None)
             return self.Request(
                 request.method,
                 request.url,
@@ -130,6 +130,20 @@ class Lib:
                 content=body,
                 extensions=request.extensions,
             )
+        old = request.headers
+        length = str(len(body)).encode()
+        items = []
+        for raw, lowered, value in old._list:
+            if lowered == b"content-length":
+                items.append((raw, lowered, length))
+                length = b""
+            elif lowered != b"transfer-encoding":
+                items.append((raw, lowered, value))
+        if length:
+            items.append((b"Content-Length", b"content-length", length))
+        headers = object.__new__(type(old))
+        headers._list = items
+        headers._encoding = old._encoding
         new = object.__new__(type(request))
         new.__dict__.update(request.__dict__)
         new.headers = headers
@@ -197,13 +211,19 @@ def _headers(request: Any, lowered_list: bool) -> dict[bytes, bytes]:
 
 
 _REQUEST_PARTS = frozenset(("method", "url", "headers", "extensions", "stream", "_content"))
+_HEADERS_PARTS = frozenset(("_list", "_encoding"))
 
 
 def _cloneable(module: Any) -> bool:
-    """Are ``module.Request``'s parts exactly these plain attributes?"""
+    """Are ``module.Request``'s parts exactly these plain attributes, and its
+    headers a list of ``(raw, lowered, value)`` and an encoding?"""
     try:
         request = module.Request("POST", "http://probe/", content=b"{}")
-        return set(vars(request)) == _REQUEST_PARTS
+        return (
+            set(vars(request)) == _REQUEST_PARTS
+            and set(vars(request.headers)) == _HEADERS_PARTS
+            and _lowered_list(module)
+        )
     except Exception:
         return False
 
@@ -387,7 +407,8 @@ class Core:
         if decision.action != "downgrade" or plan.span is None or plan.text is None:
             return request
         start, end = plan.span
-        body = (plan.text[:start] + json.dumps(decision.model) + plan.text[end:]).encode()
+        target = cast(str, decision.model)  # a downgrade always names its target
+        body = (plan.text[:start] + _json_string(target) + plan.text[end:]).encode()
         return self.lib.with_body(request, body)
 
     def refusal(self, request: Any, decision: Decision) -> Any:
@@ -546,6 +567,7 @@ class Core:
         self.charge(plan, hold, cost_from_usage(usage, plan.price))
 
 
+_json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a JSON string, in C
 _LABEL = b"x-creditguard-decision"
 _ACTIONS = {action: action.encode() for action in ("allow", "warn", "downgrade", "refuse")}
 
