@@ -11,7 +11,7 @@ OA2_STAMP := $(OA2)/.installed-stamp
 LITELLM := .venv-litellm
 LITELLM_STAMP := $(LITELLM)/.installed-stamp
 
-.PHONY: demo test lint check bench clean
+.PHONY: demo test lint check bench bench-instructions clean
 
 $(STAMP): pyproject.toml integrations/langchain/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/drift.py
 	$(BIN)/python benchmarks/store.py
+
+# the same rows counted in CPU instructions under callgrind: figures that machine
+# noise cannot move (a few minutes; needs valgrind)
+bench-instructions: $(STAMP)
+	$(BIN)/python benchmarks/instructions.py
 
 clean:
 	rm -rf $(VENV) $(OA2) $(LITELLM) .pytest_cache .mypy_cache .ruff_cache

@@ -164,13 +164,13 @@ def test_the_fresh_path_needs_a_fresh_balance() -> None:
     assert ledger.reserved(KEY) == 0.1  # and nothing was held for it
 
 
-def test_the_balance_cache_drops_the_unservable_first_then_the_oldest() -> None:
+def test_the_balance_cache_drops_the_least_recently_stored() -> None:
     cache = _Entries(maxsize=3, keep=100.0)
     balance = Balance(remaining=1.0)
     cache.put("old", _Entry(balance, 0.0))
     cache.put("a", _Entry(balance, 150.0))
     cache.put("b", _Entry(balance, 160.0))
-    cache.put("c", _Entry(balance, 170.0))  # full: "old" is past keep, it goes first
+    cache.put("c", _Entry(balance, 170.0))  # full: the first stored goes
     assert list(cache) == ["a", "b", "c"]
     cache.put("a", _Entry(balance, 180.0))  # stored again: the most recent
     cache.put("d", _Entry(balance, 190.0))  # full, none too old: the least recently stored goes

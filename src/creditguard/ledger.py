@@ -120,11 +120,11 @@ class _Entry:
 class _Entries(dict[str, _Entry]):
     """The cached entries by fingerprint: a plain dict, so that the hot path
     reads one at C speed (``TTLCache`` reads cost a Python call and a clock
-    read each). Bounded: :meth:`put` past ``maxsize`` first drops the entries
-    older than ``keep`` seconds (those that could no longer be served even as
-    stale), then the least recently stored. Readers judge an entry's age by
-    its ``fetched`` time themselves; :meth:`live` treats an entry past
-    ``keep`` as gone, as an expiring cache would."""
+    read each). Bounded: :meth:`put` past ``maxsize`` drops the least recently
+    stored (every fetch stores its entry anew, so that is the least recently
+    fetched), in O(1). Readers judge an entry's age by its ``fetched`` time;
+    :meth:`live` treats one older than ``keep`` seconds (no longer servable
+    even as stale) as gone, as an expiring cache would."""
 
     __slots__ = ("keep", "maxsize")
 
@@ -142,12 +142,8 @@ class _Entries(dict[str, _Entry]):
 
     def put(self, key: str, entry: _Entry) -> None:
         self.pop(key, None)  # stored again: the most recent
-        if len(self) >= self.maxsize:
-            now = entry.fetched
-            for old in [k for k, e in self.items() if now - e.fetched >= self.keep]:
-                del self[old]
-            while len(self) >= self.maxsize:
-                del self[next(iter(self))]
+        while len(self) >= self.maxsize:
+            del self[next(iter(self))]
         self[key] = entry
 
 
