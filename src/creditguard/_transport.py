@@ -247,6 +247,12 @@ def _bearer(headers: dict[bytes, bytes]) -> str | None:
     return key.strip().decode("latin-1") if key and key.strip() else None
 
 
+def _skip(request: Any, why: str) -> tuple[None, None, None]:
+    """A body the transport does not read: it is judged without a model."""
+    log.debug("body of %s %s not parsed: %s", request.method, request.url.path, why)
+    return None, None, None
+
+
 def _whole(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
@@ -368,29 +374,25 @@ class Core:
     def _read_model(
         self, request: Any, field: str, headers: dict[bytes, bytes]
     ) -> tuple[str | None, tuple[int, int] | None, str | None]:
-        def skip(why: str) -> tuple[None, None, None]:
-            log.debug("body of %s %s not parsed: %s", request.method, request.url.path, why)
-            return None, None, None
-
         try:
             body: bytes = request._content if self.lib.cloneable else request.content
         except (AttributeError, self.lib.RequestNotRead):
-            return skip("streamed request body")
-        encoding = headers.get(b"content-encoding", b"identity").strip().lower()
-        if encoding not in (b"identity", b""):
-            return skip(f"content-encoding {encoding.decode('latin-1')}")
+            return _skip(request, "streamed request body")
+        encoding = headers.get(b"content-encoding")
+        if encoding is not None and encoding.strip().lower() not in (b"identity", b""):
+            return _skip(request, f"content-encoding {encoding.decode('latin-1')}")
         if len(body) > MAX_PARSED_BODY:
-            return skip(f"{len(body)} bytes is over {MAX_PARSED_BODY}")
+            return _skip(request, f"{len(body)} bytes is over {MAX_PARSED_BODY}")
         try:
             text = body.decode("utf-8")
             found = find_member_fast(text, field)
         except (UnicodeDecodeError, ValueError) as exc:
-            return skip(f"not JSON ({type(exc).__name__})")
+            return _skip(request, f"not JSON ({type(exc).__name__})")
         if found is None:
-            return skip(f"not a JSON object with a {field!r} member")
+            return _skip(request, f"not a JSON object with a {field!r} member")
         value, span = found
         if not isinstance(value, str):
-            return skip(f"{field!r} is {type(value).__name__}, not a string")
+            return _skip(request, f"{field!r} is {type(value).__name__}, not a string")
         return value, span, text
 
     # -- 3. act --------------------------------------------------------------
