@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from creditguard import Balance, CreditSourceError
-from creditguard.ledger import Ledger, Lookup
+from creditguard import Balance, CreditSourceError, Policy, decide
+from creditguard._fingerprint import _MEMO_SIZE, Fingerprinter
+from creditguard.ledger import Ledger, Lookup, _Entries, _Entry
 
 KEY_A = "sk-or-v1-AAAAAAAAAAAAAAAAAAAAAAAA"
 KEY_B = "sk-or-v1-BBBBBBBBBBBBBBBBBBBBBBBB"
@@ -526,3 +531,134 @@ def test_async_waiters_on_a_thread_led_hung_refresh_time_out_on_their_loop() -> 
     assert all(r.balance is None and "within 0.1 s" in str(r.error) for r in results)
     leader.join()
     assert source.calls == 1
+
+
+# -- the hot path: a fresh cached balance, judged and held in one step ----------
+
+
+class FixedSource(Source):
+    """One Balance for every credential."""
+
+    def __init__(self, balance: Balance) -> None:
+        super().__init__()
+        self.balance = balance
+
+    def _result(self, credential: str | None) -> Balance:
+        return self.balance
+
+
+def _ledger(balance: Balance, clock: Clock | None = None, **kw: Any) -> Ledger:
+    return make(FixedSource(balance), clock, **kw)
+
+
+AMOUNTS = st.floats(min_value=0, max_value=50, allow_nan=False).map(lambda x: round(x, 3))
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> Policy:
+    tiers = sorted(
+        (draw(st.one_of(st.none(), AMOUNTS)) for _ in range(3)),
+        key=lambda v: -1.0 if v is None else v,
+    )
+    refuse, down, warn = tiers
+    if draw(st.booleans()):  # percent thresholds instead
+        refuse, down, warn = draw(st.sampled_from([(None, None, None), ("1%", "5%", "20%")]))
+    return Policy(
+        refuse_below=refuse,
+        downgrade_below=down,
+        warn_below=warn,
+        downgrade={"big": "small"},
+        on_source_error=draw(st.sampled_from(["allow", "refuse"])),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    remaining=st.one_of(AMOUNTS, st.just(float("inf")), st.just(-1.0)),
+    total=st.one_of(st.none(), st.just(100.0)),
+    policy=policies(),
+    holds=st.lists(AMOUNTS, max_size=4),
+    estimate=AMOUNTS,
+    model=st.sampled_from(["big", "other", None]),
+)
+def test_the_fresh_path_decides_and_holds_like_the_lookup_path(
+    remaining: float,
+    total: float | None,
+    policy: Policy,
+    holds: list[float],
+    estimate: float,
+    model: str | None,
+) -> None:
+    balance = Balance(remaining=remaining, total=total, source="test")
+    fast, slow = _ledger(balance), _ledger(balance)
+    for ledger in (fast, slow):
+        lookup = ledger.get(KEY_A)
+        for amount in holds:  # calls in flight
+            ledger.admit(
+                lookup, KEY_A, lambda b, r: decide(b, policy, "m", 0.0), amount, reserve=True
+            )
+
+    got = fast.admit_fresh(fast.key(KEY_A), KEY_A, model, estimate, policy, reserve=True)
+    lookup = slow.get(KEY_A)
+    want = slow.admit(
+        lookup,
+        KEY_A,
+        lambda b, r: decide(b, policy, model, estimate, reserved=r),
+        estimate,
+        reserve=True,
+    )
+    assert got is not None
+    assert got[0] == want[0]
+    assert (got[1] is None) == (want[1] is None)
+    assert fast.reserved(KEY_A) == slow.reserved(KEY_A)
+
+
+def test_the_fresh_path_needs_a_fresh_balance() -> None:
+    clock = Clock()
+    ledger = _ledger(Balance(remaining=10.0), clock, ttl=30)
+    key = ledger.key(KEY_A)
+    policy = Policy()
+    assert ledger.admit_fresh(key, KEY_A, "m", 0.1, policy, reserve=True) is None  # nothing cached
+    ledger.get(KEY_A)
+    decided = ledger.admit_fresh(key, KEY_A, "m", 0.1, policy, reserve=True)
+    assert decided is not None and decided[0].action == "allow" and decided[1] is not None
+    assert ledger.reserved(KEY_A) == 0.1
+    clock.now += 30
+    assert ledger.admit_fresh(key, KEY_A, "m", 0.1, policy, reserve=True) is None  # expired
+    assert ledger.reserved(KEY_A) == 0.1  # and nothing was held for it
+
+
+def test_the_balance_cache_drops_the_least_recently_stored() -> None:
+    cache = _Entries(maxsize=3, keep=100.0)
+    balance = Balance(remaining=1.0)
+    cache.put("old", _Entry(balance, 0.0))
+    cache.put("a", _Entry(balance, 150.0))
+    cache.put("b", _Entry(balance, 160.0))
+    cache.put("c", _Entry(balance, 170.0))  # full: the first stored goes
+    assert list(cache) == ["a", "b", "c"]
+    cache.put("a", _Entry(balance, 180.0))  # stored again: the most recent
+    cache.put("d", _Entry(balance, 190.0))  # full, none too old: the least recently stored goes
+    assert list(cache) == ["c", "a", "d"]
+    assert cache.live("c", 269.0) is not None
+    assert cache.live("c", 270.0) is None and "c" not in cache  # past keep: gone
+
+
+def test_a_ledger_holds_at_most_maxsize_balances() -> None:
+    ledger = _ledger(Balance(remaining=5.0), maxsize=50)
+    for i in range(500):
+        ledger.get(f"sk-{i}")
+    assert len(ledger) == 50
+
+
+def test_fingerprints_are_memoised_without_keeping_the_key() -> None:
+    secret = "shared-secret"
+    fp = Fingerprinter(secret)
+    want = hmac.new(secret.encode(), KEY_A.encode(), hashlib.sha256).digest()[:16].hex()
+    assert fp(KEY_A) == want and fp(KEY_A) == want  # computed, then from the memo
+    assert fp(None) == "-"
+    memo = fp._memo
+    assert all(isinstance(k, int) for k in memo) and KEY_A not in repr(memo)
+    for i in range(_MEMO_SIZE + 10):
+        fp(f"sk-{i}")
+    assert len(memo) <= _MEMO_SIZE  # bounded
+    assert fp(KEY_A) == want

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from creditguard import Balance, ConfigError, Policy, decide
@@ -268,3 +268,38 @@ def test_a_decision_is_immutable_comparable_and_picklable() -> None:
         assert clone == decision and clone.reason == decision.reason
     assert f"reason={decision.reason!r}" in repr(decision)
     assert decision != decide(balance, Policy(), "a", 0.5)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    remaining=st.floats(min_value=-10, max_value=1e7, allow_nan=False),
+    reserved=st.floats(min_value=0, max_value=100, allow_nan=False),
+    estimate=st.floats(min_value=0, max_value=10, allow_nan=False),
+    tiers=st.lists(st.floats(min_value=0, max_value=1e7, allow_nan=False), min_size=3, max_size=3),
+    near=st.sampled_from([None, 0, 1, 2]),
+    nudge=st.sampled_from([0.0, 1e-10, -1e-10, 4e-10, -4e-10, 6e-10, 1e-9, 2e-9, -1e-9]),
+)
+def test_the_early_allow_never_changes_the_answer(
+    remaining: float,
+    reserved: float,
+    estimate: float,
+    tiers: list[float],
+    near: int | None,
+    nudge: float,
+) -> None:
+    # the early allow skips round(headroom, 9): just above a threshold it must
+    # answer as the rounded comparison does, and its reason read the same
+    refuse, down, warn = sorted(tiers)
+    policy = Policy(refuse_below=refuse, downgrade_below=down, warn_below=warn)
+    if near is not None:  # a headroom a hair's breadth from one of the thresholds
+        remaining = (refuse, down, warn)[near] + reserved + estimate + nudge
+    decision = decide(Balance(remaining=remaining), policy, "m", estimate, reserved=reserved)
+    headroom = round(remaining - reserved - estimate, 9)
+    if headroom < refuse:
+        want = "refuse"
+    elif headroom < warn:
+        want = "warn"  # (below downgrade_below with no target configured: a warning)
+    else:
+        want = "allow"
+    assert decision.action == want
+    assert decision.reason.startswith(f"{headroom:.6g} USD left after this call")

@@ -581,7 +581,11 @@ def test_downgrade_and_credential_without_the_library_shortcuts(
     sent = h.upstream.requests[0]
     assert sent is not original and original.content == BODY
     assert json.loads(sent.content)["model"] == "small"
-    assert sent.headers["content-length"] == str(len(sent.content))
+    assert sent.headers.get_list("content-length") == [str(len(sent.content))]
     assert sent.headers["authorization"] == f"Bearer {KEY}"
     assert sent.url == original.url and sent.method == "POST"
     assert h.source.seen == [KEY]
+    # the answer is labelled once, and its usage read, either way
+    assert r.headers.get_list("x-creditguard-decision") == ["downgrade"]
+    assert r.headers["x-creditguard-model-requested"] == "big"
+    assert r.json() == {"ok": True}

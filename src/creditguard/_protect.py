@@ -117,7 +117,7 @@ class ArgSpec:
 class Reservation:
     """A decided call and the credits held for it (see :meth:`BudgetGuard.reserve`)."""
 
-    __slots__ = ("_credential", "_done", "_guard", "_hold", "decision", "estimate")
+    __slots__ = ("_credential", "_done", "_guard", "_hold", "decision", "estimate", "reported")
 
     def __init__(
         self,
@@ -133,6 +133,7 @@ class Reservation:
         self._credential = credential
         self.estimate = estimate
         self._done = decision.action == "refuse"
+        self.reported = False  # a decorated call's code recorded its own cost
 
     def settle(self, cost: float | None = None) -> None:
         """The call went through and cost ``cost`` (None: its estimate). Once."""
@@ -170,24 +171,7 @@ class Call(Reservation):
     """One decorated call in progress: its reservation, and did its code
     report its own cost (``guard.record()``)?"""
 
-    __slots__ = ("reported",)
-
-    def __init__(
-        self,
-        guard: BudgetGuard,
-        decision: Decision,
-        hold: Hold | None,
-        credential: str | None,
-        estimate: float,
-    ) -> None:
-        # (Reservation.__init__'s assignments, inlined: once per decorated call)
-        self._guard = guard
-        self.decision = decision
-        self._hold = hold
-        self._credential = credential
-        self.estimate = estimate
-        self._done = decision.action == "refuse"
-        self.reported = False
+    __slots__ = ()
 
     def charge(self, result: object) -> None:
         """Charge what the call cost: its result's ``usage.cost`` (or tokens x

@@ -229,10 +229,14 @@ def _cloneable(module: Any) -> bool:
 
 
 def _lowered_list(module: Any) -> bool:
-    """Does ``module.Headers`` keep ``(raw, lowered, value)`` triples in ``_list``?"""
+    """Does ``module.Headers`` keep ``(raw, lowered, value)`` triples in ``_list``,
+    and read a triple appended there (how responses are labelled)?"""
     try:
-        items = module.Headers({"X-Probe": "v"})._list
-        return bool(items == [(b"X-Probe", b"x-probe", b"v")])
+        headers = module.Headers({"X-Probe": "v"})
+        if headers._list != [(b"X-Probe", b"x-probe", b"v")]:
+            return False
+        headers._list.append((b"x-added", b"x-added", b"w"))
+        return bool(headers.get("X-Added") == "w" and headers.get_list("x-added") == ["w"])
     except Exception:
         return False
 

@@ -231,12 +231,6 @@ class _Holds:
         self.total = 0.0
         self.next_expiry = math.inf
 
-    def add(self, hold: Hold) -> None:
-        self.items[hold] = None
-        self.total += hold.amount
-        if hold.expires < self.next_expiry:
-            self.next_expiry = hold.expires
-
     def drop(self, hold: Hold) -> None:
         if self.items.pop(hold, 0) is None:
             if self.items:
@@ -551,7 +545,7 @@ class Ledger:
             if len(self._holds) >= self._maxsize:
                 self._sweep(now)
             holds = self._holds[key] = _Holds()
-        holds.items[hold] = None  # (_Holds.add, inlined: once per guarded call)
+        holds.items[hold] = None
         holds.total += amount
         if hold.expires < holds.next_expiry:
             holds.next_expiry = hold.expires
