@@ -575,6 +575,7 @@ def test_downgrade_and_credential_without_the_library_shortcuts(
     lib = h.client._transport._core.lib
     monkeypatch.setattr(lib, "lowered_list", shortcuts)
     monkeypatch.setattr(lib, "cloneable", shortcuts)
+    monkeypatch.setattr(lib, "uri_path", shortcuts)
     original = h.client.build_request("POST", "/chat/completions", content=BODY)
     r = h.client.send(original)
     assert r.headers["x-creditguard-decision"] == "downgrade"
@@ -589,3 +590,5 @@ def test_downgrade_and_credential_without_the_library_shortcuts(
     assert r.headers.get_list("x-creditguard-decision") == ["downgrade"]
     assert r.headers["x-creditguard-model-requested"] == "big"
     assert r.json() == {"ok": True}
+    # a percent-encoded path is judged by its decoded form either way
+    assert h.post("/chat/completion%73").headers["x-creditguard-decision"] == "downgrade"
