@@ -267,10 +267,10 @@ def _lowered_list(module: Any) -> bool:
 
 def _bearer(headers: dict[bytes, bytes]) -> str | None:
     auth = headers.get(b"authorization")
-    if auth:
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() == b"bearer" and token.strip():
-            return token.strip().decode("latin-1")
+    if auth and auth[:7].lower() == b"bearer ":
+        token = auth[7:].strip()
+        if token:
+            return token.decode("latin-1")
     key = headers.get(b"x-api-key")
     return key.strip().decode("latin-1") if key and key.strip() else None
 

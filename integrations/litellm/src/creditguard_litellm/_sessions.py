@@ -83,7 +83,9 @@ class GuardedSessions:
         self,
         client: httpx.Client,
         async_client: httpx.AsyncClient,
-        previous: tuple[httpx.Client | None, httpx.AsyncClient | None],
+        # whatever litellm held (its own annotation of these names changes
+        # between releases: 1.108 admits openai's clients too)
+        previous: tuple[Any, Any],
         owned: tuple[bool, bool],
     ) -> None:
         self.client = client
