@@ -62,7 +62,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/store.py
 
 # the same rows counted in CPU instructions under callgrind: figures that machine
-# noise cannot move (a few minutes; needs valgrind)
+# noise cannot move (about 10 minutes; needs valgrind)
 bench-instructions: $(STAMP)
 	$(BIN)/python benchmarks/instructions.py
 

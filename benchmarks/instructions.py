@@ -11,7 +11,7 @@ is doing, so a change that saves work shows even when timings cannot.
 Instructions are not time (a cache miss costs more than an add), so this is a
 companion to ``run.py``, not its replacement: the goals of issue 7 are on time.
 
-    python benchmarks/instructions.py              # the main rows, a few minutes
+    python benchmarks/instructions.py              # the main rows, about 10 minutes
     python benchmarks/instructions.py --only decorator
 
 Needs valgrind (``apt-get install valgrind``); says so and exits 0 without it.
@@ -35,14 +35,14 @@ import run  # (the rows, their scenes and goals)
 
 # (row name in run.py, calls in the short and the long child run)
 ROWS = [
-    ("transport httpx sync allow", 100, 400),
-    ("transport httpx sync downgrade", 100, 400),
-    ("transport httpx sync GET /models (no generation)", 100, 400),
-    ("transport httpx async allow", 100, 400),
-    ("transport httpx2 sync allow", 100, 400),
-    ("decorator sync (@guard vs wrapt pass-through)", 1000, 4000),
-    ("decorator async (@guard vs wrapt pass-through)", 1000, 4000),
-    ("accounting: reserve+settle vs check (allow-only)", 1000, 4000),
+    ("transport httpx sync allow", 50, 250),
+    ("transport httpx sync downgrade", 50, 250),
+    ("transport httpx sync GET /models (no generation)", 50, 250),
+    ("transport httpx async allow", 50, 250),
+    ("transport httpx2 sync allow", 50, 250),
+    ("decorator sync (@guard vs wrapt pass-through)", 500, 2500),
+    ("decorator async (@guard vs wrapt pass-through)", 500, 2500),
+    ("accounting: reserve+settle vs check (allow-only)", 500, 2500),
 ]
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
