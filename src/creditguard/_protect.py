@@ -314,9 +314,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential = g.begin(instance, args, kwargs)
-        decision, held = fast(model, credential, estimate, None, None, True) or hold(
-            model, credential, estimate, fast=False
-        )
+        decision, held = hold(model, credential, estimate)
         if decision.action != "allow":
             args, kwargs = g.apply(decision, instance, args, kwargs)
         call = Call(guard, decision, held, credential, estimate)

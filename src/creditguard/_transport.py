@@ -750,18 +750,13 @@ class SyncShell:
         if plan.retry_of is not None:
             decision, hold = plan.retry_of, None
         else:
-            guard = core.guard
-            decided = guard._fast(
-                plan.model, plan.credential, plan.estimate, plan.key, plan.refuse, plan.can_rewrite
-            )
-            decision, hold = decided or guard._hold(
+            decision, hold = core.guard._hold(
                 plan.model,
                 plan.credential,
                 plan.estimate,
                 key=plan.key,
                 refuse_reason=plan.refuse,
                 can_rewrite=plan.can_rewrite,
-                fast=False,
             )
         out = core.act(request, plan, decision)
         if decision.action == "refuse":

@@ -396,7 +396,7 @@ class BudgetGuard:
     ) -> tuple[Decision, Hold | None] | None:
         """The decision and hold from a fresh cached balance, with no lookup
         (sync and async alike: nothing to wait for); None: look it up first
-        (:meth:`_hold` / :meth:`_ahold` with ``fast=False``)."""
+        (:meth:`_hold`, or :meth:`_ahold` with ``fast=False``)."""
         if refuse_reason is not None:
             return None
         ledger = self.ledger
@@ -432,15 +432,12 @@ class BudgetGuard:
         key: str | None = None,
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
-        fast: bool = True,
     ) -> tuple[Decision, Hold | None]:
         """Decide and hold ``estimate`` for a call about to go out (``key``: the
-        credential's fingerprint, when the caller has it already). ``fast``
-        False: the caller tried :meth:`_fast` already."""
-        if fast:
-            decided = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
-            if decided is not None:
-                return decided
+        credential's fingerprint, when the caller has it already)."""
+        decided = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
+        if decided is not None:
+            return decided
         lookup = self.ledger.get(credential, key)
         return self._admit(
             lookup,
@@ -463,6 +460,9 @@ class BudgetGuard:
         can_rewrite: bool | Callable[[], bool] = True,
         fast: bool = True,
     ) -> tuple[Decision, Hold | None]:
+        """:meth:`_hold` for async code. Awaiting it costs a coroutine even on a
+        cache hit, so hot async callers try :meth:`_fast` first and pass
+        ``fast=False`` here only when it had no fresh balance."""
         if fast:
             decided = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
             if decided is not None:
