@@ -52,6 +52,7 @@ class GuardMiddleware(anthropic.Middleware):
         return key if isinstance(key, str) else None
 
     def _apply(self, request: Any, decision: Decision) -> Any:
+        decision = decision.applied  # shadow mode: neither refused nor rewritten
         if decision.action == "refuse":
             raise CreditsExhausted(decision)
         if decision.action == "downgrade" and decision.model is not None:
@@ -67,7 +68,7 @@ class GuardMiddleware(anthropic.Middleware):
         cost = None
         if not request.stream:  # a whole JSON body: its usage is there
             usage = usage_from_body(response.http_response.read())
-            cost = cost_from_usage(usage, self.guard.pricing.price(reservation.decision.model))
+            cost = cost_from_usage(usage, self.guard.pricing.price(reservation.decision.applied.model))
         reservation.settle(cost)  # a stream's cost is not seen here: its estimate
 
     # -- sync and async shells ------------------------------------------------

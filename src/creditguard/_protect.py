@@ -132,7 +132,7 @@ class Reservation:
         self._hold = hold
         self._credential = credential
         self.estimate = estimate
-        self._done = decision.action == "refuse"
+        self._done = decision.action == "refuse" and decision.enforced  # never sent
         self.reported = False  # a decorated call's code recorded its own cost
 
     def settle(self, cost: float | None = None) -> None:
@@ -179,7 +179,7 @@ class Call(Reservation):
         if self.reported:
             self.release()  # what it recorded stands instead
             return
-        self.settle(cost_of_result(result, self._guard.pricing, self.decision.model))
+        self.settle(cost_of_result(result, self._guard.pricing, self.decision.applied.model))
 
 
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("creditguard_call", default=None)
@@ -233,7 +233,8 @@ class Guarded:
         kwargs: dict[str, Any],
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Act on a decision other than allow: raise on refuse, rewrite the
-        model on downgrade."""
+        model on downgrade (in shadow mode, neither)."""
+        decision = decision.applied
         if decision.action == "refuse":
             raise CreditsExhausted(decision)
         if decision.action == "downgrade" and self.model.usable:

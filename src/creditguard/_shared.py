@@ -244,17 +244,24 @@ class SharedLedger(Ledger):
                 lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
             )
         decision = judge(lookup.balance, lookup.held)
-        if not reserve or amount <= 0 or decision.action == "refuse":
+        if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
             return decision, None
         balance = lookup.balance
         floor = None
-        if balance is not None and not balance.unlimited and floor_of is not None:
+        if (
+            balance is not None
+            and not balance.unlimited
+            and floor_of is not None
+            and decision.action != "refuse"  # (a refusal in shadow mode is held anyway)
+        ):
             floor = floor_of(balance)
         key = lookup.fingerprint
         token = uuid.uuid4().hex
         now = time.time()
         try:
             held = self.store.reserve(key, token, amount, floor, now, now + self.hold_timeout)
+            if not held and not decision.enforced:  # shadow mode: refused, but sent and held
+                self.store.reserve(key, token, amount, None, now, now + self.hold_timeout)
         except StoreError as exc:
             self._failed(exc)
             return super().admit(
@@ -272,7 +279,12 @@ class SharedLedger(Ledger):
                 reason,
                 decision.requested_model,
                 decision.stale,
+                decision.enforced,
             )
+            if not decision.enforced:
+                return refused, Hold(
+                    key, credential, amount, self._timer() + self.hold_timeout, token
+                )
             return refused, None
         return decision, Hold(key, credential, amount, self._timer() + self.hold_timeout, token)
 

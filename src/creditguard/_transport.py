@@ -422,8 +422,9 @@ class Core:
     # -- 3. act --------------------------------------------------------------
 
     def act(self, request: Any, plan: Plan, decision: Decision) -> Any:
-        """A refusal response, or the request to forward (rewritten on downgrade)."""
-        if decision.action == "refuse":
+        """A refusal response, or the request to forward (rewritten on downgrade;
+        in shadow mode, always the request as it came)."""
+        if decision.action == "refuse" and decision.enforced:
             return self.refusal(request, decision)
         if plan.retry_key is not None and plan.retry_of is None:
             retries = self._retries
@@ -431,6 +432,8 @@ class Core:
             if len(retries) > 1024:
                 del retries[next(iter(retries))]
         if decision.action != "downgrade" or plan.span is None or plan.text is None:
+            return request
+        if not decision.enforced:
             return request
         start, end = plan.span
         target = cast(str, decision.model)  # a downgrade always names its target
@@ -507,15 +510,18 @@ class Core:
                     encoding = encoding or value
                 elif name == _LABEL:
                     labelled = True
+            label = _label(decision)
             if labelled:
-                headers["x-creditguard-decision"] = action
+                headers["x-creditguard-decision"] = label.decode()
             else:
-                items.append((_LABEL, _LABEL, _ACTIONS[action]))
+                items.append((_LABEL, _LABEL, label))
         else:
-            headers["x-creditguard-decision"] = action
+            headers["x-creditguard-decision"] = _label(decision).decode()
             ctype = headers.get("content-type", "").encode("latin-1")
             encoding = headers.get("content-encoding", "").encode("latin-1")
-        if action == "downgrade" and decision.requested_model:
+        if not decision.enforced:
+            headers["x-creditguard-enforced"] = "false"
+        elif action == "downgrade" and decision.requested_model:
             headers["x-creditguard-model-requested"] = decision.requested_model
         status: int = response.status_code
         stablecog = plan.stablecog
@@ -596,6 +602,15 @@ class Core:
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a JSON string, in C
 _LABEL = b"x-creditguard-decision"
 _ACTIONS = {action: action.encode() for action in ("allow", "warn", "downgrade", "refuse")}
+_UNAVAILABLE = b"allow; balance=unavailable"
+
+
+def _label(decision: Decision) -> bytes:
+    """The ``x-creditguard-decision`` value: the action, and for an allow that
+    only failing open let through (no usable balance), ``allow; balance=unavailable``."""
+    if decision.action == "allow" and decision.fail_open:
+        return _UNAVAILABLE
+    return _ACTIONS[decision.action]
 
 
 def _encoding(value: bytes) -> str:
@@ -759,7 +774,7 @@ class SyncShell:
                 can_rewrite=plan.can_rewrite,
             )
         out = core.act(request, plan, decision)
-        if decision.action == "refuse":
+        if decision.action == "refuse" and decision.enforced:
             return out
         try:
             response = self._inner.handle_request(out)
@@ -800,7 +815,7 @@ class AsyncShell:
                 fast=False,
             )
         out = core.act(request, plan, decision)
-        if decision.action == "refuse":
+        if decision.action == "refuse" and decision.enforced:
             return out
         try:
             response = await self._inner.handle_async_request(out)

@@ -72,7 +72,14 @@ _PERIOD_ARG: dict[str | None, Literal["day", "week", "month"] | None] = {
 _PERIOD_ALLOWED = "one of " + ", ".join(repr(p) for p in _PERIODS)
 _STORE_SCHEMES = ("memory", "redis", "rediss", "unix")
 _THRESHOLD_KEYS = ("warn_below", "downgrade_below", "refuse_below")
-_POLICY_KEYS = ("on_source_error", "max_stale", "error_ttl", "store_error", "unknown_price")
+_POLICY_KEYS = (
+    "on_source_error",
+    "max_stale",
+    "error_ttl",
+    "store_error",
+    "unknown_price",
+    "enforce",
+)
 _FIXED_KEYS = ("limit", "period", "per_credential")
 _SCALAR_KEYS = (
     "source",

@@ -253,10 +253,12 @@ class BudgetGuard:
 
         def judge(balance: Balance | None, reserved: float) -> Decision:
             if refuse_reason is not None:
-                return Decision("refuse", model, balance, refuse_reason, model, stale)
+                return Decision(
+                    "refuse", model, balance, refuse_reason, model, stale, policy.enforce
+                )
             if store_down is not None:
                 action: Action = "refuse" if policy.store_error == "refuse" else "allow"
-                return Decision(action, model, balance, store_down, model, stale)
+                return Decision(action, model, balance, store_down, model, stale, policy.enforce)
             return decide(
                 balance,
                 policy,
@@ -309,7 +311,7 @@ class BudgetGuard:
             log.log(
                 level,
                 "%s model=%s credential=%s: %s",
-                decision.action,
+                decision.action if decision.enforced else f"{decision.action} (shadow mode)",
                 decision.requested_model,
                 key[:8] or "-",
                 decision.reason,

@@ -585,7 +585,7 @@ class Ledger:
             decision = decide(
                 entry.view, policy, model, amount, reserved=held, can_rewrite=can_rewrite
             )
-            if not reserve or amount <= 0 or decision.action == "refuse":
+            if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
                 return decision, None
             return decision, self._take(key, credential, amount, now)
 
@@ -611,7 +611,7 @@ class Ledger:
                 if entry is not None:
                     balance = entry.view  # spend settled since the lookup counts too
             decision = judge(balance, self._held(key, now))
-            if not reserve or amount <= 0 or decision.action == "refuse":
+            if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
                 return decision, None
             return decision, self._take(key, credential, amount, now)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias
 
 from ._globmap import GlobMap
@@ -128,6 +128,11 @@ class Policy:
     retried for ``error_ttl`` seconds. ``store_error`` and ``unknown_price``
     are read by the shared store and cost accounting.
 
+    ``enforce=False`` is shadow mode: every call is decided, logged, held,
+    charged and reported exactly as when enforcing, but nothing is refused or
+    rewritten — decisions carry ``enforced=False`` and the surfaces act on
+    :attr:`Decision.applied`. For rolling a policy out safely.
+
     Bad values raise :class:`~creditguard.ConfigError` (a ValueError).
     """
 
@@ -140,6 +145,7 @@ class Policy:
     error_ttl: float = 5.0
     store_error: Literal["local", "refuse", "allow"] = "local"
     unknown_price: Literal["estimate", "refuse", "allow"] = "estimate"
+    enforce: bool = True
     _limits: tuple[_Limit | None, _Limit | None, _Limit | None] = field(
         init=False, repr=False, compare=False
     )
@@ -149,6 +155,7 @@ class Policy:
         init=False, repr=False, compare=False
     )
     _top: float = field(init=False, repr=False, compare=False)  # the highest absolute threshold
+    _enforcing: Policy = field(init=False, repr=False, compare=False)  # the same, enforced
 
     def __post_init__(self) -> None:
         limits = tuple(_parse_threshold(name, getattr(self, name)) for name in _TIERS)
@@ -172,6 +179,8 @@ class Policy:
         _choice("on_source_error", self.on_source_error, _ON_SOURCE_ERROR)
         _choice("store_error", self.store_error, _STORE_ERROR)
         _choice("unknown_price", self.unknown_price, _UNKNOWN_PRICE)
+        if not isinstance(self.enforce, bool):
+            raise ConfigError("enforce", self.enforce, "true or false (false: shadow mode)")
         object.__setattr__(self, "max_stale", _non_negative("max_stale", self.max_stale))
         object.__setattr__(self, "error_ttl", _non_negative("error_ttl", self.error_ttl))
         object.__setattr__(self, "downgrade", dict(self.downgrade))
@@ -181,6 +190,7 @@ class Policy:
         object.__setattr__(self, "_absolute", absolute)
         object.__setattr__(self, "_top", max((v for v in absolute if v is not None), default=-_INF))
         object.__setattr__(self, "_map", _downgrade_map(self.downgrade))
+        object.__setattr__(self, "_enforcing", self if self.enforce else replace(self, enforce=True))
 
     def refuse_floor(self, balance: Balance) -> float | None:
         """``refuse_below`` in credits for ``balance`` (None: off, or a percent
@@ -194,13 +204,15 @@ class Policy:
 
 
 class _DecisionSlots:
-    __slots__ = ("_reason", "action", "balance", "model", "requested_model", "stale")
+    __slots__ = ("_reason", "action", "balance", "enforced", "model", "requested_model", "stale")
     _reason: str | tuple[Any, ...]
 
 
 _SET = {name: getattr(_DecisionSlots, name).__set__ for name in _DecisionSlots.__slots__}
 _set_action, _set_model, _set_balance = _SET["action"], _SET["model"], _SET["balance"]
 _set_reason, _set_requested, _set_stale = _SET["_reason"], _SET["requested_model"], _SET["stale"]
+_set_enforced = _SET["enforced"]
+_FAIL_OPEN = "; on_source_error=allow"
 
 
 class Decision(_DecisionSlots):
@@ -209,7 +221,9 @@ class Decision(_DecisionSlots):
     ``action`` is ``"allow"``, ``"warn"``, ``"downgrade"`` or ``"refuse"``;
     ``model`` is the model to use (rewritten on downgrade), ``requested_model``
     the one the call asked for; ``balance`` the balance the decision was made on
-    (None when none could be had); ``reason`` one human sentence.
+    (None when none could be had); ``reason`` one human sentence. ``enforced``
+    is False in shadow mode (``Policy(enforce=False)``): the call goes ahead as
+    asked whatever was decided, and :attr:`applied` says what is carried out.
 
     One is made on every guarded call, so it is a slotted class rather than a
     dataclass, and its reason is put into words when first read (most are never
@@ -222,6 +236,7 @@ class Decision(_DecisionSlots):
     balance: Balance | None
     requested_model: str | None
     stale: bool
+    enforced: bool
 
     def __init__(
         self,
@@ -231,6 +246,7 @@ class Decision(_DecisionSlots):
         reason: str | tuple[Any, ...],
         requested_model: str | None = None,
         stale: bool = False,
+        enforced: bool = True,
     ) -> None:
         _set_action(self, action)
         _set_model(self, model)
@@ -238,6 +254,7 @@ class Decision(_DecisionSlots):
         _set_reason(self, reason)
         _set_requested(self, requested_model)
         _set_stale(self, stale)
+        _set_enforced(self, enforced)
 
     @property
     def reason(self) -> str:
@@ -257,6 +274,29 @@ class Decision(_DecisionSlots):
     def downgraded(self) -> bool:
         return self.action == "downgrade"
 
+    @property
+    def applied(self) -> Decision:
+        """What the guarded call is made to do: this decision when enforced; in
+        shadow mode an allow of the requested model (``action``, ``model`` and
+        ``reason`` here still say what was decided). Every surface acts on this."""
+        if self.enforced or self.action == "allow":
+            return self
+        view = object.__new__(Decision)
+        for name, setter in _SET.items():
+            setter(view, getattr(self, name))
+        _set_action(view, "allow")
+        _set_model(view, self.requested_model)
+        return view
+
+    @property
+    def fail_open(self) -> bool:
+        """Allowed only because no usable balance could be had
+        (``on_source_error="allow"``)."""
+        if self.action != "allow":
+            return False
+        reason = self._reason
+        return self.balance is None or (isinstance(reason, str) and reason.endswith(_FAIL_OPEN))
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Decision is immutable: cannot set {name!r}")
 
@@ -271,6 +311,7 @@ class Decision(_DecisionSlots):
             self.reason,
             self.requested_model,
             self.stale,
+            self.enforced,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -285,7 +326,7 @@ class Decision(_DecisionSlots):
         return (
             f"Decision(action={self.action!r}, model={self.model!r}, balance={self.balance!r}, "
             f"reason={self.reason!r}, requested_model={self.requested_model!r}, "
-            f"stale={self.stale!r})"
+            f"stale={self.stale!r}, enforced={self.enforced!r})"
         )
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -314,7 +355,22 @@ def decide(
     hold; ``estimate`` what this call may cost. ``can_rewrite`` False means the
     call has no model to rewrite (a downgrade becomes a warning); a callable is
     asked only when it comes to a downgrade (it must be pure, like this function).
+    In shadow mode (``policy.enforce`` False) the decision is the same, marked
+    ``enforced=False``.
     """
+    if not policy.enforce:
+        decision = decide(
+            balance,
+            policy._enforcing,
+            model,
+            estimate,
+            reserved=reserved,
+            can_rewrite=can_rewrite,
+            unavailable=unavailable,
+            stale=stale,
+        )
+        _set_enforced(decision, False)
+        return decision
     if balance is None:
         return _on_unusable(policy, model, unavailable, stale)
     remaining = balance.remaining
@@ -387,4 +443,4 @@ def _on_unusable(
 ) -> Decision:
     if policy.on_source_error == "refuse":
         return Decision("refuse", model, balance, f"{why}; on_source_error=refuse", model, stale)
-    return Decision("allow", model, balance, f"{why}; on_source_error=allow", model, stale)
+    return Decision("allow", model, balance, f"{why}{_FAIL_OPEN}", model, stale)

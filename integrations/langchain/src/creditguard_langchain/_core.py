@@ -267,7 +267,9 @@ class Models:
 def pick(decision: Decision, models: Models) -> BaseChatModel | None:
     """The model to run after ``decision``: raises :class:`CreditsExhausted` on
     refuse; on downgrade the cheaper model from ``models``; None: run the
-    requested model (also when no model is configured for the cheaper one)."""
+    requested model (also when no model is configured for the cheaper one). In
+    shadow mode (``Policy(enforce=False)``) nothing is refused or downgraded."""
+    decision = decision.applied
     if decision.action == "refuse":
         raise CreditsExhausted(decision)
     if decision.action != "downgrade":
@@ -404,7 +406,7 @@ class Runs:
     def opened(self, run_id: UUID, ask: Ask, reservation: Reservation) -> None:
         """The guard's verdict on a run about to start: raise on refuse, log a
         downgrade (a callback cannot change the model), else remember it."""
-        decision = reservation.decision
+        decision = reservation.decision.applied  # shadow mode: an allow
         if decision.action == "refuse":
             raise CreditsExhausted(decision)
         if decision.action == "downgrade":

@@ -253,7 +253,7 @@ class CreditGuardLogger(CustomLogger):
         reservation = await self.guard.areserve(
             model, credential=credential, estimate=self.estimate_of(model, data)
         )
-        decision = reservation.decision
+        decision = reservation.decision.applied  # shadow mode: an allow
         if decision.action == "refuse":
             raise CreditGuardRefusal(decision)
         runs = model
