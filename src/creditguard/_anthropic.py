@@ -68,7 +68,9 @@ class GuardMiddleware(anthropic.Middleware):
         cost = None
         if not request.stream:  # a whole JSON body: its usage is there
             usage = usage_from_body(response.http_response.read())
-            cost = cost_from_usage(usage, self.guard.pricing.price(reservation.decision.applied.model))
+            cost = cost_from_usage(
+                usage, self.guard.pricing.price(reservation.decision.applied.model)
+            )
         reservation.settle(cost)  # a stream's cost is not seen here: its estimate
 
     # -- sync and async shells ------------------------------------------------

@@ -190,7 +190,9 @@ class Policy:
         object.__setattr__(self, "_absolute", absolute)
         object.__setattr__(self, "_top", max((v for v in absolute if v is not None), default=-_INF))
         object.__setattr__(self, "_map", _downgrade_map(self.downgrade))
-        object.__setattr__(self, "_enforcing", self if self.enforce else replace(self, enforce=True))
+        object.__setattr__(
+            self, "_enforcing", self if self.enforce else replace(self, enforce=True)
+        )
 
     def refuse_floor(self, balance: Balance) -> float | None:
         """``refuse_below`` in credits for ``balance`` (None: off, or a percent
