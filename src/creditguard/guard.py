@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._fingerprint import Fingerprinter
@@ -27,6 +27,7 @@ from .policy import Action, Decision, Policy, decide
 if TYPE_CHECKING:
     import httpx
 
+    from .instrument import Instrumentation
     from .sources import CreditSource
 
 __all__ = ["BudgetGuard", "Reservation"]
@@ -509,6 +510,18 @@ class BudgetGuard:
         from .httpx import async_client
 
         return async_client(self, **kwargs)
+
+    def instrument(self, *, paths: Iterable[str] | None = None) -> Instrumentation:
+        """Guard every httpx and httpx2 client (sync and async) built from now
+        on in this process, including those SDKs and frameworks build inside;
+        ``close()`` the handle (or leave its ``with`` block) to stop. A client
+        given ``guard.client()`` is not guarded twice. See
+        :mod:`creditguard.instrument`."""
+        from .instrument import instrument
+
+        if paths is None:
+            return instrument(self)
+        return instrument(self, paths=paths)
 
     def anthropic_middleware(self, *, credential: str | None = None) -> Any:
         """Middleware for ``anthropic.Anthropic(middleware=[...])`` (anthropic
