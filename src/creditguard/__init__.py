@@ -7,6 +7,7 @@ in :mod:`creditguard.sources`; the fake provider for tests in
 :mod:`creditguard.testing`.
 """
 
+from ._version import __version__ as __version__
 from .balance import Balance
 from .config import load_config
 from .errors import ConfigError, CreditGuardError, CreditsExhausted, CreditSourceError
