@@ -47,6 +47,7 @@ lint: $(STAMP) $(LITELLM_STAMP)
 	$(BIN)/ruff check src tests examples benchmarks
 	$(BIN)/ruff format --check src tests examples benchmarks
 	$(BIN)/mypy --strict src
+	$(BIN)/python tests/readme_snippets.py
 	$(BIN)/ruff check integrations/langchain
 	$(BIN)/ruff format --check integrations/langchain
 	$(BIN)/mypy --strict integrations/langchain/src
