@@ -497,6 +497,10 @@ class Core:
         """Label the response and watch it pass, settling the call's hold from
         what it shows: the usage of a JSON body or of the last SSE events."""
         action = decision.action
+        label = _ACTIONS[action]
+        # (an allow decided on a balance keeps its reason as a tuple: no fail-open)
+        if action == "allow" and decision._reason.__class__ is not tuple and decision.fail_open:
+            label = _UNAVAILABLE  # let through only because no usable balance could be had
         headers = response.headers
         # one pass over the response headers: label it, and read what it is
         ctype = encoding = b""
@@ -510,13 +514,12 @@ class Core:
                     encoding = encoding or value
                 elif name == _LABEL:
                     labelled = True
-            label = _label(decision)
             if labelled:
                 headers["x-creditguard-decision"] = label.decode()
             else:
                 items.append((_LABEL, _LABEL, label))
         else:
-            headers["x-creditguard-decision"] = _label(decision).decode()
+            headers["x-creditguard-decision"] = label.decode()
             ctype = headers.get("content-type", "").encode("latin-1")
             encoding = headers.get("content-encoding", "").encode("latin-1")
         if not decision.enforced:
@@ -603,14 +606,6 @@ _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a J
 _LABEL = b"x-creditguard-decision"
 _ACTIONS = {action: action.encode() for action in ("allow", "warn", "downgrade", "refuse")}
 _UNAVAILABLE = b"allow; balance=unavailable"
-
-
-def _label(decision: Decision) -> bytes:
-    """The ``x-creditguard-decision`` value: the action, and for an allow that
-    only failing open let through (no usable balance), ``allow; balance=unavailable``."""
-    if decision.action == "allow" and decision.fail_open:
-        return _UNAVAILABLE
-    return _ACTIONS[decision.action]
 
 
 def _encoding(value: bytes) -> str:
