@@ -137,6 +137,7 @@ class Instrumentation:
         if not _guarded(transport):
             client._transport = transport_cls(guard, transport, paths=paths)
             self.wrapped += 1
+            log.debug("instrument: guarding a new %s", type(client).__qualname__)
         mounts = client._mounts
         for pattern, mounted in list(mounts.items()):
             if mounted is not None and not _guarded(mounted):
