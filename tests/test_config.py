@@ -707,7 +707,10 @@ def test_config_is_frozen() -> None:
         ("stablecog", "StablecogCredits", "https://api.stablecog.com/v1"),
     ],
 )
-def test_build_http_sources(kind: str, cls: str, default_url: str) -> None:
+def test_build_http_sources(
+    kind: str, cls: str, default_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CG_TEST_KEY", "key-from-env-1234")
     source = load({"source": kind}).build_source()
     assert type(source) is getattr(sources, cls)
     assert source.base_url == default_url  # type: ignore[attr-defined]

@@ -394,9 +394,12 @@ def test_key_precedence(
     assert env.recorder.keys == ["env-key-1234", "env-key-5678"]
     assert env.per_credential is False
 
-    unset = make(cls, answer, api_key_env="CG_TEST_UNSET")
-    fetch(unset, mode, "call-key-1234")
-    assert unset.recorder.keys == ["call-key-1234"]
+    # a variable unset after the source was built: an error, never the call's key
+    # (the source keeps one balance for every call: it must not be the call's)
+    monkeypatch.delenv("CG_TEST_KEY")
+    error = fetch_error(env, mode, "call-key-1234")
+    assert "'CG_TEST_KEY' (api_key_env=) is not set" in error.reason
+    assert env.recorder.keys == ["env-key-1234", "env-key-5678"]
 
     per_call = make(cls, answer)
     fetch(per_call, mode, "call-key-1234")
@@ -419,10 +422,23 @@ def test_no_key_says_how_to_give_one(
     assert error.source == cls.name
     assert error.status_code is None
 
-    env = make(cls, reply(body=GOOD_BODIES[cls]), api_key_env="CG_TEST_UNSET")
-    error = fetch_error(env, mode, "")
-    assert "'CG_TEST_UNSET' (api_key_env=) is not set" in error.reason
-    assert source.recorder.requests == env.recorder.requests == []
+    assert source.recorder.requests == []
+
+
+@pytest.mark.parametrize("cls", HTTP_SOURCES)
+@pytest.mark.parametrize("value", [None, "", "  \n"])
+def test_api_key_env_naming_an_unset_variable_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, cls: HttpSourceType, value: str | None
+) -> None:
+    if value is None:
+        monkeypatch.delenv("CG_TEST_UNSET", raising=False)
+    else:
+        monkeypatch.setenv("CG_TEST_UNSET", value)
+    with pytest.raises(ConfigError) as info:
+        cls(api_key_env="CG_TEST_UNSET")
+    assert info.value.key == "api_key_env"
+    assert "CG_TEST_UNSET is not set" in str(info.value)
+    cls(api_key_env="CG_TEST_UNSET", api_key=KEY).close()  # an own key needs no variable
 
 
 @pytest.mark.parametrize("bad", [f"{KEY}\nX-Evil: 1", f"{KEY} x", f"{KEY}é"])
@@ -435,7 +451,8 @@ def test_key_that_cannot_be_a_header(make: Callable[..., Any], bad: str) -> None
 
 
 @pytest.mark.parametrize("cls", HTTP_SOURCES)
-def test_repr_never_shows_the_key(cls: HttpSourceType) -> None:
+def test_repr_never_shows_the_key(cls: HttpSourceType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
     own = cls(api_key=KEY)
     env = cls(api_key_env="OPENROUTER_API_KEY", base_url="https://example.test/v1/")
     per_call = cls(timeout=3)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError
+from .errors import ConfigError, mask
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -105,8 +105,6 @@ _NO_API_KEY = (
 )
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_KEY_PREFIX = re.compile(r"(?:sk|pk|rk)[-_][A-Za-z0-9]")  # sk-or-v1-..., sk-proj-..., sk-ant-...
-_TOKEN = re.compile(r"[A-Za-z0-9_\-]{24,}")
 
 Path_ = tuple[str, ...]
 
@@ -168,7 +166,12 @@ class Config:
             "stablecog": sources.StablecogCredits,
         }.get(self.source)
         if http is not None:  # base_url None: the source's own default
-            return http(api_key_env=self.api_key_env, base_url=self.base_url, timeout=self.timeout)
+            try:
+                return http(
+                    api_key_env=self.api_key_env, base_url=self.base_url, timeout=self.timeout
+                )
+            except ConfigError as exc:  # api_key_env naming an unset variable
+                raise ConfigError(exc.key, exc.value, exc.allowed + self._where) from None
         if self.source == "fixed":
             if self.limit is None:
                 raise ConfigError("limit", None, "source = 'fixed' needs a limit" + self._where)
@@ -682,16 +685,7 @@ def _misplaced(path: Path_, key: str) -> str:
 
 def _shown(value: object) -> object:
     """``value`` for an error message, masked when it looks like a credential."""
-    if isinstance(value, str) and (
-        _KEY_PREFIX.match(value)
-        or (
-            _TOKEN.fullmatch(value)
-            and any(c.isdigit() for c in value)
-            and any(c.islower() for c in value)
-        )
-    ):
-        return _REDACTED
-    return value
+    return mask(value)
 
 
 def _redact_url(url: str) -> str:

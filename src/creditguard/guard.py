@@ -179,6 +179,8 @@ class BudgetGuard:
         self.on_refresh = on_refresh
         self.on_source_error = on_source_error
         self._warned: dict[str, tuple[str, float]] = {}
+        self._misconfigured_logged: dict[str, float] = {}
+        self._clock = timer or time.monotonic
         self._reserve = bool(reserve)
         kwargs: dict[str, Any] = {} if timer is None else {"timer": timer}
         options: dict[str, Any] = dict(
@@ -574,7 +576,15 @@ class BudgetGuard:
             self._emit(self.on_refresh, balance)
 
     def _source_failed(self, error: CreditSourceError, key: str) -> None:
-        log.warning("balance refresh failed credential=%s: %s", key[:8], error)
+        level = logging.WARNING
+        if error.misconfigured:
+            # the source's own key refused: loud, at most once per ttl per source
+            now = self._clock()
+            last = self._misconfigured_logged.get(error.source)
+            if last is None or now - last >= self.ttl:
+                self._misconfigured_logged[error.source] = now
+                level = logging.ERROR
+        log.log(level, "balance refresh failed credential=%s: %s", key[:8], error)
         if self.on_source_error is not None:
             self._emit(self.on_source_error, error)
 

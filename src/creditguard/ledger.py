@@ -411,6 +411,7 @@ class Ledger:
                 redact(exc.reason, credential),
                 status_code=exc.status_code,
                 source=redact(exc.source, credential) or name,
+                misconfigured=exc.misconfigured,
             )
         if isinstance(exc, asyncio.CancelledError):
             return CreditSourceError("the balance refresh was cancelled", source=name)

@@ -121,15 +121,19 @@ class CallableSource:
     def _translate(self, exc: Exception, credential: str | None) -> CreditSourceError:
         status: int | None = None
         source = self.name
+        misconfigured = False
         if isinstance(exc, _Refused):
             reason = str(exc)
         elif isinstance(exc, CreditSourceError):
             reason, status, source = exc.reason, exc.status_code, exc.source or self.name
+            misconfigured = exc.misconfigured
         else:
             reason = describe(exc, credential)
         reason = redact(reason, credential)
         logger.debug("%s: fetch failed: %s", self.name, reason)
-        return CreditSourceError(reason, status_code=status, source=source)
+        return CreditSourceError(
+            reason, status_code=status, source=source, misconfigured=misconfigured
+        )
 
     def __repr__(self) -> str:
         kind = "async " if self._is_async else ""

@@ -1,27 +1,40 @@
 """The HTTP credits sources: one sans-I/O core, two thin shells.
 
-The core builds the request (:meth:`HttpSource._request`), reads the response
-(:meth:`HttpSource._interpret`: status, JSON, the provider's fields) and turns
-every failure into a :class:`~creditguard.CreditSourceError`
-(:meth:`HttpSource._translate`, the one place errors are mapped). ``fetch``
-and ``afetch`` only send the request, each on its own kind of client.
+The core says which requests one fetch makes and what their JSON means
+(:meth:`HttpSource._plan`, a generator: it yields each request, is sent the
+JSON object of the answer, and returns the Balance; the default plan is one
+``GET`` of ``_path`` read by :meth:`HttpSource._parse`), reads each answer
+(:func:`read_answer`: status, JSON) and turns every failure into a
+:class:`~creditguard.CreditSourceError` (:meth:`HttpSource._translate`, the one
+place errors are mapped). ``fetch`` and ``afetch`` only drive the plan, each
+on its own kind of client.
 
-A sync ``httpx.Client`` is created lazily, once, and reused (``close()``).
-An ``httpx.AsyncClient`` belongs to the event loop it first ran on, so
-``afetch`` opens one per call; the SSL context, the costly part, is built once
-per source and shared.
+Every fetch has a total deadline of ``timeout`` seconds, whatever the server
+does (a body dripped one byte at a time included): ``afetch`` runs under an
+asyncio timeout; ``fetch`` arms a timer that shuts the fetch's sockets down
+when the deadline passes, and checks the deadline between body chunks. Bodies
+are read as a stream and refused past :data:`MAX_BODY` bytes.
+
+A sync ``httpx.Client`` is created lazily, once, and reused (``close()``); it
+keeps no idle connection (a reused connection could stall before the timer
+knows its socket). An ``httpx.AsyncClient`` belongs to the event loop it first
+ran on, so ``afetch`` opens one per call; the SSL context, the costly part, is
+built once per source and shared.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import os
 import re
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Generator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, NoReturn, TypeVar
 
@@ -32,11 +45,29 @@ from ..balance import Balance
 from ..errors import ConfigError, CreditSourceError
 from ._base import describe, logger
 
-__all__ = ["BadResponse", "HttpSource", "get_number", "get_object", "loads"]
+__all__ = [
+    "MAX_BODY",
+    "BadResponse",
+    "HttpSource",
+    "Plan",
+    "get_decimal",
+    "get_number",
+    "get_object",
+    "get_string",
+    "loads",
+    "read_answer",
+]
+
+#: The largest credits response body read (bytes); a larger one is a CreditSourceError.
+MAX_BODY = 1 << 20
 
 _USER_AGENT = "creditguard"
 _MISSING: Any = object()
 _S = TypeVar("_S", bound="HttpSource")
+
+#: What :meth:`HttpSource._plan` is: yields requests, is sent their JSON objects,
+#: returns the balance.
+Plan = Generator[httpx.Request, dict[str, Any], Balance]
 
 
 class BadResponse(Exception):
@@ -131,6 +162,57 @@ def get_number(
     return number
 
 
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_MAX_DECIMAL = 64
+
+
+def get_decimal(
+    container: Mapping[str, Any],
+    key: str,
+    path: str,
+    *,
+    required: bool = False,
+    non_negative: bool = False,
+    scale: float = 1.0,
+) -> float | None:
+    """``container[key]`` as a decimal string (``"12.50"``), times ``scale``;
+    absent or null gives None unless required.
+
+    For providers that document amounts as strings: a JSON number, a boolean,
+    an exponent, ``"NaN"`` or ``"Infinity"`` is not the documented field.
+    """
+    value = container.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise BadResponse(f"{path} is {'missing' if value is _MISSING else 'null'}")
+        return None
+    if not isinstance(value, str):
+        raise BadResponse(f"{path} is {_json_type(value)}, expected a decimal string")
+    text = value.strip()
+    if len(text) > _MAX_DECIMAL or not _DECIMAL.fullmatch(text):
+        raise BadResponse(f"{path} is not a decimal string")
+    number = float(text) * scale
+    if not math.isfinite(number):
+        raise BadResponse(f"{path} is not a finite number")
+    if non_negative and number < 0:
+        raise BadResponse(f"{path} is negative")
+    return number + 0.0  # never -0.0
+
+
+def get_string(
+    container: Mapping[str, Any], key: str, path: str, *, required: bool = False
+) -> str | None:
+    """``container[key]`` as a JSON string; absent or null gives None unless required."""
+    value = container.get(key, _MISSING)
+    if value is _MISSING or value is None:
+        if required:
+            raise BadResponse(f"{path} is {'missing' if value is _MISSING else 'null'}")
+        return None
+    if not isinstance(value, str):
+        raise BadResponse(f"{path} is {_json_type(value)}, expected a string")
+    return value
+
+
 # -- statuses (pure) ----------------------------------------------------------
 
 
@@ -173,6 +255,139 @@ def _provider_message(body: bytes) -> str:
     return " ".join(error[:8192].split())
 
 
+# -- answers (pure) -----------------------------------------------------------
+
+
+def read_answer(status: int, body: bytes, forbidden_hint: str = "") -> dict[str, Any]:
+    """The JSON object of a 2xx answer; any other status or body raises :class:`BadResponse`."""
+    if not 200 <= status < 300:
+        raise BadResponse(_status_reason(status, body, forbidden_hint), status)
+    try:
+        return loads(body)
+    except BadResponse as exc:
+        exc.status_code = status
+        raise
+
+
+def _too_large(status: int) -> BadResponse:
+    return BadResponse(f"response body is over {MAX_BODY >> 20} MiB", status)
+
+
+def _declared_too_large(response: httpx.Response) -> bool:
+    length = response.headers.get("content-length", "")
+    return length.isdigit() and len(length) < 20 and int(length) > MAX_BODY
+
+
+class _Deadline(Exception):
+    """The fetch's total deadline passed (internal)."""
+
+
+# -- the total deadline of a sync fetch ------------------------------------------
+
+
+class _Watchdog:
+    """Shuts down the sockets of one sync fetch when its deadline passes.
+
+    httpx's timeouts bound each socket operation, not the request: a server
+    sending a byte just before each read timeout holds a caller for ever. The
+    sockets come from httpcore's ``trace`` extension (a connection opened for
+    this fetch) and the response's ``network_stream`` (any connection); each is
+    kept as a duplicate descriptor, so shutting it down after the connection
+    was closed touches nothing else. A shutdown wakes a blocked read at once.
+    """
+
+    __slots__ = ("_lock", "_sockets", "_timer", "fired")
+
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.fired = False
+        timer = threading.Timer(max(seconds, 0.0), self._fire)
+        timer.daemon = True
+        self._timer: threading.Timer | None = timer
+        timer.start()
+
+    def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        if event.endswith(("connect_tcp.complete", "connect_unix_socket.complete")):
+            self.watch(info.get("return_value"))
+
+    def watch(self, stream: object) -> None:
+        """Watch the socket of an httpcore network stream (anything else is ignored)."""
+        get_extra_info = getattr(stream, "get_extra_info", None)
+        if not callable(get_extra_info):
+            return
+        try:
+            sock = get_extra_info("socket")
+            if not isinstance(sock, socket.socket):
+                return
+            dup = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except (OSError, ValueError):
+            return
+        with self._lock:
+            if self._timer is None:  # finished meanwhile
+                dup.close()
+                return
+            self._sockets.append(dup)
+            if self.fired:
+                _shutdown(dup)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._timer is None:
+                return
+            self.fired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def finish(self) -> None:
+        with self._lock:
+            timer, self._timer = self._timer, None
+            sockets, self._sockets = self._sockets, []
+        if timer is not None:
+            timer.cancel()
+        for sock in sockets:
+            sock.close()
+
+
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _read_body(response: httpx.Response, deadline: float) -> bytes:
+    """The body of a streamed response, refused past MAX_BODY or the deadline."""
+    if _declared_too_large(response):
+        raise _too_large(response.status_code)
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _too_large(response.status_code)
+        parts.append(chunk)
+        if time.monotonic() >= deadline:
+            raise _Deadline
+    return b"".join(parts)
+
+
+async def _aread_body(response: httpx.Response) -> bytes:
+    """Like :func:`_read_body`; the deadline is the caller's asyncio timeout."""
+    if _declared_too_large(response):
+        raise _too_large(response.status_code)
+    parts: list[bytes] = []
+    size = 0
+    chunks: AsyncIterator[bytes] = response.aiter_bytes()
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _too_large(response.status_code)
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+_timeout_cm: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
+
+
 # -- the sources --------------------------------------------------------------
 
 
@@ -197,14 +412,18 @@ class HttpSource:
     """Shared behaviour of the sources that read a balance over HTTP.
 
     Subclasses set ``name``, ``_path``, ``_default_base_url`` and implement
-    :meth:`_parse` (JSON object -> Balance, pure).
+    :meth:`_parse` (JSON object -> Balance, pure); a source that needs several
+    requests per fetch (pages, a second endpoint) overrides :meth:`_plan`.
+    :meth:`_headers` says how the key is sent (``Authorization: Bearer``).
 
     The key used is the source's own ``api_key``; else the environment
-    variable named by ``api_key_env`` (read at every fetch); else the
-    credential of the call being guarded. ``transport`` / ``async_transport``
-    replace the network (tests, proxies); a transport that serves both
-    (``httpx.MockTransport``) is used for both. The source owns the transports
-    it is given and closes them in ``close()`` / ``aclose()``.
+    variable named by ``api_key_env`` (which must be set when the source is
+    built, and is read again at every fetch); else the credential of the call
+    being guarded. ``timeout`` bounds each fetch as a whole.
+    ``transport`` / ``async_transport`` replace the network (tests, proxies);
+    a transport that serves both (``httpx.MockTransport``) is used for both.
+    The source owns the transports it is given and closes them in
+    ``close()`` / ``aclose()``.
     """
 
     name: str
@@ -234,6 +453,14 @@ class HttpSource:
                 "<not shown>",
                 "the name of an environment variable (letters, digits, _), not the key itself",
             )
+        if api_key is None and api_key_env is not None and not _env_key(api_key_env):
+            raise ConfigError(
+                "api_key_env",
+                api_key_env,
+                f"the name of a set environment variable holding {type(self).__name__}'s "
+                f"key; {api_key_env} is not set (set it, pass api_key=, or leave "
+                "api_key_env out to use the key each guarded call carries)",
+            )
         if base_url is None:
             base_url = self._default_base_url
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
@@ -252,7 +479,8 @@ class HttpSource:
         self.base_url = base_url
         self.timeout = float(timeout)
         self.per_credential = self._api_key is None and api_key_env is None
-        self._url = base_url.rstrip("/") + self._path
+        self._root = base_url.rstrip("/")
+        self._url = self._root + self._path
         self._timeouts = httpx.Timeout(self.timeout).as_dict()
         self._transport = transport
         self._async_transport = async_transport
@@ -265,24 +493,34 @@ class HttpSource:
     def _parse(self, doc: dict[str, Any], fetched_at: float) -> Balance:
         raise NotImplementedError
 
+    def _plan(self, key: str) -> Plan:
+        """The requests of one fetch: yields each, is sent its JSON object, returns the
+        Balance. Raise :class:`BadResponse` for an answer that is not the documented one."""
+        doc = yield self._request(key)
+        return self._parse(doc, time.time())
+
+    @property
+    def _own_key(self) -> bool:
+        """True when the key sent is the source's own (not the call's)."""
+        return not self.per_credential
+
     def _key(self, credential: str | None) -> str:
         key = self._api_key
         if key is None and self._api_key_env is not None:
-            key = os.environ.get(self._api_key_env, "").strip() or None
+            key = _env_key(self._api_key_env)
+            if key is None:
+                raise CreditSourceError(
+                    f"no API key: the environment variable {self._api_key_env!r} "
+                    "(api_key_env=) is not set any more; set it or pass api_key=",
+                    source=self.name,
+                )
         if key is None and credential is not None:
             key = credential.strip() or None
         if key is None:
-            if self._api_key_env:
-                missing = (
-                    f"the environment variable {self._api_key_env!r} (api_key_env=) is not set"
-                )
-                how = "set it, pass api_key=,"
-            else:
-                missing = "the source has none of its own and the call carries none"
-                how = "pass api_key= or api_key_env= (an environment variable holding it),"
             raise CreditSourceError(
-                f"no API key: {missing}; {how} or guard calls that carry a key "
-                "(the call's credential)",
+                "no API key: the source has none of its own and the call carries none; "
+                "pass api_key= or api_key_env= (an environment variable holding it), "
+                "or guard calls that carry a key (the call's credential)",
                 source=self.name,
             )
         if not key.isascii() or not key.isprintable() or " " in key:
@@ -291,29 +529,34 @@ class HttpSource:
             )
         return key
 
-    def _request(self, key: str) -> httpx.Request:
+    def _headers(self, key: str) -> dict[str, str]:
+        """The request headers, the key's included (``Authorization: Bearer`` by default)."""
+        return {
+            "Authorization": f"Bearer {key}",
+            "Accept": "application/json",
+            "User-Agent": _USER_AGENT,
+        }
+
+    def _get(
+        self, key: str, path: str | None = None, params: Mapping[str, str | int] | None = None
+    ) -> httpx.Request:
+        """A ``GET`` of ``base_url + path`` (default ``_path``) with the key."""
+        url = self._url if path is None else self._root + path
         return httpx.Request(
             "GET",
-            self._url,
-            headers={
-                "Authorization": f"Bearer {key}",
-                "Accept": "application/json",
-                "User-Agent": _USER_AGENT,
-            },
+            url,
+            params=params,
+            headers=self._headers(key),
             extensions={"timeout": self._timeouts},
         )
 
-    def _interpret(self, response: httpx.Response) -> Balance:
-        status = response.status_code
-        if not 200 <= status < 300:
-            raise BadResponse(
-                _status_reason(status, response.content, self._forbidden_hint), status
-            )
-        try:
-            balance = self._parse(loads(response.content), time.time())
-        except BadResponse as exc:
-            exc.status_code = status
-            raise
+    def _request(self, key: str) -> httpx.Request:
+        return self._get(key)
+
+    def _read(self, status: int, body: bytes) -> dict[str, Any]:
+        return read_answer(status, body, self._forbidden_hint)
+
+    def _done(self, balance: Balance) -> Balance:
         logger.debug(
             "%s: remaining=%s %s (total=%s)",
             self.name,
@@ -328,6 +571,8 @@ class HttpSource:
         status: int | None = None
         if isinstance(exc, BadResponse):
             reason, status = exc.reason, exc.status_code
+        elif isinstance(exc, (_Deadline, TimeoutError)):
+            reason = f"timeout after {self.timeout:g} s (the whole request)"
         elif isinstance(exc, httpx.TimeoutException):
             kind = type(exc).__name__.removesuffix("Timeout").lower() or "request"
             reason = f"timeout after {self.timeout:g} s ({kind})"
@@ -341,29 +586,87 @@ class HttpSource:
         if len(reason) > _MAX_REASON:
             reason = reason[: _MAX_REASON - 3] + "..."
         logger.debug("%s: fetch failed: %s (status %s)", self.name, reason, status)
-        return CreditSourceError(reason, status_code=status, source=self.name)
+        return CreditSourceError(
+            reason,
+            status_code=status,
+            source=self.name,
+            misconfigured=status in (401, 403) and self._own_key,
+        )
 
     # -- I/O shells ----------------------------------------------------------
 
     def fetch(self, credential: str | None) -> Balance:
-        """The balance, fetched now (blocking)."""
+        """The balance, fetched now (blocking, at most ``timeout`` seconds)."""
+        key = self._key(credential)
+        deadline = time.monotonic() + self.timeout
+        watchdog = _Watchdog(self.timeout)
+        try:
+            return self._done(self._run(key, watchdog, deadline))
+        except Exception as exc:
+            if watchdog.fired and not isinstance(exc, BadResponse):
+                exc = _Deadline()
+            error = self._translate(exc, key)
+        finally:
+            watchdog.finish()
+        raise error from None
+
+    def _run(self, key: str, watchdog: _Watchdog, deadline: float) -> Balance:
+        plan = self._plan(key)
+        client = self._sync_client()
+        request = next(plan)
+        while True:
+            if time.monotonic() >= deadline:
+                raise _Deadline
+            request.extensions = {**request.extensions, "trace": watchdog.trace}
+            response = client.send(request, stream=True)
+            try:
+                watchdog.watch(response.extensions.get("network_stream"))
+                status, body = response.status_code, _read_body(response, deadline)
+            finally:
+                response.close()
+            try:
+                request = plan.send(self._read(status, body))
+            except StopIteration as stop:
+                balance: Balance = stop.value
+                return balance
+            except BadResponse as exc:
+                if exc.status_code is None:
+                    exc.status_code = status
+                raise
+
+    async def afetch(self, credential: str | None) -> Balance:
+        """The balance, fetched now (at most ``timeout`` seconds)."""
         key = self._key(credential)
         try:
-            return self._interpret(self._sync_client().send(self._request(key)))
+            if _timeout_cm is not None:
+                async with _timeout_cm(self.timeout):
+                    balance = await self._arun(key)
+            else:  # pragma: no cover - Python 3.10
+                balance = await asyncio.wait_for(self._arun(key), self.timeout)
+            return self._done(balance)
         except Exception as exc:
             error = self._translate(exc, key)
         raise error from None
 
-    async def afetch(self, credential: str | None) -> Balance:
-        """The balance, fetched now."""
-        key = self._key(credential)
-        try:
-            async with self._new_async_client() as client:
-                response = await client.send(self._request(key))
-            return self._interpret(response)
-        except Exception as exc:
-            error = self._translate(exc, key)
-        raise error from None
+    async def _arun(self, key: str) -> Balance:
+        plan = self._plan(key)
+        async with self._new_async_client() as client:
+            request = next(plan)
+            while True:
+                response = await client.send(request, stream=True)
+                try:
+                    status, body = response.status_code, await _aread_body(response)
+                finally:
+                    await response.aclose()
+                try:
+                    request = plan.send(self._read(status, body))
+                except StopIteration as stop:
+                    balance: Balance = stop.value
+                    return balance
+                except BadResponse as exc:
+                    if exc.status_code is None:
+                        exc.status_code = status
+                    raise
 
     def _sync_client(self) -> httpx.Client:
         client = self._client
@@ -374,7 +677,10 @@ class HttpSource:
                     if self._transport is not None:
                         client = httpx.Client(transport=self._transport)
                     else:
-                        client = httpx.Client(verify=self._ssl_context_locked())
+                        client = httpx.Client(
+                            verify=self._ssl_context_locked(),
+                            limits=httpx.Limits(max_keepalive_connections=0),
+                        )
                     self._client = client
         return client
 
@@ -441,3 +747,7 @@ class HttpSource:
         if self.timeout != 10.0:
             parts.append(f"timeout={self.timeout:g}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _env_key(name: str) -> str | None:
+    return os.environ.get(name, "").strip() or None

@@ -75,6 +75,8 @@ class _Fault:
     body: bytes | None
     drop: bool
     times: int | None
+    drip: float = 0.0
+    endless: bool = False
 
 
 def _route(method: str, path: str) -> str:
@@ -304,6 +306,8 @@ class FakeProvider:
         body: bytes | None = None,
         drop: bool = False,
         times: int | None = None,
+        drip: float = 0.0,
+        endless: bool = False,
     ) -> None:
         """Make the next requests to ``endpoint`` misbehave.
 
@@ -313,7 +317,13 @@ class FakeProvider:
         only a status is given); else (delay only) answer normally. ``times``: number of
         requests it applies to, None = until :meth:`clear_faults`. Faults on one endpoint
         queue up: the oldest applies until used up.
+
+        Slow bodies (the headers go out at once, then): ``drip`` sends the answer one byte
+        every ``drip`` seconds; ``endless`` sends a JSON-looking body that never ends
+        (64 KiB chunks, until the client goes away).
         """
+        if drip < 0:
+            raise ValueError("drip must be >= 0")
         if endpoint not in ENDPOINTS and endpoint != UNKNOWN:
             raise ValueError(f"unknown endpoint {endpoint!r}; expected one of {ENDPOINTS}")
         if times is not None and times < 1:
@@ -321,7 +331,9 @@ class FakeProvider:
         if delay < 0:
             raise ValueError("delay must be >= 0")
         with self.lock:
-            self._faults.setdefault(endpoint, []).append(_Fault(status, delay, body, drop, times))
+            self._faults.setdefault(endpoint, []).append(
+                _Fault(status, delay, body, drop, times, drip, endless)
+            )
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -444,6 +456,9 @@ class FakeProvider:
             return endpoint, replace(fault)
 
     def _answer(self, endpoint: str, incoming: Incoming, fault: _Fault | None) -> Reply:
+        if fault is not None and (fault.drip > 0 or fault.endless):
+            inner = replace(fault, drip=0.0, endless=False)
+            return _slow_body(self._answer(endpoint, incoming, inner), fault)
         if fault is not None:
             if fault.drop:
                 return Reply(drop=True)
@@ -756,6 +771,25 @@ class FakeProvider:
             for i in range(num)
         ]
         return _json_reply(200, {"outputs": outputs, "remaining_credits": remaining})
+
+
+class _Endless:
+    """A body that never ends: ``{"data": `` and then blanks, 64 KiB at a time."""
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b'{"data": '
+        chunk = b" " * 65536
+        while True:
+            yield chunk
+
+
+def _slow_body(reply: Reply, fault: _Fault) -> Reply:
+    """``reply`` with its body dripped (one byte per ``fault.drip`` seconds) or endless."""
+    if fault.endless:
+        return Reply(reply.status, _JSON, events=_Endless())
+    body = reply.body if reply.events is None else b"".join(reply.events)
+    drops = tuple(body[i : i + 1] for i in range(len(body)))
+    return Reply(reply.status, reply.headers, events=drops, event_delay=fault.drip)
 
 
 def _asyncio_running() -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 #: Longest time a stream waits for ``FakeProvider.stream_gate`` before going on anyway.
@@ -25,12 +25,13 @@ class Incoming:
 
 @dataclass(frozen=True)
 class Reply:
-    """What to answer. ``events`` not None means a streamed (SSE) body sent event by event."""
+    """What to answer. ``events`` not None means a streamed (chunked) body sent event by
+    event (SSE events, or any chunks: an endless iterable is an endless body)."""
 
     status: int = 200
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
-    events: tuple[bytes, ...] | None = None
+    events: Iterable[bytes] | None = None
     #: index of the event after which the stream waits for ``gate`` (-1: never)
     gate_after: int = -1
     gate: threading.Event | None = None
