@@ -124,11 +124,17 @@ def test_exports_exactly_the_public_names() -> None:
         [
             "CallableSource",
             "CreditSource",
+            "DeepSeekBalance",
+            "FalBalance",
             "FixedBudget",
+            "MoonshotBalance",
+            "NovitaBalance",
             "OpenRouterCredits",
             "OpenRouterKey",
+            "StabilityBalance",
             "StablecogCredits",
             "Tightest",
+            "VercelGatewayCredits",
         ]
     )
 

@@ -15,7 +15,9 @@ class Balance:
     ``remaining`` may be negative (overdrawn: exhausted) or ``math.inf``
     (no cap: unlimited). ``total`` and ``used`` are optional and never negative.
     ``fetched_at`` is wall-clock time (``time.time()``) of the fetch;
-    ``source`` names the source the figure came from.
+    ``source`` names the source the figure came from. ``unit`` is the
+    provider's (``"USD"``, ``"CNY"``, ``"credits"``). ``resets_at`` is when the
+    limit behind ``remaining`` resets (Unix seconds), where the provider says so.
     """
 
     remaining: float
@@ -24,6 +26,7 @@ class Balance:
     unit: str = "USD"
     fetched_at: float = 0.0
     source: str = ""
+    resets_at: float | None = None
 
     def __post_init__(self) -> None:
         if not _is_number(self.remaining) or math.isnan(self.remaining):
@@ -38,6 +41,12 @@ class Balance:
                 raise ValueError(
                     f"Balance.{name} must be a finite number >= 0 or None, got {value!r}"
                 )
+        resets_at = self.resets_at
+        if resets_at is not None and (not _is_number(resets_at) or not math.isfinite(resets_at)):
+            raise ValueError(
+                "Balance.resets_at must be a finite number (Unix seconds) or None, "
+                f"got {resets_at!r}"
+            )
 
     @property
     def unlimited(self) -> bool:
@@ -66,6 +75,7 @@ class Balance:
         _set_unit(new, self.unit)
         _set_fetched_at(new, self.fetched_at)
         _set_source(new, self.source)
+        _set_resets_at(new, self.resets_at)
         return new
 
 
@@ -74,6 +84,7 @@ _set_remaining, _set_total, _set_used, _set_unit, _set_fetched_at, _set_source =
     Balance.__dict__[name].__set__
     for name in ("remaining", "total", "used", "unit", "fetched_at", "source")
 )
+_set_resets_at = Balance.__dict__["resets_at"].__set__
 
 
 def _is_number(value: object) -> bool:

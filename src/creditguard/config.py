@@ -59,7 +59,17 @@ _toml_loads = _toml_backend()
 _ENV_PREFIX = "CREDITGUARD_"
 _NOT_CONFIG_ENV = frozenset({"CREDITGUARD_CONFIG", "CREDITGUARD_FINGERPRINT_SECRET"})
 
-_HTTP_SOURCES = ("openrouter", "openrouter-key", "stablecog")
+_HTTP_SOURCES = (
+    "openrouter",
+    "openrouter-key",
+    "stablecog",
+    "deepseek",
+    "moonshot",
+    "novita",
+    "fal",
+    "stability",
+    "vercel",
+)
 _SOURCES = (*_HTTP_SOURCES, "fixed")
 _PERIODS = ("day", "week", "month", "never")
 _PERIOD_ARG: dict[str | None, Literal["day", "week", "month"] | None] = {
@@ -79,6 +89,7 @@ _POLICY_KEYS = (
     "store_error",
     "unknown_price",
     "enforce",
+    "unit",
 )
 _FIXED_KEYS = ("limit", "period", "per_credential")
 _SCALAR_KEYS = (
@@ -164,11 +175,23 @@ class Config:
             "openrouter": sources.OpenRouterCredits,
             "openrouter-key": sources.OpenRouterKey,
             "stablecog": sources.StablecogCredits,
+            "deepseek": sources.DeepSeekBalance,
+            "moonshot": sources.MoonshotBalance,
+            "novita": sources.NovitaBalance,
+            "fal": sources.FalBalance,
+            "stability": sources.StabilityBalance,
+            "vercel": sources.VercelGatewayCredits,
         }.get(self.source)
         if http is not None:  # base_url None: the source's own default
+            options: dict[str, Any] = {}
+            if self.source == "deepseek" and self.policy.unit is not None:
+                options["unit"] = self.policy.unit  # the balance entry in that currency
             try:
                 return http(
-                    api_key_env=self.api_key_env, base_url=self.base_url, timeout=self.timeout
+                    api_key_env=self.api_key_env,
+                    base_url=self.base_url,
+                    timeout=self.timeout,
+                    **options,
                 )
             except ConfigError as exc:  # api_key_env naming an unset variable
                 raise ConfigError(exc.key, exc.value, exc.allowed + self._where) from None

@@ -133,6 +133,11 @@ class Policy:
     rewritten — decisions carry ``enforced=False`` and the surfaces act on
     :attr:`Decision.applied`. For rolling a policy out safely.
 
+    Absolute thresholds are in the balance's own unit. ``unit`` (``"USD"``,
+    ``"CNY"``, ``"credits"``; None: any) asserts it: a balance in another unit
+    is unusable (``on_source_error`` applies), never compared with thresholds
+    meant for another currency. Percent thresholds work in any unit.
+
     Bad values raise :class:`~creditguard.ConfigError` (a ValueError).
     """
 
@@ -146,6 +151,7 @@ class Policy:
     store_error: Literal["local", "refuse", "allow"] = "local"
     unknown_price: Literal["estimate", "refuse", "allow"] = "estimate"
     enforce: bool = True
+    unit: str | None = None
     _limits: tuple[_Limit | None, _Limit | None, _Limit | None] = field(
         init=False, repr=False, compare=False
     )
@@ -181,6 +187,8 @@ class Policy:
         _choice("unknown_price", self.unknown_price, _UNKNOWN_PRICE)
         if not isinstance(self.enforce, bool):
             raise ConfigError("enforce", self.enforce, "true or false (false: shadow mode)")
+        if self.unit is not None and (not isinstance(self.unit, str) or not self.unit.strip()):
+            raise ConfigError("unit", self.unit, "a unit name such as 'USD', 'CNY' or 'credits'")
         object.__setattr__(self, "max_stale", _non_negative("max_stale", self.max_stale))
         object.__setattr__(self, "error_ttl", _non_negative("error_ttl", self.error_ttl))
         object.__setattr__(self, "downgrade", dict(self.downgrade))
@@ -375,6 +383,15 @@ def decide(
         return decision
     if balance is None:
         return _on_unusable(policy, model, unavailable, stale)
+    if policy.unit is not None and balance.unit != policy.unit:
+        return _on_unusable(
+            policy,
+            model,
+            f"the {balance.source or 'source'} balance is in {balance.unit} and the policy's "
+            f"thresholds are in {policy.unit} (Policy.unit)",
+            stale,
+            balance,
+        )
     remaining = balance.remaining
     if remaining == _INF:
         return Decision("allow", model, balance, "unlimited balance", model, stale)

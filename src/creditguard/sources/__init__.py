@@ -6,6 +6,12 @@ A credits source turns a credential into a :class:`~creditguard.Balance`::
     ├── OpenRouterCredits   GET /credits  (account credits, management key)
     ├── OpenRouterKey       GET /key      (what one key can still spend)
     ├── StablecogCredits    GET /credits  (whole credits)
+    ├── DeepSeekBalance     GET /user/balance            (CNY or USD)
+    ├── MoonshotBalance     GET /v1/users/me/balance     (USD, or CNY on .cn)
+    ├── NovitaBalance       GET /openapi/v1/billing/balance/detail  (USD)
+    ├── FalBalance          GET /v1/account/billing      (admin key; USD)
+    ├── StabilityBalance    GET /v1/user/balance         (credits)
+    ├── VercelGatewayCredits  GET /v1/credits            (USD)
     ├── CallableSource      a function of yours, sync or async
     ├── FixedBudget         a local budget per day / week / month
     └── Tightest            the binding one of several sources
@@ -15,17 +21,29 @@ Every failure is a :class:`~creditguard.CreditSourceError` that never holds a ke
 
 from ._base import CreditSource
 from ._callable import CallableSource
+from ._deepseek import DeepSeekBalance
+from ._fal import FalBalance
 from ._fixed import FixedBudget
+from ._moonshot import MoonshotBalance
+from ._novita import NovitaBalance
 from ._openrouter import OpenRouterCredits, OpenRouterKey
+from ._stability import StabilityBalance
 from ._stablecog import StablecogCredits
 from ._tightest import Tightest
+from ._vercel import VercelGatewayCredits
 
 __all__ = [
     "CallableSource",
     "CreditSource",
+    "DeepSeekBalance",
+    "FalBalance",
     "FixedBudget",
+    "MoonshotBalance",
+    "NovitaBalance",
     "OpenRouterCredits",
     "OpenRouterKey",
+    "StabilityBalance",
     "StablecogCredits",
     "Tightest",
+    "VercelGatewayCredits",
 ]

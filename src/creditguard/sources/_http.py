@@ -249,6 +249,8 @@ def _provider_message(body: bytes) -> str:
     if not isinstance(error, str):
         error = doc.get("message")
     if not isinstance(error, str):
+        error = doc.get("detail")  # fal, FastAPI-style errors
+    if not isinstance(error, str):
         return ""
     # Not cut short here: the key is only known (and redacted) in _translate,
     # which shortens the reason afterwards, so no fragment of a key survives.
@@ -431,6 +433,9 @@ class HttpSource:
     _path: ClassVar[str]
     _default_base_url: ClassVar[str]
     _forbidden_hint: ClassVar[str] = ""
+    #: endings of the SDK's base_url that the balance endpoint's root does not have
+    #: (``https://api.deepseek.com/v1`` -> ``https://api.deepseek.com``)
+    _sdk_suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -479,7 +484,7 @@ class HttpSource:
         self.base_url = base_url
         self.timeout = float(timeout)
         self.per_credential = self._api_key is None and api_key_env is None
-        self._root = base_url.rstrip("/")
+        self._root = _api_root(base_url, self._sdk_suffixes)
         self._url = self._root + self._path
         self._timeouts = httpx.Timeout(self.timeout).as_dict()
         self._transport = transport
@@ -747,6 +752,14 @@ class HttpSource:
         if self.timeout != 10.0:
             parts.append(f"timeout={self.timeout:g}")
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def _api_root(base_url: str, suffixes: tuple[str, ...]) -> str:
+    root = base_url.rstrip("/")
+    for suffix in suffixes:
+        if root.endswith(suffix):
+            return root[: -len(suffix)]
+    return root
 
 
 def _env_key(name: str) -> str | None:

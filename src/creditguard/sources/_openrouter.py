@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..balance import Balance
-from ._http import BadResponse, HttpSource, get_number, get_object
+from ._http import BadResponse, HttpSource, get_number, get_object, get_string
 
 __all__ = ["OpenRouterCredits", "OpenRouterKey", "parse_credits", "parse_key"]
 
@@ -38,14 +39,22 @@ def parse_key(doc: dict[str, Any], *, fetched_at: float = 0.0) -> Balance:
 
     Only ``data`` is required. The remaining amount is the tighter of the key's
     ``limit_remaining`` and ``effective_budget.remaining_usd``, where present;
-    with neither the key has no cap of its own (``math.inf``). Unknown fields
-    are ignored; known fields present with a wrong type are errors.
+    with neither the key has no cap of its own (``math.inf``). A key limit that
+    resets (``limit_reset``: daily, weekly, monthly) reports that period's
+    usage (``usage_daily`` ...) as ``used`` and its next reset as
+    ``resets_at``; a binding budget its own ``resets_at``. Unknown fields are
+    ignored; known fields present with a wrong type are errors.
     """
     data = get_object(doc, "data", "data", required=True)
     assert data is not None
     limit = get_number(data, "limit", "data.limit", non_negative=True)
     limit_remaining = get_number(data, "limit_remaining", "data.limit_remaining")
     usage = get_number(data, "usage", "data.usage", non_negative=True)
+    limit_reset = get_string(data, "limit_reset", "data.limit_reset")
+    period_usage = {
+        period: get_number(data, f"usage_{period}", f"data.usage_{period}", non_negative=True)
+        for period in _PERIODS
+    }
     budget = get_object(data, "effective_budget", "data.effective_budget")
     budget_remaining = budget_total = None
     if budget is not None:
@@ -54,21 +63,75 @@ def parse_key(doc: dict[str, Any], *, fetched_at: float = 0.0) -> Balance:
         )
         budget_total = _budget_total(budget)
 
-    remaining, total = math.inf, None
+    remaining, total, used, resets_at = math.inf, None, usage, None
     if limit_remaining is not None and (
         budget_remaining is None or limit_remaining <= budget_remaining
     ):
         remaining, total = limit_remaining, limit
+        period = limit_reset if limit_reset in _PERIODS else None
+        if period is not None:
+            # the limit counts this period's usage and resets at its end
+            resets_at = next_reset(period, fetched_at)
+            if period_usage[period] is not None:
+                used = period_usage[period]
     elif budget_remaining is not None:
+        assert budget is not None
         remaining, total = budget_remaining, budget_total
+        resets_at = _timestamp(budget.get("resets_at"))
     return Balance(
         remaining=remaining,
         total=total,
-        used=usage,
+        used=used,
         unit="USD",
         fetched_at=fetched_at,
         source="openrouter-key",
+        resets_at=resets_at,
     )
+
+
+#: the periods of ``limit_reset`` (each with its ``usage_<period>`` field)
+_PERIODS = ("daily", "weekly", "monthly")
+
+
+def next_reset(period: str, now: float) -> float:
+    """When a ``"daily"`` / ``"weekly"`` / ``"monthly"`` limit next resets after ``now``:
+    midnight UTC; weeks start on Monday, months on the 1st (Unix seconds)."""
+    today = datetime.fromtimestamp(now, timezone.utc).replace(
+        hour=0, minute=0, second=0, microsecond=0
+    )
+    if period == "daily":
+        start = today + timedelta(days=1)
+    elif period == "weekly":
+        start = today + timedelta(days=7 - today.weekday())
+    else:
+        start = (today.replace(day=1) + timedelta(days=32)).replace(day=1)
+    return start.timestamp()
+
+
+def _timestamp(value: object) -> float | None:
+    """A reset time given as Unix seconds or an ISO 8601 string (read leniently:
+    anything else is None)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if math.isfinite(number) and number >= 0 else None
+    if isinstance(value, str) and 0 < len(value) <= 64:
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            when = datetime.fromisoformat(text)
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        try:
+            return when.timestamp()
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
 
 
 def _budget_total(budget: dict[str, Any]) -> float | None:

@@ -22,9 +22,27 @@ import httpx
 from ._server import LoopbackServer
 from ._wire import Incoming, Reply, aiter_events, iter_events
 
+#: The balance endpoints of providers other than OpenRouter and Stablecog, each under a
+#: prefix of its own (``fake.deepseek_base_url`` ...): (endpoint name, path ending).
+_BALANCE_ROUTES = (
+    ("deepseek_balance", "/deepseek/user/balance"),
+    ("moonshot_balance", "/moonshot/v1/users/me/balance"),
+    ("novita_balance", "/novita/openapi/v1/billing/balance/detail"),
+    ("fal_billing", "/fal/v1/account/billing"),
+    ("stability_balance", "/stability/v1/user/balance"),
+    ("vercel_credits", "/vercel/v1/credits"),
+)
 #: Endpoint names, as used by :meth:`FakeProvider.count` and :meth:`FakeProvider.fault`.
 #: Requests matching none of them are counted as ``"unknown"`` and answered 404.
-ENDPOINTS = ("credits", "key", "chat", "messages", "stablecog_credits", "stablecog_create")
+ENDPOINTS = (
+    "credits",
+    "key",
+    "chat",
+    "messages",
+    "stablecog_credits",
+    "stablecog_create",
+    *(name for name, _ in _BALANCE_ROUTES),
+)
 UNKNOWN = "unknown"
 
 _EPS = 1e-9  # float slack when comparing money (0.03 - 0.02 < 0.01 in binary floats)
@@ -81,6 +99,9 @@ class _Fault:
 
 def _route(method: str, path: str) -> str:
     p = path.rstrip("/")
+    for name, ending in _BALANCE_ROUTES:
+        if p.endswith(ending):
+            return name if method.upper() == "GET" else UNKNOWN
     if p.endswith("/api/v1/credits"):
         name, want = "credits", "GET"
     elif p.endswith("/api/v1/key"):
@@ -130,7 +151,7 @@ def _parse_json(body: bytes) -> Any:
 def _credential(headers: Mapping[str, str]) -> str | None:
     auth = headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
+    if scheme.lower() in ("bearer", "key") and token.strip():  # fal sends "Key <key>"
         return token.strip()
     key = headers.get("x-api-key", "").strip()
     return key or None
@@ -194,6 +215,8 @@ class FakeProvider:
         self.stream_gate: threading.Event | None = None
         #: the assistant's answer text (split into ``stream_chunks`` pieces when streaming)
         self.reply_text = "This is a fake reply."
+        #: the currency DeepSeek and fal balances are reported in
+        self.currency = "USD"
         self._keys: dict[str, KeyState] = {}
         self._faults: dict[str, list[_Fault]] = {}
         self._counts: Counter[str] = Counter()
@@ -254,6 +277,39 @@ class FakeProvider:
     @property
     def openai_base_url(self) -> str:
         return self.url + "/v1"
+
+    # the balance endpoints of more providers, each under a prefix of its own; generation
+    # calls under these base URLs (``.../chat/completions``) spend the same accounts
+
+    @property
+    def deepseek_base_url(self) -> str:
+        """For ``DeepSeekBalance`` and DeepSeek's SDK use (``/user/balance``)."""
+        return self.url + "/deepseek"
+
+    @property
+    def moonshot_base_url(self) -> str:
+        """For ``MoonshotBalance`` (``/v1/users/me/balance``); the unit is USD."""
+        return self.url + "/moonshot/v1"
+
+    @property
+    def novita_base_url(self) -> str:
+        """For ``NovitaBalance`` (``/openapi/v1/billing/balance/detail``)."""
+        return self.url + "/novita"
+
+    @property
+    def fal_base_url(self) -> str:
+        """For ``FalBalance`` (``/account/billing``, ``Authorization: Key``)."""
+        return self.url + "/fal/v1"
+
+    @property
+    def stability_base_url(self) -> str:
+        """For ``StabilityBalance`` (``/v1/user/balance``, in credits)."""
+        return self.url + "/stability"
+
+    @property
+    def vercel_base_url(self) -> str:
+        """For ``VercelGatewayCredits`` (``/credits``)."""
+        return self.url + "/vercel/v1"
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "not started"
@@ -473,6 +529,7 @@ class FakeProvider:
             "messages": self._messages,
             "stablecog_credits": self._stablecog_credits,
             "stablecog_create": self._stablecog_create,
+            **self._balance_routes(),
         }
         do = route.get(endpoint)
         if do is None:
@@ -723,6 +780,86 @@ class FakeProvider:
             event_delay=delay,
         )
 
+    # -- more providers' balances: each reads the key's account (credits - usage)
+
+    def _balance_routes(self) -> dict[str, Callable[[Incoming], Reply]]:
+        return {
+            "deepseek_balance": self._deepseek_balance,
+            "moonshot_balance": self._moonshot_balance,
+            "novita_balance": self._novita_balance,
+            "fal_billing": self._fal_billing,
+            "stability_balance": self._stability_balance,
+            "vercel_credits": self._vercel_credits,
+        }
+
+    def _figures(self, incoming: Incoming) -> tuple[float, float, str] | None:
+        """(remaining, usage, currency) of the request's key, or None when unknown."""
+        state = self._account(incoming)
+        if state is None:
+            return None
+        with self.lock:
+            return state.remaining, state.usage, self.currency
+
+    def _deepseek_balance(self, incoming: Incoming) -> Reply:
+        figures = self._figures(incoming)
+        if figures is None:
+            return _error("deepseek_balance", 401, "Authentication Fails (no such user)")
+        remaining, _, currency = figures
+        info = {
+            "currency": currency,
+            "total_balance": _decimal(remaining),
+            "granted_balance": "0.00",
+            "topped_up_balance": _decimal(remaining),
+        }
+        return _json_reply(200, {"is_available": remaining > 0, "balance_infos": [info]})
+
+    def _moonshot_balance(self, incoming: Incoming) -> Reply:
+        figures = self._figures(incoming)
+        if figures is None:
+            return _error("moonshot_balance", 401, "Invalid Authentication")
+        remaining = figures[0]
+        data = {
+            "available_balance": remaining,
+            "voucher_balance": 0.0,
+            "cash_balance": remaining,
+        }
+        return _json_reply(200, {"code": 0, "data": data, "scode": "0x0", "status": True})
+
+    def _novita_balance(self, incoming: Incoming) -> Reply:
+        figures = self._figures(incoming)
+        if figures is None:
+            return _error("novita_balance", 401, "invalid api key")
+        units = str(round(figures[0] * 10000))  # 1/10000 USD
+        body = {
+            "availableBalance": units,
+            "cashBalance": units,
+            "creditLimit": "0",
+            "pendingCharges": "0",
+            "outstandingInvoices": "0",
+        }
+        return _json_reply(200, body)
+
+    def _fal_billing(self, incoming: Incoming) -> Reply:
+        figures = self._figures(incoming)
+        if figures is None:
+            return _json_reply(401, {"detail": "No user found for Key ID and Secret"})
+        remaining, _, currency = figures
+        credits = {"current_balance": remaining, "currency": currency}
+        return _json_reply(200, {"username": "fake-team", "credits": credits})
+
+    def _stability_balance(self, incoming: Incoming) -> Reply:
+        figures = self._figures(incoming)
+        if figures is None:
+            return _json_reply(401, {"name": "unauthorized", "message": "missing API key"})
+        return _json_reply(200, {"credits": figures[0]})
+
+    def _vercel_credits(self, incoming: Incoming) -> Reply:
+        figures = self._figures(incoming)
+        if figures is None:
+            return _error("vercel_credits", 401, "Invalid API key")
+        remaining, usage, _ = figures
+        return _json_reply(200, {"balance": _decimal(remaining), "total_used": _decimal(usage)})
+
     # -- Stablecog
 
     def _stablecog_credits(self, incoming: Incoming) -> Reply:
@@ -790,6 +927,10 @@ def _slow_body(reply: Reply, fault: _Fault) -> Reply:
     body = reply.body if reply.events is None else b"".join(reply.events)
     drops = tuple(body[i : i + 1] for i in range(len(body)))
     return Reply(reply.status, reply.headers, events=drops, event_delay=fault.drip)
+
+
+def _decimal(value: float, places: int = 2) -> str:
+    return f"{value:.{places}f}"
 
 
 def _asyncio_running() -> bool:
