@@ -128,7 +128,8 @@ class Config:
     """A validated creditguard configuration, as :func:`load_config` builds it.
 
     ``source`` is ``"openrouter"``, ``"openrouter-key"``, ``"stablecog"``,
-    ``"fixed"`` or ``"module:function"`` (a balance function).
+    ``"deepseek"``, ``"moonshot"``, ``"novita"``, ``"fal"``, ``"stability"``,
+    ``"vercel"``, ``"fixed"`` or ``"module:function"`` (a balance function).
     ``api_key_env`` names the environment variable holding the source's own
     key (None: the key each guarded call carries); a config never holds a key.
     ``limit``, ``period`` and ``per_credential`` are set only for ``"fixed"``.

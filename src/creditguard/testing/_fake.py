@@ -194,6 +194,9 @@ class _EventStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 class FakeProvider:
     """A fake OpenRouter / Anthropic / Stablecog provider with credits that calls spend.
 
+    It also answers the balance endpoints of DeepSeek, Moonshot, Novita, fal, Stability
+    and Vercel AI Gateway (``fake.deepseek_base_url`` ...) from the same accounts.
+
     Use ``httpx.MockTransport(fake.handler)`` for in-process clients (sync or async), or
     start the loopback server (``fake.start()`` or ``with FakeProvider() as fake:``) and
     point a client at ``fake.openrouter_base_url`` and friends. Both serve the same state.
