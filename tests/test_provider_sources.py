@@ -627,6 +627,21 @@ def test_a_balance_in_another_unit_is_unusable(
     guard.close()
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_tightest_never_compares_units(make: Callable[..., Any], mode: str) -> None:
+    from creditguard.sources import CallableSource, FixedBudget, Tightest
+
+    cny = make(DeepSeekBalance, reply(body=_infos(("CNY", "110.00"))), api_key=KEY)
+    error = fetch_error(Tightest(cny, FixedBudget(5.0)), mode)
+    assert error.reason == (
+        "the balances are in different units (CNY from deepseek, USD from fixed) "
+        "and cannot be compared"
+    )
+    same = Tightest(cny, FixedBudget(500.0, unit="CNY"), CallableSource(lambda: math.inf))
+    balance = fetch(same, mode)
+    assert (balance.remaining, balance.unit, balance.source) == (110.0, "CNY", "deepseek")
+
+
 def test_unit_checks_in_decide() -> None:
     cny = Balance(remaining=500.0, total=1000.0, unit="CNY", source="moonshot")
     assert cg.decide(cny, cg.Policy(refuse_below=1.0), "m").action == "allow"  # no unit asserted

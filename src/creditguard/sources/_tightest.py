@@ -23,7 +23,8 @@ class Tightest:
     returns the binding one unchanged, so :attr:`Balance.source` names the
     source that binds (ties: the first given). If any source fails, its
     :class:`~creditguard.CreditSourceError` is raised: a partial answer could
-    overstate what is left. ``record`` reaches every source that has one.
+    overstate what is left; so is one when the limited balances are in
+    different units (USD and CNY cannot be compared). ``record`` reaches every source that has one.
     """
 
     name = "tightest"
@@ -70,6 +71,13 @@ class Tightest:
         raise error from None
 
     def _pick(self, balances: list[tuple[CreditSource, Balance]]) -> Balance:
+        units = {b.unit: b.source or s.name for s, b in balances if not b.unlimited}
+        if len(units) > 1:  # 5 USD is not "less" than 100 CNY: never compared silently
+            found = ", ".join(f"{unit} from {name}" for unit, name in units.items())
+            raise CreditSourceError(
+                f"the balances are in different units ({found}) and cannot be compared",
+                source=self.name,
+            )
         source, binding = min(balances, key=lambda pair: pair[1].remaining)
         if not binding.source:  # a source of your own that leaves it blank
             binding = replace(binding, source=source.name)
