@@ -71,11 +71,17 @@ def test_public_names_are_pinned() -> None:
     assert sorted(creditguard.sources.__all__) == [
         "CallableSource",
         "CreditSource",
+        "DeepSeekBalance",
+        "FalBalance",
         "FixedBudget",
+        "MoonshotBalance",
+        "NovitaBalance",
         "OpenRouterCredits",
         "OpenRouterKey",
+        "StabilityBalance",
         "StablecogCredits",
         "Tightest",
+        "VercelGatewayCredits",
     ]
 
 

@@ -608,9 +608,8 @@ class HttpSource:
         try:
             return self._done(self._run(key, watchdog, deadline))
         except Exception as exc:
-            if watchdog.fired and not isinstance(exc, BadResponse):
-                exc = _Deadline()
-            error = self._translate(exc, key)
+            # a fired deadline: whatever the shut-down sockets made of the answer
+            error = self._translate(_Deadline() if watchdog.fired else exc, key)
         finally:
             watchdog.finish()
         raise error from None
