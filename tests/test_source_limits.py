@@ -179,6 +179,20 @@ def test_check_returns_within_timeout_against_a_dripping_endpoint(
     assert elapsed < 1 + 1.0
 
 
+def test_the_deadline_timer_ends_with_each_fetch(fake: FakeProvider) -> None:
+    def timers() -> int:
+        return sum(isinstance(t, threading.Timer) for t in threading.enumerate())
+
+    before = timers()
+    with OpenRouterKey(base_url=fake.openrouter_base_url, timeout=30) as source:
+        for _ in range(20):
+            assert source.fetch(KEY).remaining == 2.5
+    deadline = time.monotonic() + 5
+    while timers() > before and time.monotonic() < deadline:
+        time.sleep(0.01)  # a cancelled timer's thread ends on its own
+    assert timers() == before
+
+
 # -- a size cap -----------------------------------------------------------------------
 
 
