@@ -61,6 +61,15 @@ EXPECTED: dict[str, list[str]] = {
         "async call 2: refused: ",
         "the provider charged $0.84 of $1.00 in 9 calls; balance fetched 1 time(s)",
     ],
+    "deepseek_balance.py": [
+        "$10.00 left: allow     -> model deepseek-reasoner",
+        "$ 1.50 left: downgrade -> model deepseek-chat",
+        "$ 0.30 left: refused, HTTP 402: ",
+        "CNY 10.00 left: refused, HTTP 402: ",
+        "no usable credit balance could be had",
+        "why: the deepseek balance is in CNY and the policy's thresholds are in USD",
+        "the provider was asked for the balance 4 times and served 2 chat calls",
+    ],
     "config_file.py": [
         "loaded creditguard.toml: OpenRouterKey(",
         "$10.00 left: openai/gpt-4o              allow",

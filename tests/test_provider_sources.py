@@ -771,3 +771,20 @@ def test_balance_resets_at_is_kept_and_checked() -> None:
     for bad in (math.nan, math.inf, "tomorrow", True):
         with pytest.raises(ValueError):
             Balance(remaining=1.0, resets_at=bad)  # type: ignore[arg-type]
+
+
+def test_the_transport_refuses_a_balance_in_another_unit_as_unusable(fake: FakeProvider) -> None:
+    fake.currency = "CNY"
+    source = DeepSeekBalance(base_url=fake.deepseek_base_url)
+    guard = cg.BudgetGuard(source, cg.Policy(unit="USD", on_source_error="refuse"))
+    with guard.client() as http:
+        answer = http.post(
+            fake.deepseek_base_url + "/chat/completions",
+            json={"model": "deepseek-chat", "messages": []},
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+    assert answer.status_code == 402
+    reason = answer.json()["error"]["metadata"]["creditguard"]["reason"]
+    assert reason == "no usable credit balance could be had, and the policy refuses then"
+    assert fake.count("chat") == 0
+    guard.close()

@@ -447,7 +447,8 @@ class Core:
         the app's logs (to an end user, say), and balances are the app's business.
         The full reason, with figures, is in the guard's log and ``on_decision``.
         """
-        if decision.balance is None:
+        if decision.balance is None or decision.reason.endswith("on_source_error=refuse"):
+            # none, or one that cannot be judged (another unit, a percent without a total)
             reason = "no usable credit balance could be had, and the policy refuses then"
         elif "unknown_price" in decision.reason:
             reason = "the model has no known price, and the policy refuses then"
