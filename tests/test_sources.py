@@ -269,7 +269,6 @@ def test_stablecog_negative_remaining_is_valid(make: Callable[..., Any]) -> None
 @pytest.mark.parametrize(
     ("data", "remaining", "total", "used"),
     [
-        pytest.param({}, math.inf, None, None, id="empty-data-unlimited"),
         pytest.param(
             {"limit": None, "limit_remaining": None, "usage": 3, "effective_budget": None},
             math.inf,
@@ -299,7 +298,11 @@ def test_stablecog_negative_remaining_is_valid(make: Callable[..., Any]) -> None
             id="budget-tighter-with-total",
         ),
         pytest.param(
-            {"limit_remaining": 2, "effective_budget": {"remaining_usd": 2, "budget_usd": 9}},
+            {
+                "limit": None,
+                "limit_remaining": 2,
+                "effective_budget": {"remaining_usd": 2, "budget_usd": 9},
+            },
             2.0,
             None,
             None,
@@ -320,14 +323,14 @@ def test_stablecog_negative_remaining_is_valid(make: Callable[..., Any]) -> None
             id="budget-only",
         ),
         pytest.param(
-            {"effective_budget": {"remaining_usd": 3, "limit_usd": "5"}},
+            {"limit": None, "effective_budget": {"remaining_usd": 3, "limit_usd": "5"}},
             3.0,
             None,
             None,
             id="unreadable-budget-total-ignored",
         ),
         pytest.param(
-            {"effective_budget": {"remaining_usd": None, "resets_at": None}},
+            {"limit": None, "effective_budget": {"remaining_usd": None, "resets_at": None}},
             math.inf,
             None,
             None,
@@ -669,6 +672,9 @@ OPENROUTER_CREDITS_FAULTS = [
 ]
 OPENROUTER_KEY_FAULTS = [
     ({}, "data is missing"),
+    # a renamed or dropped limit must never read as "unlimited"
+    ({"data": {}}, "data.limit is missing"),
+    ({"data": {"limit_remaining": 5, "usage": 1}}, "data.limit is missing"),
     ({"data": "x"}, "data is a string"),
     ({"data": {"limit": "10"}}, "data.limit is a string"),
     ({"data": {"limit": -1}}, "data.limit is negative"),

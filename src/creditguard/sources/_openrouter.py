@@ -37,7 +37,9 @@ def parse_credits(doc: dict[str, Any], *, fetched_at: float = 0.0) -> Balance:
 def parse_key(doc: dict[str, Any], *, fetched_at: float = 0.0) -> Balance:
     """``{"data": {...}}`` of ``GET /key`` -> what this key can still spend, in USD.
 
-    Only ``data`` is required. The remaining amount is the tighter of the key's
+    ``data`` and its ``limit`` member are required (``limit: null`` means no
+    cap of its own): a body without ``limit`` is not the documented JSON, and a
+    renamed field must never read as "unlimited". The remaining amount is the tighter of the key's
     ``limit_remaining`` and ``effective_budget.remaining_usd``, where present;
     with neither the key has no cap of its own (``math.inf``). A key limit that
     resets (``limit_reset``: daily, weekly, monthly) reports that period's
@@ -63,6 +65,8 @@ def parse_key(doc: dict[str, Any], *, fetched_at: float = 0.0) -> Balance:
         )
         budget_total = _budget_total(budget)
 
+    if "limit" not in data:  # (after the type checks: a wrong type says so first)
+        raise BadResponse("data.limit is missing (null means no cap of its own)")
     remaining, total, used, resets_at = math.inf, None, usage, None
     if limit_remaining is not None and (
         budget_remaining is None or limit_remaining <= budget_remaining
