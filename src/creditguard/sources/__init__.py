@@ -14,6 +14,8 @@ A credits source turns a credential into a :class:`~creditguard.Balance`::
     ├── VercelGatewayCredits  GET /v1/credits            (USD)
     ├── CallableSource      a function of yours, sync or async
     ├── FixedBudget         a local budget per day / week / month
+    ├── OpenAISpend         a budget less OpenAI's cost report (admin key)
+    ├── AnthropicSpend      a budget less Anthropic's cost report (admin key)
     └── Tightest            the binding one of several sources
 
 Every failure is a :class:`~creditguard.CreditSourceError` that never holds a key.
@@ -27,12 +29,14 @@ from ._fixed import FixedBudget
 from ._moonshot import MoonshotBalance
 from ._novita import NovitaBalance
 from ._openrouter import OpenRouterCredits, OpenRouterKey
+from ._spend import AnthropicSpend, OpenAISpend
 from ._stability import StabilityBalance
 from ._stablecog import StablecogCredits
 from ._tightest import Tightest
 from ._vercel import VercelGatewayCredits
 
 __all__ = [
+    "AnthropicSpend",
     "CallableSource",
     "CreditSource",
     "DeepSeekBalance",
@@ -40,6 +44,7 @@ __all__ = [
     "FixedBudget",
     "MoonshotBalance",
     "NovitaBalance",
+    "OpenAISpend",
     "OpenRouterCredits",
     "OpenRouterKey",
     "StabilityBalance",

@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import httpx
 
+from ._costs import CostReports
 from ._server import LoopbackServer
 from ._wire import Incoming, Reply, aiter_events, iter_events
 
@@ -42,6 +43,8 @@ ENDPOINTS = (
     "stablecog_credits",
     "stablecog_create",
     *(name for name, _ in _BALANCE_ROUTES),
+    "openai_costs",
+    "anthropic_costs",
 )
 UNKNOWN = "unknown"
 
@@ -114,6 +117,10 @@ def _route(method: str, path: str) -> str:
         name, want = "messages", "POST"
     elif p.endswith("/v1/image/generation/create"):
         name, want = "stablecog_create", "POST"
+    elif p.endswith("/v1/organization/costs"):
+        name, want = "openai_costs", "GET"
+    elif p.endswith("/v1/organizations/cost_report"):
+        name, want = "anthropic_costs", "GET"
     else:
         return UNKNOWN
     return name if method.upper() == want else UNKNOWN
@@ -191,7 +198,7 @@ class _EventStream(httpx.SyncByteStream, httpx.AsyncByteStream):
             yield event
 
 
-class FakeProvider:
+class FakeProvider(CostReports):
     """A fake OpenRouter / Anthropic / Stablecog provider with credits that calls spend.
 
     It also answers the balance endpoints of DeepSeek, Moonshot, Novita, fal, Stability
@@ -206,6 +213,7 @@ class FakeProvider:
 
     def __init__(self, *, default_price: float = 0.01) -> None:
         self.lock = threading.RLock()
+        CostReports.__init__(self)  # admin cost reports (OpenAI, Anthropic)
         #: model -> cost in USD of one chat/messages call; others cost ``default_price``
         self.prices: dict[str, float] = {}
         self.default_price = default_price
@@ -467,6 +475,7 @@ class FakeProvider:
             path=request.url.path,
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
+            query=request.url.query.decode("ascii", "replace"),
         )
 
     @staticmethod
@@ -533,6 +542,8 @@ class FakeProvider:
             "stablecog_credits": self._stablecog_credits,
             "stablecog_create": self._stablecog_create,
             **self._balance_routes(),
+            "openai_costs": self._openai_costs,
+            "anthropic_costs": self._anthropic_costs,
         }
         do = route.get(endpoint)
         if do is None:
@@ -556,6 +567,7 @@ class FakeProvider:
 
     def _charge(self, state: KeyState, cost: float) -> None:
         state.usage += cost
+        self._log_spend(cost)  # organisation spend, for the cost reports
         if state.budget_remaining is not None:
             state.budget_remaining -= cost
 

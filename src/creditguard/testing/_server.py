@@ -88,6 +88,7 @@ class _Handler(BaseHTTPRequestHandler):
             path=urlsplit(self.path).path,
             headers={k.lower(): v for k, v in self.headers.items()},
             body=body,
+            query=urlsplit(self.path).query,
         )
         try:
             reply = self.server.respond(incoming)

@@ -15,12 +15,14 @@ GATE_TIMEOUT = 10.0
 
 @dataclass(frozen=True)
 class Incoming:
-    """One request as the fake sees it: method, path (no query), lowercased headers, body."""
+    """One request as the fake sees it: method, path, lowercased headers, body, query."""
 
     method: str
     path: str
     headers: Mapping[str, str]
     body: bytes
+    query: str = ""
+    """The raw query string (without ``?``)."""
 
 
 @dataclass(frozen=True)
