@@ -70,7 +70,8 @@ _HTTP_SOURCES = (
     "stability",
     "vercel",
 )
-_SOURCES = (*_HTTP_SOURCES, "fixed")
+_SPEND_SOURCES = ("openai-spend", "anthropic-spend")
+_SOURCES = (*_HTTP_SOURCES, "fixed", *_SPEND_SOURCES)
 _PERIODS = ("day", "week", "month", "never")
 _PERIOD_ARG: dict[str | None, Literal["day", "week", "month"] | None] = {
     None: "month",
@@ -78,6 +79,11 @@ _PERIOD_ARG: dict[str | None, Literal["day", "week", "month"] | None] = {
     "week": "week",
     "month": "month",
     "never": None,
+}
+_SPEND_PERIOD: dict[str | None, Literal["day", "week", "month"]] = {
+    "day": "day",
+    "week": "week",
+    "month": "month",
 }
 _PERIOD_ALLOWED = "one of " + ", ".join(repr(p) for p in _PERIODS)
 _STORE_SCHEMES = ("memory", "redis", "rediss", "unix")
@@ -102,6 +108,7 @@ _SCALAR_KEYS = (
     "store",
     "maxsize",
     *_FIXED_KEYS,
+    "budget",
     *_POLICY_KEYS,
 )
 _TABLE_KEYS = ("thresholds", "downgrade", "pricing")
@@ -129,10 +136,12 @@ class Config:
 
     ``source`` is ``"openrouter"``, ``"openrouter-key"``, ``"stablecog"``,
     ``"deepseek"``, ``"moonshot"``, ``"novita"``, ``"fal"``, ``"stability"``,
-    ``"vercel"``, ``"fixed"`` or ``"module:function"`` (a balance function).
+    ``"vercel"``, ``"fixed"``, ``"openai-spend"``, ``"anthropic-spend"`` or
+    ``"module:function"`` (a balance function).
     ``api_key_env`` names the environment variable holding the source's own
     key (None: the key each guarded call carries); a config never holds a key.
-    ``limit``, ``period`` and ``per_credential`` are set only for ``"fixed"``.
+    ``limit``, ``period`` and ``per_credential`` are set only for ``"fixed"``;
+    ``budget`` and ``period`` for the spend sources.
     ``pricing`` maps a model or glob to ``{"prompt": usd_per_token,
     "completion": usd_per_token}``. ``origin`` says where the values came
     from, for messages.
@@ -152,6 +161,8 @@ class Config:
     pricing: Mapping[str, Mapping[str, float]]
     policy: Policy
     origin: str
+    budget: float | None = None
+    """USD per period of ``"openai-spend"`` / ``"anthropic-spend"`` (with ``period``)."""
 
     def __repr__(self) -> str:
         parts = []
@@ -195,6 +206,20 @@ class Config:
                     **options,
                 )
             except ConfigError as exc:  # api_key_env naming an unset variable
+                raise ConfigError(exc.key, exc.value, exc.allowed + self._where) from None
+        if self.source in _SPEND_SOURCES:
+            spend = sources.OpenAISpend if self.source == "openai-spend" else sources.AnthropicSpend
+            if self.budget is None:
+                raise ConfigError("budget", None, f"source = {self.source!r} needs a budget")
+            try:
+                return spend(
+                    self.budget,
+                    _SPEND_PERIOD.get(self.period, "month"),
+                    api_key_env=self.api_key_env,
+                    base_url=self.base_url,
+                    timeout=self.timeout,
+                )
+            except ConfigError as exc:  # the admin key's variable is not set
                 raise ConfigError(exc.key, exc.value, exc.allowed + self._where) from None
         if self.source == "fixed":
             if self.limit is None:
@@ -562,10 +587,23 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
     if source not in _SOURCES and not _is_entry_point(source):
         r.fail(("source",), source, _SOURCE_ALLOWED)
     fixed = source == "fixed"
+    spend = source in _SPEND_SOURCES
     if not fixed:
         for key in _FIXED_KEYS:
-            if key in values:
+            if key in values and not (spend and key == "period"):
                 r.fail((key,), values[key], f"only with source = 'fixed' (source is {source!r})")
+    budget: float | None = None
+    if spend:
+        if "budget" not in values:
+            r.fail(("budget",), None, f"a number >= 0: source = {source!r} needs budget (USD)")
+        budget = r.number(("budget",), values["budget"], positive=False)
+        period_ = values.get("period", "month")
+        if period_ not in _SPEND_PERIOD:
+            r.fail(("period",), period_, "one of 'day', 'week', 'month' (calendar, UTC)")
+    elif "budget" in values:
+        r.fail(
+            ("budget",), values["budget"], "only with source = 'openai-spend' or 'anthropic-spend'"
+        )
 
     api_key_env = None
     if "api_key_env" in values:
@@ -595,6 +633,8 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
     limit: float | None = None
     period: str | None = None
     per_credential = False
+    if spend:
+        period = values.get("period", "month")
     if fixed:
         if "limit" not in values:
             r.fail(("limit",), None, "a number >= 0: source = 'fixed' needs limit, the budget")
@@ -621,6 +661,7 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
         pricing=_pricing(r, values.get("pricing", {})),
         policy=_policy(r, values),
         origin=r.origin,
+        budget=budget,
     )
 
 

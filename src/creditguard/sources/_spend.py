@@ -323,9 +323,7 @@ class _SpendSource(HttpSource):
     def _read(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
         raise NotImplementedError
 
-    def _interpret_page(
-        self, response: httpx.Response, since: float
-    ) -> tuple[float, str | None]:
+    def _interpret_page(self, response: httpx.Response, since: float) -> tuple[float, str | None]:
         status = response.status_code
         if not 200 <= status < 300:
             raise BadResponse(

@@ -46,6 +46,8 @@ class CostReports:
         self.cost_lag = 0.0
         #: the reports' clock (Unix seconds); replace it to move time in tests
         self.cost_clock = time.time
+        #: the most buckets one page holds, whatever ``limit`` asks (None: ``limit``)
+        self.cost_page_size: int | None = None
         self._admin_keys: set[str] = set()
         self._cost_log: list[tuple[float, float]] = []
 
@@ -82,13 +84,19 @@ class CostReports:
         with self.lock:
             return value.strip() in self._admin_keys
 
-    def _buckets(self, start: float, query: Mapping[str, list[str]]) -> tuple[list[Any], int, int]:
-        """Daily buckets from ``start`` to now: (bucket sums, first index, page size)."""
+    def _buckets(
+        self, start: float, query: Mapping[str, list[str]], most: int
+    ) -> tuple[list[Any], int, int]:
+        """Daily buckets from ``start`` to now: (bucket sums, first index, page size);
+        first index -1 for a bad ``limit`` (1 to ``most``, default 7) or ``page``."""
         try:
             limit = int(query.get("limit", ["7"])[0])
             first = int(query.get("page", ["page_0"])[0].removeprefix("page_"))
         except ValueError:
             return [], -1, 0
+        if not 1 <= limit <= most or first < 0:
+            return [], -1, 0
+        size = limit if self.cost_page_size is None else min(limit, self.cost_page_size)
         day0 = start - start % _DAY
         with self.lock:
             now = self.cost_clock()
@@ -98,18 +106,20 @@ class CostReports:
             for at, usd in self._cost_log:
                 if day0 <= at <= shown:
                     sums[int((at - day0) // _DAY)] += Decimal(repr(usd))
-        return [(day0 + i * _DAY, total) for i, total in enumerate(sums)], first, limit
+        return [(day0 + i * _DAY, total) for i, total in enumerate(sums)], first, size
 
     def _openai_costs(self, incoming: Incoming) -> Reply:
         if not self._admin(incoming, "authorization"):
-            return _reply(401, {"error": {"message": "Invalid admin key", "type": "invalid_request_error"}})
+            return _reply(
+                401, {"error": {"message": "Invalid admin key", "type": "invalid_request_error"}}
+            )
         query = parse_qs(incoming.query)
         try:
             start = float(int(query["start_time"][0]))
         except (KeyError, ValueError):
             return _reply(400, {"error": {"message": "start_time is required"}})
-        buckets, first, limit = self._buckets(start, query)
-        if first < 0 or not 1 <= limit <= 180:
+        buckets, first, limit = self._buckets(start, query, 180)
+        if first < 0:
             return _reply(400, {"error": {"message": "bad limit or page"}})
         page = buckets[first : first + limit]
         more = first + limit < len(buckets)
@@ -145,7 +155,10 @@ class CostReports:
         if not self._admin(incoming, "x-api-key"):
             return _reply(
                 401,
-                {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}},
+                {
+                    "type": "error",
+                    "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+                },
             )
         query = parse_qs(incoming.query)
         try:
@@ -153,8 +166,8 @@ class CostReports:
             start = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
         except (KeyError, ValueError):
             return _reply(400, {"type": "error", "error": {"message": "starting_at is required"}})
-        buckets, first, limit = self._buckets(start, query)
-        if first < 0 or not 1 <= limit <= 31:
+        buckets, first, limit = self._buckets(start, query, 31)
+        if first < 0:
             return _reply(400, {"type": "error", "error": {"message": "bad limit or page"}})
         page = buckets[first : first + limit]
         more = first + limit < len(buckets)
@@ -179,5 +192,9 @@ class CostReports:
         ]
         return _reply(
             200,
-            {"data": data, "has_more": more, "next_page": f"page_{first + limit}" if more else None},
+            {
+                "data": data,
+                "has_more": more,
+                "next_page": f"page_{first + limit}" if more else None,
+            },
         )
