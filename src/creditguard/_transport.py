@@ -296,6 +296,10 @@ class Core:
             raise ConfigError("paths", paths, "non-empty path suffixes such as '/chat/completions'")
         self.per_credential = bool(getattr(guard.source, "per_credential", True))
         self.stablecog = getattr(guard.source, "name", "") == "stablecog"
+        # sources.ByHost: the ledger's credential names the host a call goes to
+        self.by_host: Callable[[str, int | None, str | None], str] | None = getattr(
+            guard.source, "host_credential", None
+        )
         # decisions of first attempts, for SDK retries of the same call (bounded,
         # oldest first out: a retry follows its first attempt within seconds)
         self._retries: dict[tuple[str, int], Decision] = {}
@@ -312,6 +316,9 @@ class Core:
             return None
         headers = _headers(request, self.lib.lowered_list)
         credential = _bearer(headers) if self.per_credential else None
+        if self.by_host is not None:
+            url = request.url
+            credential = self.by_host(url.host, url.port, credential)
         key = self.guard.ledger.key(credential)
         stablecog = path.endswith(STABLECOG_CREATE)
         field = "model_id" if stablecog else "model"

@@ -195,6 +195,10 @@ class BudgetGuard:
             **kwargs,
         )
         self.ledger: Ledger = _make_ledger(source, store, policy, fingerprint_secret, options)
+        # sources.ByHost: a policy per host, else this one
+        self._policy_for: Callable[[str | None], Policy | None] | None = getattr(
+            source, "policy_for", None
+        )
 
     @classmethod
     def from_config(
@@ -249,6 +253,8 @@ class BudgetGuard:
             unavailable = f"no usable balance ({lookup.error})"
         stale = lookup.stale
         policy = self.policy
+        if self._policy_for is not None:
+            policy = self._policy_for(credential) or policy
 
         store_down = None
         if lookup.store_down:
@@ -407,12 +413,15 @@ class BudgetGuard:
         ledger = self.ledger
         if key is None:
             key = ledger.key(credential)
+        policy = self.policy
+        if self._policy_for is not None:
+            policy = self._policy_for(credential) or policy
         fast = ledger.admit_fresh(
             key,
             credential,
             model,
             estimate,
-            self.policy,
+            policy,
             reserve=reserve and self._reserve,
             can_rewrite=can_rewrite,
         )

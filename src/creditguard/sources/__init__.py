@@ -16,12 +16,14 @@ A credits source turns a credential into a :class:`~creditguard.Balance`::
     ├── FixedBudget         a local budget per day / week / month
     ├── OpenAISpend         a budget less OpenAI's cost report (admin key)
     ├── AnthropicSpend      a budget less Anthropic's cost report (admin key)
-    └── Tightest            the binding one of several sources
+    ├── Tightest            the binding one of several sources
+    └── ByHost              the source of the host each call goes to
 
 Every failure is a :class:`~creditguard.CreditSourceError` that never holds a key.
 """
 
 from ._base import CreditSource
+from ._byhost import ByHost
 from ._callable import CallableSource
 from ._deepseek import DeepSeekBalance
 from ._fal import FalBalance
@@ -37,6 +39,7 @@ from ._vercel import VercelGatewayCredits
 
 __all__ = [
     "AnthropicSpend",
+    "ByHost",
     "CallableSource",
     "CreditSource",
     "DeepSeekBalance",
