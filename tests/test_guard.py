@@ -69,6 +69,8 @@ def test_public_names_are_pinned() -> None:
     import creditguard.sources
 
     assert sorted(creditguard.sources.__all__) == [
+        "AnthropicSpend",
+        "ByHost",
         "CallableSource",
         "CreditSource",
         "DeepSeekBalance",
@@ -76,6 +78,7 @@ def test_public_names_are_pinned() -> None:
         "FixedBudget",
         "MoonshotBalance",
         "NovitaBalance",
+        "OpenAISpend",
         "OpenRouterCredits",
         "OpenRouterKey",
         "StabilityBalance",

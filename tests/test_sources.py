@@ -122,6 +122,8 @@ def assert_no_key(*texts: str) -> None:
 def test_exports_exactly_the_public_names() -> None:
     assert sorted(sources_pkg.__all__) == sorted(
         [
+            "AnthropicSpend",
+            "ByHost",
             "CallableSource",
             "CreditSource",
             "DeepSeekBalance",
@@ -129,6 +131,7 @@ def test_exports_exactly_the_public_names() -> None:
             "FixedBudget",
             "MoonshotBalance",
             "NovitaBalance",
+            "OpenAISpend",
             "OpenRouterCredits",
             "OpenRouterKey",
             "StabilityBalance",
