@@ -241,17 +241,23 @@ def test_buckets_before_the_period_do_not_count() -> None:
 def test_never_uses_the_call_key(
     cls: SpendType, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("OPENAI_ADMIN_KEY", raising=False)
-    monkeypatch.delenv("ANTHROPIC_ADMIN_KEY", raising=False)
+    default_env = "OPENAI_ADMIN_KEY" if cls is OpenAISpend else "ANTHROPIC_ADMIN_KEY"
+    monkeypatch.delenv(default_env, raising=False)
     seen, transport = canned([{}])
+    # no key of its own: a ConfigError when it is built, naming the variable
+    with pytest.raises(ConfigError) as built:
+        cls(5.0, transport=transport)
+    assert built.value.key == "api_key_env" and built.value.value == default_env
+    assert "never used" in str(built.value)
+    # the variable unset after it was built: an error at fetch, the call's key unused
+    monkeypatch.setenv(default_env, ADMIN)
     with cls(5.0, transport=transport) as source:
         assert not source.per_credential
+        monkeypatch.delenv(default_env)
         with pytest.raises(CreditSourceError) as info:
             fetch(source, mode, CALL_KEY)
     assert seen == []
-    default_env = "OPENAI_ADMIN_KEY" if cls is OpenAISpend else "ANTHROPIC_ADMIN_KEY"
-    assert f"${default_env} is not set" in info.value.reason
-    assert "never the key a call carries" in info.value.reason
+    assert "is not set" in info.value.reason
     assert_no_secret(str(info.value))
 
 
@@ -286,7 +292,7 @@ def test_config_errors(
     cls: SpendType, args: tuple[Any, ...], kwargs: dict[str, Any], key: str
 ) -> None:
     with pytest.raises(ConfigError) as info:
-        cls(*args, **kwargs)
+        cls(*args, **{"api_key": ADMIN, **kwargs})
     assert info.value.key == key
 
 
@@ -572,8 +578,13 @@ def test_config_names(name: str, cls: SpendType, monkeypatch: pytest.MonkeyPatch
     assert source.budget == 50.0
     assert source.period == "week"
     assert "MY_ADMIN_KEY" in repr(source)
+    monkeypatch.setenv(cls._default_env, ADMIN)  # read when no api_key_env is given
     default = BudgetGuard.from_config({"source": name, "budget": 5}, env=False).source
     assert isinstance(default, cls) and default.period == "month"
+    monkeypatch.delenv(cls._default_env)
+    with pytest.raises(ConfigError) as info:
+        BudgetGuard.from_config({"source": name, "budget": 5}, env=False)
+    assert info.value.key == "api_key_env"
 
 
 @pytest.mark.parametrize(

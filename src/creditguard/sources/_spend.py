@@ -24,6 +24,7 @@ through the report. The request and parsing code is sans-I/O; ``fetch`` and
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -281,6 +282,19 @@ class _SpendSource(HttpSource):
             raise ConfigError("clock", clock, "a function returning an aware datetime")
         if api_key is None and api_key_env is None:
             api_key_env = self._default_env
+        if (
+            api_key is None
+            and isinstance(api_key_env, str)
+            and not os.environ.get(api_key_env, "").strip()
+        ):
+            # loud at once: a guard that can never read its balance is misconfigured
+            raise ConfigError(
+                "api_key_env",
+                api_key_env,
+                f"the name of a set environment variable holding the admin key "
+                f"{type(self).__name__} reads the cost report with; {api_key_env} is not set "
+                "(set it or pass api_key=; the key a call carries is never used)",
+            )
         super().__init__(
             api_key,
             api_key_env=api_key_env,
