@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+import creditguard.httpx2 as cg2
 from creditguard import Balance, BudgetGuard, ConfigError, CreditSourceError, Decision, Policy
 from creditguard.sources import ByHost, CallableSource, FixedBudget, OpenRouterKey, Tightest
 from creditguard.testing import FakeProvider, HostRouter
@@ -65,14 +66,19 @@ def by_host(
 # -- through one openai client ------------------------------------------------------------
 
 
-def test_two_hosts_through_one_openai_client(fakes: tuple[FakeProvider, FakeProvider]) -> None:
+@pytest.mark.parametrize("stack", ["httpx", "httpx2"])
+def test_two_hosts_through_one_openai_client(
+    fakes: tuple[FakeProvider, FakeProvider], stack: str
+) -> None:
     openrouter, deepseek = fakes
     decisions: list[Decision] = []
     source, router = by_host(openrouter, deepseek)
     guard = BudgetGuard(source, POLICY, estimate=0.0, on_decision=decisions.append)
-    client = openai.OpenAI(
-        base_url=OPENROUTER, api_key=KEY, http_client=guard.client(transport=router), max_retries=0
-    )
+    if stack == "httpx":
+        http: Any = guard.client(transport=router)
+    else:
+        http = cg2.client(guard, transport=router)
+    client = openai.OpenAI(base_url=OPENROUTER, api_key=KEY, http_client=http, max_retries=0)
     # the same client (the same HTTP client) pointed at the other provider
     other = client.with_options(base_url=DEEPSEEK)
     with client:

@@ -199,7 +199,8 @@ class _EventStream(httpx.SyncByteStream, httpx.AsyncByteStream):
 
 
 class FakeProvider(CostReports):
-    """A fake OpenRouter / Anthropic / Stablecog provider with credits that calls spend.
+    """A fake OpenRouter / Anthropic / Stablecog provider with credits that calls spend,
+    and the admin cost reports of OpenAI and Anthropic over that spend (:class:`CostReports`).
 
     It also answers the balance endpoints of DeepSeek, Moonshot, Novita, fal, Stability
     and Vercel AI Gateway (``fake.deepseek_base_url`` ...) from the same accounts.

@@ -10,7 +10,9 @@ sees the real hosts, while the bytes go to ``FakeProvider`` servers on 127.0.0.1
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
+from typing import Any
 
 import httpx
 
@@ -20,36 +22,47 @@ __all__ = ["HostRouter"]
 class HostRouter(httpx.BaseTransport, httpx.AsyncBaseTransport):
     """Rewrites each request's scheme, host and port to those of ``routes[host]``
     (a URL such as ``fake.url``) and sends it on; a host not in ``routes`` is an
-    ``httpx.ConnectError`` (nothing leaves the machine). Serves sync and async clients."""
+    ``httpx.ConnectError`` (nothing leaves the machine). Serves sync and async clients
+    of httpx and of httpx2 (``creditguard.httpx2.client(guard, transport=router)``)."""
 
     def __init__(self, routes: Mapping[str, str]) -> None:
         self.routes = {host.lower(): httpx.URL(url) for host, url in routes.items()}
-        self._sync: httpx.HTTPTransport | None = None
-        self._async: httpx.AsyncHTTPTransport | None = None
+        self._inners: dict[tuple[str, bool], Any] = {}
 
-    def _route(self, request: httpx.Request) -> httpx.Request:
+    def _route(self, request: Any) -> Any:
         target = self.routes.get(request.url.host)
         if target is None:
-            raise httpx.ConnectError(f"no route for host {request.url.host!r}", request=request)
+            module = sys.modules[type(request).__module__.partition(".")[0]]
+            raise module.ConnectError(f"no route for host {request.url.host!r}", request=request)
         request.url = request.url.copy_with(
             scheme=target.scheme, host=target.host, port=target.port
         )
         return request
 
+    def _inner(self, request: Any, sync: bool) -> Any:
+        """The network transport of the request's own library (httpx or httpx2)."""
+        module = sys.modules[type(request).__module__.partition(".")[0]]
+        key = (module.__name__, sync)
+        inner = self._inners.get(key)
+        if inner is None:
+            cls = module.HTTPTransport if sync else module.AsyncHTTPTransport
+            inner = self._inners[key] = cls()
+        return inner
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._sync is None:
-            self._sync = httpx.HTTPTransport()
-        return self._sync.handle_request(self._route(request))
+        inner = self._inner(request, True)
+        return inner.handle_request(self._route(request))  # type: ignore[no-any-return]
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._async is None:
-            self._async = httpx.AsyncHTTPTransport()
-        return await self._async.handle_async_request(self._route(request))
+        inner = self._inner(request, False)
+        return await inner.handle_async_request(self._route(request))  # type: ignore[no-any-return]
 
     def close(self) -> None:
-        if self._sync is not None:
-            self._sync.close()
+        for (_, sync), inner in list(self._inners.items()):
+            if sync:
+                inner.close()
 
     async def aclose(self) -> None:
-        if self._async is not None:
-            await self._async.aclose()
+        for (_, sync), inner in list(self._inners.items()):
+            if not sync:
+                await inner.aclose()
