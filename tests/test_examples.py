@@ -81,6 +81,13 @@ EXPECTED: dict[str, list[str]] = {
         "$ 0.40 left: the SDK call was refused, HTTP 402",
         "the provider saw 0 chat requests",
     ],
+    "several_providers.py": [
+        "api.openai.com  allow -> model gpt-4o",
+        "openrouter.ai   allow -> model openai/gpt-4o",
+        "api.openai.com  refused, HTTP 402",
+        "OpenAI's report shows $0.00 so far; the guard counts $0.80 spent, $0.20 left",
+        "OpenAI's report shows $0.80; the guard counts $0.80 spent (not twice)",
+    ],
 }
 
 # Every key the examples use is fake; none may show up in what they print.
