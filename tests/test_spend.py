@@ -601,3 +601,23 @@ def test_config_errors_name_the_key(table: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         BudgetGuard.from_config(table, env=False)
     assert info.value.key == key
+
+
+# -- the fake provider's own faults on the cost endpoints -----------------------------------
+
+
+@pytest.mark.parametrize("cls", SOURCES)
+@pytest.mark.parametrize("mode", MODES)
+def test_faults_of_the_fake_cost_endpoints(fake: FakeProvider, cls: SpendType, mode: str) -> None:
+    endpoint = "openai_costs" if cls is OpenAISpend else "anthropic_costs"
+    fake.add_cost(2.0, at=at(hours=3))
+    url = base_url(cls, fake)
+    with cls(10.0, api_key=ADMIN, base_url=url, clock=lambda: NOW, timeout=0.3) as source:
+        fake.fault(endpoint, status=500, times=1)
+        assert fetch_error(source, mode).status_code == 500
+        fake.fault(endpoint, body=b"<html>maintenance</html>", times=1)
+        assert "not JSON" in fetch_error(source, mode).reason
+        fake.fault(endpoint, delay=1.0, times=1)
+        assert fetch_error(source, mode).reason.startswith("timeout after 0.3 s")
+        assert fetch(source, mode).remaining == pytest.approx(8.0)  # the faults used up
+    assert fake.count(endpoint) == 4
