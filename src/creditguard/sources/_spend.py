@@ -334,7 +334,7 @@ class _SpendSource(HttpSource):
     def _page(self, key: str, since: float, page: str | None, timeout: float) -> httpx.Request:
         raise NotImplementedError
 
-    def _read(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
+    def _spend_of(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
         raise NotImplementedError
 
     def _interpret_page(self, response: httpx.Response, since: float) -> tuple[float, str | None]:
@@ -344,7 +344,7 @@ class _SpendSource(HttpSource):
                 _status_reason(status, response.content, self._forbidden_hint), status
             )
         try:
-            return self._read(loads(response.content), since)
+            return self._spend_of(loads(response.content), since)
         except BadResponse as exc:
             exc.status_code = status
             raise
@@ -467,7 +467,7 @@ class OpenAISpend(_SpendSource):
             extensions={"timeout": httpx.Timeout(timeout).as_dict()},
         )
 
-    def _read(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
+    def _spend_of(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
         return parse_openai_costs(doc, since)
 
 
@@ -510,5 +510,5 @@ class AnthropicSpend(_SpendSource):
             extensions={"timeout": httpx.Timeout(timeout).as_dict()},
         )
 
-    def _read(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
+    def _spend_of(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
         return parse_anthropic_costs(doc, since)
