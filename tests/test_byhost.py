@@ -14,7 +14,14 @@ import pytest
 
 import creditguard.httpx2 as cg2
 from creditguard import Balance, BudgetGuard, ConfigError, CreditSourceError, Decision, Policy
-from creditguard.sources import ByHost, CallableSource, FixedBudget, OpenRouterKey, Tightest
+from creditguard.sources import (
+    ByHost,
+    CallableSource,
+    DeepSeekBalance,
+    FixedBudget,
+    OpenRouterKey,
+    Tightest,
+)
 from creditguard.testing import FakeProvider, HostRouter
 
 SECRET = "BYHOSTSECRET"
@@ -41,11 +48,11 @@ def _no_key_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 @pytest.fixture
 def fakes() -> Iterator[tuple[FakeProvider, FakeProvider]]:
-    """OpenRouter (the key may spend 100) and a second OpenRouter-compatible provider
-    standing for DeepSeek (the same key may spend 0.3 there)."""
+    """OpenRouter (the key may spend 100) and DeepSeek (the same key has 0.3 CNY there)."""
     with FakeProvider() as openrouter, FakeProvider() as deepseek:
         openrouter.add_key(KEY, limit=100.0)
-        deepseek.add_key(KEY, limit=0.3)
+        deepseek.add_key(KEY, credits=0.3)
+        deepseek.currency = "CNY"
         yield openrouter, deepseek
 
 
@@ -55,7 +62,7 @@ def by_host(
     source = ByHost(
         {
             "openrouter.ai": OpenRouterKey(base_url=openrouter.openrouter_base_url),
-            "api.deepseek.com": OpenRouterKey(base_url=deepseek.openrouter_base_url),
+            "api.deepseek.com": DeepSeekBalance(base_url=deepseek.deepseek_base_url),
         },
         **kwargs,
     )
@@ -90,7 +97,9 @@ def test_two_hosts_through_one_openai_client(
         client.chat.completions.create(model="openai/gpt-4o", messages=MESSAGES)
     assert [d.action for d in decisions] == ["allow", "refuse", "allow"]
     assert openrouter.count("chat") == 2 and deepseek.count("chat") == 0
-    assert openrouter.count("key") == 1 and deepseek.count("key") == 1  # one balance per host
+    assert (
+        openrouter.count("key") == 1 and deepseek.count("deepseek_balance") == 1
+    )  # one balance per host
     # each host's balance, fetched from its own provider, spent by its own calls
     here = guard.check(credential=source.credential("openrouter.ai", KEY)).balance
     there = guard.check(credential=source.credential("api.deepseek.com", KEY)).balance
@@ -127,7 +136,7 @@ async def test_two_hosts_through_one_async_openai_client(
 
 def test_a_policy_per_host(fakes: tuple[FakeProvider, FakeProvider]) -> None:
     openrouter, deepseek = fakes
-    lenient = Policy(refuse_below=0.1, warn_below=1.0)
+    lenient = Policy(refuse_below=0.1, warn_below=1.0, unit="CNY")
     source, router = by_host(openrouter, deepseek, policies={"api.deepseek.com": lenient})
     decisions: list[Decision] = []
     guard = BudgetGuard(source, POLICY, estimate=0.0, on_decision=decisions.append)
@@ -147,7 +156,7 @@ def test_a_provider_refusal_marks_only_its_host(fakes: tuple[FakeProvider, FakeP
     openrouter, deepseek = fakes
     source, router = by_host(openrouter, deepseek)
     guard = BudgetGuard(source, Policy(), estimate=0.0)  # no thresholds: the provider decides
-    deepseek.set_key(KEY, limit=0.0)
+    deepseek.set_key(KEY, usage=0.3)
     with openai.OpenAI(
         base_url=DEEPSEEK, api_key=KEY, http_client=guard.client(transport=router), max_retries=0
     ) as client:

@@ -621,3 +621,32 @@ def test_faults_of_the_fake_cost_endpoints(fake: FakeProvider, cls: SpendType, m
         assert fetch_error(source, mode).reason.startswith("timeout after 0.3 s")
         assert fetch(source, mode).remaining == pytest.approx(8.0)  # the faults used up
     assert fake.count(endpoint) == 4
+
+
+@pytest.mark.parametrize(
+    ("period", "resets"),
+    [
+        ("day", datetime(2026, 3, 19, tzinfo=timezone.utc)),
+        ("week", datetime(2026, 3, 23, tzinfo=timezone.utc)),
+        ("month", datetime(2026, 4, 1, tzinfo=timezone.utc)),
+    ],
+)
+def test_the_budget_says_when_it_resets(fake: FakeProvider, period: Any, resets: datetime) -> None:
+    url = fake.openai_base_url
+    with OpenAISpend(5.0, period, api_key=ADMIN, base_url=url, clock=lambda: NOW) as source:
+        assert source.fetch(None).resets_at == resets.timestamp()
+
+
+def test_december_resets_in_january() -> None:
+    _, transport = canned([{"data": [], "has_more": False}])
+    december = datetime(2026, 12, 31, 23, 0, tzinfo=timezone.utc)
+    with OpenAISpend(5.0, api_key=ADMIN, transport=transport, clock=lambda: december) as source:
+        balance = source.fetch(None)
+    assert balance.resets_at == datetime(2027, 1, 1, tzinfo=timezone.utc).timestamp()
+
+
+def test_anthropic_base_url_as_sdks_take_it(fake: FakeProvider) -> None:
+    fake.add_cost(1.5, at=at(hours=1))
+    for url in (fake.anthropic_base_url, fake.anthropic_base_url + "/v1"):
+        with AnthropicSpend(5.0, api_key=ADMIN, base_url=url, clock=lambda: NOW) as source:
+            assert source.fetch(None).remaining == pytest.approx(3.5)

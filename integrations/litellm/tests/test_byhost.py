@@ -10,7 +10,7 @@ import pytest
 from conftest import KEY, MESSAGES, TIMEOUT, assert_no_secret
 
 from creditguard import BudgetGuard, Decision, Policy
-from creditguard.sources import ByHost, OpenRouterKey
+from creditguard.sources import ByHost, DeepSeekBalance, OpenRouterKey
 from creditguard.testing import FakeProvider, HostRouter
 from creditguard_litellm import guard_litellm, refused
 
@@ -20,11 +20,12 @@ DEEPSEEK = "https://api.deepseek.com/v1"
 
 @pytest.fixture
 def fakes() -> Iterator[tuple[FakeProvider, FakeProvider]]:
-    """OpenRouter, where the key may spend 100, and a second OpenRouter-compatible
-    provider standing for DeepSeek, where the same key may spend 0.3."""
+    """OpenRouter, where the key may spend 100, and DeepSeek, where the same key has
+    0.3 CNY left."""
     with FakeProvider() as openrouter, FakeProvider() as deepseek:
         openrouter.add_key(KEY, limit=100.0)
-        deepseek.add_key(KEY, limit=0.3)
+        deepseek.add_key(KEY, credits=0.3)
+        deepseek.currency = "CNY"
         yield openrouter, deepseek
 
 
@@ -34,7 +35,7 @@ def _guard(
     source = ByHost(
         {
             "openrouter.ai": OpenRouterKey(base_url=openrouter.openrouter_base_url),
-            "api.deepseek.com": OpenRouterKey(base_url=deepseek.openrouter_base_url),
+            "api.deepseek.com": DeepSeekBalance(base_url=deepseek.deepseek_base_url),
         },
         **kwargs,  # type: ignore[arg-type]
     )
@@ -69,7 +70,7 @@ def test_two_hosts_through_one_client_session(
         assert_no_secret(str(info.value), repr(info.value))
     assert [d.action for d in decisions] == ["allow", "refuse"]
     assert openrouter.count("chat") == 1 and deepseek.count("chat") == 0
-    assert openrouter.count("key") == 1 and deepseek.count("key") == 1
+    assert openrouter.count("key") == 1 and deepseek.count("deepseek_balance") == 1
     spent = guard.check(credential=source.credential("openrouter.ai", KEY)).balance
     assert spent is not None
     assert spent.remaining == pytest.approx(100.0 - openrouter.default_price)
@@ -80,7 +81,7 @@ async def test_two_hosts_through_one_aclient_session_and_a_policy_per_host(
     fakes: tuple[FakeProvider, FakeProvider], decisions: list[Decision]
 ) -> None:
     openrouter, deepseek = fakes
-    lenient = Policy(refuse_below=0.1)
+    lenient = Policy(refuse_below=0.1, unit="CNY")
     guard, _, router = _guard(
         openrouter, deepseek, decisions, policies={"api.deepseek.com": lenient}
     )

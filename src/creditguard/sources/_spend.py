@@ -17,8 +17,8 @@ calls the guard settles (``record``) and keeps it until the report shows it:
   is dropped while the report lags.
 
 Spend of others in the same organisation (another app, the console) shows only
-through the report. The request and parsing code is sans-I/O; ``fetch`` and
-``afetch`` only send pages.
+through the report. The request and parsing code is sans-I/O (:meth:`HttpSource._plan`: one
+request per page); the shared HTTP code sends them, within one total ``timeout``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Literal
 
@@ -38,7 +38,7 @@ from ..balance import Balance, check_cost
 from ..errors import ConfigError, CreditSourceError
 from ._base import logger
 from ._fixed import period_start
-from ._http import BadResponse, HttpSource, _status_reason, get_number, loads
+from ._http import BadResponse, HttpSource, Plan, get_number
 
 __all__ = ["AnthropicSpend", "OpenAISpend", "Unshown"]
 
@@ -50,6 +50,17 @@ _MAX_EPOCHS = 256
 
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _next_period(start: date, period: SpendPeriod) -> float:
+    """When the period beginning ``start`` ends (Unix seconds): the budget resets."""
+    if period == "day":
+        end = start + timedelta(days=1)
+    elif period == "week":
+        end = start + timedelta(days=7)
+    else:
+        end = date(start.year + start.month // 12, start.month % 12 + 1, 1)
+    return datetime(end.year, end.month, end.day, tzinfo=timezone.utc).timestamp()
 
 
 # -- local spend the report may not show yet (pure state) ----------------------
@@ -331,23 +342,23 @@ class _SpendSource(HttpSource):
         moment = datetime(start.year, start.month, start.day, tzinfo=timezone.utc)
         return start, moment.timestamp()
 
-    def _page(self, key: str, since: float, page: str | None, timeout: float) -> httpx.Request:
+    def _params(self, since: float, page: str | None) -> dict[str, str | int]:
         raise NotImplementedError
 
     def _spend_of(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
         raise NotImplementedError
 
-    def _interpret_page(self, response: httpx.Response, since: float) -> tuple[float, str | None]:
-        status = response.status_code
-        if not 200 <= status < 300:
-            raise BadResponse(
-                _status_reason(status, response.content, self._forbidden_hint), status
-            )
-        try:
-            return self._spend_of(loads(response.content), since)
-        except BadResponse as exc:
-            exc.status_code = status
-            raise
+    def _plan(self, key: str) -> Plan:
+        """Every page of the report from the period's start; the balance."""
+        start, since = self._window()
+        reported, page = 0.0, None
+        for _ in range(_MAX_PAGES):
+            doc = yield self._get(key, params=self._params(since, page))
+            spent, page = self._spend_of(doc, since)
+            reported += spent
+            if page is None:
+                return self._balance(start, reported)
+        raise BadResponse(f"the report has more than {_MAX_PAGES} pages")
 
     def _balance(self, start: date, reported: float) -> Balance:
         with self._local_lock:
@@ -367,6 +378,7 @@ class _SpendSource(HttpSource):
             unit="USD",
             fetched_at=time.time(),
             source=self.name,
+            resets_at=_next_period(start, self.period),
         )
 
     def record(self, credential: str | None, cost: float) -> None:
@@ -377,52 +389,6 @@ class _SpendSource(HttpSource):
         start, _ = self._window()
         with self._local_lock:
             self._unshown.record(start, cost)
-
-    def _remaining_time(self, deadline: float) -> float:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise httpx.ReadTimeout("the cost report's pages took longer than the timeout")
-        return left
-
-    # -- I/O shells ----------------------------------------------------------
-
-    def fetch(self, credential: str | None) -> Balance:
-        """The budget left this period (blocking; reads every page of the report)."""
-        key = self._key(credential)
-        start, since = self._window()
-        deadline = time.monotonic() + self.timeout
-        try:
-            reported, page = 0.0, None
-            client = self._sync_client()
-            for _ in range(_MAX_PAGES):
-                request = self._page(key, since, page, self._remaining_time(deadline))
-                spent, page = self._interpret_page(client.send(request), since)
-                reported += spent
-                if page is None:
-                    return self._balance(start, reported)
-            raise BadResponse(f"the report has more than {_MAX_PAGES} pages")
-        except Exception as exc:
-            error = self._translate(exc, key)
-        raise error from None
-
-    async def afetch(self, credential: str | None) -> Balance:
-        """The budget left this period (reads every page of the report)."""
-        key = self._key(credential)
-        start, since = self._window()
-        deadline = time.monotonic() + self.timeout
-        try:
-            reported, page = 0.0, None
-            async with self._new_async_client() as client:
-                for _ in range(_MAX_PAGES):
-                    request = self._page(key, since, page, self._remaining_time(deadline))
-                    spent, page = self._interpret_page(await client.send(request), since)
-                    reported += spent
-                    if page is None:
-                        return self._balance(start, reported)
-            raise BadResponse(f"the report has more than {_MAX_PAGES} pages")
-        except Exception as exc:
-            error = self._translate(exc, key)
-        raise error from None
 
     def __repr__(self) -> str:
         base = super().__repr__()
@@ -447,7 +413,7 @@ class OpenAISpend(_SpendSource):
     _forbidden_hint = " (the costs report needs an admin key)"
     _limit = 31
 
-    def _page(self, key: str, since: float, page: str | None, timeout: float) -> httpx.Request:
+    def _params(self, since: float, page: str | None) -> dict[str, str | int]:
         params: dict[str, str | int] = {
             "start_time": int(since),
             "bucket_width": "1d",
@@ -455,17 +421,7 @@ class OpenAISpend(_SpendSource):
         }
         if page is not None:
             params["page"] = page
-        return httpx.Request(
-            "GET",
-            self._url,
-            params=params,
-            headers={
-                "Authorization": f"Bearer {key}",
-                "Accept": "application/json",
-                "User-Agent": "creditguard",
-            },
-            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
-        )
+        return params
 
     def _spend_of(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
         return parse_openai_costs(doc, since)
@@ -486,9 +442,10 @@ class AnthropicSpend(_SpendSource):
     _default_base_url = "https://api.anthropic.com"
     _default_env = "ANTHROPIC_ADMIN_KEY"
     _forbidden_hint = " (the cost report needs an admin key)"
+    _sdk_suffixes = ("/v1",)  # the SDK's base_url may end in /v1; the path has it
     _limit = 31
 
-    def _page(self, key: str, since: float, page: str | None, timeout: float) -> httpx.Request:
+    def _params(self, since: float, page: str | None) -> dict[str, str | int]:
         starting_at = datetime.fromtimestamp(since, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         params: dict[str, str | int] = {
             "starting_at": starting_at,
@@ -497,18 +454,15 @@ class AnthropicSpend(_SpendSource):
         }
         if page is not None:
             params["page"] = page
-        return httpx.Request(
-            "GET",
-            self._url,
-            params=params,
-            headers={
-                "x-api-key": key,
-                "anthropic-version": "2023-06-01",
-                "Accept": "application/json",
-                "User-Agent": "creditguard",
-            },
-            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
-        )
+        return params
+
+    def _headers(self, key: str) -> dict[str, str]:
+        return {
+            "x-api-key": key,
+            "anthropic-version": "2023-06-01",
+            "Accept": "application/json",
+            "User-Agent": "creditguard",
+        }
 
     def _spend_of(self, doc: dict[str, Any], since: float) -> tuple[float, str | None]:
         return parse_anthropic_costs(doc, since)
