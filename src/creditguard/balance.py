@@ -80,9 +80,9 @@ class Balance:
 
 
 # the slots' own setters: a frozen dataclass refuses ``setattr``
-_set_remaining, _set_total, _set_used, _set_unit, _set_fetched_at, _set_source = (
+_set_remaining, _set_total, _set_used, _set_unit, _set_fetched_at, _set_source, _set_resets_at = (
     Balance.__dict__[name].__set__
-    for name in ("remaining", "total", "used", "unit", "fetched_at", "source")
+    for name in ("remaining", "total", "used", "unit", "fetched_at", "source", "resets_at")
 )
 _set_resets_at = Balance.__dict__["resets_at"].__set__
 
@@ -93,6 +93,8 @@ def _is_number(value: object) -> bool:
 
 def check_cost(cost: object) -> float:
     """``cost`` as a float, or ValueError: a cost is a finite number >= 0."""
+    if isinstance(cost, int) and not isinstance(cost, bool) and cost > 2**1000:
+        cost = math.inf  # (too large for a float: ValueError below, not OverflowError)
     if (
         isinstance(cost, bool)
         or not isinstance(cost, (int, float))

@@ -54,6 +54,8 @@ _UNSET = _Unset()
 
 
 def _number(key: str, value: object, *, positive: bool = False) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1000:
+        value = math.inf  # (an int too large for a float: refused below, not OverflowError)
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -154,8 +156,9 @@ class BudgetGuard:
         on_refresh: Callable[[Balance], object] | None = None,
         on_source_error: Callable[[CreditSourceError], object] | None = None,
         reserve: bool = True,
-        hold_timeout: float = 600.0,
+        hold_timeout: float = 900.0,
         fingerprint_secret: str | None = None,
+        stream_usage: bool = False,
     ) -> None:
         for method in ("fetch", "afetch"):
             if not callable(getattr(source, method, None)):
@@ -182,6 +185,8 @@ class BudgetGuard:
         self._misconfigured_logged: dict[str, float] = {}
         self._clock = timer or time.monotonic
         self._reserve = bool(reserve)
+        # ask streaming chat calls for their usage (stream_options.include_usage)
+        self.stream_usage = bool(stream_usage)
         kwargs: dict[str, Any] = {} if timer is None else {"timer": timer}
         options: dict[str, Any] = dict(
             ttl=self.ttl,
@@ -241,9 +246,10 @@ class BudgetGuard:
         hold: bool,
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
+        report: bool = True,
     ) -> tuple[Decision, Hold | None]:
         """The decision on one call (and its hold, when ``hold``), logged and
-        reported. Shared by every surface, sync and async."""
+        reported (unless ``report`` is false). Shared by every surface, sync and async."""
         unavailable = "no balance available"
         if lookup.error is not None:
             unavailable = f"no usable balance ({lookup.error})"
@@ -281,7 +287,8 @@ class BudgetGuard:
             reserve=hold and self._reserve,
             floor_of=policy.refuse_floor,
         )
-        self._report(decision, lookup.fingerprint)
+        if report:
+            self._report(decision, lookup.fingerprint)
         return decision, held
 
     def _report(self, decision: Decision, key: str) -> None:
@@ -405,6 +412,8 @@ class BudgetGuard:
         if refuse_reason is not None:
             return None
         ledger = self.ledger
+        if ledger._pending:  # settles a finalizer asked for: they count first
+            ledger.drain()
         if key is None:
             key = ledger.key(credential)
         fast = ledger.admit_fresh(
@@ -482,6 +491,61 @@ class BudgetGuard:
             refuse_reason=refuse_reason,
             can_rewrite=can_rewrite,
         )
+
+    def _rehold(
+        self, first: Decision, credential: str | None, estimate: float, *, key: str | None = None
+    ) -> tuple[Decision, Hold | None]:
+        """Hold ``estimate`` again for an SDK retry of a call decided already
+        (``first``): the first decision stands (same rewrite, not reported
+        again), unless this hold would take the headroom below the refuse
+        floor; then the retry is refused (and that is reported)."""
+        fast = self.ledger.admit_fresh(
+            key or self.ledger.key(credential),
+            credential,
+            first.model,
+            estimate,
+            self.policy,
+            reserve=self._reserve,
+            can_rewrite=False,
+        )
+        if fast is None:
+            lookup = self.ledger.get(credential, key)
+            fast = self._admit(lookup, credential, first.model, estimate, hold=True, report=False)
+        return self._retried(first, *fast, key)
+
+    async def _arehold(
+        self, first: Decision, credential: str | None, estimate: float, *, key: str | None = None
+    ) -> tuple[Decision, Hold | None]:
+        """:meth:`_rehold` for async code."""
+        fast = self.ledger.admit_fresh(
+            key or self.ledger.key(credential),
+            credential,
+            first.model,
+            estimate,
+            self.policy,
+            reserve=self._reserve,
+            can_rewrite=False,
+        )
+        if fast is None:
+            lookup = await self.ledger.aget(credential, key)
+            fast = self._admit(lookup, credential, first.model, estimate, hold=True, report=False)
+        return self._retried(first, *fast, key)
+
+    def _retried(
+        self, first: Decision, now: Decision, hold: Hold | None, key: str | None
+    ) -> tuple[Decision, Hold | None]:
+        if now.action != "refuse" or first.action == "refuse":
+            return first, hold
+        refused = Decision(
+            "refuse",
+            first.requested_model,
+            now.balance,
+            f"an SDK retry would cross the refuse floor: {now.reason}",
+            first.requested_model,
+            now.stale,
+        )
+        self._report(refused, key or "")
+        return refused, None
 
     def record(self, cost: float, *, credential: str | _Unset | None = _UNSET) -> None:
         """Debit ``cost`` (credits spent by a call) from the cached balance of
