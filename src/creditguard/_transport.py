@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 from ._body import find_member_fast, find_members, prefix_is_json, usage_from_body
+from ._protect import unbilled
 from .costs import MAX_COST, Price, cost_from_usage, merge_usage
 from .policy import Decision
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
     from .guard import BudgetGuard
     from .ledger import Hold
 
-__all__ = ["DEFAULT_PATHS", "AsyncShell", "Core", "Lib", "SyncShell"]
+__all__ = ["DEFAULT_PATHS", "AsyncShell", "Core", "Lib", "Plan", "SyncShell"]
 
 log = logging.getLogger("creditguard")
 
@@ -527,7 +528,7 @@ class Core:
         the provider may have billed it, so its estimate is charged (the next
         poll corrects it). Never raises: the caller re-raises ``exc``."""
         try:
-            if isinstance(exc, self.lib.unsent):
+            if isinstance(exc, self.lib.unsent) or unbilled(exc):
                 self.release(hold)
                 return
             log.debug(

@@ -377,8 +377,11 @@ class BudgetGuard:
         building block for hooks of your own (the decorator and transports use
         the same). Check ``reservation.decision`` before making the call; then
         ``settle(cost)`` with what it cost (None: its estimate) or ``release()``
-        if it failed. As a context manager, an exception releases it and a
-        normal exit settles it at its estimate unless settled already."""
+        if it was never sent. As a context manager, a normal exit settles it at
+        its estimate unless settled already; an exception releases it only when
+        it shows the call was not billed (a connect error, a provider's error
+        status), and otherwise charges the estimate: a timed-out or cancelled
+        call may still be billed (see :class:`Reservation`)."""
         est = self._estimate(estimate)
         decision, hold = self._hold(model, credential, est)
         return Reservation(self, decision, hold, credential, est)
@@ -687,7 +690,10 @@ class BudgetGuard:
         the source's own key): refuse raises :class:`CreditsExhausted`,
         downgrade rewrites the model argument. After a successful call, the
         cost in the result's ``usage.cost`` is recorded, else the estimate —
-        unless the function called :meth:`record` itself.
+        unless the function called :meth:`record` itself. A call that raises
+        is charged its estimate (a timeout or a cancellation may still be
+        billed) unless the exception shows it was not billed: nothing sent
+        (a connect error, a refusal) or a provider's error status.
         """
         est = self.estimate if estimate is None else _number("estimate", estimate)
 
