@@ -737,6 +737,8 @@ def _timestamp(value: object) -> float | None:
             when = when.replace(tzinfo=timezone.utc)
         return when.timestamp()
     return None
+
+
 _LABEL = b"x-creditguard-decision"
 _ACTIONS = {action: action.encode() for action in ("allow", "warn", "downgrade", "refuse")}
 _UNAVAILABLE = b"allow; balance=unavailable"
@@ -789,7 +791,7 @@ class SSETap:
     data event before ``[DONE]``; Anthropic: message_start, then message_delta),
     and settles the call when the stream ends or is closed."""
 
-    __slots__ = ("_buffer", "_core", "_hold", "_plan", "chars", "disabled", "usage")
+    __slots__ = ("_buffer", "_core", "_hold", "_plan", "chars", "disabled", "finished", "usage")
 
     def __init__(self, core: Core, plan: Plan, hold: Hold | None) -> None:
         self._core = core
@@ -798,6 +800,7 @@ class SSETap:
         self._buffer = b""
         self.usage: dict[str, Any] = {}
         self.disabled = False
+        self.finished = False  # the stream's last event passed (SDKs stop reading there)
         # output characters seen (counted only when a price can turn them into a cost)
         self.chars = 0 if plan.price is not None else -1
 
@@ -811,13 +814,20 @@ class SSETap:
             self._buffer = b""
         counting = self.chars >= 0
         for line in lines:
-            if line.startswith(b"data:") and (counting or b'"usage"' in line):
-                self._event(line[5:])
+            if line.startswith(b"data:"):
+                if counting or b'"usage"' in line:
+                    self._event(line[5:])
+                elif line[5:].strip() == b"[DONE]":
+                    self.finished = True
+            elif line.startswith(b"event:") and line[6:].strip() in _LAST_EVENTS:
+                self.finished = True
 
     def _event(self, payload: bytes) -> None:
         try:
             event = json.loads(payload)
         except (ValueError, RecursionError):
+            if payload.strip() == b"[DONE]":
+                self.finished = True
             return
         if not isinstance(event, dict):
             return
@@ -841,7 +851,7 @@ class SSETap:
             prompt = len(plan.text) / 4 if plan.text is not None else 0.0
             passed = plan.price.of(prompt, self.chars / 4)
             if passed <= MAX_COST:
-                cost = passed if complete else max(passed, plan.estimate)
+                cost = passed if complete or self.finished else max(passed, plan.estimate)
         # Cut short without a usage report and no price: the estimate (never free).
         self._core.charge(plan, self._hold, cost)
 
@@ -896,6 +906,9 @@ def _end_tap(tap: BodyTap | SSETap, complete: bool) -> None:
         tap.end(complete)
     except Exception:
         log.exception("a response could not be settled")
+
+
+_LAST_EVENTS = frozenset((b"message_stop", b"response.completed"))
 
 
 class ObservedStream:
