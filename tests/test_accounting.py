@@ -463,9 +463,7 @@ async def test_a_cancelled_task_is_charged_its_estimate(fake: FakeProvider, stac
     await guard.aclose()
 
 
-def test_a_dropped_connection_is_charged_its_estimate_sync(
-    fake: FakeProvider, stack: str
-) -> None:
+def test_a_dropped_connection_is_charged_its_estimate_sync(fake: FakeProvider, stack: str) -> None:
     guard = make_guard(fake)
     fake.fault("chat", drop=True, times=1)
     with sync_openai(fake, guard, stack) as client:

@@ -308,6 +308,7 @@ class Core:
             raise ConfigError("paths", paths, "non-empty path suffixes such as '/chat/completions'")
         self.per_credential = bool(getattr(guard.source, "per_credential", True))
         self.stablecog = getattr(guard.source, "name", "") == "stablecog"
+        self.stream_usage = guard.stream_usage
         # decisions of first attempts, for SDK retries of the same call (bounded,
         # oldest first out: a retry follows its first attempt within seconds)
         self._retries: dict[tuple[str, int], tuple[Decision, float, Price | None]] = {}
@@ -356,7 +357,7 @@ class Core:
             plan.estimate, plan.price = first[1], first[2]
         elif stablecog or self.guard.pricing:
             self._estimate(plan, stablecog)
-        if self.guard.stream_usage and text is not None and path.endswith("/chat/completions"):
+        if self.stream_usage and text is not None and path.endswith("/chat/completions"):
             plan.usage_edit = _stream_usage_edit(text)
         return plan
 
@@ -449,17 +450,17 @@ class Core:
             retries[plan.retry_key] = (decision, plan.estimate, plan.price)
             if len(retries) > 1024:
                 del retries[next(iter(retries))]
-        edits = []
-        if (
+        downgrade = (
             decision.action == "downgrade"
             and decision.enforced  # (shadow mode: the model as it came)
             and plan.span is not None
-            and plan.text is not None
-        ):
+        )
+        if not downgrade and plan.usage_edit is None:
+            return request  # the usual case: forwarded as it came
+        edits = [] if plan.usage_edit is None else [plan.usage_edit]
+        if downgrade and plan.text is not None:
             target = cast(str, decision.model)  # a downgrade always names its target
-            edits.append((*plan.span, _json_string(target)))
-        if plan.usage_edit is not None:
-            edits.append(plan.usage_edit)
+            edits.append((*cast(tuple[int, int], plan.span), _json_string(target)))
         if not edits:
             return request
         text = cast(str, plan.text)
@@ -588,7 +589,6 @@ class Core:
             headers["x-creditguard-model-requested"] = decision.requested_model
         status: int = response.status_code
         stablecog = plan.stablecog
-        ledger = self.guard.ledger
         if 200 <= status < 300 and not stablecog and not ctype.startswith(b"text/event-stream"):
             # the usual answer: a JSON body whose usage settles the call
             loaded = getattr(response, "_content", None)  # a body already in memory (mocks)
@@ -596,9 +596,10 @@ class Core:
                 self.charge(plan, hold, cost_from_usage(usage_from_body(loaded), plan.price))
                 return response
             tap = BodyTap(functools.partial(self._settle_body, plan, hold), _encoding(encoding))
-            response.stream = self.lib.observed(response.stream, tap, ledger)
+            response.stream = self.lib.observed(response.stream, tap, self.guard.ledger)
             return response
         credential = plan.credential
+        ledger = self.guard.ledger
         on_body: Callable[[bytes, bool], None] | None = None
         if not 200 <= status < 300:
             self.release(hold)  # no charge for a call the provider turned down
