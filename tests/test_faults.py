@@ -771,3 +771,25 @@ def test_an_sse_body_in_memory_is_settled(stack: str) -> None:
     belief = guard.check(estimate=0).balance
     assert belief is not None and belief.remaining == pytest.approx(1.0 - 0.02)
     assert guard.ledger.reserved(None) == 0
+
+
+def test_a_reservation_dropped_open_is_charged() -> None:
+    guard = BudgetGuard(FixedBudget(1.0), estimate=0.25)
+    reservation = guard.reserve("m")
+    assert guard.ledger.reserved(None) == pytest.approx(0.25)
+    del reservation
+    gc.collect()
+    assert guard.ledger.reserved(None) == 0
+    belief = guard.check(estimate=0).balance
+    assert belief is not None and belief.remaining == pytest.approx(0.75)
+    settled = guard.reserve("m")
+    settled.settle(0.1)
+    del settled
+    gc.collect()  # settled already: its finalizer charges nothing more
+    belief = guard.check(estimate=0).balance
+    assert belief is not None and belief.remaining == pytest.approx(0.65)
+
+
+def test_a_fixed_budget_of_10_to_the_400_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        FixedBudget(10**400)

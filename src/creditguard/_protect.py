@@ -9,7 +9,9 @@ guard's decision) and :class:`Call` (charging).
 
 from __future__ import annotations
 
+import functools
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -170,7 +172,16 @@ class Reservation:
     :meth:`release` yourself inside the block when you know nothing was sent.
     """
 
-    __slots__ = ("_credential", "_done", "_guard", "_hold", "decision", "estimate", "reported")
+    __slots__ = (
+        "__weakref__",
+        "_credential",
+        "_done",
+        "_guard",
+        "_hold",
+        "decision",
+        "estimate",
+        "reported",
+    )
 
     def __init__(
         self,
@@ -228,6 +239,18 @@ class Reservation:
 
     def __repr__(self) -> str:
         return f"<Reservation {self.decision.action} estimate={self.estimate:g}>"
+
+    def _charged_if_dropped(self) -> Reservation:
+        """Have this reservation charged its estimate if it is garbage-collected
+        while still open (a caller that neither settled nor released it): the
+        call may have been made. (For :meth:`BudgetGuard.reserve`; the
+        decorator settles its own calls.)"""
+        hold = self._hold
+        if hold is not None:
+            ledger = self._guard.ledger
+            settle = functools.partial(ledger.settle, hold, self.estimate)
+            weakref.finalize(self, ledger.defer, settle).atexit = False
+        return self
 
 
 class Call(Reservation):

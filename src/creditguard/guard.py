@@ -384,7 +384,7 @@ class BudgetGuard:
         call may still be billed (see :class:`Reservation`)."""
         est = self._estimate(estimate)
         decision, hold = self._hold(model, credential, est)
-        return Reservation(self, decision, hold, credential, est)
+        return Reservation(self, decision, hold, credential, est)._charged_if_dropped()
 
     async def areserve(
         self,
@@ -396,7 +396,7 @@ class BudgetGuard:
         """:meth:`reserve` for async code."""
         est = self._estimate(estimate)
         decision, hold = await self._ahold(model, credential, est)
-        return Reservation(self, decision, hold, credential, est)
+        return Reservation(self, decision, hold, credential, est)._charged_if_dropped()
 
     def _fast(
         self,
