@@ -132,8 +132,12 @@ class BudgetGuard:
     While a guarded call runs, its estimate is held (``reserve=True``): the
     next calls are judged on what is left after every call in flight, so a burst
     cannot spend past the refuse floor. A hold is replaced by the call's real
-    cost when it ends, dropped when it fails, and stops counting by itself
-    after ``hold_timeout`` seconds.
+    cost when it ends; dropped when the call was not billed (nothing sent, or
+    the provider answered an error); charged as the estimate when it may have
+    been (a timeout, a cancellation, a stream cut short or dropped unread); and
+    stops counting by itself after ``hold_timeout`` seconds (900).
+    ``stream_usage=True`` asks streaming chat calls for their usage
+    (``stream_options.include_usage``) so that they settle at their real cost.
 
     Events: ``on_decision(decision)``, ``on_refresh(balance)`` and
     ``on_source_error(error)``; an exception in a callback is logged, never
