@@ -550,9 +550,10 @@ class BudgetGuard:
             f"an SDK retry would cross the refuse floor: {now.reason}",
             first.requested_model,
             now.stale,
+            self.policy.enforce,
         )
         self._report(refused, key or "")
-        return refused, None
+        return refused, hold  # (None, unless shadow mode holds a refused call that goes out)
 
     def record(self, cost: float, *, credential: str | _Unset | None = _UNSET) -> None:
         """Debit ``cost`` (credits spent by a call) from the cached balance of
