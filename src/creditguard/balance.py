@@ -80,9 +80,9 @@ class Balance:
 
 
 # the slots' own setters: a frozen dataclass refuses ``setattr``
-_set_remaining, _set_total, _set_used, _set_unit, _set_fetched_at, _set_source, _set_resets_at = (
+_set_remaining, _set_total, _set_used, _set_unit, _set_fetched_at, _set_source = (
     Balance.__dict__[name].__set__
-    for name in ("remaining", "total", "used", "unit", "fetched_at", "source", "resets_at")
+    for name in ("remaining", "total", "used", "unit", "fetched_at", "source")
 )
 _set_resets_at = Balance.__dict__["resets_at"].__set__
 
