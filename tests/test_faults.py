@@ -793,3 +793,58 @@ def test_a_reservation_dropped_open_is_charged() -> None:
 def test_a_fixed_budget_of_10_to_the_400_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         FixedBudget(10**400)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_max_tokens_of_10_to_the_400_is_held_at_the_cap_and_refused(stack: str) -> None:
+    lib: Any = httpx if stack == "httpx" else httpx2
+    seen: list[bytes] = []
+
+    def answer(request: Any) -> Any:
+        seen.append(request.content)
+        return lib.Response(200, json={"usage": {"cost": 0.1}})
+
+    guard = BudgetGuard(
+        FixedBudget(10.0), Policy(refuse_below=1.0), pricing={"m": {"prompt": 0, "completion": 1}}
+    )
+    transport = lib.MockTransport(answer)
+    http = (
+        guard.client(transport=transport)
+        if stack == "httpx"
+        else cg2.client(guard, transport=transport)
+    )
+    body = b'{"model":"m","max_tokens":' + b"9" * 400 + b"}"
+    with http:
+        response = http.post("http://test/v1/chat/completions", content=body)
+        fits = http.post("http://test/v1/chat/completions", content=b'{"model":"m","max_tokens":2}')
+    assert response.status_code == 402  # the guard's refusal, not an OverflowError
+    assert fits.status_code == 200 and len(seen) == 1
+    assert guard.ledger.reserved(None) == 0
+
+
+def test_anthropic_middleware_refuses_a_retry_that_would_cross_the_floor(
+    fake: FakeProvider,
+) -> None:
+    fake.add_key(KEY, credits=10.0)
+    budget = FixedBudget(LIMIT)
+    guard = make_guard(fake, source=budget)
+    fake.fault("messages", status=500, times=1)
+
+    def dried(*_: Any) -> None:  # after the first decision the budget runs down to the floor
+        if budget.fetch(None).used == 0:
+            budget.record(None, LIMIT - FLOOR)
+            guard.invalidate()
+
+    guard.on_decision = dried
+    with anthropic.Anthropic(
+        base_url=fake.anthropic_base_url,
+        api_key=KEY,
+        middleware=[guard.anthropic_middleware()],
+        max_retries=2,
+    ) as client:
+        with pytest.raises(CreditsExhausted) as info:
+            client.messages.create(**CLAUDE_ARGS)
+    assert "SDK retry" in info.value.decision.reason
+    assert fake.count("messages") == 1  # the retry never reached the provider
+    assert guard.ledger.reserved(None) == 0
+    guard.close()

@@ -288,9 +288,12 @@ def _skip(request: Any, why: str) -> tuple[None, None, None]:
     return None, None, None
 
 
+_MAX_WHOLE = 2**53  # a count above this (max_tokens=10**400) is held as this: a float still
+
+
 def _whole(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+        return value if value <= _MAX_WHOLE else _MAX_WHOLE
     return None
 
 
@@ -398,6 +401,8 @@ class Core:
             plan.estimate = price.prompt * prompt_tokens + guard.estimate
         else:
             plan.estimate = price.of(prompt_tokens, limit)
+        if not plan.estimate <= MAX_COST:  # absurd limits or prices: held at the cap
+            plan.estimate = MAX_COST
 
     def _unknown_price(self, plan: Plan) -> None:
         rule = self.guard.policy.unknown_price
