@@ -685,7 +685,7 @@ class Core:
 
 
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a JSON string, in C
-_LIMIT_SOURCES = re.compile(r"key|credit|guardrail|workspace|budget|limit", re.IGNORECASE)
+_LIMIT_SOURCES = re.compile(r"key_limit|credit|guardrail|workspace|budget", re.IGNORECASE)
 _USAGE_MEMBER = ',"stream_options":{"include_usage":true}'
 _STREAM_FIELDS = frozenset(("stream", "stream_options"))
 
