@@ -936,7 +936,9 @@ class ObservedStream:
     def __del__(self) -> None:
         if not self._done:  # never read to the end nor closed
             self._done = True
-            self._ledger.defer(functools.partial(_end_tap, self._tap, False))
+            # (never raises: at interpreter exit, say, there is nothing left to charge)
+            with contextlib.suppress(Exception):
+                self._ledger.defer(functools.partial(_end_tap, self._tap, False))
 
     def _feed(self, chunk: bytes) -> None:
         if not self._done:
