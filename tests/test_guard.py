@@ -347,17 +347,28 @@ def test_decorated_call_charges_usage_cost_or_estimate() -> None:
         guard.record(2.0)
         return "ok"
 
+    class ProviderSaidNo(Exception):
+        status_code = 400  # as an SDK's status error carries it
+
     @guard
     def fails(model: str) -> str:
-        raise ValueError("provider said no")
+        raise ProviderSaidNo("provider said no")
+
+    @guard
+    def breaks(model: str) -> str:
+        raise ValueError("something after the call, maybe")
 
     with_cost("big")  # 20 - 4
     without_cost("big")  # - 0.5
     reports_itself("big")  # - 2, the estimate not on top
-    with pytest.raises(ValueError):
-        fails("big")  # nothing charged
+    with pytest.raises(ProviderSaidNo):
+        fails("big")  # the provider answered an error: nothing charged
     d = guard.check("big", estimate=0.0)
     assert d.balance is not None and d.balance.remaining == pytest.approx(13.5)
+    with pytest.raises(ValueError):
+        breaks("big")  # it may have been billed: the estimate is charged
+    d = guard.check("big", estimate=0.0)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(13.0)
 
 
 async def test_async_decorated_call_charges_cost() -> None:
@@ -483,13 +494,20 @@ def test_reserve_holds_until_settled_or_released() -> None:
     r.settle(5.0)  # once only
     assert guard.ledger.reserved(None) == 0
     assert guard.check(estimate=0).balance.remaining == 2.75  # type: ignore[union-attr]
-    with pytest.raises(RuntimeError), guard.reserve("big", estimate=1.0):
+    with pytest.raises(RuntimeError), guard.reserve("big", estimate=1.0) as r1:
+        r1.release()  # known not sent: nothing charged
         raise RuntimeError("the call failed")
     assert guard.check(estimate=0).balance.remaining == 2.75  # type: ignore[union-attr]
+    with pytest.raises(ConnectionRefusedError), guard.reserve("big", estimate=1.0):
+        raise ConnectionRefusedError("nothing was sent")  # released
+    assert guard.check(estimate=0).balance.remaining == 2.75  # type: ignore[union-attr]
+    with pytest.raises(TimeoutError), guard.reserve("big", estimate=0.25):
+        raise TimeoutError("no answer in time")  # maybe billed: the estimate is charged
+    assert guard.check(estimate=0).balance.remaining == 2.5  # type: ignore[union-attr]
     with guard.reserve("big", estimate=0.5) as r2:
         assert guard.ledger.reserved(None) == 0.5
     assert r2.decision.allowed and guard.ledger.reserved(None) == 0
-    assert guard.check(estimate=0).balance.remaining == 2.25  # type: ignore[union-attr]
+    assert guard.check(estimate=0).balance.remaining == 2.0  # type: ignore[union-attr]
 
 
 async def test_areserve_refused_holds_nothing() -> None:

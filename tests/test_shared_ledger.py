@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
 
-from creditguard import Balance, BudgetGuard, ConfigError, Policy
+from creditguard import Balance, BudgetGuard, ConfigError, Policy, Reservation
 from creditguard._shared import SharedLedger
 from creditguard.testing import FakeProvider
 
@@ -70,12 +70,14 @@ def test_concurrent_guards_never_hold_past_the_floor(redis_server: RedisServer) 
     for g in guards:
         g.check(credential=KEY)
     results: list[str] = []
+    kept: list[Reservation] = []  # open (a reservation dropped open is charged)
     start = threading.Barrier(40)
 
     def worker(g: BudgetGuard) -> None:
         start.wait()
         for _ in range(3):
-            results.append(g.reserve("m", credential=KEY).decision.action)
+            kept.append(g.reserve("m", credential=KEY))
+            results.append(kept[-1].decision.action)
 
     threads = [threading.Thread(target=worker, args=(guards[i % 4],)) for i in range(40)]
     for t in threads:

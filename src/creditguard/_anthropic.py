@@ -1,26 +1,34 @@
 """creditguard as an Anthropic SDK middleware: ``anthropic.Anthropic(middleware=[...])``.
 
-The SDK runs its middleware chain once per HTTP attempt; the guard judges a
-call on its first attempt only (attempts share the SDK's idempotency key) and
-rewrites every attempt the same way. A refusal raises
-:class:`~creditguard.CreditsExhausted`, which the SDK neither wraps nor retries.
+The SDK runs its middleware chain once per HTTP attempt. The guard judges a
+call on its first attempt (attempts share the SDK's idempotency key) and
+rewrites every attempt the same way; each retry holds the call's estimate
+again, and is refused when that hold would cross the refuse floor. A refusal
+raises :class:`~creditguard.CreditsExhausted`, which the SDK neither wraps nor
+retries. The call is estimated, observed and settled by the transport's own
+core (:class:`creditguard._transport.Core`): prices x ``max_tokens`` and the
+prompt's size, a JSON body's usage, a stream's ``message_start`` /
+``message_delta`` usage; an attempt cut off after it was sent is charged.
 Get one with :meth:`BudgetGuard.anthropic_middleware`.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anthropic
 from cachetools import TTLCache
 
-from ._body import usage_from_body
-from .costs import cost_from_usage
+from ._transport import Core, Plan
+from .costs import Price
 from .errors import CreditsExhausted
+from .httpx2 import _LIB
 
 if TYPE_CHECKING:
-    from .guard import BudgetGuard, Reservation
+    from .guard import BudgetGuard
+    from .ledger import Hold
     from .policy import Decision
 
 __all__ = ["GuardMiddleware"]
@@ -32,24 +40,51 @@ class GuardMiddleware(anthropic.Middleware):
     def __init__(self, guard: BudgetGuard, *, credential: str | None = None) -> None:
         self.guard = guard
         self.credential = credential
-        self._decided: TTLCache[str, Decision] = TTLCache(maxsize=1024, ttl=600)
+        self._core = Core(guard, _LIB)
+        # first attempts' decisions and estimates, by idempotency key, for retries
+        self._decided: TTLCache[str, tuple[Decision, float, Price | None]] = TTLCache(
+            maxsize=1024, ttl=900
+        )
 
     def __repr__(self) -> str:
         return f"GuardMiddleware({self.guard!r})"
 
     # -- the pure steps ------------------------------------------------------
 
-    def _model(self, request: Any) -> str | None:
-        """The model of a Messages call, None for any other request."""
+    def _plan(self, request: Any) -> Plan | None:
+        """The plan of a Messages call (its model and estimate), None for any other request."""
         if request.method.upper() != "POST" or not str(request.url).endswith("/messages"):
             return None
         body = request.json
         model = body.get("model") if isinstance(body, dict) else None
-        return model if isinstance(model, str) else None
+        if not isinstance(model, str):
+            return None
+        guard = self.guard
+        text = None
+        if guard.pricing:  # the prompt's size counts only at a known price
+            try:
+                text = json.dumps(body, ensure_ascii=False)
+            except (TypeError, ValueError, RecursionError):
+                text = None
+        plan = Plan(
+            self.credential, "", model, None, text, None, None, "/v1/messages", guard.estimate
+        )
+        if guard.pricing:
+            self._core._estimate(plan, False)
+        return plan
 
     def _key(self, request: Any) -> str | None:
         key = getattr(request.options, "idempotency_key", None)
         return key if isinstance(key, str) else None
+
+    def _first(self, request: Any, plan: Plan) -> tuple[Decision, float, Price | None] | None:
+        key = self._key(request)
+        return self._decided.get(key) if key and request.retries_taken else None
+
+    def _decided_now(self, request: Any, plan: Plan, decision: Decision) -> None:
+        key = self._key(request)
+        if key and decision.action != "refuse" and not request.retries_taken:
+            self._decided[key] = (decision, plan.estimate, plan.price)
 
     def _apply(self, request: Any, decision: Decision) -> Any:
         decision = decision.applied  # shadow mode: neither refused nor rewritten
@@ -59,62 +94,56 @@ class GuardMiddleware(anthropic.Middleware):
             return request.copy(body={**request.json, "model": decision.model})
         return request
 
-    def _finish(self, request: Any, reservation: Reservation | None, response: Any) -> None:
-        if reservation is None:
-            return
-        if not 200 <= response.status_code < 300:
-            reservation.release()
-            return
-        cost = None
-        if not request.stream:  # a whole JSON body: its usage is there
-            usage = usage_from_body(response.http_response.read())
-            cost = cost_from_usage(
-                usage, self.guard.pricing.price(reservation.decision.applied.model)
-            )
-        reservation.settle(cost)  # a stream's cost is not seen here: its estimate
+    def _finish(self, plan: Plan, decision: Decision, hold: Hold | None, response: Any) -> None:
+        """Watch the response pass: a JSON body's or a stream's usage settles
+        the hold, an error status releases it, an out-of-credit 400 marks the
+        credential exhausted (:meth:`Core.observe`)."""
+        self._core.observe(plan, decision, hold, response.http_response)
 
     # -- sync and async shells ------------------------------------------------
 
     def handle(self, request: Any, call_next: Callable[[Any], Any]) -> Any:
-        model = self._model(request)
-        if model is None:
+        plan = self._plan(request)
+        if plan is None:
             return call_next(request)
-        key = self._key(request)
-        decision = self._decided.get(key) if key and request.retries_taken else None
-        reservation = None
-        if decision is None:
-            reservation = self.guard.reserve(model, credential=self.credential)
-            decision = reservation.decision
-            if key:
-                self._decided[key] = decision
+        guard = self.guard
+        first = self._first(request, plan)
+        if first is None:
+            decision, hold = guard._hold(
+                plan.model, plan.credential, plan.estimate, refuse_reason=plan.refuse
+            )
+            self._decided_now(request, plan, decision)
+        else:
+            plan.estimate, plan.price = first[1], first[2]
+            decision, hold = guard._rehold(first[0], plan.credential, plan.estimate)
         request = self._apply(request, decision)
         try:
             response = call_next(request)
-        except BaseException:
-            if reservation is not None:
-                reservation.release()
+        except BaseException as exc:  # sent or not? see Core.failed
+            self._core.failed(plan, hold, exc)
             raise
-        self._finish(request, reservation, response)
+        self._finish(plan, decision, hold, response)
         return response
 
     async def handle_async(self, request: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
-        model = self._model(request)
-        if model is None:
+        plan = self._plan(request)
+        if plan is None:
             return await call_next(request)
-        key = self._key(request)
-        decision = self._decided.get(key) if key and request.retries_taken else None
-        reservation = None
-        if decision is None:
-            reservation = await self.guard.areserve(model, credential=self.credential)
-            decision = reservation.decision
-            if key:
-                self._decided[key] = decision
+        guard = self.guard
+        first = self._first(request, plan)
+        if first is None:
+            decision, hold = await guard._ahold(
+                plan.model, plan.credential, plan.estimate, refuse_reason=plan.refuse
+            )
+            self._decided_now(request, plan, decision)
+        else:
+            plan.estimate, plan.price = first[1], first[2]
+            decision, hold = await guard._arehold(first[0], plan.credential, plan.estimate)
         request = self._apply(request, decision)
         try:
             response = await call_next(request)
-        except BaseException:
-            if reservation is not None:
-                reservation.release()
+        except BaseException as exc:  # sent or not? see Core.failed
+            self._core.failed(plan, hold, exc)
             raise
-        self._finish(request, reservation, response)
+        self._finish(plan, decision, hold, response)
         return response

@@ -51,6 +51,8 @@ def _value(text: str, idx: int) -> tuple[object, int]:
         return _SCAN(text, idx)
     except StopIteration as exc:
         raise ValueError(f"no JSON value at {exc.value}") from None
+    except RecursionError:  # nested deeper than the decoder goes: not read
+        raise ValueError(f"JSON nested too deep at {idx}") from None
 
 
 def _member(text: str, idx: int) -> tuple[str, object, int, int] | None:
@@ -106,7 +108,10 @@ def find_member(text: str, name: str) -> tuple[object, Span] | None:
     ValueError when it is not valid JSON."""
     idx = _object_start(text)
     if idx is None:
-        _, end = _DECODER.raw_decode(text, _ws(text, 0))
+        try:
+            _, end = _DECODER.raw_decode(text, _ws(text, 0))
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
         if _ws(text, end) != len(text):
             raise ValueError(f"extra data at {end}")
         return None
@@ -180,7 +185,7 @@ def _closes_top_level(text: str, idx: int) -> bool:
     rest = "{" + text[idx + 1 :]
     try:
         members, end = _SCAN(rest, 0)
-    except (StopIteration, ValueError):
+    except (StopIteration, ValueError, RecursionError):
         return False
     # ``{}`` would be a trailing comma, not a member
     return bool(members) and _ws(rest, end) == len(rest)
@@ -199,7 +204,7 @@ def prefix_is_json(text: str, name: str, span: Span) -> bool:
     start = _ws(text, 0)
     try:
         _, end = _SCAN(text, start)
-    except (StopIteration, ValueError):
+    except (StopIteration, ValueError, RecursionError):
         return False
     return text.startswith("{", start) and _ws(text, end) == len(text) and start < span[0] < end
 
@@ -216,6 +221,6 @@ def usage_from_body(body: bytes) -> object:
         return None
     try:
         usage, _ = _SCAN(text, _ws(text, idx + 1))
-    except (StopIteration, ValueError):
+    except (StopIteration, ValueError, RecursionError):
         return None
     return usage if type(usage) is dict else None

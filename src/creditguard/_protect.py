@@ -9,7 +9,9 @@ guard's decision) and :class:`Call` (charging).
 
 from __future__ import annotations
 
+import functools
 import inspect
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
@@ -24,7 +26,16 @@ if TYPE_CHECKING:
     from .ledger import Hold
     from .policy import Decision
 
-__all__ = ["CURRENT_CALL", "ArgSpec", "Call", "Guarded", "Reservation", "unwrap_callable", "wrap"]
+__all__ = [
+    "CURRENT_CALL",
+    "ArgSpec",
+    "Call",
+    "Guarded",
+    "Reservation",
+    "unbilled",
+    "unwrap_callable",
+    "wrap",
+]
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -113,11 +124,64 @@ class ArgSpec:
 
 # -- the guarded call -----------------------------------------------------------
 
+# Exceptions (by class name, any HTTP stack or SDK) raised when nothing was sent.
+_UNSENT = frozenset(
+    (
+        "ConnectError",
+        "ConnectTimeout",
+        "PoolTimeout",
+        "UnsupportedProtocol",
+        "ProxyError",
+        "ConnectionRefusedError",
+        "CreditsExhausted",
+    )
+)
+
+
+def unbilled(exc: BaseException) -> bool:
+    """Does ``exc`` (or what caused it) show that the call it ended was not
+    billed? Yes when nothing was sent (a connect error, a pool timeout, a
+    refusal of creditguard's own) or the provider answered with an error
+    status (an SDK's status error, ``httpx.HTTPStatusError``). Anything else
+    (a timeout, a cancellation, a dropped connection, an error in the caller's
+    own code after the call) may have been billed."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            break
+        if any(cls.__name__ in _UNSENT for cls in type(seen).__mro__):
+            return True
+        status = getattr(seen, "status_code", None)
+        if status is None:
+            status = getattr(getattr(seen, "response", None), "status_code", None)
+        if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
+            return True
+        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+    return False
+
 
 class Reservation:
-    """A decided call and the credits held for it (see :meth:`BudgetGuard.reserve`)."""
+    """A decided call and the credits held for it (see :meth:`BudgetGuard.reserve`).
 
-    __slots__ = ("_credential", "_done", "_guard", "_hold", "decision", "estimate", "reported")
+    As a context manager: a normal exit settles it at its estimate (unless
+    settled or released already); an exception releases it only when the
+    exception shows the call was not billed (:func:`unbilled`: nothing was
+    sent, or the provider answered an error status) and otherwise charges its
+    estimate, since a call cut off by a timeout or a cancellation may still be
+    billed by the provider (the next poll corrects the figure). Call
+    :meth:`release` yourself inside the block when you know nothing was sent.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_credential",
+        "_done",
+        "_guard",
+        "_hold",
+        "decision",
+        "estimate",
+        "reported",
+    )
 
     def __init__(
         self,
@@ -154,17 +218,39 @@ class Reservation:
         if self._hold is not None:
             self._guard.ledger.release(self._hold)
 
+    def _fail(self, exc: BaseException) -> None:
+        """The call raised ``exc``: released if it was not billed, else its
+        estimate is charged (see the class docstring)."""
+        if unbilled(exc):
+            self.release()
+        else:
+            self.settle()
+
     def __enter__(self) -> Reservation:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
-        if exc_type is not None:
-            self.release()
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, *_: object
+    ) -> None:
+        if exc is not None:
+            self._fail(exc)
         else:
             self.settle()
 
     def __repr__(self) -> str:
         return f"<Reservation {self.decision.action} estimate={self.estimate:g}>"
+
+    def _charged_if_dropped(self) -> Reservation:
+        """Have this reservation charged its estimate if it is garbage-collected
+        while still open (a caller that neither settled nor released it): the
+        call may have been made. (For :meth:`BudgetGuard.reserve`; the
+        decorator settles its own calls.)"""
+        hold = self._hold
+        if hold is not None:
+            ledger = self._guard.ledger
+            settle = functools.partial(ledger.settle, hold, self.estimate)
+            weakref.finalize(self, ledger.defer, settle).atexit = False
+        return self
 
 
 class Call(Reservation):
@@ -180,6 +266,12 @@ class Call(Reservation):
             self.release()  # what it recorded stands instead
             return
         self.settle(cost_of_result(result, self._guard.pricing, self.decision.applied.model))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.reported:
+            self.release()  # what it recorded stands instead
+        else:
+            super()._fail(exc)
 
 
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("creditguard_call", default=None)
@@ -269,8 +361,8 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                         item = await agen.__anext__()
                     except StopAsyncIteration:
                         break
-                    except BaseException:
-                        call.release()
+                    except BaseException as exc:
+                        call._fail(exc)
                         raise
                     finally:
                         CURRENT_CALL.reset(token)
@@ -299,8 +391,8 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             token = set_call(call)
             try:
                 result = await wrapped(*args, **kwargs)
-            except BaseException:  # failed or cancelled: its hold goes
-                call.release()
+            except BaseException as exc:  # cancelled, timed out: maybe billed
+                call._fail(exc)
                 raise
             finally:
                 reset_call(token)
@@ -322,8 +414,8 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         token = set_call(call)
         try:
             result = wrapped(*args, **kwargs)
-        except BaseException:
-            call.release()
+        except BaseException as exc:
+            call._fail(exc)
             raise
         finally:
             reset_call(token)
@@ -345,8 +437,8 @@ def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
                 item = next(gen)
             except StopIteration:
                 break
-            except BaseException:
-                call.release()
+            except BaseException as exc:
+                call._fail(exc)
                 raise
             finally:
                 CURRENT_CALL.reset(token)

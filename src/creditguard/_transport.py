@@ -35,14 +35,15 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 from ._body import find_member_fast, find_members, prefix_is_json, usage_from_body
-from .costs import Price, cost_from_usage, merge_usage
+from ._protect import unbilled
+from .costs import MAX_COST, Price, cost_from_usage, merge_usage
 from .policy import Decision
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
     from .ledger import Hold
 
-__all__ = ["DEFAULT_PATHS", "AsyncShell", "Core", "Lib", "SyncShell"]
+__all__ = ["DEFAULT_PATHS", "AsyncShell", "Core", "Lib", "Plan", "SyncShell"]
 
 log = logging.getLogger("creditguard")
 
@@ -87,6 +88,15 @@ class Lib:
         self.Request = module.Request
         self.Response = module.Response
         self.RequestNotRead: type[Exception] = module.RequestNotRead
+        # what an inner transport raises when nothing was sent: the hold is
+        # released; after any other failure the call may have been billed
+        self.unsent: tuple[type[BaseException], ...] = (
+            module.ConnectError,
+            module.ConnectTimeout,
+            module.PoolTimeout,
+            module.UnsupportedProtocol,
+            module.ProxyError,
+        )
         # Clients assert that a response stream is their library's own stream type.
         bases = (ObservedStream, module.SyncByteStream, module.AsyncByteStream)
         self.observed: type = type("ObservedStream", bases, {})
@@ -176,6 +186,7 @@ class Plan:
     price: Price | None = None
     refuse: str | None = None  # a reason to refuse whatever the balance (unknown price)
     checked: bool | None = None  # the whole body is valid JSON (checked on downgrade only)
+    usage_edit: tuple[int, int, str] | None = None  # stream_options spliced in (stream_usage)
 
     def can_rewrite(self) -> bool:
         """Can the model be spliced in? The model was found without decoding
@@ -277,9 +288,12 @@ def _skip(request: Any, why: str) -> tuple[None, None, None]:
     return None, None, None
 
 
+_MAX_WHOLE = 2**53  # a count above this (max_tokens=10**400) is held as this: a float still
+
+
 def _whole(value: object) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
+        return value if value <= _MAX_WHOLE else _MAX_WHOLE
     return None
 
 
@@ -300,9 +314,10 @@ class Core:
         self.by_host: Callable[[str, int | None, str | None], str] | None = getattr(
             guard.source, "host_credential", None
         )
+        self.stream_usage = guard.stream_usage
         # decisions of first attempts, for SDK retries of the same call (bounded,
         # oldest first out: a retry follows its first attempt within seconds)
-        self._retries: dict[tuple[str, int], Decision] = {}
+        self._retries: dict[tuple[str, int], tuple[Decision, float, Price | None]] = {}
         self._unpriced: set[str] = set()  # models already warned about
 
     # -- 1. plan -------------------------------------------------------------
@@ -326,12 +341,14 @@ class Core:
         # Stainless SDKs (openai, anthropic) number their attempts: the first
         # attempt's decision is kept so that a retry is neither judged nor
         # counted again, and is rewritten the same way.
-        retry_of = retry_key = None
+        retry_of = retry_key = first = None
         attempt = headers.get(_RETRY_HEADER_B)
         if attempt is not None and text is not None:
             retry_key = (key, hash(text))  # the body's hash is cached on the str
             if attempt.strip() != b"0":
-                retry_of = self._retries.get(retry_key)
+                first = self._retries.get(retry_key)
+                if first is not None:
+                    retry_of = first[0]
         plan = Plan(
             credential,
             key,
@@ -345,8 +362,12 @@ class Core:
             field,
             stablecog,
         )
-        if retry_of is None and (stablecog or self.guard.pricing):
+        if first is not None:  # held again as the first attempt was
+            plan.estimate, plan.price = first[1], first[2]
+        elif stablecog or self.guard.pricing:
             self._estimate(plan, stablecog)
+        if self.stream_usage and text is not None and path.endswith("/chat/completions"):
+            plan.usage_edit = _stream_usage_edit(text)
         return plan
 
     def _estimate(self, plan: Plan, stablecog: bool) -> None:
@@ -356,7 +377,7 @@ class Core:
         if stablecog:
             outputs = None
             if text is not None:
-                with contextlib.suppress(ValueError):
+                with contextlib.suppress(ValueError, RecursionError):
                     hit = find_members(text, _STABLECOG_FIELDS).get("num_outputs")
                     outputs = _whole(hit[0]) if hit else None
             plan.estimate = float(outputs if outputs is not None else STABLECOG_OUTPUTS)
@@ -372,7 +393,7 @@ class Core:
             return
         try:
             found = find_members(text, _TOKEN_FIELDS)
-        except ValueError:  # malformed after the model: no limit to read
+        except (ValueError, RecursionError):  # malformed after the model: no limit to read
             found = {}
         limit = next(
             (
@@ -387,6 +408,8 @@ class Core:
             plan.estimate = price.prompt * prompt_tokens + guard.estimate
         else:
             plan.estimate = price.of(prompt_tokens, limit)
+        if not plan.estimate <= MAX_COST:  # absurd limits or prices: held at the cap
+            plan.estimate = MAX_COST
 
     def _unknown_price(self, plan: Plan) -> None:
         rule = self.guard.policy.unknown_price
@@ -417,7 +440,7 @@ class Core:
         try:
             text = body.decode("utf-8")
             found = find_member_fast(text, field)
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             return _skip(request, f"not JSON ({type(exc).__name__})")
         if found is None:
             return _skip(request, f"not a JSON object with a {field!r} member")
@@ -435,17 +458,26 @@ class Core:
             return self.refusal(request, decision)
         if plan.retry_key is not None and plan.retry_of is None:
             retries = self._retries
-            retries[plan.retry_key] = decision
+            retries[plan.retry_key] = (decision, plan.estimate, plan.price)
             if len(retries) > 1024:
                 del retries[next(iter(retries))]
-        if decision.action != "downgrade" or plan.span is None or plan.text is None:
+        downgrade = (
+            decision.action == "downgrade"
+            and decision.enforced  # (shadow mode: the model as it came)
+            and plan.span is not None
+        )
+        if not downgrade and plan.usage_edit is None:
+            return request  # the usual case: forwarded as it came
+        edits = [] if plan.usage_edit is None else [plan.usage_edit]
+        if downgrade and plan.text is not None:
+            target = cast(str, decision.model)  # a downgrade always names its target
+            edits.append((*cast(tuple[int, int], plan.span), _json_string(target)))
+        if not edits:
             return request
-        if not decision.enforced:
-            return request
-        start, end = plan.span
-        target = cast(str, decision.model)  # a downgrade always names its target
-        body = (plan.text[:start] + _json_string(target) + plan.text[end:]).encode()
-        return self.lib.with_body(request, body)
+        text = cast(str, plan.text)
+        for start, end, value in sorted(edits, reverse=True):  # the last first: spans hold
+            text = text[:start] + value + text[end:]
+        return self.lib.with_body(request, text.encode())
 
     def refusal(self, request: Any, decision: Decision) -> Any:
         """HTTP 402 in OpenRouter's own error shape, never sent to the network.
@@ -501,6 +533,38 @@ class Core:
         if hold is not None:
             self.guard.ledger.release(hold)
 
+    def failed(self, plan: Plan, hold: Hold | None, exc: BaseException) -> None:
+        """The inner transport raised. Nothing sent (a connect error, a pool
+        timeout): the hold is released. Anything else (a read timeout, a
+        dropped connection, a cancellation) came after the request went out:
+        the provider may have billed it, so its estimate is charged (the next
+        poll corrects it). Never raises: the caller re-raises ``exc``."""
+        try:
+            if isinstance(exc, self.lib.unsent) or unbilled(exc):
+                self.release(hold)
+                return
+            log.debug(
+                "POST %s failed after it was sent (%s): its estimate %g is charged",
+                plan.path,
+                type(exc).__name__,
+                plan.estimate,
+            )
+            self.charge(plan, hold, None)
+        except Exception:
+            log.exception("the hold of a failed call could not be settled")
+
+    def _stream(self, response: Any, tap: BodyTap | SSETap) -> None:
+        """Watch ``response``'s body pass through ``tap``; a body already in
+        memory is shown to it whole, at once."""
+        loaded = getattr(response, "_content", None)
+        if isinstance(loaded, bytes):
+            try:
+                tap.feed(loaded)
+            finally:
+                tap.end(True)
+            return
+        response.stream = self.lib.observed(response.stream, tap, self.guard.ledger)
+
     def observe(self, plan: Plan, decision: Decision, hold: Hold | None, response: Any) -> Any:
         """Label the response and watch it pass, settling the call's hold from
         what it shows: the usage of a JSON body or of the last SSE events."""
@@ -543,23 +607,17 @@ class Core:
                 self.charge(plan, hold, cost_from_usage(usage_from_body(loaded), plan.price))
                 return response
             tap = BodyTap(functools.partial(self._settle_body, plan, hold), _encoding(encoding))
-            response.stream = self.lib.observed(response.stream, tap)
+            response.stream = self.lib.observed(response.stream, tap, self.guard.ledger)
             return response
         credential = plan.credential
         ledger = self.guard.ledger
         on_body: Callable[[bytes, bool], None] | None = None
         if not 200 <= status < 300:
             self.release(hold)  # no charge for a call the provider turned down
-            if status == 402:
-                log.warning("provider answered 402: credential marked exhausted")
-                ledger.mark_exhausted(credential)
-                return response
-            if status == 403:
+            if status in (402, 403):
 
                 def on_body(body: bytes, complete: bool) -> None:
-                    if _BUDGET_WORDS.search(body):
-                        log.warning("provider answered 403 (budget): credential marked exhausted")
-                        ledger.mark_exhausted(credential)
+                    self._refused(credential, status, body)
 
             elif status == 400 and (stablecog or plan.path.endswith("/messages")):
 
@@ -593,17 +651,40 @@ class Core:
             sse = SSETap(self, plan, hold)
             if _encoding(encoding) != "identity":
                 sse.disabled = True
-            response.stream = self.lib.observed(response.stream, sse)
+            self._stream(response, sse)
             return response
 
-        loaded = getattr(response, "_content", None)
-        if isinstance(loaded, bytes):
-            on_body(loaded, True)
-        else:
-            response.stream = self.lib.observed(
-                response.stream, BodyTap(on_body, _encoding(encoding))
-            )
+        self._stream(response, BodyTap(on_body, _encoding(encoding)))
         return response
+
+    def _refused(self, credential: str | None, status: int, body: bytes) -> None:
+        """A provider's 402 or 403, read precisely (OpenRouter's ``error.metadata``):
+        an in-flight budget full for a moment is transient (the response goes
+        back as it came, ``Retry-After`` and all); a 402, or a 403 naming a key
+        limit, credits, a guardrail or a workspace budget, marks the credential
+        exhausted, until ``metadata.resets_at`` when the provider says."""
+        metadata = _error_metadata(body)
+        reason = metadata.get("reason")
+        source = metadata.get("limit_source")
+        if reason == "in_flight_budget_exhausted" or source == "openrouter_in_flight_budget":
+            log.info("provider answered %d: in-flight budget full for now (transient)", status)
+            return
+        if status == 403:
+            if isinstance(source, str):
+                if not _LIMIT_SOURCES.search(source):
+                    return
+            elif not _BUDGET_WORDS.search(body):
+                return
+        ledger = self.guard.ledger
+        log.warning(
+            "provider answered %d (%s): credential marked exhausted",
+            status,
+            source if isinstance(source, str) else "out of credits",
+        )
+        ledger.mark_exhausted(credential)
+        resets_at = _timestamp(metadata.get("resets_at"))
+        if resets_at is not None:
+            ledger.note_resets_at(credential, resets_at)
 
     def _settle_body(self, plan: Plan, hold: Hold | None, body: bytes, complete: bool) -> None:
         usage = usage_from_body(body) if complete else None
@@ -611,6 +692,65 @@ class Core:
 
 
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a JSON string, in C
+_LIMIT_SOURCES = re.compile(r"key_limit|credit|guardrail|workspace|budget", re.IGNORECASE)
+_USAGE_MEMBER = ',"stream_options":{"include_usage":true}'
+_STREAM_FIELDS = frozenset(("stream", "stream_options"))
+
+
+def _stream_usage_edit(text: str) -> tuple[int, int, str] | None:
+    """For ``stream_usage=True``: the splice that asks a streaming chat body
+    for its usage (``stream_options.include_usage``), None when it has it or
+    does not stream. Only bodies that decode whole are edited."""
+    try:
+        found = find_members(text, _STREAM_FIELDS)
+    except (ValueError, RecursionError):
+        return None
+    stream = found.get("stream")
+    if stream is None or stream[0] is not True or not prefix_is_json(text, "stream", stream[1]):
+        return None
+    options = found.get("stream_options")
+    if options is None:
+        end = text.rstrip().rfind("}")
+        return (end, end, _USAGE_MEMBER) if end > 0 else None
+    value, (start, stop) = options
+    if not isinstance(value, dict) or "include_usage" in value:
+        return None
+    merged = json.dumps({**value, "include_usage": True}, separators=(",", ":"))
+    return start, stop, merged
+
+
+def _error_metadata(body: bytes) -> dict[str, Any]:
+    """``error.metadata`` of an OpenRouter error body ({} when there is none)."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    error = doc.get("error") if isinstance(doc, dict) else None
+    metadata = error.get("metadata") if isinstance(error, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _timestamp(value: object) -> float | None:
+    """Unix seconds from a number or an ISO 8601 string (None if neither)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            return None
+        return number if 0 < number < 1e11 else None
+    if isinstance(value, str):
+        from datetime import datetime, timezone
+
+        try:
+            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    return None
+
+
 _LABEL = b"x-creditguard-decision"
 _ACTIONS = {action: action.encode() for action in ("allow", "warn", "downgrade", "refuse")}
 _UNAVAILABLE = b"allow; balance=unavailable"
@@ -663,7 +803,7 @@ class SSETap:
     data event before ``[DONE]``; Anthropic: message_start, then message_delta),
     and settles the call when the stream ends or is closed."""
 
-    __slots__ = ("_buffer", "_core", "_hold", "_plan", "disabled", "usage")
+    __slots__ = ("_buffer", "_core", "_hold", "_plan", "chars", "disabled", "finished", "usage")
 
     def __init__(self, core: Core, plan: Plan, hold: Hold | None) -> None:
         self._core = core
@@ -672,6 +812,9 @@ class SSETap:
         self._buffer = b""
         self.usage: dict[str, Any] = {}
         self.disabled = False
+        self.finished = False  # the stream's last event passed (SDKs stop reading there)
+        # output characters seen (counted only when a price can turn them into a cost)
+        self.chars = 0 if plan.price is not None else -1
 
     def feed(self, chunk: bytes) -> None:
         if self.disabled:
@@ -681,50 +824,128 @@ class SSETap:
         self._buffer = lines.pop()
         if len(self._buffer) > MAX_OBSERVED_BODY:  # one absurdly long line: give up on it
             self._buffer = b""
+        counting = self.chars >= 0
         for line in lines:
-            if line.startswith(b"data:") and b'"usage"' in line:
-                self._event(line[5:])
+            if line.startswith(b"data:"):
+                if counting or b'"usage"' in line:
+                    self._event(line[5:])
+                elif line[5:].strip() == b"[DONE]":
+                    self.finished = True
+            elif line.startswith(b"event:") and line[6:].strip() in _LAST_EVENTS:
+                self.finished = True
 
     def _event(self, payload: bytes) -> None:
         try:
             event = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):
+            if payload.strip() == b"[DONE]":
+                self.finished = True
             return
         if not isinstance(event, dict):
             return
+        if self.chars >= 0:
+            self.chars += _output_chars(event)
         message = event.get("message")
         if isinstance(message, dict):
             merge_usage(self.usage, message.get("usage"))
         merge_usage(self.usage, event.get("usage"))
 
     def end(self, complete: bool) -> None:
-        if self._buffer.startswith(b"data:") and b'"usage"' in self._buffer:
+        if self._buffer.startswith(b"data:"):
             self._event(self._buffer[5:].rstrip(b"\r"))
         self._buffer = b""
         plan = self._plan
         cost = cost_from_usage(self.usage, plan.price) if self.usage else None
-        # A stream cut short without a usage report still cost something: its
-        # estimate is charged (never counted as free).
+        if cost is None and plan.price is not None and self.chars >= 0:
+            # No usage report: what passed (output characters / 4 at the
+            # completion price) plus the prompt; a stream cut short costs at
+            # least its estimate (the provider may have generated more).
+            prompt = len(plan.text) / 4 if plan.text is not None else 0.0
+            passed = plan.price.of(prompt, self.chars / 4)
+            if passed <= MAX_COST:
+                cost = passed if complete or self.finished else max(passed, plan.estimate)
+        # Cut short without a usage report and no price: the estimate (never free).
         self._core.charge(plan, self._hold, cost)
+
+
+def _output_chars(event: dict[str, Any]) -> int:
+    """Characters of generated output in one streamed event: chat and
+    completions deltas (content, reasoning, tool-call arguments), Anthropic
+    content_block_delta, Responses ``*.delta`` events."""
+    n = 0
+    choices = event.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            text = choice.get("text")
+            if isinstance(text, str):
+                n += len(text)
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                for name in ("content", "reasoning", "reasoning_content", "refusal"):
+                    value = delta.get(name)
+                    if isinstance(value, str):
+                        n += len(value)
+                calls = delta.get("tool_calls")
+                if isinstance(calls, list):
+                    for call in calls:
+                        fn = call.get("function") if isinstance(call, dict) else None
+                        args = fn.get("arguments") if isinstance(fn, dict) else None
+                        if isinstance(args, str):
+                            n += len(args)
+        return n
+    delta = event.get("delta")
+    if isinstance(delta, str):  # Responses API: response.output_text.delta and friends
+        return len(delta)
+    if isinstance(delta, dict):  # Anthropic: content_block_delta
+        for name in ("text", "partial_json", "thinking"):
+            value = delta.get(name)
+            if isinstance(value, str):
+                n += len(value)
+    return n
+
+
+def _end_tap(tap: BodyTap | SSETap, complete: bool) -> None:
+    try:
+        tap.end(complete)
+    except Exception:
+        log.exception("a response could not be settled")
+
+
+_LAST_EVENTS = frozenset((b"message_stop", b"response.completed"))
 
 
 class ObservedStream:
     """A response body stream that shows each chunk to a tap as it passes
-    (nothing is held back) and tells it once when the body ends or is closed."""
+    (nothing is held back) and tells it once when the body ends or is closed.
+    If it is garbage-collected before either, its finalizer tells the tap that
+    the body was cut short: an abandoned response is charged, never forgotten.
 
-    def __init__(self, inner: Any, tap: BodyTap | SSETap) -> None:
+    (The finalizer is ``__del__``, which costs nothing until it runs, rather
+    than a ``weakref.finalize`` made per response, ~7 us. It runs when the
+    response is collected, cycles included, and hands the settle to the next
+    caller of the ledger, :meth:`Ledger.defer`: the collector may run it on a
+    thread that holds the ledger's lock.)"""
+
+    def __init__(self, inner: Any, tap: BodyTap | SSETap, ledger: Any) -> None:
         self._inner = inner
         self._tap = tap
+        self._ledger = ledger
         self._done = False
 
     def _end(self, complete: bool) -> None:
         if self._done:
             return
         self._done = True
-        try:
-            self._tap.end(complete)
-        except Exception:
-            log.debug("response body could not be observed", exc_info=True)
+        _end_tap(self._tap, complete)
+
+    def __del__(self) -> None:
+        if not self._done:  # never read to the end nor closed
+            self._done = True
+            # (never raises: at interpreter exit, say, there is nothing left to charge)
+            with contextlib.suppress(Exception):
+                self._ledger.defer(functools.partial(_end_tap, self._tap, False))
 
     def _feed(self, chunk: bytes) -> None:
         if not self._done:
@@ -766,7 +987,9 @@ class SyncShell:
         if plan is None:
             return self._inner.handle_request(request)
         if plan.retry_of is not None:
-            decision, hold = plan.retry_of, None
+            decision, hold = core.guard._rehold(
+                plan.retry_of, plan.credential, plan.estimate, key=plan.key
+            )
         else:
             decision, hold = core.guard._hold(
                 plan.model,
@@ -781,8 +1004,8 @@ class SyncShell:
             return out
         try:
             response = self._inner.handle_request(out)
-        except BaseException:
-            core.release(hold)
+        except BaseException as exc:  # sent or not? see Core.failed
+            core.failed(plan, hold, exc)
             raise
         return core.observe(plan, decision, hold, response)
 
@@ -802,7 +1025,9 @@ class AsyncShell:
         if plan is None:
             return await self._inner.handle_async_request(request)
         if plan.retry_of is not None:
-            decision, hold = plan.retry_of, None
+            decision, hold = await core.guard._arehold(
+                plan.retry_of, plan.credential, plan.estimate, key=plan.key
+            )
         else:
             guard = core.guard
             decided = guard._fast(
@@ -822,8 +1047,8 @@ class AsyncShell:
             return out
         try:
             response = await self._inner.handle_async_request(out)
-        except BaseException:  # a connection error, a cancelled task: no charge
-            core.release(hold)
+        except BaseException as exc:  # sent or not? see Core.failed
+            core.failed(plan, hold, exc)
             raise
         return core.observe(plan, decision, hold, response)
 

@@ -93,6 +93,8 @@ def _is_number(value: object) -> bool:
 
 def check_cost(cost: object) -> float:
     """``cost`` as a float, or ValueError: a cost is a finite number >= 0."""
+    if isinstance(cost, int) and not isinstance(cost, bool) and cost > 2**1000:
+        cost = math.inf  # (too large for a float: ValueError below, not OverflowError)
     if (
         isinstance(cost, bool)
         or not isinstance(cost, (int, float))

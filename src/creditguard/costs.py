@@ -8,6 +8,7 @@ configured per-token prices, and otherwise the estimate stands.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from ._globmap import GlobMap
 from .errors import ConfigError
 
 __all__ = [
+    "MAX_COST",
     "Price",
     "Pricing",
     "cost_from_result",
@@ -27,6 +29,12 @@ __all__ = [
 ]
 
 _INF = math.inf
+MAX_COST = 1e9
+"""A call's cost above this (in the balance's unit) is not believed: a provider
+reporting ``usage.cost`` of 1e300, or token counts that multiply past it, is
+logged and the call's estimate is charged instead."""
+
+log = logging.getLogger("creditguard")
 
 _PROMPT_KEYS = ("prompt_tokens", "input_tokens")
 _COMPLETION_KEYS = ("completion_tokens", "output_tokens")
@@ -44,6 +52,8 @@ class Price:
 
 
 def _price_value(key: str, value: object) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 2**1000:
+        value = _INF  # (too large for a float: a ConfigError below, not OverflowError)
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -89,9 +99,18 @@ class Pricing:
 def _number(value: object) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
+    if isinstance(value, int) and value > 2**1000:
+        return None  # (too large for a float: never OverflowError)
     if not math.isfinite(value) or value < 0:
         return None
     return float(value)
+
+
+def _believable(cost: float, what: str) -> float | None:
+    if cost <= MAX_COST:
+        return cost
+    log.warning("a call's %s of %.6g is not believable: its estimate is charged", what, cost)
+    return None
 
 
 def _get(obj: object, name: str) -> object:
@@ -109,11 +128,11 @@ def cost_from_usage(usage: object, price: Price | None) -> float | None:
     if usage is None:
         return None
     cost = usage.get("cost") if type(usage) is dict else _get(usage, "cost")
-    if type(cost) is float and 0.0 <= cost < _INF:  # the usual case: a plain float
+    if type(cost) is float and 0.0 <= cost <= MAX_COST:  # the usual case: a plain float
         return cost
     cost = _number(cost)
     if cost is not None:
-        return cost
+        return _believable(cost, "usage.cost")
     if price is None:
         return None
     prompt = next((n for k in _PROMPT_KEYS if (n := _number(_get(usage, k))) is not None), None)
@@ -122,7 +141,7 @@ def cost_from_usage(usage: object, price: Price | None) -> float | None:
     )
     if prompt is None and completion is None:
         return None
-    return price.of(prompt or 0.0, completion or 0.0)
+    return _believable(price.of(prompt or 0.0, completion or 0.0), "cost from its tokens")
 
 
 def cost_from_result(result: object, price: Price | None = None) -> float | None:

@@ -54,6 +54,8 @@ _UNSET = _Unset()
 
 
 def _number(key: str, value: object, *, positive: bool = False) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1000:
+        value = math.inf  # (an int too large for a float: refused below, not OverflowError)
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))
@@ -130,8 +132,12 @@ class BudgetGuard:
     While a guarded call runs, its estimate is held (``reserve=True``): the
     next calls are judged on what is left after every call in flight, so a burst
     cannot spend past the refuse floor. A hold is replaced by the call's real
-    cost when it ends, dropped when it fails, and stops counting by itself
-    after ``hold_timeout`` seconds.
+    cost when it ends; dropped when the call was not billed (nothing sent, or
+    the provider answered an error); charged as the estimate when it may have
+    been (a timeout, a cancellation, a stream cut short or dropped unread); and
+    stops counting by itself after ``hold_timeout`` seconds (900).
+    ``stream_usage=True`` asks streaming chat calls for their usage
+    (``stream_options.include_usage``) so that they settle at their real cost.
 
     Events: ``on_decision(decision)``, ``on_refresh(balance)`` and
     ``on_source_error(error)``; an exception in a callback is logged, never
@@ -154,8 +160,9 @@ class BudgetGuard:
         on_refresh: Callable[[Balance], object] | None = None,
         on_source_error: Callable[[CreditSourceError], object] | None = None,
         reserve: bool = True,
-        hold_timeout: float = 600.0,
+        hold_timeout: float = 900.0,
         fingerprint_secret: str | None = None,
+        stream_usage: bool = False,
     ) -> None:
         for method in ("fetch", "afetch"):
             if not callable(getattr(source, method, None)):
@@ -182,6 +189,8 @@ class BudgetGuard:
         self._misconfigured_logged: dict[str, float] = {}
         self._clock = timer or time.monotonic
         self._reserve = bool(reserve)
+        # ask streaming chat calls for their usage (stream_options.include_usage)
+        self.stream_usage = bool(stream_usage)
         kwargs: dict[str, Any] = {} if timer is None else {"timer": timer}
         options: dict[str, Any] = dict(
             ttl=self.ttl,
@@ -245,9 +254,10 @@ class BudgetGuard:
         hold: bool,
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
+        report: bool = True,
     ) -> tuple[Decision, Hold | None]:
         """The decision on one call (and its hold, when ``hold``), logged and
-        reported. Shared by every surface, sync and async."""
+        reported (unless ``report`` is false). Shared by every surface, sync and async."""
         unavailable = "no balance available"
         if lookup.error is not None:
             unavailable = f"no usable balance ({lookup.error})"
@@ -287,7 +297,8 @@ class BudgetGuard:
             reserve=hold and self._reserve,
             floor_of=policy.refuse_floor,
         )
-        self._report(decision, lookup.fingerprint)
+        if report:
+            self._report(decision, lookup.fingerprint)
         return decision, held
 
     def _report(self, decision: Decision, key: str) -> None:
@@ -376,11 +387,14 @@ class BudgetGuard:
         building block for hooks of your own (the decorator and transports use
         the same). Check ``reservation.decision`` before making the call; then
         ``settle(cost)`` with what it cost (None: its estimate) or ``release()``
-        if it failed. As a context manager, an exception releases it and a
-        normal exit settles it at its estimate unless settled already."""
+        if it was never sent. As a context manager, a normal exit settles it at
+        its estimate unless settled already; an exception releases it only when
+        it shows the call was not billed (a connect error, a provider's error
+        status), and otherwise charges the estimate: a timed-out or cancelled
+        call may still be billed (see :class:`Reservation`)."""
         est = self._estimate(estimate)
         decision, hold = self._hold(model, credential, est)
-        return Reservation(self, decision, hold, credential, est)
+        return Reservation(self, decision, hold, credential, est)._charged_if_dropped()
 
     async def areserve(
         self,
@@ -392,7 +406,7 @@ class BudgetGuard:
         """:meth:`reserve` for async code."""
         est = self._estimate(estimate)
         decision, hold = await self._ahold(model, credential, est)
-        return Reservation(self, decision, hold, credential, est)
+        return Reservation(self, decision, hold, credential, est)._charged_if_dropped()
 
     def _fast(
         self,
@@ -411,6 +425,8 @@ class BudgetGuard:
         if refuse_reason is not None:
             return None
         ledger = self.ledger
+        if ledger._pending:  # settles a finalizer asked for: they count first
+            ledger.drain()
         if key is None:
             key = ledger.key(credential)
         policy = self.policy
@@ -491,6 +507,62 @@ class BudgetGuard:
             refuse_reason=refuse_reason,
             can_rewrite=can_rewrite,
         )
+
+    def _rehold(
+        self, first: Decision, credential: str | None, estimate: float, *, key: str | None = None
+    ) -> tuple[Decision, Hold | None]:
+        """Hold ``estimate`` again for an SDK retry of a call decided already
+        (``first``): the first decision stands (same rewrite, not reported
+        again), unless this hold would take the headroom below the refuse
+        floor; then the retry is refused (and that is reported)."""
+        fast = self.ledger.admit_fresh(
+            key or self.ledger.key(credential),
+            credential,
+            first.model,
+            estimate,
+            self.policy,
+            reserve=self._reserve,
+            can_rewrite=False,
+        )
+        if fast is None:
+            lookup = self.ledger.get(credential, key)
+            fast = self._admit(lookup, credential, first.model, estimate, hold=True, report=False)
+        return self._retried(first, *fast, key)
+
+    async def _arehold(
+        self, first: Decision, credential: str | None, estimate: float, *, key: str | None = None
+    ) -> tuple[Decision, Hold | None]:
+        """:meth:`_rehold` for async code."""
+        fast = self.ledger.admit_fresh(
+            key or self.ledger.key(credential),
+            credential,
+            first.model,
+            estimate,
+            self.policy,
+            reserve=self._reserve,
+            can_rewrite=False,
+        )
+        if fast is None:
+            lookup = await self.ledger.aget(credential, key)
+            fast = self._admit(lookup, credential, first.model, estimate, hold=True, report=False)
+        return self._retried(first, *fast, key)
+
+    def _retried(
+        self, first: Decision, now: Decision, hold: Hold | None, key: str | None
+    ) -> tuple[Decision, Hold | None]:
+        if now.action != "refuse" or first.action == "refuse":
+            return first, hold
+        refused = Decision(
+            "refuse",
+            first.requested_model,
+            now.balance,
+            f"an SDK retry would cross the refuse floor: {now.reason}",
+            first.requested_model,
+            now.stale,
+            self.policy.enforce,
+        )
+        self._report(refused, key or "")
+        return refused, hold  # (None, unless shadow mode holds a refused call that goes out)
 
     def record(self, cost: float, *, credential: str | _Unset | None = _UNSET) -> None:
         """Debit ``cost`` (credits spent by a call) from the cached balance of
@@ -632,7 +704,10 @@ class BudgetGuard:
         the source's own key): refuse raises :class:`CreditsExhausted`,
         downgrade rewrites the model argument. After a successful call, the
         cost in the result's ``usage.cost`` is recorded, else the estimate —
-        unless the function called :meth:`record` itself.
+        unless the function called :meth:`record` itself. A call that raises
+        is charged its estimate (a timeout or a cancellation may still be
+        billed) unless the exception shows it was not billed: nothing sent
+        (a connect error, a refusal) or a provider's error status.
         """
         est = self.estimate if estimate is None else _number("estimate", estimate)
 

@@ -32,6 +32,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -87,13 +88,14 @@ class Lookup:
 class _Entry:
     """A fetched balance and the local spend recorded since."""
 
-    __slots__ = ("debits", "exhausted", "fetched", "snapshot", "view")
+    __slots__ = ("debits", "exhausted", "fetched", "resets_at", "snapshot", "view")
 
     def __init__(self, snapshot: Balance, fetched: float) -> None:
         self.snapshot = snapshot
         self.fetched = fetched
         self.debits = 0.0
         self.exhausted = False
+        self.resets_at: float | None = None  # when a provider's refusal said it ends
         self.view = snapshot
 
     def debit(self, cost: float) -> None:
@@ -114,6 +116,8 @@ class _Entry:
         view = self.snapshot.debited(self.debits)
         if self.exhausted and view.remaining > 0:
             view = view._derived(0.0, view.used)
+        if self.exhausted and self.resets_at is not None:
+            view = replace(view, resets_at=self.resets_at)
         self.view = view
 
 
@@ -262,7 +266,7 @@ class Ledger:
         timer: Callable[[], float] = time.monotonic,
         fingerprint: Fingerprinter | None = None,
         refresh_timeout: float = 30.0,
-        hold_timeout: float = 600.0,
+        hold_timeout: float = 900.0,
         on_refresh: Callable[[Balance, str], None] | None = None,
         on_error: Callable[[CreditSourceError, str], None] | None = None,
     ) -> None:
@@ -273,6 +277,8 @@ class Ledger:
         self.refresh_timeout = refresh_timeout
         self.hold_timeout = hold_timeout
         self._holds: dict[str, _Holds] = {}
+        # settles that finalizers asked for (run by the next caller, outside any lock)
+        self._pending: deque[Callable[[], object]] = deque()
         self._maxsize = maxsize
         self._timer = timer
         self._fingerprint = fingerprint or Fingerprinter()
@@ -535,6 +541,8 @@ class Ledger:
 
     def reserved(self, credential: str | None) -> float:
         """What the calls in flight for ``credential`` hold right now."""
+        if self._pending:
+            self.drain()
         key = self.key(credential)
         with self._lock:
             return self._held(key, self._timer())
@@ -653,6 +661,26 @@ class Ledger:
             self._debit(hold.key, cost)
         return True
 
+    def defer(self, settle: Callable[[], object]) -> None:
+        """Run ``settle`` at the next call that consults the ledger. For
+        finalizers: the garbage collector may run one on any thread at any
+        allocation, even while that thread holds this ledger's lock (or waits
+        on a shared store), so a finalizer never settles in place."""
+        self._pending.append(settle)
+
+    def drain(self) -> None:
+        """Run the settles :meth:`defer` queued (each once, whoever gets it)."""
+        pending = self._pending
+        while pending:
+            try:
+                settle = pending.popleft()
+            except IndexError:  # another thread took the last one
+                return
+            try:
+                settle()
+            except Exception:
+                log.exception("a deferred settle failed")
+
     def _drop(self, hold: Hold) -> None:
         holds = self._holds.get(hold.key)
         if holds is not None:
@@ -699,6 +727,16 @@ class Ledger:
                 self._cache.put(key, entry)
             entry.exhausted = True
             entry.update()
+
+    def note_resets_at(self, credential: str | None, resets_at: float) -> None:
+        """A provider's refusal said when the limit that binds resets (Unix
+        seconds): kept on the cached balance while it stays exhausted."""
+        key = self.key(credential)
+        with self._lock:
+            entry = self._cache.live(key, self._timer())
+            if entry is not None and entry.exhausted:
+                entry.resets_at = resets_at
+                entry.update()
 
     def set_balance(self, credential: str | None, balance: Balance) -> None:
         """Replace the cached balance with a fresh one (e.g. from a response)."""

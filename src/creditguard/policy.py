@@ -63,7 +63,10 @@ def _parse_threshold(key: str, value: object) -> _Limit | None:
     if isinstance(value, bool):
         raise ConfigError(key, value, allowed)
     if isinstance(value, (int, float)):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float (10**400)
+            raise ConfigError(key, value, allowed) from None
         if not math.isfinite(number) or number < 0:
             raise ConfigError(key, value, allowed)
         return _Limit(number, percent=False)
@@ -86,6 +89,8 @@ def _parse_threshold(key: str, value: object) -> _Limit | None:
 
 
 def _non_negative(key: str, value: object) -> float:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 2**1000:
+        raise ConfigError(key, value, "a finite number of seconds >= 0")  # (not OverflowError)
     if (
         isinstance(value, bool)
         or not isinstance(value, (int, float))

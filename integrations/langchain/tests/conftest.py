@@ -47,6 +47,13 @@ PROMPT = "Say hi. Grüße, 世界 ✓"
 TIMEOUT = 5.0
 
 
+class ProviderError(RuntimeError):
+    """A provider's error answer, as SDKs raise it (with its HTTP status): the call
+    was not billed, so the guard releases its hold."""
+
+    status_code = 500
+
+
 class Named(GenericFakeChatModel):
     """LangChain's generic fake chat model with a model name (LangChain reports
     it as the run's ``ls_model_name``), a record of the calls it answered (their
@@ -66,7 +73,7 @@ class Named(GenericFakeChatModel):
     ) -> ChatResult:
         self.calls.append(kwargs)
         if self.fail:
-            raise RuntimeError("the model broke")
+            raise ProviderError("the model broke")
         return super()._generate(messages, stop, run_manager, **kwargs)
 
     def _stream(

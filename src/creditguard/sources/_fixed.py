@@ -64,6 +64,8 @@ class FixedBudget:
         unit: str = "USD",
         clock: Callable[[], datetime] | None = None,
     ) -> None:
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 2**1000:
+            raise ConfigError("limit", limit, "a finite number >= 0")  # (not OverflowError)
         if (
             isinstance(limit, bool)
             or not isinstance(limit, (int, float))

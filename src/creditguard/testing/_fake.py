@@ -98,6 +98,13 @@ class _Fault:
     times: int | None
     drip: float = 0.0
     endless: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+    attempt: int | None = None
+
+    def applies(self, incoming: Incoming) -> bool:
+        if self.attempt is None:
+            return True
+        return incoming.headers.get("x-stainless-retry-count", "0").strip() == str(self.attempt)
 
 
 def _route(method: str, path: str) -> str:
@@ -151,7 +158,7 @@ def _parse_json(body: bytes) -> Any:
         return None
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -229,6 +236,9 @@ class FakeProvider(CostReports):
         self.reply_text = "This is a fake reply."
         #: the currency DeepSeek and fal balances are reported in
         self.currency = "USD"
+        #: a streamed chat answer ends with a usage chunk: always (OpenRouter), or only
+        #: when the request asks with ``stream_options.include_usage`` (OpenAI) when False
+        self.stream_usage_always = True
         self._keys: dict[str, KeyState] = {}
         self._faults: dict[str, list[_Fault]] = {}
         self._counts: Counter[str] = Counter()
@@ -376,6 +386,8 @@ class FakeProvider(CostReports):
         times: int | None = None,
         drip: float = 0.0,
         endless: bool = False,
+        headers: Mapping[str, str] | None = None,
+        attempt: int | None = None,
     ) -> None:
         """Make the next requests to ``endpoint`` misbehave.
 
@@ -384,7 +396,11 @@ class FakeProvider(CostReports):
         ``body`` answer that (status 200 when only a body is given; a JSON error body when
         only a status is given); else (delay only) answer normally. ``times``: number of
         requests it applies to, None = until :meth:`clear_faults`. Faults on one endpoint
-        queue up: the oldest applies until used up.
+        queue up: the oldest applies until used up. ``headers`` are added to a fault's
+        answer (e.g. ``{"Retry-After": "3"}``). ``attempt``: the fault applies only to
+        requests whose ``x-stainless-retry-count`` is that number (0: first attempts,
+        so that every call fails once and its SDK retry goes through); other requests
+        pass it by without using it up.
 
         Slow bodies (the headers go out at once, then): ``drip`` sends the answer one byte
         every ``drip`` seconds; ``endless`` sends a JSON-looking body that never ends
@@ -399,8 +415,9 @@ class FakeProvider(CostReports):
         if delay < 0:
             raise ValueError("delay must be >= 0")
         with self.lock:
+            extra = tuple((headers or {}).items())
             self._faults.setdefault(endpoint, []).append(
-                _Fault(status, delay, body, drop, times, drip, endless)
+                _Fault(status, delay, body, drop, times, drip, endless, extra, attempt)
             )
 
     def clear_faults(self) -> None:
@@ -517,11 +534,13 @@ class FakeProvider(CostReports):
             queue = self._faults.get(endpoint)
             if not queue:
                 return endpoint, None
-            fault = queue[0]
+            fault = next((f for f in queue if f.applies(incoming)), None)
+            if fault is None:
+                return endpoint, None
             if fault.times is not None:
                 fault.times -= 1
                 if fault.times <= 0:
-                    queue.pop(0)
+                    queue.remove(fault)
             return endpoint, replace(fault)
 
     def _answer(self, endpoint: str, incoming: Incoming, fault: _Fault | None) -> Reply:
@@ -532,9 +551,11 @@ class FakeProvider(CostReports):
             if fault.drop:
                 return Reply(drop=True)
             if fault.body is not None:
-                return Reply(200 if fault.status is None else fault.status, _JSON, fault.body)
+                status = 200 if fault.status is None else fault.status
+                return Reply(status, _JSON + fault.headers, fault.body)
             if fault.status is not None:
-                return _error(endpoint, fault.status, f"Injected fault: HTTP {fault.status}")
+                reply = _error(endpoint, fault.status, f"Injected fault: HTTP {fault.status}")
+                return replace(reply, headers=reply.headers + fault.headers)
         route: dict[str, Callable[[Incoming], Reply]] = {
             "credits": self._openrouter_credits,
             "key": self._openrouter_key,
@@ -705,7 +726,10 @@ class FakeProvider(CostReports):
             "choices": [],
             "usage": usage,
         }
-        events.append(_sse(final))
+        options = body.get("stream_options")
+        asked = isinstance(options, dict) and options.get("include_usage") is True
+        if self.stream_usage_always or asked:
+            events.append(_sse(final))
         events.append(b"data: [DONE]\n\n")
         return Reply(
             200,
