@@ -92,7 +92,7 @@ def test_import_without_redis_and_the_extra_named() -> None:
 def test_lua_scripts_are_package_data() -> None:
     lua = files("creditguard.stores") / "lua"
     names = {entry.name for entry in lua.iterdir()}
-    for name in ("read", "put", "set_remaining", "reserve", "settle", "release", "debit"):
+    for name in ("read", "admit", "put", "budget", "set_remaining", "settle", "release", "lock"):
         assert f"{name}.lua" in names
     assert {"exhaust.lua", "unlock.lua", "_holds.lua"} <= names
 

@@ -113,10 +113,10 @@ async def test_async_checks_share_too(redis_server: RedisServer) -> None:
     r = await a.areserve("m", credential=KEY)
     assert (await b.acheck("m", credential=KEY, estimate=0)).balance.remaining == 10  # type: ignore[union-attr]
     assert b.ledger.reserved(KEY) == 0.25
-    r.release()
+    r.release()  # (on an event loop's thread: sent by a task, awaited by aclose)
+    await a.aclose()
     assert b.ledger.reserved(KEY) == 0
-    a.close()
-    b.close()
+    await b.aclose()
 
 
 def test_redis_killed_mid_run_falls_back_to_local_and_recovers(

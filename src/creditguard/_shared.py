@@ -3,48 +3,110 @@
 :class:`SharedLedger` keeps each credential's snapshot, debits and holds in a
 :class:`~creditguard.stores.Store` (Redis) instead of in process memory:
 
-* a check reads the shared state (one round trip); when the snapshot is stale,
-  at most one worker refreshes it (a lock with a token), the others serve the
-  stale balance or wait briefly for the new one;
-* a hold is taken by one atomic script that also checks the refuse floor, so
-  workers racing for the last credits cannot all win;
-* settles, releases and debits go to the store; settling twice applies once.
+* a guarded call costs two round trips: one script reads the shared state and
+  takes the hold (refusing it atomically when it would cross the refuse
+  floor), one settles it; a check is one;
+* when the snapshot is stale, one worker refreshes it under a short lease
+  (renewed while its fetch runs, so a crashed refresher stalls nobody past
+  one lease); the others serve the stale balance, or, with nothing to serve,
+  wait at most :data:`_WAIT` seconds and then fetch themselves;
+* a ``FixedBudget`` source is counted in the store itself: every settle adds
+  to the current window's spend, and a refresh recomputes the budget from it,
+  so processes and restarts draw down one budget;
+* settles carry the hold's id and are applied once, even when the hold
+  vanished (a flushed or restarted Redis): the cost is still charged.
 
 When the store fails (down, slow, answering errors), ``Policy.store_error``
-decides: ``"local"`` (default) falls back to this process's own ledger, which
-mirrors the last shared state it saw, and goes back to the store when it
-answers again; ``"refuse"`` refuses; ``"allow"`` allows without accounting.
+decides: ``"local"`` (default) goes on from the last shared state this
+process saw, but with only its share of the headroom (the headroom above the
+refuse floor divided by the workers last seen alive; workers heartbeat into
+the store), and writes the spend it recorded meanwhile back, once, when the
+store answers; ``"refuse"`` refuses; ``"allow"`` allows without accounting.
 An outage is never read as "nothing spent".
 
-The refresh is a small state machine (:meth:`SharedLedger._refresh`) that
-yields "fetch" and "sleep" steps; the sync and async drivers carry them out.
+Each operation is a small program (a generator) that yields store
+operations (:class:`_Op`), source fetches (:class:`_Fetch`) and pauses; the
+sync driver (:meth:`SharedLedger._drive`) carries them out with the store's
+sync methods, the async driver (:meth:`SharedLedger._adrive`) with its async
+twins, so that no Redis call runs on an event loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .balance import Balance, check_cost
 from .errors import CreditSourceError
 from .ledger import Hold, Ledger, Lookup, _Entry
-from .policy import Decision
+from .policy import Decision, Policy, decide
+from .sources._fixed import FixedBudget
 from .stores import StoreError
 
 if TYPE_CHECKING:
-    from .stores import SharedState, Store
+    from .stores import SharedState, Spend, Store
 
 __all__ = ["SharedLedger"]
 
 log = logging.getLogger("creditguard")
 
-_FETCH = object()  # a step of the refresh: fetch from the source, send the result back
-_POLL = 0.02  # seconds between two looks at a refresh another worker is doing
+T = TypeVar("T")
+
+_LEASE = 3.0
+"""Seconds of the refresh lease; the refresher renews it every :data:`_RENEW`."""
+_RENEW = 1.0
+_WAIT = 2.0
+"""Seconds a caller with nothing to serve waits for another worker's refresh
+before fetching itself."""
+_POLL = 0.05  # seconds between two looks at a refresh another worker is doing
 _BACKOFF = 1.0  # seconds the store is left alone after a failure
+_HEARTBEAT = 1.0  # seconds between two heartbeats of a worker
+_ALIVE_FOR = 10.0  # a worker not heard from for this long no longer counts
+
+
+class _Op:
+    """A store operation: the method's name and its arguments."""
+
+    __slots__ = ("args", "name")
+
+    def __init__(self, name: str, *args: Any) -> None:
+        self.name = name
+        self.args = args
+
+
+class _Fetch:
+    """Fetch from the source (renewing ``token``'s lease meanwhile, if any)."""
+
+    __slots__ = ("credential", "key", "token")
+
+    def __init__(self, credential: str | None, key: str, token: str | None) -> None:
+        self.credential = credential
+        self.key = key
+        self.token = token
+
+
+Program = Generator[object, Any, T]
+
+
+class _Owed:
+    """Spend recorded while the store was down, to be written back once."""
+
+    __slots__ = ("cost", "key", "op_id", "sent", "spend")
+
+    def __init__(self, key: str, op_id: str, cost: float, spend: Spend | None) -> None:
+        self.key = key
+        self.op_id = op_id
+        self.cost = cost
+        self.spend = spend
+        self.sent = False  # once sent, its id and amount are frozen (a replay applies once)
 
 
 class SharedLedger(Ledger):
@@ -54,13 +116,136 @@ class SharedLedger(Ledger):
         super().__init__(source, **kw)
         self.store = store
         self.store_error = store_error
+        # A FixedBudget is counted in the store (settles add to its window);
+        # its own in-process count is then not used.
+        self._budget: FixedBudget | None = source if isinstance(source, FixedBudget) else None
+        if self._budget is not None:
+            self._source_record = None
         self._down_until = 0.0
         self._outage = False
+        self._seen: OrderedDict[str, SharedState] = OrderedDict()  # last shared state per key
+        self._known: dict[str, tuple[int, float]] = {}  # budget key -> (bucket, least spend)
+        self._local: set[str] = set()  # keys judged on this process's share (store down)
+        self._owed: list[_Owed] = []
+        self._floor_of: Callable[[Balance], float | None] | None = None
+        self.workers = 1  # workers seen alive at the last heartbeat
+        self._worker = uuid.uuid4().hex
+        self._beat_due = 0.0
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- the drivers -------------------------------------------------------------
+
+    def _drive(self, program: Program[T]) -> T:
+        """Run ``program`` with the store's sync methods (blocking)."""
+        try:
+            step = next(program)
+            while True:
+                if isinstance(step, _Op):
+                    result = getattr(self.store, step.name)(*step.args)
+                elif isinstance(step, _Fetch):
+                    result = self._fetch_leased(step)
+                else:
+                    time.sleep(step)  # type: ignore[arg-type]
+                    result = None
+                step = program.send(result)
+        except StopIteration as done:
+            value: T = done.value
+            return value
+
+    async def _adrive(self, program: Program[T]) -> T:
+        """Run ``program`` with the store's async twins (never blocks the loop)."""
+        try:
+            step = next(program)
+            while True:
+                if isinstance(step, _Op):
+                    twin = getattr(self.store, "a" + step.name, None)
+                    if twin is not None:
+                        result = await twin(*step.args)
+                    else:  # a store without async twins
+                        result = getattr(self.store, step.name)(*step.args)
+                elif isinstance(step, _Fetch):
+                    result = await self._afetch_leased(step)
+                else:
+                    await asyncio.sleep(step)  # type: ignore[call-overload]
+                    result = None
+                step = program.send(result)
+        except StopIteration as done:
+            value: T = done.value
+            return value
+
+    def _fetch_leased(self, step: _Fetch) -> Balance | CreditSourceError:
+        """Fetch in this thread; another renews the lease while it runs."""
+        if step.token is None:
+            return self._source_fetch(step.credential)
+        stop = threading.Event()
+
+        def renew() -> None:
+            while not stop.wait(_RENEW):
+                with contextlib.suppress(StoreError):
+                    self.store.renew(step.key, step.token, _LEASE)  # type: ignore[arg-type]
+
+        renewer = threading.Thread(target=renew, name="creditguard-lease", daemon=True)
+        renewer.start()
+        try:
+            return self._source_fetch(step.credential)
+        finally:
+            stop.set()
+
+    async def _afetch_leased(self, step: _Fetch) -> Balance | CreditSourceError:
+        if step.token is None:
+            return await self._source_afetch(step.credential)
+        token = step.token
+
+        async def renew() -> None:
+            twin = getattr(self.store, "arenew", None)
+            while True:
+                await asyncio.sleep(_RENEW)
+                with contextlib.suppress(StoreError):
+                    if twin is not None:
+                        await twin(step.key, token, _LEASE)
+                    else:
+                        self.store.renew(step.key, token, _LEASE)
+
+        renewer = asyncio.get_running_loop().create_task(renew())
+        try:
+            return await self._source_afetch(step.credential)
+        finally:
+            renewer.cancel()
+
+    def _source_fetch(self, credential: str | None) -> Balance | CreditSourceError:
+        try:
+            return self._checked(self.source.fetch(self._fetch_for(credential)))
+        except Exception as exc:
+            return self._as_error(exc, credential)
+
+    async def _source_afetch(self, credential: str | None) -> Balance | CreditSourceError:
+        try:
+            return self._checked(await self.source.afetch(self._fetch_for(credential)))
+        except Exception as exc:
+            return self._as_error(exc, credential)
+
+    def _later(self, program: Program[Any], on_error: Callable[[], None] | None = None) -> None:
+        """Run ``program`` in a task of the running loop: a sync call made on
+        an event loop's thread (a settle from an async stream) never waits
+        for Redis there."""
+        loop = asyncio.get_running_loop()
+
+        async def run() -> None:
+            try:
+                await self._adrive(program)
+            except StoreError as exc:
+                self._failed(exc)
+                if on_error is not None:
+                    on_error()
+
+        task = loop.create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- store health ----------------------------------------------------------
 
-    def _usable(self) -> Store | None:
-        return None if time.monotonic() < self._down_until else self.store
+    def _usable(self) -> bool:
+        return time.monotonic() >= self._down_until
 
     def _failed(self, exc: BaseException) -> None:
         self._down_until = time.monotonic() + _BACKOFF
@@ -75,25 +260,95 @@ class SharedLedger(Ledger):
     def _recovered(self) -> None:
         if self._outage:
             self._outage = False
+            with self._lock:
+                for key in self._local:
+                    self._cache.pop(key, None)
+                self._local.clear()
             log.warning("shared store answers again: using the shared ledger")
 
-    def _degraded(self, credential: str | None) -> Lookup:
-        if self.store_error == "local":
-            return Ledger.get(self, credential)
-        return Lookup(None, fingerprint=self.key(credential), store_down=True)
+    # -- programs shared by every operation ------------------------------------------
 
-    async def _adegraded(self, credential: str | None) -> Lookup:
-        if self.store_error == "local":
-            return await Ledger.aget(self, credential)
-        return Lookup(None, fingerprint=self.key(credential), store_down=True)
+    def _p_upkeep(self) -> Program[None]:
+        """Write back what is owed, and say this worker is alive (once a second)."""
+        if self._owed:
+            yield from self._p_flush()
+        now = time.monotonic()
+        if now >= self._beat_due:
+            self._beat_due = now + _HEARTBEAT
+            self.workers = yield _Op("heartbeat", self._worker, time.time(), _ALIVE_FOR)
+
+    def _p_flush(self) -> Program[None]:
+        with self._lock:
+            owed = list(self._owed)
+            for item in owed:
+                item.sent = True
+        for item in owed:
+            yield _Op("settle", item.key, item.op_id, item.cost, None, item.spend)
+            with self._lock:
+                self._owed.remove(item)
+            log.info("wrote back %g spent while the shared store was down", item.cost)
+
+    def _owe(self, key: str, cost: float, op_id: str | None = None) -> None:
+        """Keep ``cost`` to write back when the store answers (a settle that
+        failed keeps its hold's id: written back, it applies once)."""
+        if not cost and op_id is None:
+            return
+        spend = self._spend()
+        with self._lock:
+            if op_id is None:
+                for item in self._owed:
+                    if item.key == key and not item.sent and item.spend == spend:
+                        item.cost += cost
+                        return
+                op_id = uuid.uuid4().hex
+            self._owed.append(_Owed(key, op_id, cost, spend))
+
+    def _spend(self) -> Spend | None:
+        return None if self._budget is None else self._budget.spend_window()
 
     # -- reading and refreshing --------------------------------------------------
 
     def _fresh(self, state: SharedState, now: float) -> bool:
-        return state.balance is not None and now - state.fetched_at < self.ttl
+        if state.balance is None or now - state.fetched_at >= self.ttl:
+            return False
+        return self._budget is None or state.fetched_at >= self._budget.spend_window().start
+
+    def _fresh_after(self, now: float) -> float:
+        after = now - self.ttl
+        if self._budget is not None:
+            after = max(after, self._budget.spend_window().start)
+        return after
+
+    def _mirror(self, key: str, state: SharedState) -> None:
+        """Remember the last shared state (the base of a later fallback)."""
+        with self._lock:
+            seen = self._seen
+            seen[key] = state
+            seen.move_to_end(key)
+            if len(seen) > self._maxsize:
+                seen.popitem(last=False)
+
+    def _adjust(self, key: str, debits: float = 0.0, held: float = 0.0) -> None:
+        """What this process changed since it last read ``key``'s shared state
+        (so that a fallback starts from it). Lock held."""
+        state = self._seen.get(key)
+        if state is not None:
+            self._seen[key] = replace(
+                state, debits=state.debits + debits, held=max(0.0, state.held + held)
+            )
+
+    def _view(self, state: SharedState) -> Balance | None:
+        balance = state.balance
+        if balance is None:
+            return None
+        view = balance.debited(state.debits)
+        if state.exhausted and view.remaining > 0:
+            view = view._derived(0.0, view.used)
+        return view
 
     def _lookup(self, key: str, state: SharedState, error: CreditSourceError | None) -> Lookup:
-        """The view of a shared state, mirrored locally for a later fallback."""
+        """The view of a shared state, mirrored locally."""
+        self._mirror(key, state)
         now = time.time()
         balance = state.balance
         if balance is None:
@@ -109,125 +364,270 @@ class SharedLedger(Ledger):
             self._cache.put(key, entry)
         return Lookup(entry.view, age >= self.ttl, error, key, state.held)
 
-    def _refresh(
-        self, store: Store, key: str, state: SharedState
-    ) -> Generator[object, Any, tuple[SharedState, CreditSourceError | None]]:
-        """Bring the shared snapshot up to date: fetch it under the lock, or
-        let the worker that holds the lock do it. Yields ``_FETCH`` (send back a
-        Balance or a CreditSourceError) or a number of seconds to sleep."""
-        deadline = time.monotonic() + self.refresh_timeout
-        while True:
+    def _p_get(self, credential: str | None, key: str) -> Program[Lookup]:
+        yield from self._p_upkeep()
+        with self._lock:
+            seen = self._seen.get(key)
+        if seen is not None and self._fresh(seen, time.time()):
+            # fresh enough to judge on: the hold script reads the state anew
+            return self._lookup(key, seen, None)
+        state = yield _Op("read", key, time.time())
+        error = None
+        if not self._fresh(state, time.time()):
+            state, error = yield from self._p_refresh(credential, key, state)
+        return self._lookup(key, state, error)
+
+    def _p_refresh(
+        self, credential: str | None, key: str, state: SharedState
+    ) -> Program[tuple[SharedState, CreditSourceError | None]]:
+        """Bring the shared snapshot up to date: recount a budget kept in the
+        store, or fetch under the lease, or let the worker holding it do it."""
+        with self._lock:
+            error = self._errors.get(key)
+        if error is not None:  # failed a moment ago here: don't hammer the source
+            return state, error
+        keep = max(self.ttl, self.max_stale) + self.ttl
+        if self._budget is not None:
+            budget = self._budget
+            window = budget.spend_window()
+            known = self._known.get(key)
+            least = known[1] if known is not None and known[0] == window.bucket else None
+            spent = yield _Op(
+                "budget", key, window, budget.limit, budget.unit, budget.name, time.time(), keep, least
+            )
             with self._lock:
-                error = self._errors.get(key)
-            if error is not None:  # failed a moment ago here: don't hammer the source
-                return state, error
+                self._known[key] = (window.bucket, spent)
+                if len(self._known) > self._maxsize:
+                    self._known.pop(next(iter(self._known)))
+            state = yield _Op("read", key, time.time())
+            if self._on_refresh is not None and state.balance is not None:
+                self._on_refresh(state.balance, key)
+            return state, None
+        deadline = time.monotonic() + _WAIT
+        while True:
             token = uuid.uuid4().hex
-            if store.try_lock(key, token, self.refresh_timeout):
-                try:
-                    result = yield _FETCH
-                    if isinstance(result, Balance):
-                        store.put(
-                            key,
-                            result,
-                            time.time(),
-                            state.debits,
-                            keep_for=max(self.ttl, self.max_stale) + self.ttl,
-                        )
-                        if self._on_refresh is not None:
-                            self._on_refresh(result, key)
-                        return store.read(key, time.time()), None
-                    if self.error_ttl > 0:
-                        with self._lock:
-                            self._errors[key] = result
-                    if self._on_error is not None:
-                        self._on_error(result, key)
-                    return state, result
-                finally:
-                    store.unlock(key, token)
+            leased = yield _Op("try_lock", key, token, _LEASE)
+            if leased or time.monotonic() >= deadline:
+                # (past the wait, a caller with nothing to serve fetches itself)
+                result = yield _Fetch(credential, key, token if leased else None)
+                if isinstance(result, Balance):
+                    yield _Op("put", key, result, time.time(), state.debits, keep)
+                    if leased:
+                        yield _Op("unlock", key, token)
+                    if self._on_refresh is not None:
+                        self._on_refresh(result, key)
+                    state = yield _Op("read", key, time.time())
+                    return state, None
+                if leased:
+                    yield _Op("unlock", key, token)
+                if self.error_ttl > 0:
+                    with self._lock:
+                        self._errors[key] = result
+                if self._on_error is not None:
+                    self._on_error(result, key)
+                return state, result
             if state.balance is not None and time.time() - state.fetched_at < self.max_stale:
                 return state, None  # another worker refreshes: the stale figure stands in
-            if time.monotonic() > deadline:
-                return state, CreditSourceError(
-                    f"no balance refresh finished within {self.refresh_timeout:g} s",
-                    source=str(getattr(self.source, "name", "")),
-                )
             yield _POLL
-            state = store.read(key, time.time())
+            state = yield _Op("read", key, time.time())
             if self._fresh(state, time.time()):
                 return state, None
 
     def get(self, credential: str | None, key: str | None = None) -> Lookup:
         if key is None:
             key = self.key(credential)
-        store = self._usable()
-        if store is None:
-            return self._degraded(credential)
+        if not self._usable():
+            return self._degraded(credential, key)
         try:
-            state = store.read(key, time.time())
-            error = None
-            if not self._fresh(state, time.time()):
-                steps = self._refresh(store, key, state)
-                try:
-                    step = next(steps)
-                    while True:
-                        if step is _FETCH:
-                            step = steps.send(self._source_fetch(credential))
-                        else:
-                            time.sleep(cast(float, step))
-                            step = next(steps)
-                except StopIteration as done:
-                    state, error = done.value
-            self._recovered()
+            lookup = self._drive(self._p_get(credential, key))
         except StoreError as exc:
             self._failed(exc)
-            return self._degraded(credential)
-        return self._lookup(key, state, error)
+            return self._degraded(credential, key)
+        self._recovered()
+        return lookup
 
     async def aget(self, credential: str | None, key: str | None = None) -> Lookup:
         if key is None:
             key = self.key(credential)
-        store = self._usable()
-        if store is None:
-            return await self._adegraded(credential)
+        if not self._usable():
+            return await self._adegraded(credential, key)
         try:
-            state = store.read(key, time.time())
-            error = None
-            if not self._fresh(state, time.time()):
-                steps = self._refresh(store, key, state)
-                try:
-                    step = next(steps)
-                    while True:
-                        if step is _FETCH:
-                            step = steps.send(await self._source_afetch(credential))
-                        else:
-                            await asyncio.sleep(cast(float, step))
-                            step = next(steps)
-                except StopIteration as done:
-                    state, error = done.value
-            self._recovered()
+            lookup = await self._adrive(self._p_get(credential, key))
         except StoreError as exc:
             self._failed(exc)
-            return await self._adegraded(credential)
-        return self._lookup(key, state, error)
+            return await self._adegraded(credential, key)
+        self._recovered()
+        return lookup
 
-    def _source_fetch(self, credential: str | None) -> Balance | CreditSourceError:
-        try:
-            return self._checked(self.source.fetch(self._fetch_for(credential)))
-        except Exception as exc:
-            return self._as_error(exc, credential)
+    # -- the store is down: this process's share -------------------------------------
 
-    async def _source_afetch(self, credential: str | None) -> Balance | CreditSourceError:
-        try:
-            return self._checked(await self.source.afetch(self._fetch_for(credential)))
-        except Exception as exc:
-            return self._as_error(exc, credential)
+    def _share(self, key: str) -> bool:
+        """Judge ``key`` on this process's share of the last shared headroom:
+        the headroom above the refuse floor divided by the workers last seen
+        alive. False when no shared state was seen."""
+        with self._lock:
+            if key in self._local:
+                return True
+            state = self._seen.get(key)
+            if state is None or state.balance is None:
+                return False
+            balance = state.balance
+            snapshot = balance
+            if not balance.unlimited:
+                headroom = (0.0 if state.exhausted else balance.remaining) - state.debits
+                headroom -= state.held
+                floor = None
+                if self._floor_of is not None:
+                    with contextlib.suppress(Exception):
+                        floor = self._floor_of(balance)
+                floor = floor or 0.0
+                if headroom > floor:
+                    headroom = floor + (headroom - floor) / max(1, self.workers)
+                used = None if balance.total is None else max(0.0, balance.total - headroom)
+                snapshot = balance._derived(headroom, used)
+            self._cache.put(key, _Entry(snapshot, self._timer()))
+            self._local.add(key)
+            return True
+
+    def _degraded(self, credential: str | None, key: str) -> Lookup:
+        if self.store_error != "local":
+            return Lookup(None, fingerprint=key, store_down=True)
+        if self._share(key):
+            with self._lock:
+                entry = self._cache.get(key)
+            if entry is not None:
+                return Lookup(entry.view, fingerprint=key)
+        return self._local_fetch(Ledger.get(self, credential, key), key)
+
+    async def _adegraded(self, credential: str | None, key: str) -> Lookup:
+        if self.store_error != "local":
+            return Lookup(None, fingerprint=key, store_down=True)
+        if self._share(key):
+            with self._lock:
+                entry = self._cache.get(key)
+            if entry is not None:
+                return Lookup(entry.view, fingerprint=key)
+        return self._local_fetch(await Ledger.aget(self, credential, key), key)
+
+    def _local_fetch(self, lookup: Lookup, key: str) -> Lookup:
+        """A balance fetched while the store is down (nothing shared seen):
+        taken as the shared state, this process's share of it is used."""
+        from .stores import SharedState
+
+        if lookup.balance is None:
+            return lookup
+        with self._lock:
+            self._seen[key] = SharedState(lookup.balance, time.time(), 0.0, False, 0.0)
+        self._share(key)
+        with self._lock:
+            entry = self._cache.get(key)
+        return Lookup(entry.view if entry else lookup.balance, fingerprint=key)
 
     # -- holds -----------------------------------------------------------------
 
-    def admit_fresh(self, *args: Any, **kwargs: Any) -> None:
-        """No local fast path: the shared state is read from the store on every
-        call (:meth:`get`), and holds are taken there (:meth:`admit`)."""
-        return None
+    def _p_admit(
+        self,
+        key: str,
+        credential: str | None,
+        judge: Callable[[Balance | None, float], Decision],
+        amount: float,
+        reserve: bool,
+        floor: float | None,
+        fresh_after: float,
+        refresh: bool,
+    ) -> Program[tuple[Decision, Hold | None] | None]:
+        """Read the shared state and hold ``amount`` in one script, then judge
+        on what it read. When the snapshot was not fresh enough (gone with a
+        flushed Redis, or stale): None, or with ``refresh`` refresh it and
+        hold on what there is then."""
+        yield from self._p_upkeep()
+        token = uuid.uuid4().hex
+        now = time.time()
+        wanted = amount if reserve and amount > 0 else 0.0
+        expires = now + self.hold_timeout
+        status, state = yield _Op("admit", key, token, wanted, floor, now, expires, fresh_after)
+        if status == 3:
+            if not refresh:
+                return None
+            state, _ = yield from self._p_refresh(credential, key, state)
+            if floor is None and state.balance is not None:
+                floor = self._floor(state.balance, self._floor_of)
+            now = time.time()
+            status, state = yield _Op(
+                "admit", key, token, wanted, floor, now, now + self.hold_timeout, None
+            )
+        self._mirror(key, state)
+        decision = judge(self._view(state), state.held)
+        if status == 1:
+            if decision.action == "refuse":  # (the policy's own floor refused it)
+                yield _Op("release", key, token)
+                return decision, None
+            with self._lock:
+                self._adjust(key, held=amount)
+            return decision, Hold(
+                key, credential, amount, self._timer() + self.hold_timeout, token
+            )
+        if status == 0 and decision.action != "refuse":
+            reason = (
+                f"{decision.reason}; but calls in flight elsewhere now hold the headroom "
+                "down to refuse_below"
+            )
+            refused = Decision(
+                "refuse",
+                decision.requested_model,
+                decision.balance,
+                reason,
+                decision.requested_model,
+                decision.stale,
+            )
+            return refused, None
+        return decision, None
+
+    def _floor(
+        self, balance: Balance | None, floor_of: Callable[[Balance], float | None] | None
+    ) -> float | None:
+        if floor_of is not None:
+            self._floor_of = floor_of
+        if balance is None or balance.unlimited or floor_of is None:
+            return None
+        return floor_of(balance)
+
+    def admit_fresh(
+        self,
+        key: str,
+        credential: str | None,
+        model: str | None,
+        amount: float,
+        policy: Policy,
+        *,
+        reserve: bool,
+        can_rewrite: bool | Callable[[], bool] = True,
+    ) -> tuple[Decision, Hold | None] | None:
+        """The hot path (sync callers): when the shared snapshot was fresh at
+        the last look, read the state and hold in one script and judge on it.
+        None when there is no fresh snapshot, when the store is down, or on an
+        event loop's thread (async callers take :meth:`aadmit`)."""
+        if not self._usable() or self._owed or _on_loop():
+            return None
+        with self._lock:
+            seen = self._seen.get(key)
+        now = time.time()
+        if seen is None or not self._fresh(seen, now):
+            return None
+
+        def judge(balance: Balance | None, reserved: float) -> Decision:
+            return decide(
+                balance, policy, model, amount, reserved=reserved, can_rewrite=can_rewrite
+            )
+
+        floor = self._floor(seen.balance, policy.refuse_floor)
+        fresh_after = self._fresh_after(now)
+        program = self._p_admit(key, credential, judge, amount, reserve, floor, fresh_after, False)
+        try:
+            return self._drive(program)
+        except StoreError as exc:
+            self._failed(exc)
+            return None  # the long way round finds the store down and degrades
 
     def admit(
         self,
@@ -243,97 +643,131 @@ class SharedLedger(Ledger):
             return super().admit(
                 lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
             )
-        decision = judge(lookup.balance, lookup.held)
-        if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
-            return decision, None
-        balance = lookup.balance
-        floor = None
-        if (
-            balance is not None
-            and not balance.unlimited
-            and floor_of is not None
-            and decision.action != "refuse"  # (a refusal in shadow mode is held anyway)
-        ):
-            floor = floor_of(balance)
+        floor = self._floor(lookup.balance, floor_of)
         key = lookup.fingerprint
-        token = uuid.uuid4().hex
-        now = time.time()
+        fresh_after = self._fresh_after(time.time())
+        program = self._p_admit(key, credential, judge, amount, reserve, floor, fresh_after, True)
         try:
-            held = self.store.reserve(key, token, amount, floor, now, now + self.hold_timeout)
-            if not held and not decision.enforced:  # shadow mode: refused, but sent and held
-                self.store.reserve(key, token, amount, None, now, now + self.hold_timeout)
+            decided = self._drive(program)
         except StoreError as exc:
             self._failed(exc)
+            lookup = self._degraded(credential, key)
             return super().admit(
                 lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
             )
-        if not held:  # other workers took the headroom since we read it
-            reason = (
-                f"{decision.reason}; but calls in flight elsewhere now hold the headroom "
-                "down to refuse_below"
-            )
-            refused = Decision(
-                "refuse",
-                decision.requested_model,
-                decision.balance,
-                reason,
-                decision.requested_model,
-                decision.stale,
-                decision.enforced,
-            )
-            if not decision.enforced:
-                return refused, Hold(
-                    key, credential, amount, self._timer() + self.hold_timeout, token
-                )
-            return refused, None
-        return decision, Hold(key, credential, amount, self._timer() + self.hold_timeout, token)
+        assert decided is not None  # (no freshness condition: never "not fresh")
+        return decided
 
-    def settle(self, hold: Hold, cost: float) -> bool:
-        if hold.token is None:
-            return super().settle(hold, cost)
-        cost = check_cost(cost)
-        if hold.state != Hold.OPEN:
-            return False
-        hold.state = Hold.SETTLED
-        if self._source_record is not None:
-            self._source_record(self._fetch_for(hold.credential), cost)
+    async def aadmit(
+        self,
+        lookup: Lookup,
+        credential: str | None,
+        judge: Callable[[Balance | None, float], Decision],
+        amount: float,
+        *,
+        reserve: bool,
+        floor_of: Callable[[Balance], float | None] | None = None,
+    ) -> tuple[Decision, Hold | None]:
+        """:meth:`admit` for async code: the store is awaited."""
+        if lookup.held is None:
+            return super().admit(
+                lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
+            )
+        floor = self._floor(lookup.balance, floor_of)
+        key = lookup.fingerprint
+        fresh_after = self._fresh_after(time.time())
+        program = self._p_admit(key, credential, judge, amount, reserve, floor, fresh_after, True)
         try:
-            settled = self.store.settle(hold.key, hold.token, cost)
+            decided = await self._adrive(program)
         except StoreError as exc:
             self._failed(exc)
-            settled = True
-        with self._lock:  # the local mirror follows, for a fallback
-            self._debit(hold.key, cost)
-        return settled
+            lookup = await self._adegraded(credential, key)
+            return super().admit(
+                lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
+            )
+        assert decided is not None
+        return decided
+
+    def _p_settle(self, key: str, op_id: str, cost: float, spend: Spend | None) -> Program[int]:
+        status: int = yield _Op("settle", key, op_id, cost, None, spend)
+        return status
+
+    def settle(self, hold: Hold, cost: float) -> bool:
+        if hold.token is None:  # held on the local books (the store was down)
+            cost = check_cost(cost)
+            settled = super().settle(hold, cost)
+            if settled:
+                self._owe(hold.key, cost)
+            return settled
+        cost = check_cost(cost)
+        with self._lock:
+            if hold.state != Hold.OPEN:
+                return False
+            hold.state = Hold.SETTLED
+            self._debit(hold.key, cost)  # the local mirror follows, for a fallback
+            self._adjust(hold.key, cost, -hold.amount)
+        if self._source_record is not None:
+            self._source_record(self._fetch_for(hold.credential), cost)
+        self._send(hold.key, hold.token, cost)
+        return True
+
+    def _send(self, key: str, op_id: str, cost: float) -> None:
+        """Charge ``cost`` in the store under ``op_id``; owed (and written back
+        under the same id, so applied once) if the store does not answer."""
+        spend = self._spend()
+        program = self._p_settle(key, op_id, cost, spend)
+        if _on_loop():
+            self._later(program, lambda: self._owe(key, cost, op_id))
+            return
+        try:
+            self._drive(program)
+        except StoreError as exc:
+            self._failed(exc)
+            self._owe(key, cost, op_id)
 
     def release(self, hold: Hold) -> bool:
         if hold.token is None:
             return super().release(hold)
-        if hold.state != Hold.OPEN:
-            return False
-        hold.state = Hold.RELEASED
-        try:
-            return self.store.release(hold.key, hold.token)
-        except StoreError as exc:
-            self._failed(exc)  # the hold expires in the store by itself
+        with self._lock:
+            if hold.state != Hold.OPEN:
+                return False
+            hold.state = Hold.RELEASED
+            self._adjust(hold.key, held=-hold.amount)
+        program = self._p_op(_Op("release", hold.key, hold.token))
+        if _on_loop():
+            self._later(program)  # a release that fails: the hold expires by itself
             return True
+        try:
+            self._drive(program)
+        except StoreError as exc:
+            self._failed(exc)
+        return True
+
+    def _p_op(self, op: _Op) -> Program[Any]:
+        result = yield op
+        return result
 
     def reserved(self, credential: str | None) -> float:
-        store = self._usable()
-        if store is not None:
+        key = self.key(credential)
+        if self._usable():  # (a sync read, as asked: guarded calls never come here)
             try:
-                return store.read(self.key(credential), time.time()).held
+                return self.store.read(key, time.time()).held
             except StoreError as exc:
                 self._failed(exc)
-        return super().reserved(credential)
+        with self._lock:
+            seen = self._seen.get(key)
+        local = super().reserved(credential)
+        return local + (seen.held if seen is not None and key not in self._local else 0.0)
 
     # -- what the provider tells us ----------------------------------------------
 
-    def _shared(self, op: Callable[[Store], None], local: Callable[[], None]) -> None:
-        store = self._usable()
-        if store is not None:
+    def _shared(self, op: _Op, local: Callable[[], None]) -> None:
+        if self._usable():
+            if _on_loop():
+                self._later(self._p_op(op), local)
+                return
             try:
-                op(store)
+                self._drive(self._p_op(op))
             except StoreError as exc:
                 self._failed(exc)
             else:
@@ -345,29 +779,57 @@ class SharedLedger(Ledger):
         if self._source_record is not None:
             self._source_record(self._fetch_for(credential), cost)
         key = self.key(credential)
-
-        store = self._usable()
-        if store is not None:
-            try:
-                store.debit(key, cost)
-            except StoreError as exc:
-                self._failed(exc)
         with self._lock:  # the local mirror follows, for a fallback
             self._debit(key, cost)
+            if key not in self._local:
+                self._adjust(key, cost)
+        if not cost:
+            return
+        if not self._usable():
+            self._owe(key, cost)
+            return
+        self._send(key, uuid.uuid4().hex, cost)
 
     def mark_exhausted(self, credential: str | None) -> None:
         key = self.key(credential)
-        self._shared(
-            lambda store: store.exhaust(key), lambda: Ledger.mark_exhausted(self, credential)
-        )
+        self._shared(_Op("exhaust", key), lambda: Ledger.mark_exhausted(self, credential))
 
     def set_remaining(self, credential: str | None, remaining: float) -> None:
         key = self.key(credential)
         keep = max(self.ttl, self.max_stale) + self.ttl
         self._shared(
-            lambda store: store.set_remaining(key, remaining, time.time(), keep),
+            _Op("set_remaining", key, remaining, time.time(), keep),
             lambda: Ledger.set_remaining(self, credential, remaining),
         )
 
+    def invalidate(self, credential: str | None = None, *, all: bool = False) -> None:
+        with self._lock:
+            if all:
+                self._seen.clear()
+            else:
+                self._seen.pop(self.key(credential), None)
+        super().invalidate(credential, all=all)
+
     def close(self) -> None:
         self.store.close()
+
+    async def aclose(self) -> None:
+        """Let the store writes started from async code finish, then close."""
+        pending = [task for task in self._background if not task.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        aclose = getattr(self.store, "aclose", None)
+        if aclose is not None:
+            await aclose()
+        else:
+            self.store.close()
+
+
+def _on_loop() -> bool:
+    """True on a thread that runs an event loop (a blocking call would stall it)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+

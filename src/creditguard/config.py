@@ -85,8 +85,11 @@ _SPEND_PERIOD: dict[str | None, Literal["day", "week", "month"]] = {
     "week": "week",
     "month": "month",
 }
-_PERIOD_ALLOWED = "one of " + ", ".join(repr(p) for p in _PERIODS)
-_STORE_SCHEMES = ("memory", "redis", "rediss", "unix")
+_PERIOD_ALLOWED = (
+    "one of " + ", ".join(repr(p) for p in _PERIODS) + ", or a rolling window such as '15m', "
+    "'1h' or '24h' (whole minutes, hours or days, 1 minute to 366 days)"
+)
+_STORE_SCHEMES = ("memory", "redis", "rediss", "unix", "redis+cluster")
 _THRESHOLD_KEYS = ("warn_below", "downgrade_below", "refuse_below")
 _POLICY_KEYS = (
     "on_source_error",
@@ -224,10 +227,12 @@ class Config:
         if self.source == "fixed":
             if self.limit is None:
                 raise ConfigError("limit", None, "source = 'fixed' needs a limit" + self._where)
-            if self.period not in _PERIOD_ARG:
+            if self.period not in _PERIOD_ARG and not _rolling(self.period):
                 raise ConfigError("period", self.period, _PERIOD_ALLOWED + self._where)
             return sources.FixedBudget(
-                self.limit, period=_PERIOD_ARG[self.period], per_credential=self.per_credential
+                self.limit,
+                period=_PERIOD_ARG.get(self.period, self.period),
+                per_credential=self.per_credential,
             )
         return sources.CallableSource(self._balance_function(), name=self.source)
 
@@ -621,7 +626,10 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
 
     store = None
     if "store" in values:
-        allowed = "a store URL: 'memory://', 'redis://host:6379/0', 'rediss://...' or 'unix://...'"
+        allowed = (
+            "a store URL: 'memory://', 'redis://host:6379/0', 'rediss://...', 'unix://...' "
+            "or 'redis+cluster://host:7000,host2:7001/'"
+        )
         store = r.string(("store",), values["store"], allowed)
         if urlsplit(store).scheme not in _STORE_SCHEMES:
             r.fail(("store",), _redact_url(store), allowed)
@@ -640,7 +648,7 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
             r.fail(("limit",), None, "a number >= 0: source = 'fixed' needs limit, the budget")
         limit = r.number(("limit",), values["limit"], positive=False)
         period = values.get("period", "month")
-        if period not in _PERIODS:
+        if period not in _PERIODS and not _rolling(period):
             r.fail(("period",), period, _PERIOD_ALLOWED)
         per_credential = values.get("per_credential", False)
         if not isinstance(per_credential, bool):
@@ -764,3 +772,13 @@ def _redact_url(url: str) -> str:
         return urlunsplit(parts._replace(netloc=netloc, query=query))
     except ValueError:
         return "<unparseable URL>"
+
+
+def _rolling(period: object) -> bool:
+    """``period`` is a rolling window FixedBudget takes (``"15m"``, ``"1h"``)."""
+    from .sources._fixed import window_seconds
+
+    try:
+        return window_seconds(period) is not None
+    except ConfigError:
+        return False

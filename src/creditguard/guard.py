@@ -87,9 +87,14 @@ def _make_ledger(
     if isinstance(store, str):
         parts = urlsplit(store)
         shown = parts._replace(netloc=parts.hostname or "", query="").geturl()
-        if parts.scheme not in ("redis", "rediss", "unix"):
+        if parts.scheme == "redis+cluster":
+            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="").geturl()
+        elif parts.scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(
-                "store", shown, "None, 'memory://', a redis:// URL or a creditguard.stores.Store"
+                "store",
+                shown,
+                "None, 'memory://', a redis://, rediss://, unix:// or redis+cluster:// URL "
+                "or a creditguard.stores.Store",
             )
         values = parse_qs(parts.query).get("secret")
         secret = secret or (values[0] if values else None)
@@ -255,9 +260,11 @@ class BudgetGuard:
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
         report: bool = True,
+        asynchronous: bool = False,
     ) -> tuple[Decision, Hold | None]:
         """The decision on one call (and its hold, when ``hold``), logged and
-        reported (unless ``report`` is false). Shared by every surface, sync and async."""
+        reported (unless ``report`` is false). Shared by every surface, sync and
+        async (``asynchronous``: only the judge is wanted, for :meth:`_aadmit`)."""
         unavailable = "no balance available"
         if lookup.error is not None:
             unavailable = f"no usable balance ({lookup.error})"
@@ -289,6 +296,8 @@ class BudgetGuard:
                 stale=stale,
             )
 
+        if asynchronous:
+            return judge  # type: ignore[return-value]  # (_aadmit awaits the ledger)
         decision, held = self.ledger.admit(
             lookup,
             credential,
@@ -299,6 +308,51 @@ class BudgetGuard:
         )
         if report:
             self._report(decision, lookup.fingerprint)
+        return decision, held
+
+    async def _aadmit(
+        self,
+        lookup: Lookup,
+        credential: str | None,
+        model: str | None,
+        estimate: float,
+        *,
+        hold: bool,
+        refuse_reason: str | None = None,
+        can_rewrite: bool | Callable[[], bool] = True,
+    ) -> tuple[Decision, Hold | None]:
+        """:meth:`_admit` for async code: a ledger over a shared store awaits
+        the store (``aadmit``) instead of blocking the event loop."""
+        aadmit = getattr(self.ledger, "aadmit", None)
+        if aadmit is None:
+            return self._admit(
+                lookup,
+                credential,
+                model,
+                estimate,
+                hold=hold,
+                refuse_reason=refuse_reason,
+                can_rewrite=can_rewrite,
+            )
+        judge: Any = self._admit(
+            lookup,
+            credential,
+            model,
+            estimate,
+            hold=hold,
+            refuse_reason=refuse_reason,
+            can_rewrite=can_rewrite,
+            asynchronous=True,
+        )
+        decision, held = await aadmit(
+            lookup,
+            credential,
+            judge,
+            estimate,
+            reserve=hold and self._reserve,
+            floor_of=self.policy.refuse_floor,
+        )
+        self._report(decision, lookup.fingerprint)
         return decision, held
 
     def _report(self, decision: Decision, key: str) -> None:
@@ -374,7 +428,7 @@ class BudgetGuard:
         if fast is not None:
             return fast[0]
         lookup = await self.ledger.aget(credential, key)
-        return self._admit(lookup, credential, model, est, hold=False)[0]
+        return (await self._aadmit(lookup, credential, model, est, hold=False))[0]
 
     def reserve(
         self,
@@ -498,7 +552,7 @@ class BudgetGuard:
             if decided is not None:
                 return decided
         lookup = await self.ledger.aget(credential, key)
-        return self._admit(
+        return await self._aadmit(
             lookup,
             credential,
             model,
@@ -633,9 +687,15 @@ class BudgetGuard:
         aclose = getattr(self.source, "aclose", None)
         if callable(aclose):
             await aclose()
-            self.ledger.close()
         else:
-            self.close()
+            close = getattr(self.source, "close", None)
+            if callable(close):
+                close()
+        ledger_aclose = getattr(self.ledger, "aclose", None)  # a shared store's async clients
+        if ledger_aclose is not None:
+            await ledger_aclose()
+        else:
+            self.ledger.close()
 
     # -- events --------------------------------------------------------------
 

@@ -3,25 +3,44 @@
 from __future__ import annotations
 
 import math
+import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from .._fingerprint import Fingerprinter
 from ..balance import Balance, check_cost
 from ..errors import ConfigError
 from ._base import logger
 
+if TYPE_CHECKING:
+    from ..stores import Spend
+
 __all__ = ["FixedBudget", "Period", "period_start"]
 
-Period = Literal["day", "week", "month"]
-_PERIODS = ("day", "week", "month", None)
+Period = str
+"""``"day"``, ``"week"``, ``"month"`` (calendar periods, UTC) or a rolling
+window: a whole number of minutes, hours or days (``"15m"``, ``"1h"``, ``"24h"``)."""
+
+_CALENDAR = ("day", "week", "month")
+_ROLLING = re.compile(r"([1-9][0-9]{0,5})([mhd])")
+_UNIT_SECONDS = {"m": 60, "h": 3_600, "d": 86_400}
+_MIN_WINDOW, _MAX_WINDOW = 60, 366 * 86_400
+_SLICES = 30
+"""A rolling window is counted in this many slices: spend leaves the window
+one slice at a time, so a window counts at most one slice more than its length."""
+_PERIOD_ALLOWED = (
+    "'day', 'week' or 'month' (calendar periods, UTC), a rolling window of minutes, "
+    "hours or days such as '15m', '1h' or '24h' (1 minute to 366 days), "
+    "or None (never resets)"
+)
 _ALL = "*"
 
 
-def period_start(now: datetime, period: Period | None) -> date:
+def period_start(now: datetime, period: str | None) -> date:
     """The first day (UTC) of the calendar period holding ``now``.
 
     Days start at 00:00 UTC, weeks on Monday, months on the 1st. ``None``
@@ -39,18 +58,42 @@ def period_start(now: datetime, period: Period | None) -> date:
     return date.min
 
 
+def window_seconds(period: object) -> float | None:
+    """The length of a rolling window (``"15m"`` -> 900.0); None for a calendar
+    period or None. Raises ConfigError for anything else."""
+    if period is None or period in _CALENDAR:
+        return None
+    match = _ROLLING.fullmatch(period) if isinstance(period, str) else None
+    if match is None:
+        raise ConfigError("period", period, _PERIOD_ALLOWED)
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not _MIN_WINDOW <= seconds <= _MAX_WINDOW:
+        raise ConfigError("period", period, _PERIOD_ALLOWED)
+    return float(seconds)
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
 class FixedBudget:
-    """A budget of ``limit`` per calendar period that recorded spend draws down.
+    """A budget of ``limit`` per period that recorded spend draws down.
 
-    ``record(credential, cost)`` adds spend; ``fetch`` reports
-    ``limit - spent`` for the current period (UTC; ``period=None`` never
-    resets). With ``per_credential=True`` every credential has a budget of its
-    own, kept under a fingerprint of the credential, never the key itself.
+    ``period`` is a calendar period in UTC (``"day"`` from 00:00, ``"week"``
+    from Monday, ``"month"`` from the 1st), a rolling window (``"15m"``,
+    ``"1h"``, ``"24h"``: the spend of the last 15 minutes, hour, day, counted in
+    thirtieths of the window, so at most one thirtieth more), or None (never
+    resets). ``record(credential, cost)`` adds spend; ``fetch`` reports
+    ``limit - spent`` for the current period.
+
+    With ``per_credential=True`` every credential has a budget of its own,
+    kept under a fingerprint of the credential, never the key itself; at most
+    ``maxsize`` credentials are counted (the least recently used is dropped).
     Only the current period's spend is kept. Thread-safe.
+
+    Under a guard with a shared store (``store="redis://..."``) the spend is
+    counted in the store instead, so every process and restart draws down
+    one budget.
     """
 
     name = "fixed"
@@ -63,6 +106,7 @@ class FixedBudget:
         per_credential: bool = False,
         unit: str = "USD",
         clock: Callable[[], datetime] | None = None,
+        maxsize: int = 10_000,
     ) -> None:
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 2**1000:
             raise ConfigError("limit", limit, "a finite number >= 0")  # (not OverflowError)
@@ -73,50 +117,107 @@ class FixedBudget:
             or limit < 0
         ):
             raise ConfigError("limit", limit, "a finite number >= 0")
-        if period not in _PERIODS:
-            raise ConfigError("period", period, "'day', 'week', 'month' or None (never resets)")
+        self.window = window_seconds(period)
         if not isinstance(unit, str) or not unit:
             raise ConfigError("unit", unit, "a non-empty string")
         if clock is not None and not callable(clock):
             raise ConfigError("clock", clock, "a function returning an aware datetime")
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
+            raise ConfigError("maxsize", maxsize, "a whole number >= 1")
         self.limit = float(limit)
         self.period: Period | None = period
         self.per_credential = bool(per_credential)
         self.unit = unit
+        self.maxsize = maxsize
         self._clock = clock or _utcnow
         self._fingerprint = Fingerprinter()
         self._lock = threading.Lock()
-        self._start: date | None = None
-        self._spent: dict[str, float] = {}
+        # bucket key -> {window bucket -> spent}, least recently used first
+        self._spent: OrderedDict[str, dict[int, float]] = OrderedDict()
+        self._low = -math.inf  # the oldest bucket of the window last counted
 
-    def _bucket(self, credential: str | None) -> str:
+    # -- windows -----------------------------------------------------------------
+
+    def spend_window(self, now: datetime | None = None) -> Spend:
+        """Where spend counts at ``now`` (default: the clock): the current
+        bucket, the oldest bucket still in the window, and how long the counts
+        must be kept."""
+        from ..stores import Spend
+
+        if now is None:
+            now = self._clock()
+        if self.window is not None:
+            step = self.window / _SLICES
+            bucket = math.floor(now.timestamp() / step)
+            keep = self.window + 2 * step
+            return Spend(self.period or "", bucket, bucket - _SLICES, keep, bucket * step)
+        if self.period is None:
+            return Spend("never", 0, 0, None)
+        start = period_start(now, self.period)
+        if self.period == "month":
+            bucket = start.year * 12 + start.month - 1
+            keep = 32 * 86_400.0
+        else:
+            bucket = start.toordinal()
+            keep = (8 if self.period == "week" else 2) * 86_400.0
+        began = datetime(start.year, start.month, start.day, tzinfo=timezone.utc).timestamp()
+        return Spend(self.period, bucket, bucket, keep, began)
+
+    def budget_key(self, credential: str | None) -> str:
+        """The budget ``credential`` draws down: its fingerprint, or one for all."""
         return self._fingerprint(credential) if self.per_credential else _ALL
 
-    def _roll(self) -> None:
-        """Starts a new period when the clock has entered one (lock held)."""
-        start = period_start(self._clock(), self.period)
-        if self._start is None or start > self._start:
-            self._start = start
-            self._spent.clear()
+    # -- local counting ------------------------------------------------------------
+
+    def _counts(self, bucket_key: str, window: Spend) -> dict[int, float]:
+        """The counts of ``bucket_key`` in the current window (lock held)."""
+        if window.low > self._low:  # a new period, or a slice left the window
+            self._low = window.low
+            for key, old in list(self._spent.items()):
+                for bucket in [b for b in old if b < window.low]:
+                    del old[bucket]
+                if not old:
+                    del self._spent[key]
+        counts = self._spent.get(bucket_key)
+        if counts is None:
+            counts = self._spent[bucket_key] = {}
+            while len(self._spent) > self.maxsize:
+                self._spent.popitem(last=False)
+        else:
+            self._spent.move_to_end(bucket_key)
+            for bucket in [b for b in counts if b < window.low]:
+                del counts[bucket]
+        return counts
 
     def record(self, credential: str | None, cost: float) -> None:
         """Adds ``cost`` (finite, >= 0) to the current period's spend."""
         cost = check_cost(cost)
-        bucket = self._bucket(credential)
+        bucket_key = self.budget_key(credential)
         with self._lock:
-            self._roll()
-            spent = self._spent.get(bucket, 0.0) + cost
+            window = self.spend_window()
+            counts = self._counts(bucket_key, window)
+            spent = counts.get(window.bucket, 0.0) + cost
             if not math.isfinite(spent):
                 raise ValueError("recorded spend would overflow")
-            self._spent[bucket] = spent
+            counts[window.bucket] = spent
+
+    def spent(self, credential: str | None) -> float:
+        """This process's count of the current period's spend."""
+        bucket_key = self.budget_key(credential)
+        with self._lock:
+            window = self.spend_window()
+            if bucket_key not in self._spent:
+                return 0.0
+            return math.fsum(self._counts(bucket_key, window).values())
 
     def fetch(self, credential: str | None) -> Balance:
         """What is left of the current period's budget."""
-        bucket = self._bucket(credential)
-        with self._lock:
-            self._roll()
-            spent = self._spent.get(bucket, 0.0)
+        spent = self.spent(credential)
         logger.debug("%s: spent %s of %s %s", self.name, spent, self.limit, self.unit)
+        return self.balance(spent)
+
+    def balance(self, spent: float) -> Balance:
+        """The balance of this budget once ``spent`` is spent."""
         return Balance(
             remaining=self.limit - spent,
             total=self.limit,
@@ -129,6 +230,11 @@ class FixedBudget:
     async def afetch(self, credential: str | None) -> Balance:
         """Same as :meth:`fetch` (no I/O)."""
         return self.fetch(credential)
+
+    def __len__(self) -> int:
+        """How many budgets (credentials) are counted here."""
+        with self._lock:
+            return len(self._spent)
 
     def __repr__(self) -> str:
         extra = ", per_credential=True" if self.per_credential else ""

@@ -3,7 +3,8 @@
 A :class:`Store` keeps, per credential fingerprint, the last fetched balance
 (the *snapshot*), the spend recorded since, whether a provider refused for lack
 of credits, the credits held by calls in flight, and a refresh lock.
-:class:`RedisStore` keeps them in Redis; each change is one atomic Lua script.
+:class:`RedisStore` keeps them in Redis or a Redis Cluster; each change is
+one atomic Lua script, sent from redis-py's sync client or from ``redis.asyncio``.
 
 Errors join creditguard's tree::
 
@@ -16,7 +17,7 @@ Errors join creditguard's tree::
 
 from __future__ import annotations
 
-from ._base import SharedState, Store, StoreError
+from ._base import SharedState, Spend, Store, StoreError
 from ._redis import RedisStore
 
-__all__ = ["RedisStore", "SharedState", "Store", "StoreError"]
+__all__ = ["RedisStore", "SharedState", "Spend", "Store", "StoreError"]

@@ -10,39 +10,51 @@ are a hash tag: in a cluster, one credential's keys share a slot)::
     cg:{fp}:exp     sorted set: hold id -> expiry (epoch seconds)
     cg:{fp}:late    sorted set: holds that expired unsettled (a late settle
                     still charges them, once)
-    cg:{fp}:lock    string: the refresh lock's token
+    cg:{fp}:done    sorted set: settled ids -> until when they are remembered
+                    (a repeated settle charges nothing)
+    cg:{fp}:spend:<period>  hash: a FixedBudget's spend per window bucket
+    cg:{fp}:lock    string: the refresh lease's token
+    cg:workers      sorted set: worker id -> last heartbeat (epoch seconds)
 
 Amounts are integer micro-units (``round(x * 1_000_000)``), changed with
-``HINCRBY``; an unlimited balance is a flag. Every key expires: the snapshot
-after ``keep_for``, the hold keys a while after their last hold's expiry.
+``HINCRBY``; an unlimited balance is a flag. Every key expires.
 
-The scripts are package data (``lua/*.lua``), every key passed in ``KEYS``;
-they run by ``EVALSHA`` with a fallback to loading them (redis-py's
-``register_script``). The client never retries: a timed-out write may have
-been applied, and retrying a debit would count it twice.
+Each operation is built once as data (:class:`_Call`: a script, its keys and
+arguments, and how to read the reply) and carried out by one of two shells:
+redis-py's sync client (:meth:`RedisStore._run`) or ``redis.asyncio``
+(:meth:`RedisStore._arun`, one client per event loop), each a plain
+``Redis`` or a ``RedisCluster``. Every operation is one ``EVALSHA`` (``EVAL``
+when Redis lost its script cache). The scripts are package data
+(``lua/*.lua``), every key passed in ``KEYS``. The client never retries: a
+timed-out write may have been applied, and retrying a debit would count it
+twice (settles carry an id instead, and are applied once whatever happens).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import hashlib
 import math
 import time
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from importlib.resources import files
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..balance import Balance, check_cost
 from ..errors import ConfigError
-from ._base import SharedState, StoreError
+from ._base import SharedState, Spend, StoreError
 
 if TYPE_CHECKING:
     import redis
-    from redis.commands.core import Script
 
 __all__ = ["RedisStore"]
+
+T = TypeVar("T")
 
 _MICRO = 1_000_000
 
@@ -50,26 +62,34 @@ _LATE_FOR = 86_400.0
 """Seconds after its expiry during which a hold that expired unsettled can
 still be settled (charged once) or released."""
 
+_DONE_FOR = 1_800.0
+"""Seconds a settled id is remembered: a settle repeated within this time
+(written back after a timeout that had been applied after all) charges nothing."""
+
 _ORPHAN_KEEP = 3_600.0
-"""Seconds kept when debit, settle or exhaust create the snapshot key (no
+"""Seconds kept when a settle or exhaust creates the snapshot key (no
 snapshot, so no ``keep_for`` of its own)."""
 
 _SCRIPTS = (
     "read",
+    "admit",
     "put",
+    "budget",
     "set_remaining",
-    "reserve",
     "settle",
     "release",
-    "debit",
     "exhaust",
+    "lock",
+    "renew",
     "unlock",
+    "heartbeat",
 )
-_USES_HOLDS_LIB = frozenset({"read", "reserve"})
+_USES_HOLDS_LIB = frozenset({"read", "admit"})
 
 _OWN_PARAMS = ("prefix", "timeout")
 _LEDGER_PARAMS = ("secret",)  # the ledger's fingerprint secret: never reaches redis-py
 _INSTALL = "RedisStore needs redis-py: pip install 'creditguard[redis]'"
+_CLUSTER = "redis+cluster"
 
 
 @functools.cache
@@ -82,18 +102,54 @@ def _script_text(name: str) -> str:
     return text
 
 
+@functools.cache
+def _script_sha(name: str) -> str:
+    return hashlib.sha1(_script_text(name).encode()).hexdigest()
+
+
+class _Call(Generic[T]):
+    """One store operation as data: a script, its keys and arguments, and how
+    to read its reply. Both shells carry it out the same way."""
+
+    __slots__ = ("args", "keys", "op", "parse", "script")
+
+    def __init__(
+        self,
+        op: str,
+        script: str,
+        keys: Sequence[str],
+        args: Sequence[str | int],
+        parse: Callable[[Any], T],
+    ) -> None:
+        self.op = op
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.parse = parse
+
+
+def _nothing(reply: object) -> None:
+    return None
+
+
 class RedisStore:
-    """A :class:`~creditguard.stores.Store` in Redis (redis-py's sync client).
+    """A :class:`~creditguard.stores.Store` in Redis or a Redis Cluster.
 
     ``url`` is a ``redis://``, ``rediss://`` or ``unix://`` URL as redis-py
-    takes it; :meth:`from_url` also reads ``prefix`` and ``timeout`` from its
-    query. Every key starts with ``prefix``. Every call waits at most
-    ``timeout`` seconds to connect and to read, and is never retried; any
-    failure raises :class:`~creditguard.stores.StoreError`.
+    takes it, or ``redis+cluster://host:port,host2:port2/`` for a cluster
+    (redis-py's ``RedisCluster``; one credential's keys share a slot);
+    :meth:`from_url` also reads ``prefix`` and ``timeout`` from its query.
+    Every key starts with ``prefix``. Every call waits at most ``timeout``
+    seconds to connect and to read, and is never retried; any failure raises
+    :class:`~creditguard.stores.StoreError`. Sync methods use redis-py's sync
+    client; their ``a``-prefixed twins (``aread``, ``aadmit``, ...) use
+    ``redis.asyncio`` and never block an event loop.
 
-    ``client`` uses an existing client instead (its own timeouts and retry
-    policy apply: build it with ``socket_timeout`` and
-    ``retry=Retry(NoBackoff(), 0)``); :meth:`close` leaves it open.
+    ``client`` uses an existing sync client instead (its own timeouts and
+    retry policy apply: build it with ``socket_timeout`` and
+    ``retry=Retry(NoBackoff(), 0)``), and ``async_client`` an existing
+    ``redis.asyncio`` one (without it, async calls run the sync client in a
+    worker thread); :meth:`close` leaves them open.
     """
 
     def __init__(
@@ -102,12 +158,11 @@ class RedisStore:
         *,
         prefix: str = "cg",
         timeout: float = 0.25,
-        client: redis.Redis | None = None,
+        client: Any = None,
+        async_client: Any = None,
     ) -> None:
         try:
             import redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
         except ImportError as exc:
             raise ImportError(_INSTALL) from exc
         url, params = _split_url(url)
@@ -131,26 +186,32 @@ class RedisStore:
         self.prefix = prefix
         self.timeout = float(timeout)
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._url = url
+        self._cluster = urlsplit(url).scheme == _CLUSTER
+        self._nodes: list[tuple[str, int]] = []
+        self._auth: dict[str, str] = {}
         self._owned = client is None
+        self._aowned = async_client is None and client is None
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._aclient = async_client
         if client is None:
-            try:
-                client = redis.Redis.from_url(
-                    url,
-                    socket_timeout=self.timeout,
-                    socket_connect_timeout=self.timeout,
-                    retry=Retry(NoBackoff(), 0),
-                )
-            except (ValueError, TypeError) as exc:
-                raise ConfigError(
-                    "store", self._where, f"a redis URL redis-py accepts ({self._redacted(exc)})"
-                ) from None
+            if self._cluster:
+                self._nodes, self._auth = _cluster_nodes(url, self._where)
+            else:
+                try:
+                    client = redis.Redis.from_url(url, **self._options(sync=True))
+                except (ValueError, TypeError) as exc:
+                    raise ConfigError(
+                        "store",
+                        self._where,
+                        f"a redis URL redis-py accepts ({self._redacted(exc)})",
+                    ) from None
         else:
             self._where = _describe_client(client)
             _check_client(client)
-        self._client: redis.Redis = client
-        self._scripts: dict[str, Script] = {
-            name: client.register_script(_script_text(name)) for name in _SCRIPTS
-        }
+        self._client: Any = client  # (a cluster client is built at its first use)
         self._closed = False
 
     @classmethod
@@ -174,6 +235,56 @@ class RedisStore:
     def __repr__(self) -> str:
         return f"RedisStore({self._where!r}, prefix={self.prefix!r}, timeout={self.timeout:g})"
 
+    # -- clients ----------------------------------------------------------------
+
+    def _options(self, *, sync: bool) -> dict[str, Any]:
+        from redis.backoff import NoBackoff
+
+        if sync:
+            from redis.retry import Retry
+        else:
+            from redis.asyncio.retry import Retry  # type: ignore[assignment]
+        options: dict[str, Any] = {
+            "socket_timeout": self.timeout,
+            "socket_connect_timeout": self.timeout,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if self._cluster:
+            options.update(self._auth)
+            options["cluster_error_retry_attempts"] = 0
+        return options
+
+    def _sync(self) -> Any:
+        if self._closed:
+            raise StoreError(f"{self._where}: the store is closed")
+        client = self._client
+        if client is None:  # a cluster: built at its first use (it connects to learn the slots)
+            from redis.cluster import ClusterNode, RedisCluster
+
+            nodes = [ClusterNode(host, port) for host, port in self._nodes]  # type: ignore[no-untyped-call]
+            client = self._client = RedisCluster(startup_nodes=nodes, **self._options(sync=True))
+        return client
+
+    def _async(self) -> Any:
+        if self._closed:
+            raise StoreError(f"{self._where}: the store is closed")
+        if self._aclient is not None:
+            return self._aclient
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            if self._cluster:
+                from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+                nodes = [ClusterNode(host, port) for host, port in self._nodes]
+                client = RedisCluster(startup_nodes=nodes, **self._options(sync=False))
+            else:
+                import redis.asyncio
+
+                client = redis.asyncio.Redis.from_url(self._url, **self._options(sync=False))
+            self._aclients[loop] = client
+        return client
+
     # -- keys -----------------------------------------------------------------
 
     def _keys(self, key: str) -> list[str]:
@@ -186,15 +297,59 @@ class RedisStore:
             raise ValueError(f"a store key is a non-empty fingerprint without braces, got {key!r}")
         return f"{self.prefix}:{{{key}}}"
 
-    # -- calling Redis ----------------------------------------------------------
+    # -- the two shells -----------------------------------------------------------
 
-    def _eval(self, op: str, name: str, keys: Sequence[str], args: Sequence[str | int]) -> Any:
-        if self._closed:
-            raise StoreError(f"{self._where}: {op}: the store is closed")
+    def _run(self, call: _Call[T]) -> T:
+        """Carry out ``call`` with the sync client."""
         try:
-            return self._scripts[name](keys=keys, args=args)
+            client = self._sync()
+            n = len(call.keys)
+            try:
+                reply = client.evalsha(_script_sha(call.script), n, *call.keys, *call.args)
+            except self._noscript:
+                reply = client.eval(_script_text(call.script), n, *call.keys, *call.args)
         except self._errors as exc:
-            raise self._error(op, exc) from exc
+            raise self._error(call.op, exc) from exc
+        except StoreError:
+            raise
+        except Exception as exc:  # a client library fault: still a store failure
+            raise self._error(call.op, exc) from exc
+        return self._parse(call, reply)
+
+    async def _arun(self, call: _Call[T]) -> T:
+        """Carry out ``call`` with ``redis.asyncio`` (never blocks the loop)."""
+        if self._aclient is None and not self._aowned:  # only a sync client was given
+            return await asyncio.to_thread(self._run, call)
+        try:
+            client = self._async()
+            n = len(call.keys)
+            try:
+                reply = await client.evalsha(_script_sha(call.script), n, *call.keys, *call.args)
+            except self._noscript:
+                reply = await client.eval(_script_text(call.script), n, *call.keys, *call.args)
+        except self._errors as exc:
+            raise self._error(call.op, exc) from exc
+        except StoreError:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise self._error(call.op, exc) from exc
+        return self._parse(call, reply)
+
+    @functools.cached_property
+    def _noscript(self) -> type[BaseException]:
+        from redis.exceptions import NoScriptError
+
+        return NoScriptError
+
+    def _parse(self, call: _Call[T], reply: Any) -> T:
+        try:
+            return call.parse(reply)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise StoreError(
+                f"{self._where}: {call.op}: unexpected data in the store ({type(exc).__name__})"
+            ) from None
 
     def _error(self, op: str, exc: BaseException) -> StoreError:
         return StoreError(f"{self._where}: {op}: {self._redacted(exc)}")
@@ -209,41 +364,49 @@ class RedisStore:
         name = type(exc).__name__
         return f"{name}: {detail}" if detail else name
 
-    # -- the Store protocol -------------------------------------------------------
+    # -- the operations, built once -------------------------------------------------
 
-    def read(self, key: str, now: float) -> SharedState:
-        reply = self._eval("read", "read", self._keys(key), [_time(now), repr(_LATE_FOR)])
-        try:
+    def _c_read(self, key: str, now: float) -> _Call[SharedState]:
+        def parse(reply: Any) -> SharedState:
             held, flat = reply
-            fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
-            debits = int(fields.get("debits", 0)) / _MICRO
-            exhausted = fields.get("exhausted") == "1"
-            balance = None
-            fetched_at = 0.0
-            if "unlimited" in fields:
-                fetched_at = float(fields["fetched_at"])
-                balance = Balance(
-                    remaining=(
-                        math.inf
-                        if fields["unlimited"] == "1"
-                        else int(fields["remaining"]) / _MICRO
-                    ),
-                    total=_amount(fields.get("total")),
-                    used=_amount(fields.get("used")),
-                    unit=fields.get("unit", ""),
-                    fetched_at=float(fields.get("balance_at", fetched_at)),
-                    source=fields.get("source", ""),
-                )
-            return SharedState(balance, fetched_at, debits, exhausted, int(held) / _MICRO)
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise StoreError(
-                f"{self._where}: read: unexpected data under {self._base(key)} "
-                f"({type(exc).__name__})"
-            ) from None
+            return _state(flat, held)
 
-    def put(
+        return _Call("read", "read", self._keys(key), [_time(now), repr(_LATE_FOR)], parse)
+
+    def _c_admit(
+        self,
+        key: str,
+        hold_id: str,
+        amount: float,
+        floor: float | None,
+        now: float,
+        expires_at: float,
+        fresh_after: float | None,
+    ) -> _Call[tuple[int, SharedState]]:
+        amount = check_cost(amount)
+        if floor is not None and floor == -math.inf:
+            floor = None
+        args: list[str | int] = [
+            _hold_id(hold_id),
+            _micro(amount),
+            "" if floor is None else _micro(floor),
+            _time(now),
+            _time(expires_at),
+            repr(_LATE_FOR),
+            "" if fresh_after is None else _time(fresh_after),
+        ]
+
+        def parse(reply: Any) -> tuple[int, SharedState]:
+            status, held, flat = reply
+            if int(status) not in (0, 1, 2, 3):
+                raise ValueError("status")
+            return int(status), _state(flat, held)
+
+        return _Call("admit", "admit", self._keys(key), args, parse)
+
+    def _c_put(
         self, key: str, balance: Balance, fetched_at: float, base_debits: float, keep_for: float
-    ) -> None:
+    ) -> _Call[None]:
         unlimited = balance.unlimited
         args: list[str | int] = [
             0 if unlimited else _micro(balance.remaining),
@@ -257,9 +420,42 @@ class RedisStore:
             _ms(keep_for),
             _time(balance.fetched_at if math.isfinite(balance.fetched_at) else fetched_at),
         ]
-        self._eval("put", "put", [f"{self._base(key)}:snap"], args)
+        return _Call("put", "put", [f"{self._base(key)}:snap"], args, _nothing)
 
-    def set_remaining(self, key: str, remaining: float, fetched_at: float, keep_for: float) -> None:
+    def _c_budget(
+        self,
+        key: str,
+        spend: Spend,
+        limit: float,
+        unit: str,
+        source: str,
+        now: float,
+        keep_for: float,
+        known: float | None,
+    ) -> _Call[float]:
+        args: list[str | int] = [
+            _micro(check_cost(limit)),
+            unit,
+            source,
+            _time(now),
+            _ms(keep_for),
+            spend.low,
+            spend.bucket,
+            spend.bucket,
+            "" if spend.keep is None else _ms(spend.keep),
+            "" if known is None else _micro(check_cost(known)),
+        ]
+        keys = [f"{self._base(key)}:snap", self._spend_key(key, spend)]
+        return _Call("budget", "budget", keys, args, lambda reply: int(reply) / _MICRO)
+
+    def _spend_key(self, key: str, spend: Spend) -> str:
+        if not spend.name or "{" in spend.name or "}" in spend.name:
+            raise ValueError(f"a spend name is a non-empty string without braces: {spend.name!r}")
+        return f"{self._base(key)}:spend:{spend.name}"
+
+    def _c_set_remaining(
+        self, key: str, remaining: float, fetched_at: float, keep_for: float
+    ) -> _Call[None]:
         if not isinstance(remaining, (int, float)) or math.isnan(remaining):
             raise ValueError(f"remaining must be a number, got {remaining!r}")
         if remaining == -math.inf:
@@ -271,7 +467,62 @@ class RedisStore:
             _time(fetched_at),
             _ms(keep_for),
         ]
-        self._eval("set_remaining", "set_remaining", [f"{self._base(key)}:snap"], args)
+        return _Call("set_remaining", "set_remaining", [f"{self._base(key)}:snap"], args, _nothing)
+
+    def _c_settle(
+        self, key: str, hold_id: str, cost: float, now: float | None, spend: Spend | None
+    ) -> _Call[int]:
+        keys = [*self._keys(key), f"{self._base(key)}:done"]
+        args: list[str | int] = [
+            _hold_id(hold_id),
+            _micro(check_cost(cost)),
+            _ms(_ORPHAN_KEEP),
+            _time(time.time() if now is None else now),
+            repr(_DONE_FOR),
+        ]
+        if spend is not None:
+            keys.append(self._spend_key(key, spend))
+            args += [spend.bucket, "" if spend.keep is None else _ms(spend.keep)]
+        return _Call("settle", "settle", keys, args, _status)
+
+    def _c_release(self, key: str, hold_id: str) -> _Call[bool]:
+        keys = [*self._keys(key), f"{self._base(key)}:done"]
+        args = [_hold_id(hold_id), _time(time.time()), repr(_DONE_FOR)]
+        return _Call("release", "release", keys, args, _flag)
+
+    def _c_exhaust(self, key: str) -> _Call[None]:
+        keys = [f"{self._base(key)}:snap"]
+        return _Call("exhaust", "exhaust", keys, [_time(time.time()), _ms(_ORPHAN_KEEP)], _nothing)
+
+    def _c_lock(self, key: str, token: str, ttl: float, script: str = "lock") -> _Call[bool]:
+        keys = [f"{self._base(key)}:lock"]
+        return _Call(script, script, keys, [_hold_id(token), _ms(ttl)], _flag)
+
+    def _c_unlock(self, key: str, token: str) -> _Call[None]:
+        keys = [f"{self._base(key)}:lock"]
+        return _Call("unlock", "unlock", keys, [_hold_id(token)], _nothing)
+
+    def _c_heartbeat(self, worker: str, now: float, alive_for: float) -> _Call[int]:
+        keys = [f"{self.prefix}:workers"]
+        args: list[str | int] = [_hold_id(worker), _time(now), repr(float(alive_for))]
+        return _Call("heartbeat", "heartbeat", keys, args, lambda reply: max(1, int(reply)))
+
+    # -- the Store protocol: sync ---------------------------------------------------
+
+    def read(self, key: str, now: float) -> SharedState:
+        return self._run(self._c_read(key, now))
+
+    def admit(
+        self,
+        key: str,
+        hold_id: str,
+        amount: float,
+        floor: float | None,
+        now: float,
+        expires_at: float,
+        fresh_after: float | None = None,
+    ) -> tuple[int, SharedState]:
+        return self._run(self._c_admit(key, hold_id, amount, floor, now, expires_at, fresh_after))
 
     def reserve(
         self,
@@ -282,56 +533,217 @@ class RedisStore:
         now: float,
         expires_at: float,
     ) -> bool:
-        amount = check_cost(amount)
-        if floor is not None and floor == -math.inf:
-            floor = None
-        args: list[str | int] = [
-            _hold_id(hold_id),
-            _micro(amount),
-            "" if floor is None else _micro(floor),
-            _time(now),
-            _time(expires_at),
-            repr(_LATE_FOR),
-        ]
-        return bool(self._eval("reserve", "reserve", self._keys(key), args))
+        call = self._c_admit(key, hold_id, amount, floor, now, expires_at, None)
+        return self._run(call)[0] in (1, 2)
 
-    def settle(self, key: str, hold_id: str, cost: float) -> bool:
-        args: list[str | int] = [_hold_id(hold_id), _micro(check_cost(cost)), _ms(_ORPHAN_KEEP)]
-        return bool(self._eval("settle", "settle", self._keys(key), args))
+    def put(
+        self, key: str, balance: Balance, fetched_at: float, base_debits: float, keep_for: float
+    ) -> None:
+        self._run(self._c_put(key, balance, fetched_at, base_debits, keep_for))
+
+    def budget(
+        self,
+        key: str,
+        spend: Spend,
+        limit: float,
+        unit: str,
+        source: str,
+        now: float,
+        keep_for: float,
+        known: float | None = None,
+    ) -> float:
+        return self._run(self._c_budget(key, spend, limit, unit, source, now, keep_for, known))
+
+    def set_remaining(self, key: str, remaining: float, fetched_at: float, keep_for: float) -> None:
+        self._run(self._c_set_remaining(key, remaining, fetched_at, keep_for))
+
+    def settle(
+        self,
+        key: str,
+        hold_id: str,
+        cost: float,
+        now: float | None = None,
+        spend: Spend | None = None,
+    ) -> int:
+        return self._run(self._c_settle(key, hold_id, cost, now, spend))
 
     def release(self, key: str, hold_id: str) -> bool:
-        return bool(self._eval("release", "release", self._keys(key), [_hold_id(hold_id)]))
+        return self._run(self._c_release(key, hold_id))
 
-    def debit(self, key: str, cost: float) -> None:
-        micro = _micro(check_cost(cost))
-        keys = [f"{self._base(key)}:snap"]
-        if micro:
-            self._eval("debit", "debit", keys, [micro, _ms(_ORPHAN_KEEP)])
+    def debit(self, key: str, cost: float, op_id: str | None = None) -> None:
+        if check_cost(cost):
+            self._run(self._c_settle(key, op_id or _new_id(), cost, None, None))
 
     def exhaust(self, key: str) -> None:
-        keys = [f"{self._base(key)}:snap"]
-        self._eval("exhaust", "exhaust", keys, [_time(time.time()), _ms(_ORPHAN_KEEP)])
+        self._run(self._c_exhaust(key))
 
     def try_lock(self, key: str, token: str, ttl: float) -> bool:
-        lock = f"{self._base(key)}:lock"
-        if self._closed:
-            raise StoreError(f"{self._where}: lock: the store is closed")
-        try:
-            return bool(self._client.set(lock, _hold_id(token), nx=True, px=_ms(ttl)))
-        except self._errors as exc:
-            raise self._error("lock", exc) from exc
+        return self._run(self._c_lock(key, token, ttl))
+
+    def renew(self, key: str, token: str, ttl: float) -> bool:
+        return self._run(self._c_lock(key, token, ttl, "renew"))
 
     def unlock(self, key: str, token: str) -> None:
-        self._eval("unlock", "unlock", [f"{self._base(key)}:lock"], [_hold_id(token)])
+        self._run(self._c_unlock(key, token))
+
+    def heartbeat(self, worker: str, now: float, alive_for: float) -> int:
+        return self._run(self._c_heartbeat(worker, now, alive_for))
+
+    # -- the Store protocol: async ----------------------------------------------------
+
+    async def aread(self, key: str, now: float) -> SharedState:
+        return await self._arun(self._c_read(key, now))
+
+    async def aadmit(
+        self,
+        key: str,
+        hold_id: str,
+        amount: float,
+        floor: float | None,
+        now: float,
+        expires_at: float,
+        fresh_after: float | None = None,
+    ) -> tuple[int, SharedState]:
+        call = self._c_admit(key, hold_id, amount, floor, now, expires_at, fresh_after)
+        return await self._arun(call)
+
+    async def aput(
+        self, key: str, balance: Balance, fetched_at: float, base_debits: float, keep_for: float
+    ) -> None:
+        await self._arun(self._c_put(key, balance, fetched_at, base_debits, keep_for))
+
+    async def abudget(
+        self,
+        key: str,
+        spend: Spend,
+        limit: float,
+        unit: str,
+        source: str,
+        now: float,
+        keep_for: float,
+        known: float | None = None,
+    ) -> float:
+        call = self._c_budget(key, spend, limit, unit, source, now, keep_for, known)
+        return await self._arun(call)
+
+    async def aset_remaining(
+        self, key: str, remaining: float, fetched_at: float, keep_for: float
+    ) -> None:
+        await self._arun(self._c_set_remaining(key, remaining, fetched_at, keep_for))
+
+    async def asettle(
+        self,
+        key: str,
+        hold_id: str,
+        cost: float,
+        now: float | None = None,
+        spend: Spend | None = None,
+    ) -> int:
+        return await self._arun(self._c_settle(key, hold_id, cost, now, spend))
+
+    async def arelease(self, key: str, hold_id: str) -> bool:
+        return await self._arun(self._c_release(key, hold_id))
+
+    async def aexhaust(self, key: str) -> None:
+        await self._arun(self._c_exhaust(key))
+
+    async def atry_lock(self, key: str, token: str, ttl: float) -> bool:
+        return await self._arun(self._c_lock(key, token, ttl))
+
+    async def arenew(self, key: str, token: str, ttl: float) -> bool:
+        return await self._arun(self._c_lock(key, token, ttl, "renew"))
+
+    async def aunlock(self, key: str, token: str) -> None:
+        await self._arun(self._c_unlock(key, token))
+
+    async def aheartbeat(self, worker: str, now: float, alive_for: float) -> int:
+        return await self._arun(self._c_heartbeat(worker, now, alive_for))
+
+    # -- closing ------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connections (a client passed in stays open)."""
+        """Close the connections (clients passed in stay open). Async clients
+        of a loop that is not running are closed on it; of the running loop,
+        in a task (prefer :meth:`aclose` there)."""
         if self._closed:
             return
         self._closed = True
-        if self._owned:
+        if self._owned and self._client is not None:
             with contextlib.suppress(*self._errors):  # a broken connection: nothing to do
                 self._client.close()
+        clients, self._aclients = list(self._aclients.items()), weakref.WeakKeyDictionary()
+        running = _running_loop()
+        for loop, client in clients:
+            with contextlib.suppress(Exception):
+                if loop is running:
+                    task = loop.create_task(client.aclose())
+                    _BACKGROUND.add(task)
+                    task.add_done_callback(_BACKGROUND.discard)
+                elif not loop.is_closed() and not loop.is_running():
+                    loop.run_until_complete(client.aclose())
+
+    async def aclose(self) -> None:
+        """Close the connections, awaiting this loop's async client."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        client = self._aclients.pop(loop, None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+        self.close()
+
+
+_BACKGROUND: set[asyncio.Task[Any]] = set()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _new_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def _state(flat: Any, held: Any) -> SharedState:
+    """A credential's state from ``HGETALL snap`` and the sum of its holds."""
+    fields = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+    debits = int(fields.get("debits", 0)) / _MICRO
+    exhausted = fields.get("exhausted") == "1"
+    balance = None
+    fetched_at = 0.0
+    if "unlimited" in fields:
+        fetched_at = float(fields["fetched_at"])
+        balance = Balance(
+            remaining=(
+                math.inf if fields["unlimited"] == "1" else int(fields["remaining"]) / _MICRO
+            ),
+            total=_amount(fields.get("total")),
+            used=_amount(fields.get("used")),
+            unit=fields.get("unit", ""),
+            fetched_at=float(fields.get("balance_at", fetched_at)),
+            source=fields.get("source", ""),
+        )
+    return SharedState(balance, fetched_at, debits, exhausted, int(held) / _MICRO)
+
+
+def _status(reply: Any) -> int:
+    status = int(reply)
+    if status not in (0, 1, 2):
+        raise ValueError("status")
+    return status
+
+
+def _flag(reply: Any) -> bool:
+    status = int(reply)
+    if status not in (0, 1):
+        raise ValueError("status")
+    return bool(status)
 
 
 # -- conversions -----------------------------------------------------------------
@@ -402,6 +814,9 @@ def _describe_url(url: str) -> tuple[str, tuple[str, ...]]:
     secrets.discard("")
     if parts.scheme == "unix":
         where = f"unix://{parts.path}"
+    elif parts.scheme == _CLUSTER:
+        hosts = parts.netloc.rpartition("@")[2]
+        where = f"{_CLUSTER}://{hosts}{parts.path}"
     else:
         try:
             port = f":{parts.port}" if parts.port is not None else ""
@@ -410,6 +825,40 @@ def _describe_url(url: str) -> tuple[str, tuple[str, ...]]:
         where = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
     # longest first, so that a password containing another is masked whole
     return where, tuple(sorted(secrets, key=len, reverse=True))
+
+
+def _cluster_nodes(url: str, where: str) -> tuple[list[tuple[str, int]], dict[str, str]]:
+    """The startup nodes of a ``redis+cluster://`` URL, and its credentials."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = item.strip(), "6379"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                "store", where, "redis+cluster://host:port,host2:port2/ (one or more host:port)"
+            )
+        nodes.append((host, int(port)))
+    if parts.path not in ("", "/", "/0"):
+        raise ConfigError("store", where, "a cluster has database 0 only: no /<db> in the URL")
+    auth: dict[str, str] = {}
+    if userinfo:
+        user, _, password = userinfo.partition(":")
+        if user:
+            auth["username"] = unquote(user)
+        if password:
+            auth["password"] = unquote(password)
+    for name, value in parse_qsl(parts.query):
+        if name in ("username", "password"):
+            auth[name] = value
+        else:
+            raise ConfigError(
+                "store", where, f"redis+cluster:// takes prefix, timeout and secret (not {name!r})"
+            )
+    return nodes, auth
 
 
 def _describe_client(client: Any) -> str:

@@ -1,0 +1,53 @@
+-- Read one credential's state and hold an amount for a call, in one step.
+-- KEYS: snap, holds, exp, late
+-- ARGV: hold id, amount (micro, '0': hold nothing), floor (micro, '' for none),
+--       now (epoch s), expires_at (epoch s), late_for (s),
+--       fresh_after (epoch s: hold only on a snapshot stored at or after it; '' for any)
+-- Returns {status, held before this hold (micro), HGETALL snap}; status is
+-- 1 held, 0 refused (the hold would take the headroom below the floor),
+-- 2 nothing asked (amount 0), 3 not held: no snapshot fresh enough.
+--
+-- The hold and its expiry are written together: a crashed worker's holds stop
+-- counting at their expiry, and the keys expire by themselves.
+
+local id, amount, floor = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local now, late_for = tonumber(ARGV[4]), tonumber(ARGV[6])
+
+purge(KEYS[2], KEYS[3], KEYS[4], now, late_for)
+local before = held(KEYS[2])
+local flat = redis.call('HGETALL', KEYS[1])
+local snap = {}
+for i = 1, #flat, 2 do
+    snap[flat[i]] = flat[i + 1]
+end
+
+if ARGV[7] ~= '' and (not snap['unlimited'] or tonumber(snap['fetched_at']) < tonumber(ARGV[7])) then
+    return {3, before, flat}
+end
+if amount == 0 then
+    return {2, before, flat}
+end
+if floor ~= '' then
+    local exhausted = snap['exhausted'] == '1'
+    -- no snapshot, or an unlimited one: nothing to check against
+    if snap['unlimited'] and (snap['unlimited'] ~= '1' or exhausted) then
+        local remaining = 0
+        if not exhausted then
+            remaining = tonumber(snap['remaining'])
+        end
+        local after = remaining - tonumber(snap['debits'] or '0') - before - amount
+        if after < tonumber(floor) then
+            return {0, before, flat}
+        end
+    end
+end
+
+redis.call('HSET', KEYS[2], id, ARGV[2])
+redis.call('ZADD', KEYS[3], ARGV[5], id)
+redis.call('ZREM', KEYS[4], id)
+-- the hold keys outlive their last hold by late_for (a late settle finds it)
+local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
+local ttl = string.format('%d', math.ceil((tonumber(last[2]) - now + late_for) * 1000) + 1000)
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+return {1, before, flat}
