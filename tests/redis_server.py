@@ -14,6 +14,10 @@ Import the fixture into a test module (it is named ``redis_server``)::
 ``redis_server`` starts a fresh server per test in ``tmp_path`` (no RDB, no
 AOF) and stops it afterwards. Without a ``redis-server`` binary the test is
 skipped, unless ``REQUIRE_REDIS_TESTS=1`` (CI), where it fails.
+
+``redis_cluster`` (module-scoped) starts a real 3-master Redis Cluster on
+free loopback ports (``redis-server --cluster-enabled yes`` x3, then
+``redis-cli --cluster create ... --cluster-yes``); it needs ``redis-cli`` too.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ __all__ = [
     "RedisServer",
     "free_port",
     "redis_server_binary",
+    "RedisCluster",
+    "redis_cluster_fixture",
     "redis_server_fixture",
     "start_server",
 ]
@@ -87,7 +93,7 @@ class RedisServer:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self, timeout: float = 10.0) -> None:
+    def start(self, timeout: float = 10.0, extra: tuple[str, ...] = ()) -> None:
         """Start the server on ``self.port`` and wait until it answers PING."""
         if self.running:
             return
@@ -103,6 +109,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        args += extra
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
@@ -128,6 +135,16 @@ class RedisServer:
                 return sock.recv(64).startswith(b"+PONG")
         except OSError:
             return False
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open, nothing answers."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT a paused server."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL the server, as a crash would: connections drop, data is lost."""
@@ -179,3 +196,87 @@ def redis_server_fixture(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()  # no persistence to flush: SIGTERM would only wait for a cron tick
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} not found on PATH (install redis-server and redis-tools)"
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{reason}; {REQUIRE_ENV}=1 requires the Redis tests to run")
+        pytest.skip(reason)
+    return path
+
+
+class RedisCluster:
+    """Three master nodes on loopback, slots spread by ``redis-cli --cluster create``."""
+
+    def __init__(self, nodes: list[RedisServer]) -> None:
+        self.nodes = nodes
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return f"redis+cluster://{hosts}/"
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+
+def start_cluster(directory: Path, masters: int = 3) -> RedisCluster:
+    """A started cluster of ``masters`` nodes, every slot covered."""
+    binary = redis_server_binary()
+    cli = _binary("redis-cli")
+    nodes: list[RedisServer] = []
+    try:
+        for i in range(masters):
+            node_dir = directory / f"node{i}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            node = RedisServer(binary, node_dir)
+            node.start(
+                extra=(
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(node_dir / "nodes.conf"),
+                    "--cluster-node-timeout", "2000",
+                )
+            )  # fmt: skip
+            nodes.append(node)
+        hosts = [f"127.0.0.1:{node.port}" for node in nodes]
+        created = subprocess.run(
+            [cli, "--cluster", "create", *hosts, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(node.port), "cluster", "info"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                ).stdout
+                for node in nodes
+            ]
+            if all("cluster_state:ok" in state for state in states):
+                return RedisCluster(nodes)
+            time.sleep(0.1)
+        raise RuntimeError("the cluster did not reach cluster_state:ok within 30 s")
+    except BaseException:
+        for node in nodes:
+            node.kill()
+        raise
+
+
+@pytest.fixture(name="redis_cluster", scope="module")
+def redis_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A real 3-master Redis Cluster on loopback, shared by a module's tests."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

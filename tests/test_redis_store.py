@@ -324,10 +324,25 @@ def test_release_drops_the_hold_without_a_charge(store: RedisStore) -> None:
     assert store.read(FP, NOW) == SharedState(Balance(10.0), NOW, 0.0, False, 0.0)
 
 
-def test_settle_or_release_of_an_unknown_hold(store: RedisStore) -> None:
-    assert not store.settle(FP, "nope", 1.0)
+def test_a_settle_whose_hold_vanished_still_charges_once(
+    store: RedisStore, raw: redis.Redis
+) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 2.0, 0.0, NOW, NOW + 60)
+    raw.flushall()  # the hold is gone with everything else
+    assert store.settle(FP, "h", 1.5) == 2  # not found, charged all the same
+    assert store.settle(FP, "h", 1.5) == 0  # once
+    assert store.read(FP, NOW).debits == 1.5
     assert not store.release(FP, "nope")
-    assert store.read(FP, NOW).debits == 0.0
+
+
+def test_debit_with_an_id_applies_once(store: RedisStore) -> None:
+    put(store, 10.0)
+    store.debit(FP, 1.0, "write-back-1")
+    store.debit(FP, 1.0, "write-back-1")  # written back again after a timeout
+    store.debit(FP, 0.5)
+    store.debit(FP, 0.5)  # (no id: two debits)
+    assert store.read(FP, NOW).debits == 2.0
 
 
 def test_settle_with_zero_cost(store: RedisStore) -> None:
@@ -514,7 +529,7 @@ def test_keys_carry_the_prefix_and_never_the_raw_key(redis_server: RedisServer) 
     assert store.try_lock(key, "token", 10)
     data = everything(raw)
     assert set(data) == {
-        f"app1:{{{key}}}:{name}" for name in ("snap", "holds", "exp", "late", "lock")
+        f"app1:{{{key}}}:{name}" for name in ("snap", "holds", "exp", "late", "done", "lock")
     }
     assert RAW_KEY not in repr(data)
     for name in data:
@@ -531,9 +546,10 @@ def test_prefixes_are_isolated(redis_server: RedisServer) -> None:
     assert a.reserve(FP, "h", 2.0, 0.0, NOW, NOW + 60)
     assert a.try_lock(FP, "t", 10)
     assert b.read(FP, NOW) == SharedState(None, 0.0, 0.0, False, 0.0)
-    assert not b.settle(FP, "h", 1.0)
+    assert b.settle(FP, "h", 1.0) == 2  # b never saw the hold: charged in b alone
     assert b.try_lock(FP, "t", 10)
     assert a.read(FP, NOW).held == 2.0
+    assert a.read(FP, NOW).debits == 1.0 and b.read(FP, NOW).debits == 1.0
     a.close()
     b.close()
 
@@ -554,7 +570,7 @@ def test_from_url_reads_prefix_and_timeout_and_drops_secret(redis_server: RedisS
     assert store.prefix == "tenant7" and store.timeout == 0.5
     store.debit(FP, 1.0)
     raw = redis.Redis(port=redis_server.port, db=3)  # db=3 reached redis-py
-    assert raw.keys() == [f"tenant7:{{{FP}}}:snap".encode()]
+    assert sorted(raw.keys()) == [f"tenant7:{{{FP}}}:{name}".encode() for name in ("done", "snap")]
     assert "xyz" not in repr(store)
     raw.close()
     store.close()

@@ -127,6 +127,7 @@ class SharedLedger(Ledger):
         self._known: dict[str, tuple[int, float]] = {}  # budget key -> (bucket, least spend)
         self._local: set[str] = set()  # keys judged on this process's share (store down)
         self._owed: list[_Owed] = []
+        self._orphans: list[tuple[str, str]] = []
         self._floor_of: Callable[[Balance], float | None] | None = None
         self.workers = 1  # workers seen alive at the last heartbeat
         self._worker = uuid.uuid4().hex
@@ -141,7 +142,11 @@ class SharedLedger(Ledger):
             step = next(program)
             while True:
                 if isinstance(step, _Op):
-                    result = getattr(self.store, step.name)(*step.args)
+                    try:
+                        result = getattr(self.store, step.name)(*step.args)
+                    except StoreError:
+                        self._lost(step)
+                        raise
                 elif isinstance(step, _Fetch):
                     result = self._fetch_leased(step)
                 else:
@@ -159,10 +164,14 @@ class SharedLedger(Ledger):
             while True:
                 if isinstance(step, _Op):
                     twin = getattr(self.store, "a" + step.name, None)
-                    if twin is not None:
-                        result = await twin(*step.args)
-                    else:  # a store without async twins
-                        result = getattr(self.store, step.name)(*step.args)
+                    try:
+                        if twin is not None:
+                            result = await twin(*step.args)
+                        else:  # a store without async twins
+                            result = getattr(self.store, step.name)(*step.args)
+                    except StoreError:
+                        self._lost(step)
+                        raise
                 elif isinstance(step, _Fetch):
                     result = await self._afetch_leased(step)
                 else:
@@ -172,6 +181,12 @@ class SharedLedger(Ledger):
         except StopIteration as done:
             value: T = done.value
             return value
+
+    def _lost(self, op: _Op) -> None:
+        """``op`` failed, but may have been applied (a timeout): a hold it may
+        have taken is released once the store answers again."""
+        if op.name == "admit" and op.args[2]:
+            self._orphan(op.args[0], op.args[1])
 
     def _fetch_leased(self, step: _Fetch) -> Balance | CreditSourceError:
         """Fetch in this thread; another renews the lease while it runs."""
@@ -272,6 +287,11 @@ class SharedLedger(Ledger):
         """Write back what is owed, and say this worker is alive (once a second)."""
         if self._owed:
             yield from self._p_flush()
+        if self._orphans:  # holds that timed out being taken, and may have been taken
+            with self._lock:
+                orphans, self._orphans = self._orphans, []
+            for key, token in orphans:
+                yield _Op("release", key, token)
         now = time.monotonic()
         if now >= self._beat_due:
             self._beat_due = now + _HEARTBEAT
@@ -302,6 +322,12 @@ class SharedLedger(Ledger):
                         return
                 op_id = uuid.uuid4().hex
             self._owed.append(_Owed(key, op_id, cost, spend))
+
+    def _orphan(self, key: str, token: str) -> None:
+        with self._lock:
+            self._orphans.append((key, token))
+            if len(self._orphans) > self._maxsize:
+                del self._orphans[0]  # (its hold expires by itself)
 
     def _spend(self) -> Spend | None:
         return None if self._budget is None else self._budget.spend_window()
@@ -715,6 +741,11 @@ class SharedLedger(Ledger):
         """Charge ``cost`` in the store under ``op_id``; owed (and written back
         under the same id, so applied once) if the store does not answer."""
         spend = self._spend()
+        if spend is not None:  # what this process knows the window has spent, at least
+            with self._lock:
+                known = self._known.get(key)
+                if known is not None and known[0] == spend.bucket:
+                    self._known[key] = (known[0], known[1] + cost)
         program = self._p_settle(key, op_id, cost, spend)
         if _on_loop():
             self._later(program, lambda: self._owe(key, cost, op_id))
