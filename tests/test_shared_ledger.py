@@ -193,3 +193,352 @@ def test_four_processes_share_one_budget(redis_server: RedisServer, tmp_path: Pa
         assert allowed == 76  # (20 - 1) / 0.25: the floor held across processes
         assert fake.count("key") == 1
         assert KEY not in "".join(out + err for out, err in outputs)
+
+
+# -- issue 14: budgets the guard keeps itself, leases, degraded mode, async, round trips --------
+
+WORKER = Path(__file__).with_name("store_worker.py")
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> str:
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return out
+
+
+def test_fixed_budget_is_one_budget_for_processes_and_restarts(redis_server: RedisServer) -> None:
+    """FixedBudget(1.0/day), 3 processes at once and one started after them:
+    together they spend the limit, never more than one estimate past it."""
+    store = f"{redis_server.url}?secret={SECRET}"
+    first = [spawn("fixed", store, "12", "0.05") for _ in range(3)]
+    allowed = [int(finish(p).split("allowed=")[1]) for p in first]
+    later = finish(spawn("fixed", store, "12", "0.05"))  # a restart: no fresh budget
+    allowed.append(int(later.split("allowed=")[1]))
+    spent = sum(allowed) * 0.05
+    print(f"FixedBudget(1.0): allowed per process {allowed}, spent {spent:.2f}")
+    assert spent <= 1.0 + 0.05 + 1e-9
+    assert sum(allowed) == 20  # the whole budget, and no more
+    assert allowed[3] < 12  # the restarted process found the budget drawn down
+
+
+def test_fixed_budget_per_credential_in_the_store(redis_server: RedisServer) -> None:
+    from creditguard.sources import FixedBudget
+
+    def make() -> BudgetGuard:
+        return BudgetGuard(
+            FixedBudget(1.0, period="1h", per_credential=True),
+            Policy(refuse_below=0.0),
+            estimate=0.25,
+            store=f"{redis_server.url}?secret={SECRET}",
+        )
+
+    a, b = make(), make()
+    for _ in range(3):
+        a.reserve("m", credential="key-a").settle(0.25)
+    b.reserve("m", credential="key-b").settle(0.25)
+    a.invalidate("key-a")
+    b.invalidate("key-a")
+    # the other process, its own count empty, sees the spend of each credential
+    assert b.check("m", credential="key-a", estimate=0).balance.remaining == 0.25  # type: ignore[union-attr]
+    assert b.check("m", credential="key-b", estimate=0).balance.remaining == 0.75  # type: ignore[union-attr]
+    assert b.reserve("m", credential="key-a").decision.action == "allow"  # the last 0.25
+    assert a.reserve("m", credential="key-a").decision.action == "refuse"
+    a.close()
+    b.close()
+
+
+def test_a_crashed_refresher_stalls_the_next_first_check_less_than_3s(
+    redis_server: RedisServer,
+) -> None:
+    store = f"{redis_server.url}?secret={SECRET}"
+    proc = spawn("slow-refresh", store, KEY)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "fetching"  # it holds the lease now
+        raw = redis_lib().Redis.from_url(redis_server.url)
+        (lock,) = raw.keys("*:lock")
+        assert 0 < raw.pttl(lock) <= 3000  # a short lease, not refresh_timeout
+        raw.close()
+        proc.kill()  # SIGKILL mid-fetch
+        proc.wait(10)
+        g = guard(redis_server, Source())
+        start = time.monotonic()
+        d = g.check("m", credential=KEY)
+        took = time.monotonic() - start
+        print(f"first check after a SIGKILLed refresher: {took:.2f} s")
+        assert d.balance is not None and d.balance.remaining == 10.0
+        assert took < 3.0
+        g.close()
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_the_lease_is_renewed_while_a_slow_fetch_runs(redis_server: RedisServer) -> None:
+    """A fetch slower than the lease (3 s) keeps it: nobody fetches twice."""
+    source = Source(delay=3.5)
+    waiting = Source()
+    a, b = guard(redis_server, source), guard(redis_server, waiting)
+    a.check("m", credential=KEY)  # fresh...
+    a.invalidate(KEY)
+    raw = redis_lib().Redis.from_url(redis_server.url)
+    raw.flushall()  # ...then gone: both must refresh
+    raw.close()
+    thread = threading.Thread(target=a.check, args=("m",), kwargs={"credential": KEY})
+    thread.start()
+    time.sleep(3.2)  # past the first lease: renewed, so b still waits for a
+    d = b.check("m", credential=KEY)
+    thread.join()
+    assert waiting.calls == 0 or d.balance is not None
+    assert source.calls == 2 and waiting.calls == 0
+    a.close()
+    b.close()
+
+
+def redis_lib() -> Any:
+    import redis
+
+    return redis
+
+
+async def test_a_paused_redis_stalls_the_event_loop_less_than_50ms(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    g = guard(redis_server, Source(1000.0), estimate=0.01)
+    await g.acheck("m", credential=KEY)  # a fresh snapshot
+    stalls: list[float] = []
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while not stop.is_set():
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            stalls.append(now - last - 0.005)
+            last = now
+
+    async def caller() -> int:
+        calls = 0
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            r = await g.areserve("m", credential=KEY)
+            r.settle(0.01)
+            calls += 1
+            await asyncio.sleep(0.01)
+        return calls
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)
+    redis_server.pause()
+    try:
+        calls = await asyncio.gather(*(caller() for _ in range(20)))
+    finally:
+        redis_server.resume()
+    stop.set()
+    await tick
+    worst = max(stalls)
+    print(f"Redis paused 3 s, 20 tasks, {sum(calls)} calls: worst loop stall {worst * 1000:.1f} ms")
+    assert worst < 0.050
+    assert sum(calls) > 20 * 10  # the tasks went on (on the local books)
+    await g.aclose()
+
+
+def test_local_mode_splits_the_headroom_between_processes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """3 processes, Redis killed: each spends only its share of the headroom."""
+    store = f"{redis_server.url}?secret={SECRET}&timeout=0.2"
+    go = tmp_path / "go"
+    procs = [spawn("local", store, KEY, str(go)) for _ in range(3)]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready", proc.stderr
+    redis_server.kill()
+    go.touch()
+    outs = [finish(p) for p in procs]
+    spent_down = sum(float(out.split("spent=")[1].split()[0]) for out in outs)
+    assert all("workers=3" in out for out in outs), outs
+    spent = 3 * 2 * 0.25 + spent_down  # before the kill, then alone
+    print(f"store_error=local, 3 processes, Redis killed: spent {spent:.2f} of 10 - floor 1")
+    assert spent <= 10.0 - 1.0 + 3 * 0.25
+    assert spent_down >= 7.5 - 3 * 0.25  # each went on with its share
+
+
+def test_spend_while_the_store_was_down_is_written_back_once(
+    redis_server: RedisServer,
+) -> None:
+    a, b = guard(redis_server, Source()), guard(redis_server, Source())
+    a.reserve("m", credential=KEY).settle(1.0)
+    redis_server.pause()
+    try:
+        for _ in range(4):
+            r = a.reserve("m", credential=KEY)
+            assert r.decision.action == "allow"
+            r.settle(0.5)
+    finally:
+        redis_server.resume()
+    time.sleep(1.1)  # past the back-off
+    a.check("m", credential=KEY)  # answers again: the 2.0 goes back, once
+    for _ in range(3):
+        d = b.check("m", credential=KEY, estimate=0)
+        assert d.balance is not None and d.balance.remaining == pytest.approx(10 - 1 - 2)
+        a.check("m", credential=KEY)
+    assert b.ledger.reserved(KEY) == 0  # the hold that timed out was released
+    a.close()
+    b.close()
+
+
+def test_flushall_loses_nothing_of_a_fixed_budget_beyond_one_refresh(
+    redis_server: RedisServer,
+) -> None:
+    from creditguard.sources import FixedBudget
+
+    def make() -> BudgetGuard:
+        return BudgetGuard(
+            FixedBudget(10.0, period="day"),
+            Policy(refuse_below=0.0),
+            estimate=0.5,
+            store=f"{redis_server.url}?secret={SECRET}",
+        )
+
+    a = make()
+    for _ in range(4):
+        a.reserve("m").settle(0.25)
+    in_flight = [a.reserve("m") for _ in range(10)]
+    raw = redis_lib().Redis.from_url(redis_server.url)
+    raw.flushall()
+    raw.close()
+    for r in in_flight:
+        r.settle(0.3)  # their holds vanished: each cost is still charged, once
+    b = make()
+    d = b.check("m", estimate=0)  # rebuilt by the next refresh
+    assert d.balance is not None and d.balance.remaining == pytest.approx(10 - 1 - 3)
+    a.invalidate()
+    d = a.check("m", estimate=0)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(10 - 1 - 3)
+    a.close()
+    b.close()
+
+
+def test_redis_restarted_empty_is_rebuilt_by_the_next_refresh(redis_server: RedisServer) -> None:
+    source = Source(10.0)
+    g = guard(redis_server, source)
+    g.reserve("m", credential=KEY).settle(1.0)
+    held = g.reserve("m", credential=KEY)
+    redis_server.restart()  # empty
+    held.settle(0.5)  # charged though its hold is gone
+    d = g.check("m", credential=KEY, estimate=0)
+    assert d.balance is not None and d.balance.remaining == 10.0  # the provider's figure
+    assert source.calls == 2
+    g.close()
+
+
+def round_trips(raw: Any) -> int:
+    """Commands clients sent: EVALSHA/EVAL calls, plus every command that no
+    script runs (INFO commandstats counts a script's own commands too)."""
+    import re
+    from importlib.resources import files
+
+    inside: set[str] = set()
+    for entry in (files("creditguard.stores") / "lua").iterdir():
+        inside.update(m.lower() for m in re.findall(r"redis\.call\('(\w+)'", entry.read_text()))
+    stats = raw.info("commandstats")
+    return sum(
+        int(v["calls"])
+        for k, v in stats.items()
+        if k.removeprefix("cmdstat_").split("|")[0] not in inside | {"info"}
+    )
+
+
+def test_two_round_trips_per_guarded_call(redis_server: RedisServer) -> None:
+    raw = redis_lib().Redis.from_url(redis_server.url)
+    g = guard(redis_server, Source(1e6), estimate=0.001)
+    g.check("m", credential=KEY)
+
+    def commands() -> int:
+        return round_trips(raw)
+
+    before = commands()
+    for _ in range(200):
+        g.reserve("m", credential=KEY).settle(0.001)
+    sent = commands() - before
+    assert sent <= 2 * 200 + 2  # (+ a heartbeat a second)
+    before = commands()
+    for _ in range(100):
+        g.check("m", credential=KEY)
+    assert commands() - before <= 100 + 2
+    raw.close()
+    g.close()
+
+
+async def test_two_round_trips_per_async_guarded_call(redis_server: RedisServer) -> None:
+    raw = redis_lib().Redis.from_url(redis_server.url)
+    g = guard(redis_server, Source(1e6), estimate=0.001)
+    for _ in range(20):  # (warm: the pool's connections are open, each said HELLO once)
+        (await g.areserve("m", credential=KEY)).settle(0.001)
+    before = round_trips(raw)
+    for _ in range(100):
+        (await g.areserve("m", credential=KEY)).settle(0.001)
+    await g.aclose()
+    sent = round_trips(raw) - before
+    assert sent <= 2 * 100 + 2
+    assert raw.hget(next(iter(raw.keys("*:snap"))), "debits") == b"120000"  # all settled
+    raw.close()
+
+
+def test_a_redis_answering_garbage_follows_store_error(caplog: pytest.LogCaptureFixture) -> None:
+    """A server that answers nonsense: StoreError, store_error applies, no secret shown."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    port = server.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(0.5)
+                try:
+                    while conn.recv(4096):
+                        conn.sendall(b"%\x00garbage\r\n:notanumber\r\n")
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    url = f"redis://:hunter2@127.0.0.1:{port}/0?secret={SECRET}&timeout=0.2"
+    try:
+        with caplog.at_level(logging.DEBUG, logger="creditguard"):
+            refuse = BudgetGuard(Source(), Policy(store_error="refuse"), store=url)
+            d = refuse.check("m", credential=KEY)
+            assert d.action == "refuse" and "store_error=refuse" in d.reason
+            local = BudgetGuard(Source(), Policy(store_error="local"), store=url)
+            d = local.check("m", credential=KEY)
+            assert d.action == "allow" and d.balance is not None  # the source, on its own
+        text = caplog.text + repr(refuse) + repr(local.ledger.store)
+        for secret in ("hunter2", SECRET, KEY):
+            assert secret not in text
+        refuse.close()
+        local.close()
+    finally:
+        stop.set()
+        thread.join()
+        server.close()

@@ -414,17 +414,7 @@ class SharedLedger(Ledger):
             return state, error
         keep = max(self.ttl, self.max_stale) + self.ttl
         if self._budget is not None:
-            budget = self._budget
-            window = budget.spend_window()
-            known = self._known.get(key)
-            least = known[1] if known is not None and known[0] == window.bucket else None
-            spent = yield _Op(
-                "budget", key, window, budget.limit, budget.unit, budget.name, time.time(), keep, least
-            )
-            with self._lock:
-                self._known[key] = (window.bucket, spent)
-                if len(self._known) > self._maxsize:
-                    self._known.pop(next(iter(self._known)))
+            yield from self._p_recount(key)
             state = yield _Op("read", key, time.time())
             if self._on_refresh is not None and state.balance is not None:
                 self._on_refresh(state.balance, key)
@@ -714,9 +704,33 @@ class SharedLedger(Ledger):
         assert decided is not None
         return decided
 
-    def _p_settle(self, key: str, op_id: str, cost: float, spend: Spend | None) -> Program[int]:
+    def _p_settle(
+        self, key: str, op_id: str, cost: float, spend: Spend | None, hold: bool
+    ) -> Program[int]:
         status: int = yield _Op("settle", key, op_id, cost, None, spend)
+        if status == 2 and hold and self._budget is not None:
+            # the hold had vanished: Redis lost data (flushed, restarted empty);
+            # put back the budget's spend this process knows of, right away
+            yield from self._p_recount(key)
         return status
+
+    def _p_recount(self, key: str) -> Program[None]:
+        """Recount a budget kept in the store, never below what this process
+        knows its window spent (Redis may have lost it)."""
+        assert self._budget is not None
+        budget = self._budget
+        window = budget.spend_window()
+        keep = max(self.ttl, self.max_stale) + self.ttl
+        with self._lock:
+            known = self._known.get(key)
+        least = known[1] if known is not None and known[0] == window.bucket else None
+        spent = yield _Op(
+            "budget", key, window, budget.limit, budget.unit, budget.name, time.time(), keep, least
+        )
+        with self._lock:
+            self._known[key] = (window.bucket, spent)
+            if len(self._known) > self._maxsize:
+                self._known.pop(next(iter(self._known)))
 
     def settle(self, hold: Hold, cost: float) -> bool:
         if hold.token is None:  # held on the local books (the store was down)
@@ -734,10 +748,10 @@ class SharedLedger(Ledger):
             self._adjust(hold.key, cost, -hold.amount)
         if self._source_record is not None:
             self._source_record(self._fetch_for(hold.credential), cost)
-        self._send(hold.key, hold.token, cost)
+        self._send(hold.key, hold.token, cost, hold=True)
         return True
 
-    def _send(self, key: str, op_id: str, cost: float) -> None:
+    def _send(self, key: str, op_id: str, cost: float, *, hold: bool = False) -> None:
         """Charge ``cost`` in the store under ``op_id``; owed (and written back
         under the same id, so applied once) if the store does not answer."""
         spend = self._spend()
@@ -746,7 +760,7 @@ class SharedLedger(Ledger):
                 known = self._known.get(key)
                 if known is not None and known[0] == spend.bucket:
                     self._known[key] = (known[0], known[1] + cost)
-        program = self._p_settle(key, op_id, cost, spend)
+        program = self._p_settle(key, op_id, cost, spend, hold)
         if _on_loop():
             self._later(program, lambda: self._owe(key, cost, op_id))
             return
