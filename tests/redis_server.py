@@ -239,6 +239,7 @@ def start_cluster(directory: Path, masters: int = 3) -> RedisCluster:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", str(node_dir / "nodes.conf"),
                     "--cluster-node-timeout", "2000",
+                    "--cluster-port", str(free_port()),  # (not port + 10000: may be > 65535)
                 )
             )  # fmt: skip
             nodes.append(node)
@@ -250,7 +251,9 @@ def start_cluster(directory: Path, masters: int = 3) -> RedisCluster:
             timeout=60,
         )
         if created.returncode != 0:
-            raise RuntimeError(f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}")
+            raise RuntimeError(
+                f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}"
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             states = [

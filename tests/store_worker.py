@@ -1,8 +1,8 @@
 """Worker processes of the shared-store tests (tests/test_shared_ledger.py).
 
-    python store_worker.py fixed <store-url> <calls> <cost>
-    python store_worker.py slow-refresh <store-url> <key>
-    python store_worker.py local <store-url> <key> <go-file>
+python store_worker.py fixed <store-url> <calls> <cost>
+python store_worker.py slow-refresh <store-url> <key>
+python store_worker.py local <store-url> <key> <go-file>
 """
 
 from __future__ import annotations

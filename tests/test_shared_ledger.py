@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_server import RedisServer, redis_server_fixture  # noqa: F401  (the fixture)
+from redis_server import (  # noqa: F401  (the fixtures)
+    RedisServer,
+    redis_cluster_fixture,
+    redis_server_fixture,
+)
 
 from creditguard import Balance, BudgetGuard, ConfigError, Policy, Reservation
 from creditguard._shared import SharedLedger
@@ -542,3 +546,95 @@ def test_a_redis_answering_garbage_follows_store_error(caplog: pytest.LogCapture
         stop.set()
         thread.join()
         server.close()
+
+
+# -- Redis Cluster ----------------------------------------------------------------------------
+
+
+def test_two_hundred_credentials_across_a_real_cluster(redis_cluster: Any) -> None:
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    g = BudgetGuard(
+        Source(10.0),
+        Policy(refuse_below=1.0),
+        estimate=0.25,
+        store=f"{redis_cluster.url}?prefix=c200&secret={SECRET}&timeout=0.5",
+    )
+    keys = [f"sk-cluster-{i:04d}" for i in range(200)]
+    for key in keys:
+        r = g.reserve("m", credential=key)
+        assert r.decision.action == "allow"
+        r.settle(0.5)
+    for key in keys[:20]:
+        d = g.check("m", credential=key, estimate=0)
+        assert d.balance is not None and d.balance.remaining == 9.5
+    # every credential's keys in one slot, the credentials spread over every master
+    client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", redis_cluster.nodes[0].port)])
+    per_node = []
+    for node in redis_cluster.nodes:
+        raw = redis.Redis(port=node.port)
+        found = [k.decode() for k in raw.scan_iter("c200:*", count=1000)]
+        per_node.append(len(found))
+        for name in found:
+            assert not any(key in name for key in keys)  # fingerprints, never keys
+        raw.close()
+    assert all(n > 0 for n in per_node), per_node
+    snaps = [k for k in client.scan_iter("c200:*:snap", count=1000)]
+    assert len(snaps) == 200
+    for snap in snaps[:50]:
+        tag = snap.decode().split("{")[1].split("}")[0]
+        slots = {client.keyslot(k) for k in client.scan_iter(f"c200:{{{tag}}}:*")}
+        assert len(slots) == 1
+    client.close()
+    g.close()
+
+
+async def test_async_calls_on_a_real_cluster(redis_cluster: Any) -> None:
+    g = BudgetGuard(
+        Source(10.0),
+        Policy(refuse_below=1.0),
+        estimate=0.25,
+        store=f"{redis_cluster.url}?prefix=casync&secret={SECRET}&timeout=0.5",
+    )
+    for i in range(20):
+        r = await g.areserve("m", credential=f"sk-async-{i}")
+        assert r.decision.action == "allow"
+        r.settle(1.0)
+    await g.aclose()
+    other = BudgetGuard(
+        Source(10.0),
+        Policy(refuse_below=1.0),
+        store=f"{redis_cluster.url}?prefix=casync&secret={SECRET}&timeout=0.5",
+    )
+    for i in range(20):
+        d = other.check("m", credential=f"sk-async-{i}", estimate=0)
+        assert d.balance is not None and d.balance.remaining == 9.0
+    other.close()
+
+
+def test_cluster_urls_are_checked_and_never_show_the_password() -> None:
+    from creditguard.stores import RedisStore
+
+    store = RedisStore.from_url("redis+cluster://:s3cret@127.0.0.1:7000,127.0.0.1:7001/?prefix=x")
+    assert "s3cret" not in repr(store) and "7001" in repr(store)
+    store.close()
+    for bad in (
+        "redis+cluster://127.0.0.1:notaport/",
+        "redis+cluster://127.0.0.1:7000/3",
+        "redis+cluster://127.0.0.1:7000/?db=2",
+    ):
+        with pytest.raises(ConfigError):
+            RedisStore.from_url(bad)
+
+
+def test_a_cluster_that_is_down_is_a_store_error(caplog: pytest.LogCaptureFixture) -> None:
+    from redis_server import free_port
+
+    url = f"redis+cluster://:pw123@127.0.0.1:{free_port()}/?secret={SECRET}&timeout=0.2"
+    g = BudgetGuard(Source(), Policy(store_error="refuse"), store=url)
+    with caplog.at_level(logging.WARNING, logger="creditguard"):
+        d = g.check("m", credential=KEY)
+    assert d.action == "refuse" and "store_error=refuse" in d.reason
+    assert "pw123" not in caplog.text and "shared store unavailable" in caplog.text
+    g.close()

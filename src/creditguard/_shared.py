@@ -580,9 +580,7 @@ class SharedLedger(Ledger):
                 return decision, None
             with self._lock:
                 self._adjust(key, held=amount)
-            return decision, Hold(
-                key, credential, amount, self._timer() + self.hold_timeout, token
-            )
+            return decision, Hold(key, credential, amount, self._timer() + self.hold_timeout, token)
         if status == 0 and decision.action != "refuse":
             reason = (
                 f"{decision.reason}; but calls in flight elsewhere now hold the headroom "
@@ -877,4 +875,3 @@ def _on_loop() -> bool:
     except RuntimeError:
         return False
     return True
-

@@ -251,7 +251,6 @@ class RedisStore:
         }
         if self._cluster:
             options.update(self._auth)
-            options["cluster_error_retry_attempts"] = 0
         return options
 
     def _sync(self) -> Any:
