@@ -36,11 +36,11 @@ import pytest
 
 __all__ = [
     "REQUIRE_ENV",
+    "RedisCluster",
     "RedisServer",
     "free_port",
-    "redis_server_binary",
-    "RedisCluster",
     "redis_cluster_fixture",
+    "redis_server_binary",
     "redis_server_fixture",
     "start_server",
 ]

@@ -50,7 +50,7 @@ from ..errors import ConfigError
 from ._base import SharedState, Spend, StoreError
 
 if TYPE_CHECKING:
-    import redis
+    pass
 
 __all__ = ["RedisStore"]
 
