@@ -1,24 +1,38 @@
-"""Decisions per second per process: the in-process ledger vs the Redis store.
+"""The shared store's cost per guarded call, next to Redis's own round trips.
 
-Each decision is a full guarded call's bookkeeping: check the balance, hold the
-estimate, settle the real cost (``guard.reserve(...).settle(cost)``). Starts its
-own redis-server on a free loopback port; skipped (exit 0) without one.
+One guarded call is ``guard.reserve(...)`` then ``settle(cost)``: the read and
+the hold in one script, the settle in another. This prints, in one run and
+against one loopback redis-server it starts itself:
+
+* round trips per guarded call, counted from ``INFO commandstats`` (EVALSHA
+  calls plus any command no script runs; a script's own commands don't count);
+* µs per guarded call vs two bare EVALSHA round trips (goal: <= 1.5x);
+* the same for async code (``await guard.areserve(...)``, redis.asyncio);
+* the in-process ledger, for scale;
+* 8 processes' aggregate guarded calls per second on one Redis.
 
     python benchmarks/store.py [seconds]
+
+Skipped (exit 0) without a redis-server binary.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from importlib.resources import files
+from typing import Any
 
 from creditguard import Balance, BudgetGuard, Policy
 
 KEY = "sk-or-v1-store-benchmark-0000000000000"
+SECRET = "bench"
 
 
 class Source:
@@ -32,18 +46,135 @@ class Source:
         return self.fetch(credential)
 
 
-def rate(guard: BudgetGuard, seconds: float) -> float:
-    guard.check(credential=KEY)  # warm
+def make_guard(url: str | None) -> BudgetGuard:
+    store = None if url is None else f"{url}?secret={SECRET}"
+    return BudgetGuard(Source(), Policy(refuse_below=1.0), ttl=3600, store=store)
+
+
+def round_trips(raw: Any) -> int:
+    """Commands clients sent (see the module docstring)."""
+    inside: set[str] = set()
+    for entry in (files("creditguard.stores") / "lua").iterdir():
+        inside.update(m.lower() for m in re.findall(r"redis\.call\('(\w+)'", entry.read_text()))
+    stats = raw.info("commandstats")
+    return sum(
+        int(v["calls"])
+        for k, v in stats.items()
+        if k.removeprefix("cmdstat_").split("|")[0] not in inside | {"info"}
+    )
+
+
+def timed(fn: Any, seconds: float) -> float:
+    """µs per call of ``fn`` (called in batches of 100 for ``seconds``)."""
+    for _ in range(200):
+        fn()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(100):
-            guard.reserve("m", credential=KEY).settle(0.001)
+            fn()
         n += 100
-    return n / (time.perf_counter() - start)
+    return (time.perf_counter() - start) / n * 1e6
+
+
+async def atimed(fn: Any, seconds: float, drain: Any = None) -> float:
+    for _ in range(200):
+        await fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(100):
+            await fn()
+        n += 100
+    if drain is not None:
+        await drain()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def sync_rows(url: str, seconds: float) -> dict[str, float]:
+    import redis
+
+    raw = redis.Redis.from_url(url)
+    sha = raw.script_load("return 1")
+    evalsha = timed(lambda: raw.evalsha(sha, 1, "cg:{bench}:x"), seconds)
+    guard = make_guard(url)
+    guard.check(credential=KEY)
+
+    def call() -> None:
+        guard.reserve("m", credential=KEY).settle(0.001)
+
+    before = round_trips(raw)
+    for _ in range(1000):
+        call()
+    trips = (round_trips(raw) - before) / 1000
+    guarded = timed(call, seconds)
+    guard.close()
+    memory = make_guard(None)
+    memory.check(credential=KEY)
+    local = timed(lambda: memory.reserve("m", credential=KEY).settle(0.001), seconds)
+    raw.close()
+    return {"evalsha": evalsha, "guarded": guarded, "trips": trips, "memory": local}
+
+
+async def async_rows(url: str, seconds: float) -> dict[str, float]:
+    import redis
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    sha = await client.script_load("return 1")
+    evalsha = await atimed(lambda: client.evalsha(sha, 1, "cg:{bench}:x"), seconds)
+    await client.aclose()
+    guard = make_guard(url)
+    await guard.acheck(credential=KEY)
+    ledger: Any = guard.ledger
+
+    async def call() -> None:
+        (await guard.areserve("m", credential=KEY)).settle(0.001)
+
+    async def drain() -> None:  # the settles run as tasks: wait for them too
+        pending = [t for t in ledger._background if not t.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+    raw = redis.Redis.from_url(url)
+    before = round_trips(raw)
+    for _ in range(1000):
+        await call()
+    await drain()
+    trips = (round_trips(raw) - before) / 1000
+    guarded = await atimed(call, seconds, drain)
+    await guard.aclose()
+    raw.close()
+    return {"evalsha": evalsha, "guarded": guarded, "trips": trips}
+
+
+def child(url: str, seconds: float) -> None:
+    guard = make_guard(url)
+    guard.check(credential=KEY)
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(50):
+            guard.reserve("m", credential=KEY).settle(0.001)
+        n += 50
+    guard.close()
+    print(n / (time.perf_counter() - start))
+
+
+def processes(url: str, seconds: float, count: int = 8) -> float:
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--child", url, str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(count)
+    ]
+    return sum(float(p.communicate()[0]) for p in procs)
 
 
 def main() -> int:
-    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
+    if sys.argv[1:2] == ["--child"]:
+        child(sys.argv[2], float(sys.argv[3]))
+        return 0
+    seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
     binary = shutil.which("redis-server")
     if binary is None:
         print("store benchmark skipped: no redis-server on this machine")
@@ -56,22 +187,26 @@ def main() -> int:
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
         stdout=subprocess.DEVNULL,
     )
+    url = f"redis://127.0.0.1:{port}/0"
     try:
         time.sleep(0.3)
-        policy = Policy(refuse_below=1.0)
-        memory = BudgetGuard(Source(), policy, ttl=3600)
-        shared = BudgetGuard(
-            Source(), policy, ttl=3600, store=f"redis://127.0.0.1:{port}/0?secret=bench"
-        )
-        mem, red = rate(memory, seconds), rate(shared, seconds)
-        shared.close()
+        sync = sync_rows(url, seconds)
+        aio = asyncio.run(async_rows(url, seconds))
+        aggregate = processes(url, seconds)
     finally:
         server.kill()
         server.wait()
-    print("decisions per second per process (check + hold + settle), one credential:")
-    print(f"  in-process ledger   {mem:10,.0f}/s")
-    print(f"  Redis store         {red:10,.0f}/s   (loopback redis-server)")
-    print(f"  ratio               {mem / red:10.1f}x  (memory / redis)")
+    print("one guarded call (reserve + settle) on a loopback redis-server, one credential:")
+    print(f"  round trips per call, sync       {sync['trips']:8.2f}   (goal <= 2)")
+    print(f"  round trips per call, async      {aio['trips']:8.2f}   (goal <= 2)")
+    for name, row in (("sync ", sync), ("async", aio)):
+        two = 2 * row["evalsha"]
+        print(
+            f"  {name} guarded call {row['guarded']:8.1f} us   two EVALSHA round trips "
+            f"{two:6.1f} us   ratio {row['guarded'] / two:4.2f}x (goal <= 1.5x)"
+        )
+    print(f"  in-process ledger, sync          {sync['memory']:8.1f} us")
+    print(f"  8 processes on one Redis     {aggregate:10,.0f} guarded calls/s in all")
     return 0
 
 
