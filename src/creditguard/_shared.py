@@ -242,7 +242,9 @@ class SharedLedger(Ledger):
     def _later(self, program: Program[Any], on_error: Callable[[], None] | None = None) -> None:
         """Run ``program`` in a task of the running loop: a sync call made on
         an event loop's thread (a settle from an async stream) never waits
-        for Redis there."""
+        for Redis there. ``on_error`` keeps what it was to write (owed) when
+        the store fails, or when the loop shuts down before it is done; then
+        a last synchronous attempt is made (the loop is closing anyway)."""
         loop = asyncio.get_running_loop()
 
         async def run() -> None:
@@ -252,6 +254,11 @@ class SharedLedger(Ledger):
                 self._failed(exc)
                 if on_error is not None:
                     on_error()
+            except asyncio.CancelledError:
+                if on_error is not None:
+                    on_error()
+                    self._flush_now()
+                raise
 
         task = loop.create_task(run())
         self._background.add(task)
@@ -853,14 +860,34 @@ class SharedLedger(Ledger):
                 self._seen.pop(self.key(credential), None)
         super().invalidate(credential, all=all)
 
+    def _flush_now(self) -> None:
+        """Write back what is owed now, if the store answers (blocking)."""
+        if self._owed and self._usable():
+            try:
+                self._drive(self._p_flush())
+            except StoreError as exc:
+                self._failed(exc)
+        if self._owed:
+            log.error(
+                "closing with %g spent while the shared store was down, not written back",
+                sum(item.cost for item in self._owed),
+            )
+
     def close(self) -> None:
+        self._flush_now()
         self.store.close()
 
     async def aclose(self) -> None:
-        """Let the store writes started from async code finish, then close."""
+        """Let the store writes started from async code finish, write back
+        what is owed, then close."""
         pending = [task for task in self._background if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=5.0)
+        if self._owed and self._usable():
+            try:
+                await self._adrive(self._p_flush())
+            except StoreError as exc:
+                self._failed(exc)
         aclose = getattr(self.store, "aclose", None)
         if aclose is not None:
             await aclose()

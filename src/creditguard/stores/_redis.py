@@ -212,6 +212,8 @@ class RedisStore:
             self._where = _describe_client(client)
             _check_client(client)
         self._client: Any = client  # (a cluster client is built at its first use)
+        # the snapshots parsed last, by key: an unchanged one is not sent again
+        self._snapshots: dict[str, tuple[str, Balance]] = {}
         self._closed = False
 
     @classmethod
@@ -394,12 +396,34 @@ class RedisStore:
             repr(_LATE_FOR),
             "" if fresh_after is None else _time(fresh_after),
         ]
+        known = self._snapshots.get(key)
+        args.append(known[0] if known is not None else "")
 
         def parse(reply: Any) -> tuple[int, SharedState]:
-            status, held, flat = reply
-            if int(status) not in (0, 1, 2, 3):
+            status, held, debits, exhausted, fetched_at, flat = reply
+            status = int(status)
+            if status not in (0, 1, 2, 3):
                 raise ValueError("status")
-            return int(status), _state(flat, held)
+            stamp = _text(fetched_at)
+            if flat:  # a snapshot this process has not parsed yet
+                state = _state(flat, held)
+                if state.balance is not None:
+                    snapshots = self._snapshots
+                    if len(snapshots) >= 10_000:
+                        snapshots.clear()
+                    snapshots[key] = (stamp, state.balance)
+                return status, state
+            if not stamp:
+                return status, SharedState(None, 0.0, int(debits) / _MICRO, False, 0.0)
+            if known is None or known[0] != stamp:
+                raise ValueError("a snapshot left out that this process never parsed")
+            return status, SharedState(
+                known[1],
+                float(stamp),
+                int(debits) / _MICRO,
+                _text(exhausted) == "1",
+                int(held) / _MICRO,
+            )
 
         return _Call("admit", "admit", self._keys(key), args, parse)
 

@@ -6,7 +6,15 @@
 -- The id is remembered in `done`: a settle of it later charges nothing.
 
 local id = ARGV[1]
-local removed = redis.call('HDEL', KEYS[2], id)
+local amount = redis.call('HGET', KEYS[2], id)
+local removed = 0
+if amount then
+    redis.call('HDEL', KEYS[2], id)
+    if redis.call('HINCRBY', KEYS[2], '=', -tonumber(amount)) <= 0 then
+        redis.call('HDEL', KEYS[2], '=')
+    end
+    removed = 1
+end
 if removed == 1 then
     redis.call('ZREM', KEYS[3], id)
 else

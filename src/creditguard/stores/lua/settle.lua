@@ -12,7 +12,15 @@
 -- `spend` (hash: window bucket -> micro) counts a local budget's spend.
 
 local id, now, done_for = ARGV[1], tonumber(ARGV[4]), tonumber(ARGV[5])
-local status = redis.call('HDEL', KEYS[2], id)
+local amount = redis.call('HGET', KEYS[2], id)
+local status = 0
+if amount then
+    redis.call('HDEL', KEYS[2], id)
+    if redis.call('HINCRBY', KEYS[2], '=', -tonumber(amount)) <= 0 then
+        redis.call('HDEL', KEYS[2], '=')
+    end
+    status = 1
+end
 if status == 1 then
     redis.call('ZREM', KEYS[3], id)
 else
