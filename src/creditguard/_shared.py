@@ -124,6 +124,7 @@ class SharedLedger(Ledger):
         self._down_until = 0.0
         self._outage = False
         self._seen: OrderedDict[str, SharedState] = OrderedDict()  # last shared state per key
+        self._drift: dict[str, list[float]] = {}  # this process's debits and holds since
         self._known: dict[str, tuple[int, float]] = {}  # budget key -> (bucket, least spend)
         self._local: set[str] = set()  # keys judged on this process's share (store down)
         self._owed: list[_Owed] = []
@@ -359,16 +360,26 @@ class SharedLedger(Ledger):
             seen[key] = state
             seen.move_to_end(key)
             if len(seen) > self._maxsize:
-                seen.popitem(last=False)
+                self._drift.pop(seen.popitem(last=False)[0], None)
+            self._drift[key] = [0.0, 0.0]
 
     def _adjust(self, key: str, debits: float = 0.0, held: float = 0.0) -> None:
         """What this process changed since it last read ``key``'s shared state
         (so that a fallback starts from it). Lock held."""
+        drift = self._drift.get(key)
+        if drift is None:
+            self._drift[key] = [debits, held]
+        else:
+            drift[0] += debits
+            drift[1] += held
+
+    def _last_seen(self, key: str) -> SharedState | None:
+        """The last shared state seen, with this process's changes since. Lock held."""
         state = self._seen.get(key)
-        if state is not None:
-            self._seen[key] = replace(
-                state, debits=state.debits + debits, held=max(0.0, state.held + held)
-            )
+        drift = self._drift.get(key)
+        if state is None or drift is None:
+            return state
+        return replace(state, debits=state.debits + drift[0], held=max(0.0, state.held + drift[1]))
 
     def _view(self, state: SharedState) -> Balance | None:
         balance = state.balance
@@ -491,7 +502,7 @@ class SharedLedger(Ledger):
         with self._lock:
             if key in self._local:
                 return True
-            state = self._seen.get(key)
+            state = self._last_seen(key)
             if state is None or state.balance is None:
                 return False
             balance = state.balance
@@ -539,8 +550,7 @@ class SharedLedger(Ledger):
 
         if lookup.balance is None:
             return lookup
-        with self._lock:
-            self._seen[key] = SharedState(lookup.balance, time.time(), 0.0, False, 0.0)
+        self._mirror(key, SharedState(lookup.balance, time.time(), 0.0, False, 0.0))
         self._share(key)
         with self._lock:
             entry = self._cache.get(key)
@@ -805,7 +815,7 @@ class SharedLedger(Ledger):
             except StoreError as exc:
                 self._failed(exc)
         with self._lock:
-            seen = self._seen.get(key)
+            seen = self._last_seen(key)
         local = super().reserved(credential)
         return local + (seen.held if seen is not None and key not in self._local else 0.0)
 
@@ -856,8 +866,10 @@ class SharedLedger(Ledger):
         with self._lock:
             if all:
                 self._seen.clear()
+                self._drift.clear()
             else:
                 self._seen.pop(self.key(credential), None)
+                self._drift.pop(self.key(credential), None)
         super().invalidate(credential, all=all)
 
     def _flush_now(self) -> None:

@@ -32,12 +32,14 @@ if status == 0 then
     end
     status = 2
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
 redis.call('ZADD', KEYS[5], now + done_for, id)
 redis.call('PEXPIRE', KEYS[5], string.format('%d', math.ceil(done_for * 1000) + 1000))
+if string.byte(id, -1) % 16 == 0 then  -- forgotten ids go, on one settle in 16 or so
+    redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+end
 if ARGV[2] ~= '0' then
-    redis.call('HINCRBY', KEYS[1], 'debits', ARGV[2])
-    if redis.call('PTTL', KEYS[1]) == -1 then
+    if redis.call('HINCRBY', KEYS[1], 'debits', ARGV[2]) == tonumber(ARGV[2]) and
+            redis.call('PTTL', KEYS[1]) == -1 then
         redis.call('PEXPIRE', KEYS[1], ARGV[3])
     end
     if KEYS[6] then
