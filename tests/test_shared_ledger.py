@@ -289,21 +289,34 @@ def test_a_crashed_refresher_stalls_the_next_first_check_less_than_3s(
 
 def test_the_lease_is_renewed_while_a_slow_fetch_runs(redis_server: RedisServer) -> None:
     """A fetch slower than the lease (3 s) keeps it: nobody fetches twice."""
-    source = Source(delay=3.5)
-    waiting = Source()
+    release = threading.Event()
+
+    class Slow(Source):
+        def fetch(self, credential: str | None) -> Balance:
+            with self.lock:
+                self.calls += 1
+            release.wait(30)
+            return Balance(self.remaining, total=100.0, source="test")
+
+    source, waiting = Slow(), Source()
     a, b = guard(redis_server, source), guard(redis_server, waiting)
-    a.check("m", credential=KEY)  # fresh...
-    a.invalidate(KEY)
-    raw = redis_lib().Redis.from_url(redis_server.url)
-    raw.flushall()  # ...then gone: both must refresh
-    raw.close()
     thread = threading.Thread(target=a.check, args=("m",), kwargs={"credential": KEY})
     thread.start()
-    time.sleep(3.2)  # past the first lease: renewed, so b still waits for a
-    d = b.check("m", credential=KEY)
+    raw = redis_lib().Redis.from_url(redis_server.url)
+    time.sleep(3.3)  # past one lease: still held, renewed by the refresher
+    (lock,) = raw.keys("*:lock")
+    assert raw.pttl(lock) > 0
+    checked: list[Any] = []
+    other = threading.Thread(target=lambda: checked.append(b.check("m", credential=KEY)))
+    other.start()
+    time.sleep(0.2)
+    release.set()  # the slow fetch ends: b gets its figure instead of fetching
     thread.join()
-    assert waiting.calls == 0 or d.balance is not None
-    assert source.calls == 2 and waiting.calls == 0
+    other.join()
+    assert source.calls == 1 and waiting.calls == 0
+    assert checked[0].balance is not None and checked[0].balance.remaining == 10.0
+    assert raw.keys("*:lock") == []  # freed
+    raw.close()
     a.close()
     b.close()
 
@@ -355,7 +368,18 @@ async def test_a_paused_redis_stalls_the_event_loop_less_than_50ms(
     print(f"Redis paused 3 s, 20 tasks, {sum(calls)} calls: worst loop stall {worst * 1000:.1f} ms")
     assert worst < 0.050
     assert sum(calls) > 20 * 10  # the tasks went on (on the local books)
+    # Redis answers again: every call's cost reaches it exactly once, and the
+    # holds whose scripts timed out (run by Redis after it resumed) are released
+    await asyncio.sleep(1.1)  # past the back-off
+    await g.acheck("m", credential=KEY)
     await g.aclose()
+    raw = redis_lib().Redis.from_url(redis_server.url)
+    (snap,) = raw.keys("*:snap")
+    assert int(raw.hget(snap, "debits")) == sum(calls) * 10_000  # 0.01 each, in micro-units
+    raw.close()
+    other = guard(redis_server, Source(1000.0))
+    assert other.ledger.reserved(KEY) == 0
+    other.close()
 
 
 def test_local_mode_splits_the_headroom_between_processes(

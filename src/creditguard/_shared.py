@@ -390,9 +390,13 @@ class SharedLedger(Ledger):
             view = view._derived(0.0, view.used)
         return view
 
-    def _lookup(self, key: str, state: SharedState, error: CreditSourceError | None) -> Lookup:
-        """The view of a shared state, mirrored locally."""
-        self._mirror(key, state)
+    def _lookup(
+        self, key: str, state: SharedState, error: CreditSourceError | None, *, read: bool = True
+    ) -> Lookup:
+        """The view of a shared state (``read`` from the store just now:
+        remembered as the last shared state seen)."""
+        if read:
+            self._mirror(key, state)
         now = time.time()
         balance = state.balance
         if balance is None:
@@ -414,7 +418,7 @@ class SharedLedger(Ledger):
             seen = self._seen.get(key)
         if seen is not None and self._fresh(seen, time.time()):
             # fresh enough to judge on: the hold script reads the state anew
-            return self._lookup(key, seen, None)
+            return self._lookup(key, seen, None, read=False)
         state = yield _Op("read", key, time.time())
         error = None
         if not self._fresh(state, time.time()):
