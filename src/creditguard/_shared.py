@@ -595,27 +595,35 @@ class SharedLedger(Ledger):
             )
         self._mirror(key, state)
         decision = judge(self._view(state), state.held)
+        hold = Hold(key, credential, amount, self._timer() + self.hold_timeout, token)
         if status == 1:
-            if decision.action == "refuse":  # (the policy's own floor refused it)
-                yield _Op("release", key, token)
+            if decision.action == "refuse" and decision.enforced:
+                yield _Op("release", key, token)  # (the policy's own floor refused it)
                 return decision, None
             with self._lock:
                 self._adjust(key, held=amount)
-            return decision, Hold(key, credential, amount, self._timer() + self.hold_timeout, token)
-        if status == 0 and decision.action != "refuse":
-            reason = (
-                f"{decision.reason}; but calls in flight elsewhere now hold the headroom "
-                "down to refuse_below"
-            )
-            refused = Decision(
-                "refuse",
-                decision.requested_model,
-                decision.balance,
-                reason,
-                decision.requested_model,
-                decision.stale,
-            )
-            return refused, None
+            return decision, hold
+        if status == 0:
+            if decision.action != "refuse":
+                reason = (
+                    f"{decision.reason}; but calls in flight elsewhere now hold the headroom "
+                    "down to refuse_below"
+                )
+                decision = Decision(
+                    "refuse",
+                    decision.requested_model,
+                    decision.balance,
+                    reason,
+                    decision.requested_model,
+                    decision.stale,
+                    decision.enforced,
+                )
+            if not decision.enforced:  # shadow mode: refused, but sent and held all the same
+                now = time.time()
+                yield _Op("admit", key, token, wanted, None, now, now + self.hold_timeout, None)
+                with self._lock:
+                    self._adjust(key, held=amount)
+                return decision, hold
         return decision, None
 
     def _floor(
@@ -656,6 +664,8 @@ class SharedLedger(Ledger):
             )
 
         floor = self._floor(seen.balance, policy.refuse_floor)
+        if not policy.enforce:
+            floor = None  # shadow mode: whatever the verdict, the call goes out and is held
         fresh_after = self._fresh_after(now)
         program = self._p_admit(key, credential, judge, amount, reserve, floor, fresh_after, False)
         try:
