@@ -662,3 +662,35 @@ def test_a_cluster_that_is_down_is_a_store_error(caplog: pytest.LogCaptureFixtur
     assert d.action == "refuse" and "store_error=refuse" in d.reason
     assert "pw123" not in caplog.text and "shared store unavailable" in caplog.text
     g.close()
+
+
+def test_a_fixed_budget_inside_tightest_is_counted_in_the_store(
+    redis_server: RedisServer,
+) -> None:
+    from creditguard.sources import FixedBudget, Tightest
+
+    def make() -> BudgetGuard:
+        source = Tightest(Source(100.0), FixedBudget(1.0, period="day", per_credential=True))
+        return BudgetGuard(
+            source,
+            Policy(refuse_below=0.0),
+            ttl=0.2,
+            estimate=0.25,
+            store=f"{redis_server.url}?secret={SECRET}",
+        )
+
+    a = make()
+    for _ in range(3):
+        a.reserve("m", credential=KEY).settle(0.25)
+    time.sleep(0.3)  # stale: the next check fetches every source again
+    b = make()  # another process, or a restart: the same budget
+    d = b.check("m", credential=KEY, estimate=0)
+    assert d.balance is not None and d.balance.remaining == 0.25
+    assert d.balance.source == "fixed"  # the budget binds, not the provider's 100
+    b.reserve("m", credential=KEY).settle(0.25)  # the last 0.25
+    time.sleep(0.3)
+    assert a.reserve("m", credential=KEY).decision.action == "refuse"
+    d = b.check("m", credential="sk-another-key", estimate=0)  # per credential
+    assert d.balance is not None and d.balance.remaining == 1.0
+    a.close()
+    b.close()

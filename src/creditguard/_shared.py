@@ -99,14 +99,45 @@ Program = Generator[object, Any, T]
 class _Owed:
     """Spend recorded while the store was down, to be written back once."""
 
-    __slots__ = ("cost", "key", "op_id", "sent", "spend")
+    __slots__ = ("cost", "credential", "key", "op_id", "sent", "spend", "windows")
 
-    def __init__(self, key: str, op_id: str, cost: float, spend: Spend | None) -> None:
+    def __init__(
+        self,
+        key: str,
+        op_id: str,
+        cost: float,
+        spend: Spend | None,
+        credential: str | None,
+        windows: tuple[Spend, ...],
+    ) -> None:
         self.key = key
         self.op_id = op_id
         self.cost = cost
         self.spend = spend
+        self.credential = credential  # (only in memory, for nested budgets' keys)
+        self.windows = windows
         self.sent = False  # once sent, its id and amount are frozen (a replay applies once)
+
+
+class _Counter:
+    """Counts a FixedBudget nested in Tightest in the shared store."""
+
+    def __init__(self, ledger: SharedLedger, budget: FixedBudget) -> None:
+        self._ledger = ledger
+        self._budget = budget
+
+    def key(self, credential: str | None) -> str:
+        return self._ledger._fingerprint_of(credential) if self._budget.per_credential else "*"
+
+    def _p_spent(self, credential: str | None) -> Program[float]:
+        spent: float = yield _Op("window", self.key(credential), self._budget.spend_window())
+        return spent
+
+    def spent(self, credential: str | None) -> float:
+        return self._ledger._drive(self._p_spent(credential))
+
+    async def aspent(self, credential: str | None) -> float:
+        return await self._ledger._adrive(self._p_spent(credential))
 
 
 class SharedLedger(Ledger):
@@ -121,6 +152,13 @@ class SharedLedger(Ledger):
         self._budget: FixedBudget | None = source if isinstance(source, FixedBudget) else None
         if self._budget is not None:
             self._source_record = None
+        # FixedBudgets inside Tightest: counted in the store too (a settle counts
+        # its cost in each of their windows; their fetch reads the window there)
+        self._nested: list[FixedBudget] = [
+            s for s in getattr(source, "sources", ()) if isinstance(s, FixedBudget)
+        ]
+        for budget in self._nested:
+            budget.bind(_Counter(self, budget))
         self._down_until = 0.0
         self._outage = False
         self._seen: OrderedDict[str, SharedState] = OrderedDict()  # last shared state per key
@@ -312,24 +350,45 @@ class SharedLedger(Ledger):
                 item.sent = True
         for item in owed:
             yield _Op("settle", item.key, item.op_id, item.cost, None, item.spend)
+            yield from self._p_count(item.credential, item.op_id, item.cost, item.windows)
             with self._lock:
                 self._owed.remove(item)
             log.info("wrote back %g spent while the shared store was down", item.cost)
 
-    def _owe(self, key: str, cost: float, op_id: str | None = None) -> None:
+    def _owe(self, key: str, cost: float, credential: str | None, op_id: str | None = None) -> None:
         """Keep ``cost`` to write back when the store answers (a settle that
         failed keeps its hold's id: written back, it applies once)."""
         if not cost and op_id is None:
             return
         spend = self._spend()
+        windows = self._windows()
         with self._lock:
             if op_id is None:
                 for item in self._owed:
-                    if item.key == key and not item.sent and item.spend == spend:
+                    if (
+                        item.key == key
+                        and not item.sent
+                        and item.spend == spend
+                        and item.windows == windows
+                        and item.credential == credential
+                    ):
                         item.cost += cost
                         return
                 op_id = uuid.uuid4().hex
-            self._owed.append(_Owed(key, op_id, cost, spend))
+            self._owed.append(_Owed(key, op_id, cost, spend, credential, windows))
+
+    def _windows(self) -> tuple[Spend, ...]:
+        return tuple(budget.spend_window() for budget in self._nested)
+
+    def _p_count(
+        self, credential: str | None, op_id: str, cost: float, windows: tuple[Spend, ...]
+    ) -> Program[None]:
+        """Count ``cost`` in each nested budget's window (once per id)."""
+        if not cost:
+            return
+        for budget, window in zip(self._nested, windows, strict=True):
+            key = self._fingerprint_of(credential) if budget.per_credential else "*"
+            yield _Op("count", key, window, cost, op_id)
 
     def _orphan(self, key: str, token: str) -> None:
         with self._lock:
@@ -734,13 +793,21 @@ class SharedLedger(Ledger):
         return decided
 
     def _p_settle(
-        self, key: str, op_id: str, cost: float, spend: Spend | None, hold: bool
+        self,
+        key: str,
+        op_id: str,
+        cost: float,
+        spend: Spend | None,
+        hold: bool,
+        credential: str | None,
+        windows: tuple[Spend, ...],
     ) -> Program[int]:
         status: int = yield _Op("settle", key, op_id, cost, None, spend)
         if status == 2 and hold and self._budget is not None:
             # the hold had vanished: Redis lost data (flushed, restarted empty);
             # put back the budget's spend this process knows of, right away
             yield from self._p_recount(key)
+        yield from self._p_count(credential, op_id, cost, windows)
         return status
 
     def _p_recount(self, key: str) -> Program[None]:
@@ -766,7 +833,7 @@ class SharedLedger(Ledger):
             cost = check_cost(cost)
             settled = super().settle(hold, cost)
             if settled:
-                self._owe(hold.key, cost)
+                self._owe(hold.key, cost, self._fetch_for(hold.credential))
             return settled
         cost = check_cost(cost)
         with self._lock:
@@ -777,10 +844,12 @@ class SharedLedger(Ledger):
             self._adjust(hold.key, cost, -hold.amount)
         if self._source_record is not None:
             self._source_record(self._fetch_for(hold.credential), cost)
-        self._send(hold.key, hold.token, cost, hold=True)
+        self._send(hold.key, hold.token, cost, self._fetch_for(hold.credential), hold=True)
         return True
 
-    def _send(self, key: str, op_id: str, cost: float, *, hold: bool = False) -> None:
+    def _send(
+        self, key: str, op_id: str, cost: float, credential: str | None, *, hold: bool = False
+    ) -> None:
         """Charge ``cost`` in the store under ``op_id``; owed (and written back
         under the same id, so applied once) if the store does not answer."""
         spend = self._spend()
@@ -789,15 +858,15 @@ class SharedLedger(Ledger):
                 known = self._known.get(key)
                 if known is not None and known[0] == spend.bucket:
                     self._known[key] = (known[0], known[1] + cost)
-        program = self._p_settle(key, op_id, cost, spend, hold)
+        program = self._p_settle(key, op_id, cost, spend, hold, credential, self._windows())
         if _on_loop():
-            self._later(program, lambda: self._owe(key, cost, op_id))
+            self._later(program, lambda: self._owe(key, cost, credential, op_id))
             return
         try:
             self._drive(program)
         except StoreError as exc:
             self._failed(exc)
-            self._owe(key, cost, op_id)
+            self._owe(key, cost, credential, op_id)
 
     def release(self, hold: Hold) -> bool:
         if hold.token is None:
@@ -860,9 +929,9 @@ class SharedLedger(Ledger):
         if not cost:
             return
         if not self._usable():
-            self._owe(key, cost)
+            self._owe(key, cost, self._fetch_for(credential))
             return
-        self._send(key, uuid.uuid4().hex, cost)
+        self._send(key, uuid.uuid4().hex, cost, self._fetch_for(credential))
 
     def mark_exhausted(self, credential: str | None) -> None:
         key = self.key(credential)

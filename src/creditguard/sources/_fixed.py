@@ -9,7 +9,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._fingerprint import Fingerprinter
 from ..balance import Balance, check_cost
@@ -135,6 +135,7 @@ class FixedBudget:
         # bucket key -> {window bucket -> spent}, least recently used first
         self._spent: OrderedDict[str, dict[int, float]] = OrderedDict()
         self._low = -math.inf  # the oldest bucket of the window last counted
+        self._counter: Any = None  # a shared store counting the spend instead (see bind)
 
     # -- windows -----------------------------------------------------------------
 
@@ -189,9 +190,18 @@ class FixedBudget:
                 del counts[bucket]
         return counts
 
+    def bind(self, counter: Any) -> None:
+        """Count spend in a shared store instead of this process (a guard with
+        ``store=`` does this for a FixedBudget inside ``Tightest``): ``counter``
+        has ``spent(credential)`` and ``async aspent(credential)``; it learns
+        the spend from the guard's ledger, so :meth:`record` then does nothing."""
+        self._counter = counter
+
     def record(self, credential: str | None, cost: float) -> None:
         """Adds ``cost`` (finite, >= 0) to the current period's spend."""
         cost = check_cost(cost)
+        if self._counter is not None:
+            return  # the shared store counts it (the ledger sends it there)
         bucket_key = self.budget_key(credential)
         with self._lock:
             window = self.spend_window()
@@ -212,6 +222,8 @@ class FixedBudget:
 
     def fetch(self, credential: str | None) -> Balance:
         """What is left of the current period's budget."""
+        if self._counter is not None:
+            return self.balance(self._counter.spent(credential))
         spent = self.spent(credential)
         logger.debug("%s: spent %s of %s %s", self.name, spent, self.limit, self.unit)
         return self.balance(spent)
@@ -228,7 +240,9 @@ class FixedBudget:
         )
 
     async def afetch(self, credential: str | None) -> Balance:
-        """Same as :meth:`fetch` (no I/O)."""
+        """Same as :meth:`fetch` (no I/O, unless bound to a shared store)."""
+        if self._counter is not None:
+            return self.balance(await self._counter.aspent(credential))
         return self.fetch(credential)
 
     def __len__(self) -> int:

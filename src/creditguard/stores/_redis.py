@@ -83,6 +83,8 @@ _SCRIPTS = (
     "renew",
     "unlock",
     "heartbeat",
+    "count",
+    "window",
 )
 _USES_HOLDS_LIB = frozenset({"read", "admit"})
 
@@ -476,6 +478,23 @@ class RedisStore:
             raise ValueError(f"a spend name is a non-empty string without braces: {spend.name!r}")
         return f"{self._base(key)}:spend:{spend.name}"
 
+    def _c_count(self, key: str, spend: Spend, cost: float, op_id: str) -> _Call[bool]:
+        keys = [self._spend_key(key, spend), f"{self._spend_key(key, spend)}:done"]
+        args: list[str | int] = [
+            _hold_id(op_id),
+            _micro(check_cost(cost)),
+            spend.bucket,
+            "" if spend.keep is None else _ms(spend.keep),
+            _time(time.time()),
+            repr(_DONE_FOR),
+        ]
+        return _Call("count", "count", keys, args, _flag)
+
+    def _c_window(self, key: str, spend: Spend) -> _Call[float]:
+        keys = [self._spend_key(key, spend)]
+        args: list[str | int] = [spend.low, spend.bucket]
+        return _Call("window", "window", keys, args, lambda reply: int(reply) / _MICRO)
+
     def _c_set_remaining(
         self, key: str, remaining: float, fetched_at: float, keep_for: float
     ) -> _Call[None]:
@@ -579,6 +598,20 @@ class RedisStore:
 
     def set_remaining(self, key: str, remaining: float, fetched_at: float, keep_for: float) -> None:
         self._run(self._c_set_remaining(key, remaining, fetched_at, keep_for))
+
+    def count(self, key: str, spend: Spend, cost: float, op_id: str) -> bool:
+        """Count ``cost`` in the budget window ``spend`` of ``key``, once per ``op_id``."""
+        return self._run(self._c_count(key, spend, cost, op_id))
+
+    def window(self, key: str, spend: Spend) -> float:
+        """What the budget window ``spend`` of ``key`` has spent."""
+        return self._run(self._c_window(key, spend))
+
+    async def acount(self, key: str, spend: Spend, cost: float, op_id: str) -> bool:
+        return await self._arun(self._c_count(key, spend, cost, op_id))
+
+    async def awindow(self, key: str, spend: Spend) -> float:
+        return await self._arun(self._c_window(key, spend))
 
     def settle(
         self,
