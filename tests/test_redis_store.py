@@ -772,3 +772,11 @@ def test_a_client_that_could_hang_or_retry_is_warned_about(redis_server: RedisSe
     with pytest.warns(UserWarning, match="socket_timeout.*retries"):
         RedisStore(client=client)
     client.close()
+
+
+def test_put_keeps_when_the_limit_resets(store: RedisStore) -> None:
+    put(store, 4.0, total=10.0, resets_at=NOW + 3600)
+    state = store.read(FP, NOW)
+    assert state.balance is not None and state.balance.resets_at == NOW + 3600
+    put(store, 4.0)
+    assert store.read(FP, NOW).balance.resets_at is None  # type: ignore[union-attr]

@@ -444,6 +444,7 @@ class RedisStore:
             _micro(base_debits),
             _ms(keep_for),
             _time(balance.fetched_at if math.isfinite(balance.fetched_at) else fetched_at),
+            "" if balance.resets_at is None else _time(balance.resets_at),
         ]
         return _Call("put", "put", [f"{self._base(key)}:snap"], args, _nothing)
 
@@ -784,6 +785,7 @@ def _state(flat: Any, held: Any) -> SharedState:
             unit=fields.get("unit", ""),
             fetched_at=float(fields.get("balance_at", fetched_at)),
             source=fields.get("source", ""),
+            resets_at=float(fields["resets_at"]) if "resets_at" in fields else None,
         )
     return SharedState(balance, fetched_at, debits, exhausted, int(held) / _MICRO)
 

@@ -2,7 +2,7 @@
 -- KEYS: snap
 -- ARGV: remaining (micro), unlimited ('1'/'0'), total (micro or ''), used (micro or ''),
 --       unit, source, fetched_at (epoch s), base_debits (micro), keep_ms,
---       the balance's own fetched_at (epoch s)
+--       the balance's own fetched_at (epoch s), resets_at (epoch s or '')
 --
 -- Spend recorded while the fetch ran is carried over: debits become
 -- max(0, debits now - debits when the fetch started). Holds are not touched.
@@ -21,5 +21,8 @@ if ARGV[3] ~= '' then
 end
 if ARGV[4] ~= '' then
     redis.call('HSET', snap, 'used', ARGV[4])
+end
+if ARGV[11] and ARGV[11] ~= '' then
+    redis.call('HSET', snap, 'resets_at', ARGV[11])
 end
 redis.call('PEXPIRE', snap, ARGV[9])
