@@ -99,7 +99,7 @@ Program = Generator[object, Any, T]
 class _Owed:
     """Spend recorded while the store was down, to be written back once."""
 
-    __slots__ = ("cost", "credential", "key", "op_id", "sent", "spend", "windows")
+    __slots__ = ("cost", "credential", "key", "merge", "op_id", "sent", "spend", "windows")
 
     def __init__(
         self,
@@ -109,8 +109,12 @@ class _Owed:
         spend: Spend | None,
         credential: str | None,
         windows: tuple[Spend, ...],
+        merge: bool,
     ) -> None:
         self.key = key
+        # more spend may be added while unsent: never to a settle's own id (that
+        # settle may have been applied, and then its replay charges nothing)
+        self.merge = merge
         self.op_id = op_id
         self.cost = cost
         self.spend = spend
@@ -351,7 +355,7 @@ class SharedLedger(Ledger):
         for item in owed:
             yield _Op("settle", item.key, item.op_id, item.cost, None, item.spend)
             yield from self._p_count(item.credential, item.op_id, item.cost, item.windows)
-            with self._lock:
+            with self._lock, contextlib.suppress(ValueError):  # (another flush sent it too)
                 self._owed.remove(item)
             log.info("wrote back %g spent while the shared store was down", item.cost)
 
@@ -366,16 +370,20 @@ class SharedLedger(Ledger):
             if op_id is None:
                 for item in self._owed:
                     if (
-                        item.key == key
+                        item.merge
                         and not item.sent
+                        and item.key == key
                         and item.spend == spend
                         and item.windows == windows
                         and item.credential == credential
                     ):
                         item.cost += cost
                         return
-                op_id = uuid.uuid4().hex
-            self._owed.append(_Owed(key, op_id, cost, spend, credential, windows))
+                self._owed.append(
+                    _Owed(key, uuid.uuid4().hex, cost, spend, credential, windows, True)
+                )
+                return
+            self._owed.append(_Owed(key, op_id, cost, spend, credential, windows, False))
 
     def _windows(self) -> tuple[Spend, ...]:
         return tuple(budget.spend_window() for budget in self._nested)
