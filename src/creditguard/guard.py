@@ -320,6 +320,7 @@ class BudgetGuard:
         hold: bool,
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
+        report: bool = True,
     ) -> tuple[Decision, Hold | None]:
         """:meth:`_admit` for async code: a ledger over a shared store awaits
         the store (``aadmit``) instead of blocking the event loop."""
@@ -333,6 +334,7 @@ class BudgetGuard:
                 hold=hold,
                 refuse_reason=refuse_reason,
                 can_rewrite=can_rewrite,
+                report=report,
             )
         judge: Any = self._admit(
             lookup,
@@ -352,7 +354,8 @@ class BudgetGuard:
             reserve=hold and self._reserve,
             floor_of=self.policy.refuse_floor,
         )
-        self._report(decision, lookup.fingerprint)
+        if report:
+            self._report(decision, lookup.fingerprint)
         return decision, held
 
     def _report(self, decision: Decision, key: str) -> None:
@@ -598,7 +601,9 @@ class BudgetGuard:
         )
         if fast is None:
             lookup = await self.ledger.aget(credential, key)
-            fast = self._admit(lookup, credential, first.model, estimate, hold=True, report=False)
+            fast = await self._aadmit(
+                lookup, credential, first.model, estimate, hold=True, report=False
+            )
         return self._retried(first, *fast, key)
 
     def _retried(
