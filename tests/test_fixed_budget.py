@@ -77,7 +77,8 @@ def test_per_credential_budgets_are_bounded() -> None:
     budget = FixedBudget(1.0, period="month", per_credential=True, clock=clock, maxsize=3)
     for i in range(10):
         budget.record(f"sk-{i}", 0.5)
-    assert len(budget) == 3  # the least recently used are dropped
+    assert budget.counted == 3  # the least recently used are dropped
+    assert FixedBudget(1.0)  # (an empty budget is truthy)
     assert budget.fetch("sk-9").remaining == 0.5
     budget.fetch("sk-7")  # used: kept
     budget.record("sk-new", 0.1)

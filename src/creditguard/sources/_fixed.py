@@ -245,8 +245,10 @@ class FixedBudget:
             return self.balance(await self._counter.aspent(credential))
         return self.fetch(credential)
 
-    def __len__(self) -> int:
-        """How many budgets (credentials) are counted here."""
+    @property
+    def counted(self) -> int:
+        """How many budgets (credentials) this process counts (at most
+        ``maxsize``). (Not ``__len__``: an empty budget must stay truthy.)"""
         with self._lock:
             return len(self._spent)
 
