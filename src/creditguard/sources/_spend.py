@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -38,7 +38,7 @@ from ..balance import Balance, check_cost
 from ..errors import ConfigError, CreditSourceError
 from ._base import logger
 from ._fixed import period_start
-from ._http import BadResponse, HttpSource, Plan, get_number
+from ._http import BadResponse, HttpSource, Plan, get_decimal, get_number
 
 __all__ = ["AnthropicSpend", "OpenAISpend", "Unshown"]
 
@@ -46,6 +46,7 @@ SpendPeriod = Literal["day", "week", "month"]
 _PERIODS = ("day", "week", "month")
 _MAX_PAGES = 32  # a month is 31 daily buckets: one page; more is a provider looping
 _MAX_EPOCHS = 256
+_MAX_SPENT = 1e15  # USD; a report past it is not a real one (and would overflow sums)
 
 
 def _utcnow() -> datetime:
@@ -187,15 +188,16 @@ def _paging(doc: dict[str, Any]) -> str | None:
 
 
 def _decimal(text: str, path: str) -> Decimal:
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise BadResponse(f"{path} is not a decimal number") from None
-    if not value.is_finite():
-        raise BadResponse(f"{path} is not a finite number")
-    if value < 0:
-        raise BadResponse(f"{path} is negative")
-    return value
+    """A decimal string as documented (``"123.45"``): the shared reader's rules
+    (no exponent, no ``NaN``, no ``1_000``, at most 64 characters), kept exact."""
+    get_decimal({"v": text}, "v", path, non_negative=True)  # raises BadResponse
+    return Decimal(text.strip())
+
+
+def _finite(spent: float) -> float:
+    if not math.isfinite(spent) or spent > _MAX_SPENT:
+        raise BadResponse("the reported amounts add up to more than any budget")
+    return spent
 
 
 def _timestamp(text: str, path: str) -> float:
@@ -230,7 +232,7 @@ def parse_openai_costs(doc: dict[str, Any], since: float) -> tuple[float, str | 
             assert start is not None and value is not None
             if start >= since:
                 total += Decimal(repr(value))
-    return float(total), _paging(doc)
+    return _finite(float(total)), _paging(doc)
 
 
 def parse_anthropic_costs(doc: dict[str, Any], since: float) -> tuple[float, str | None]:
@@ -252,10 +254,7 @@ def parse_anthropic_costs(doc: dict[str, Any], since: float) -> tuple[float, str
                 raise BadResponse(f"{where}.currency is {currency[:16]!r}, expected 'USD'")
             if start >= since:
                 cents += amount
-    spent = float(cents / 100)
-    if not math.isfinite(spent):
-        raise BadResponse("the reported amounts are not finite")
-    return spent, _paging(doc)
+    return _finite(float(cents / 100)), _paging(doc)
 
 
 # -- the sources ---------------------------------------------------------------
@@ -355,7 +354,7 @@ class _SpendSource(HttpSource):
         for _ in range(_MAX_PAGES):
             doc = yield self._get(key, params=self._params(since, page))
             spent, page = self._spend_of(doc, since)
-            reported += spent
+            reported = _finite(reported + spent)
             if page is None:
                 return self._balance(start, reported)
         raise BadResponse(f"the report has more than {_MAX_PAGES} pages")
