@@ -25,16 +25,14 @@ A host with no entry and no ``"*"`` fares the same.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._fingerprint import redact
 from ..balance import Balance
 from ..errors import ConfigError, CreditSourceError
 from ..policy import Policy
-from ._base import CreditSource, describe, logger
+from ._base import CreditSource, aclose_all, as_source_error, close_all, logger
 
 __all__ = ["ByHost"]
 
@@ -180,7 +178,7 @@ class ByHost:
         try:
             balance = source.fetch(key if source.per_credential else None)
         except Exception as exc:
-            error = _as_source_error(exc, source, key)
+            error = as_source_error(exc, source, key)
         else:
             logger.debug("%s: %s -> %s", self.name, entry, balance.source)
             return balance
@@ -195,7 +193,7 @@ class ByHost:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            error = _as_source_error(exc, source, key)
+            error = as_source_error(exc, source, key)
         else:
             logger.debug("%s: %s -> %s", self.name, entry, balance.source)
             return balance
@@ -214,32 +212,13 @@ class ByHost:
 
     def close(self) -> None:
         """Closes every source that can be closed."""
-        for source in self.sources.values():
-            close: Any = getattr(source, "close", None)
-            if callable(close):
-                close()
+        close_all(self.sources.values())
 
     async def aclose(self) -> None:
         """Closes every source that can be closed (``aclose`` where it has one)."""
-        for source in self.sources.values():
-            aclose: Any = getattr(source, "aclose", None)
-            if callable(aclose):
-                result = aclose()
-                if inspect.isawaitable(result):
-                    await result
-            else:
-                close: Any = getattr(source, "close", None)
-                if callable(close):
-                    close()
+        await aclose_all(self.sources.values())
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{host!r}: {source!r}" for host, source in self.sources.items())
         extra = f", policies={sorted(self.policies)}" if self.policies else ""
         return f"ByHost({{{inner}}}{extra})"
-
-
-def _as_source_error(exc: Exception, source: CreditSource, key: str | None) -> CreditSourceError:
-    if isinstance(exc, CreditSourceError):
-        return exc
-    name = getattr(source, "name", "") or type(source).__name__
-    return CreditSourceError(redact(describe(exc, key), key), source=str(name))

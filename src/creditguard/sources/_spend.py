@@ -38,7 +38,7 @@ from ..balance import Balance, check_cost
 from ..errors import ConfigError, CreditSourceError
 from ._base import logger
 from ._fixed import period_start
-from ._http import BadResponse, HttpSource, Plan, get_decimal, get_number
+from ._http import BadResponse, HttpSource, Plan, _json_type, get_decimal, get_number
 
 __all__ = ["AnthropicSpend", "OpenAISpend", "Unshown"]
 
@@ -139,28 +139,14 @@ def _list(container: dict[str, Any], key: str, path: str) -> list[Any]:
         raise BadResponse(f"{path} is missing")
     value = container[key]
     if not isinstance(value, list):
-        raise BadResponse(f"{path} is {_kind(value)}, expected an array")
+        raise BadResponse(f"{path} is {_json_type(value)}, expected an array")
     return value
 
 
 def _object(value: object, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise BadResponse(f"{path} is {_kind(value)}, expected an object")
+        raise BadResponse(f"{path} is {_json_type(value)}, expected an object")
     return value
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _string(container: dict[str, Any], key: str, path: str) -> str:
@@ -168,7 +154,7 @@ def _string(container: dict[str, Any], key: str, path: str) -> str:
         raise BadResponse(f"{path} is missing")
     value = container[key]
     if not isinstance(value, str):
-        raise BadResponse(f"{path} is {_kind(value)}, expected a string")
+        raise BadResponse(f"{path} is {_json_type(value)}, expected a string")
     return value
 
 
@@ -178,7 +164,7 @@ def _paging(doc: dict[str, Any]) -> str | None:
         raise BadResponse("has_more is missing")
     more = doc["has_more"]
     if not isinstance(more, bool):
-        raise BadResponse(f"has_more is {_kind(more)}, expected a boolean")
+        raise BadResponse(f"has_more is {_json_type(more)}, expected a boolean")
     if not more:
         return None
     token = doc.get("next_page")
