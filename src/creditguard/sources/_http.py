@@ -347,6 +347,8 @@ class _Watchdog:
             sockets, self._sockets = self._sockets, []
         if timer is not None:
             timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join()  # no timer thread outlives its fetch (it wakes at once)
         for sock in sockets:
             sock.close()
 
