@@ -1384,3 +1384,17 @@ def test_a_password_in_base_url_reaches_no_repr_error_or_cli_line() -> None:
         sources_pkg.OpenRouterCredits(base_url="htps://team:hunter2-secret@gw.example/api/v1")
     assert "hunter2" not in str(info.value)
     assert "hunter2" not in repr(info.value.value)
+
+
+@pytest.mark.parametrize("cls", [sources_pkg.DeepSeekBalance, sources_pkg.OpenRouterKey])
+def test_a_hex_key_given_as_api_key_env_is_not_echoed(cls: Any) -> None:
+    # a 64-hex key starting with a letter is a valid variable name: "... is not set"
+    # once quoted it whole in the text of what is allowed
+    key = "a3f9c2e81b7d4f60" * 4
+    with pytest.raises(ConfigError) as info:
+        cls(api_key_env=key)
+    assert key not in str(info.value) and key not in repr(info.value.args)
+    assert "is not set" in str(info.value)
+    with pytest.raises(ConfigError) as spend:
+        sources_pkg.OpenAISpend(5.0, api_key_env=key)
+    assert key not in str(spend.value)

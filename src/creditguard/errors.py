@@ -92,7 +92,10 @@ class ConfigError(CreditGuardError, ValueError):
     """
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
-        value = mask(value)
+        raw, value = value, mask(value)
+        if isinstance(raw, str) and value is not raw and len(raw.strip()) >= 4:
+            # the text of what is allowed may quote the value ("X is not set"): masked there too
+            allowed = allowed.replace(raw.strip(), REDACTED)
         self.key = key
         self.value = value
         self.allowed = allowed
