@@ -686,3 +686,22 @@ def test_anthropic_base_url_as_sdks_take_it(fake: FakeProvider) -> None:
     for url in (fake.anthropic_base_url, fake.anthropic_base_url + "/v1"):
         with AnthropicSpend(5.0, api_key=ADMIN, base_url=url, clock=lambda: NOW) as source:
             assert source.fetch(None).remaining == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize("cls", SOURCES)
+def test_a_blank_admin_key_is_as_loud_as_none(
+    cls: SpendType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # api_key=os.environ.get("ADMIN", "") with ADMIN unset: refused when built, not at
+    # every refresh later; with the default variable set, that key is used
+    monkeypatch.delenv(cls._default_env, raising=False)
+    with pytest.raises(ConfigError) as info:
+        cls(5.0, api_key="  ")
+    assert info.value.key == "api_key_env" and cls._default_env in str(info.value)
+    monkeypatch.setenv(cls._default_env, ADMIN)
+    pages = OPENAI_PAGES if cls is OpenAISpend else ANTHROPIC_PAGES
+    seen, transport = canned(pages)
+    with cls(5.0, api_key="", transport=transport, clock=lambda: NOW) as source:
+        source.fetch(None)
+    header = "authorization" if cls is OpenAISpend else "x-api-key"
+    assert ADMIN in seen[0].headers[header]

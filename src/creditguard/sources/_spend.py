@@ -276,6 +276,8 @@ class _SpendSource(HttpSource):
             raise ConfigError("period", period, "'day', 'week' or 'month' (calendar, UTC)")
         if clock is not None and not callable(clock):
             raise ConfigError("clock", clock, "a function returning an aware datetime")
+        if isinstance(api_key, str) and not api_key.strip():
+            api_key = None  # api_key=os.environ.get("X", ""): as if not given, checked below
         if api_key is None and api_key_env is None:
             api_key_env = self._default_env
         if (
