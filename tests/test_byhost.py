@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import httpx2
 import openai
 import pytest
 
@@ -322,3 +323,38 @@ def test_httpx_client_for_unrouted_host_never_leaves(
     _, router = by_host(openrouter, deepseek)
     with httpx.Client(transport=router) as http, pytest.raises(httpx.ConnectError):
         http.get("https://example.invalid/")
+
+
+class _Named:
+    """A source whose balance says which host entry answered."""
+
+    per_credential = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fetch(self, credential: str | None) -> Balance:
+        return Balance(remaining=1.0, total=None, source=self.name)
+
+    async def afetch(self, credential: str | None) -> Balance:
+        return self.fetch(credential)
+
+
+@pytest.mark.parametrize(
+    ("configured", "url"),
+    [
+        ("api.deepseek.com", "https://API.DeepSeek.com./v1/chat/completions"),  # trailing dot
+        ("bücher.example", "https://xn--bcher-kva.example/v1/chat/completions"),
+        ("xn--bcher-kva.example", "https://bücher.example/v1/chat/completions"),
+        ("[::1]:8080", "http://[::1]:8080/v1/chat/completions"),
+        ("::1", "http://[::1]:9/v1/chat/completions"),
+        ("[::1]", "http://[::1]/v1/chat/completions"),
+    ],
+)
+def test_a_host_is_found_however_the_url_spells_it(configured: str, url: str) -> None:
+    # the transport passes httpx's URL.host (Unicode IDNA, trailing dot kept, IPv6 bare)
+    by_host = ByHost({configured: _Named("this"), "*": _Named("other")})
+    for parsed in (httpx.URL(url), httpx2.URL(url)):
+        credential = by_host.host_credential(parsed.host, parsed.port, KEY)
+        assert by_host.fetch(credential).source == "this"
+    assert by_host.fetch(by_host.credential(httpx.URL(url).netloc.decode())).source == "this"

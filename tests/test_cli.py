@@ -350,3 +350,40 @@ def test_watch_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
+
+
+def test_status_json_always_prints_a_json_document(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a script piping `status --json` into a JSON reader gets a document, even on a bad config
+    path = tmp_path / "creditguard.toml"
+    path.write_text("[creditguard]\nttl = -1\n")
+    assert cli.main(["status", "--config", str(path), "--json"]) == 2
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
+    assert doc["exit_status"] == 2 and doc["balance"] is None and "ttl" in doc["error"]
+    assert "ttl" in captured.err
+    monkeypatch.delenv("CG_UNSET_KEY", raising=False)
+    assert cli.main(["status", "--json", "--credential-env", "CG_UNSET_KEY"]) == 2
+    doc = json.loads(capsys.readouterr().out)
+    assert "CG_UNSET_KEY" in doc["error"]
+
+
+@pytest.mark.parametrize("interval", ["inf", "nan", "-1"])
+def test_watch_refuses_an_interval_it_cannot_sleep(
+    interval: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # time.sleep(inf) is an OverflowError; nan made ttl nan
+    assert cli.main(["watch", "--interval", interval, "--count", "2"]) == 2
+    assert "--interval" in capsys.readouterr().err
+
+
+def test_ctrl_c_during_status_exits_130_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def interrupted(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "status", interrupted)
+    assert cli.main(["status"]) == cli.EXIT_INTERRUPTED == 130
+    assert "interrupted" in capsys.readouterr().err

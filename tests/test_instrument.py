@@ -216,3 +216,16 @@ def test_close_restores_the_classes(guard: BudgetGuard) -> None:
     with guard.instrument():
         assert httpx.Client.__init__ is not before[0]
     assert (httpx.Client.__init__, httpx.AsyncClient.__init__, httpx2.Client.__init__) == before
+
+
+@pytest.mark.parametrize("paths", ["/chat/completions", [], [""], [None], 5])
+def test_bad_paths_are_refused_at_instrument_not_at_a_distant_client(
+    guard: BudgetGuard, paths: Any
+) -> None:
+    # a bare string would be its characters ('/', 'c', ...): every path judged
+    with pytest.raises(ConfigError) as info:
+        guard.instrument(paths=paths)
+    assert "paths" in str(info.value)
+    # nothing was patched: clients are built as usual
+    with httpx.Client() as client:
+        assert not isinstance(client._transport, cg1.GuardTransport)

@@ -28,6 +28,7 @@ from creditguard.sources import (
     StabilityBalance,
     VercelGatewayCredits,
 )
+from creditguard.sources._deepseek import parse_deepseek
 from creditguard.sources._openrouter import next_reset
 from creditguard.testing import FakeProvider
 
@@ -788,3 +789,22 @@ def test_the_transport_refuses_a_balance_in_another_unit_as_unusable(fake: FakeP
     assert reason == "no usable credit balance could be had, and the policy refuses then"
     assert fake.count("chat") == 0
     guard.close()
+
+
+def test_a_unit_is_one_spelling_whoever_writes_it() -> None:
+    # Policy(unit="usd") once made every USD balance unusable ("in USD ... in usd")
+    usd = cg.Balance(remaining=10.0, unit="USD")
+    assert cg.Policy(unit=" usd").unit == "USD"
+    assert cg.decide(usd, cg.Policy(refuse_below=1.0, unit="usd"), "m").action == "allow"
+    assert cg.Policy(unit="credits").unit == "credits"
+    doc = {
+        "is_available": True,
+        "balance_infos": [
+            {"currency": "cny", "total_balance": "70.00"},
+            {"currency": "usd", "total_balance": "10.00"},
+        ],
+    }
+    assert parse_deepseek(doc).unit == "USD"  # the USD entry, however DeepSeek spells it
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=doc))
+    with DeepSeekBalance(api_key="sk-unit", unit="cny", transport=transport) as source:
+        assert source.fetch(None).remaining == 70.0

@@ -425,3 +425,23 @@ def test_config_error_still_shows_ordinary_values() -> None:
     with pytest.raises(ConfigError) as info:
         cg.Policy(downgrade={"openai/gpt-4o": ""})
     assert "openai/gpt-4o" in str(info.value)
+
+
+def test_no_watchdog_thread_outlives_a_sync_fetch() -> None:
+    # each fetch arms a timer thread for its deadline; it ends with the fetch
+    answer = {"data": {"limit": 10, "usage": 1, "limit_remaining": 9}}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    with OpenRouterKey(api_key="sk-or-v1-watchdog", transport=transport) as source:
+        before = set(threading.enumerate())
+        for _ in range(50):
+            source.fetch(None)
+            assert set(threading.enumerate()) <= before
+        failing = OpenRouterKey(
+            api_key="sk-or-v1-watchdog",
+            transport=httpx.MockTransport(lambda request: httpx.Response(500)),
+        )
+        with failing:
+            for _ in range(20):
+                with pytest.raises(CreditSourceError):
+                    failing.fetch(None)
+                assert set(threading.enumerate()) <= before

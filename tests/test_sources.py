@@ -1373,3 +1373,28 @@ def test_a_key_given_as_api_key_env_is_refused_without_echo() -> None:
         OpenRouterKey(api_key_env=key)
     assert key not in str(info.value) and key not in repr(info.value)
     assert "api_key_env" in str(info.value)
+
+
+def test_a_password_in_base_url_reaches_no_repr_error_or_cli_line() -> None:
+    # a gateway's base_url may carry basic-auth credentials: shown masked everywhere
+    source = sources_pkg.OpenRouterCredits(base_url="https://team:hunter2-secret@gw.example/api/v1")
+    assert "hunter2" not in repr(source)
+    assert "team:<redacted>@gw.example" in repr(source)
+    with pytest.raises(ConfigError) as info:
+        sources_pkg.OpenRouterCredits(base_url="htps://team:hunter2-secret@gw.example/api/v1")
+    assert "hunter2" not in str(info.value)
+    assert "hunter2" not in repr(info.value.value)
+
+
+@pytest.mark.parametrize("cls", [sources_pkg.DeepSeekBalance, sources_pkg.OpenRouterKey])
+def test_a_hex_key_given_as_api_key_env_is_not_echoed(cls: Any) -> None:
+    # a 64-hex key starting with a letter is a valid variable name: "... is not set"
+    # once quoted it whole in the text of what is allowed
+    key = "a3f9c2e81b7d4f60" * 4
+    with pytest.raises(ConfigError) as info:
+        cls(api_key_env=key)
+    assert key not in str(info.value) and key not in repr(info.value.args)
+    assert "is not set" in str(info.value)
+    with pytest.raises(ConfigError) as spend:
+        sources_pkg.OpenAISpend(5.0, api_key_env=key)
+    assert key not in str(spend.value)

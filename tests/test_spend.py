@@ -364,6 +364,24 @@ OPENAI_FAULTS = [
         "not a finite number",
     ),
     (
+        # each value finite, their sum not: never a Balance(-inf) ValueError
+        "values-add-up-to-inf",
+        {
+            "data": [
+                {
+                    "start_time": 4e9,
+                    "end_time": 4e9 + 86400,
+                    "results": [
+                        {"amount": {"value": 1e308, "currency": "usd"}},
+                        {"amount": {"value": 1e308, "currency": "usd"}},
+                    ],
+                }
+            ],
+            "has_more": False,
+        },
+        "more than any budget",
+    ),
+    (
         "start-string",
         {"data": [{"start_time": "1", "end_time": 2, "results": []}], "has_more": False},
         "start_time is a string",
@@ -376,9 +394,27 @@ OPENAI_FAULTS = [
 ]
 ANTHROPIC_FAULTS = [
     ("amount-number", _anthropic_result(amount=123.45, currency="USD"), "amount is a number"),
-    ("amount-words", _anthropic_result(amount="lots", currency="USD"), "not a decimal number"),
-    ("amount-nan", _anthropic_result(amount="NaN", currency="USD"), "not a finite number"),
-    ("amount-inf", _anthropic_result(amount="Infinity", currency="USD"), "not a finite number"),
+    ("amount-words", _anthropic_result(amount="lots", currency="USD"), "not a decimal string"),
+    # decimal strings as documented, nothing Decimal() happens to take too
+    ("amount-exponent", _anthropic_result(amount="1e5", currency="USD"), "not a decimal string"),
+    ("amount-underscore", _anthropic_result(amount="1_000", currency="USD"), "not a decimal"),
+    ("amount-overflow", _anthropic_result(amount="9e999999999", currency="USD"), "not a decimal"),
+    (
+        "amounts-too-large",
+        {
+            "data": [
+                {
+                    "starting_at": "2100-03-01T00:00:00Z",
+                    "ending_at": "2100-03-02T00:00:00Z",
+                    "results": [{"amount": "9" * 60, "currency": "USD"}],
+                }
+            ],
+            "has_more": False,
+        },
+        "more than any budget",
+    ),
+    ("amount-nan", _anthropic_result(amount="NaN", currency="USD"), "not a decimal string"),
+    ("amount-inf", _anthropic_result(amount="Infinity", currency="USD"), "not a decimal"),
     ("amount-negative", _anthropic_result(amount="-5", currency="USD"), "amount is negative"),
     ("amount-missing", _anthropic_result(currency="USD"), "amount is missing"),
     ("currency-cny", _anthropic_result(amount="5", currency="CNY"), "expected 'USD'"),
@@ -650,3 +686,22 @@ def test_anthropic_base_url_as_sdks_take_it(fake: FakeProvider) -> None:
     for url in (fake.anthropic_base_url, fake.anthropic_base_url + "/v1"):
         with AnthropicSpend(5.0, api_key=ADMIN, base_url=url, clock=lambda: NOW) as source:
             assert source.fetch(None).remaining == pytest.approx(3.5)
+
+
+@pytest.mark.parametrize("cls", SOURCES)
+def test_a_blank_admin_key_is_as_loud_as_none(
+    cls: SpendType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # api_key=os.environ.get("ADMIN", "") with ADMIN unset: refused when built, not at
+    # every refresh later; with the default variable set, that key is used
+    monkeypatch.delenv(cls._default_env, raising=False)
+    with pytest.raises(ConfigError) as info:
+        cls(5.0, api_key="  ")
+    assert info.value.key == "api_key_env" and cls._default_env in str(info.value)
+    monkeypatch.setenv(cls._default_env, ADMIN)
+    pages = OPENAI_PAGES if cls is OpenAISpend else ANTHROPIC_PAGES
+    seen, transport = canned(pages)
+    with cls(5.0, api_key="", transport=transport, clock=lambda: NOW) as source:
+        source.fetch(None)
+    header = "authorization" if cls is OpenAISpend else "x-api-key"
+    assert ADMIN in seen[0].headers[header]

@@ -13,6 +13,8 @@ import re
 import secrets
 from typing import Any
 
+from .errors import redact_userinfo
+
 __all__ = ["NO_CREDENTIAL", "Fingerprinter", "describe", "redact"]
 
 _MAX_DETAIL = 160
@@ -70,11 +72,12 @@ class Fingerprinter:
 
 
 def redact(text: str, *secrets_: str | None) -> str:
-    """``text`` with every given secret (and any ``key=...`` query value) masked."""
+    """``text`` with every given secret (and any ``key=...`` query value, and the
+    password of any ``scheme://user:password@host`` URL) masked."""
     for secret in secrets_:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "<redacted>")
-    return _redact_query(text)
+    return redact_userinfo(_redact_query(text))
 
 
 def _redact_query(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Balance", "check_cost"]
+__all__ = ["Balance", "check_cost", "normal_unit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +103,10 @@ def check_cost(cost: object) -> float:
     ):
         raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
     return float(cost)
+
+
+def normal_unit(unit: str) -> str:
+    """A unit as balances carry it: trimmed, a currency code in capitals
+    (``" usd"`` -> ``"USD"``); other units (``"credits"``) as written."""
+    unit = unit.strip()
+    return unit.upper() if len(unit) == 3 and unit.isascii() and unit.isalpha() else unit

@@ -1,7 +1,8 @@
 """``creditguard`` command line: ``demo`` (offline), ``status`` and ``watch``.
 
 Exit status (``status``): 0 allow or warn, 3 downgrade, 4 refuse (the most
-severe over the models judged), 2 no usable balance or a bad config.
+severe over the models judged), 2 no usable balance or a bad config, 130
+interrupted (Ctrl-C; ``watch`` ends with 0).
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ def demo_openai(out: Any) -> None:
 # -- status and watch -------------------------------------------------------------
 
 EXIT_OK, EXIT_UNUSABLE, EXIT_DOWNGRADE, EXIT_REFUSE = 0, 2, 3, 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 _EXIT = {"allow": EXIT_OK, "warn": EXIT_OK, "downgrade": EXIT_DOWNGRADE, "refuse": EXIT_REFUSE}
 
 
@@ -241,15 +243,13 @@ def status(
     try:
         guard = _guard(config)
     except ConfigError as exc:
-        print(f"creditguard: bad config: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return _unusable(f"bad config: {exc}", out, as_json)
     try:
         names = _models(guard, models)
         decisions = [guard.check(name, credential=credential) for name in names]
         held = guard.ledger.reserved(credential)
     except CreditGuardError as exc:
-        print(f"creditguard: {exc}", file=sys.stderr)
-        return EXIT_UNUSABLE
+        return _unusable(str(exc), out, as_json)
     finally:
         guard.close()
     first = decisions[0]
@@ -299,6 +299,16 @@ def status(
         model = f" -> {d.model}" if d.model != name else ""
         print(f"  {name}: {d.action}{model} — {d.reason}", file=out)
     return code
+
+
+def _unusable(message: str, out: TextIO, as_json: bool) -> int:
+    """Exit status 2 with ``message`` on stderr; with --json, a JSON document on
+    stdout too, so a script reading it always gets one."""
+    print(f"creditguard: {message}", file=sys.stderr)
+    if as_json:
+        doc = {"error": message, "balance": None, "exit_status": EXIT_UNUSABLE}
+        print(json.dumps(doc, indent=2), file=out)
+    return EXIT_UNUSABLE
 
 
 def _json_number(value: object) -> object:
@@ -498,6 +508,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
+    except KeyboardInterrupt:  # Ctrl-C outside watch's loop (a slow fetch of status)
+        print("creditguard: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # piped into a command that stopped reading (| head)
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
@@ -508,15 +521,22 @@ def _run(args: argparse.Namespace) -> int:
     with _logging(getattr(args, "verbose", False)):
         if args.command == "demo":
             return demo()
+        as_json = args.command == "status" and args.json
         try:
             credential = _credential(args.credential_env)
         except ConfigError as exc:
-            print(f"creditguard: {exc}", file=sys.stderr)
-            return EXIT_UNUSABLE
+            return _unusable(str(exc), sys.stdout, as_json)
         if args.command == "status":
-            return status(args.config, args.model, credential, as_json=args.json)
-        if args.interval < 0 or (args.count is not None and args.count < 1):
-            print("creditguard: --interval must be >= 0 and --count >= 1", file=sys.stderr)
+            return status(args.config, args.model, credential, as_json=as_json)
+        if (
+            not math.isfinite(args.interval)
+            or args.interval < 0
+            or (args.count is not None and args.count < 1)
+        ):
+            print(
+                "creditguard: --interval must be a finite number >= 0 and --count >= 1",
+                file=sys.stderr,
+            )
             return EXIT_UNUSABLE
         return watch(args.config, args.model, credential, interval=args.interval, count=args.count)
 

@@ -92,11 +92,14 @@ class ConfigError(CreditGuardError, ValueError):
     """
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
-        value = mask(value)
+        raw, value = value, mask(value)
+        if isinstance(raw, str) and value is not raw and len(raw.strip()) >= 4:
+            # the text of what is allowed may quote the value ("X is not set"): masked there too
+            allowed = allowed.replace(raw.strip(), REDACTED)
         self.key = key
         self.value = value
         self.allowed = allowed
-        shown = _KEY_IN_TEXT.sub(REDACTED, repr(value))
+        shown = redact_userinfo(_KEY_IN_TEXT.sub(REDACTED, repr(value)))
         super().__init__(f"{key} = {shown} is not valid: {allowed}")
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -108,6 +111,8 @@ class ConfigError(CreditGuardError, ValueError):
 REDACTED = "<redacted>"
 _KEY_PREFIX = re.compile(r"(?:sk|pk|rk)[-_][A-Za-z0-9]")  # sk-or-v1-..., sk-proj-..., sk-ant-...
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]{24,}")
+# the password of a scheme://user:password@host URL (a base_url or webhook URL)
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@'\"]*):[^/\s@'\"]*@")
 _KEY_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)[-_][A-Za-z0-9][A-Za-z0-9_\-]{6,}")
 
 
@@ -129,7 +134,7 @@ def mask(value: object, _depth: int = 0) -> object:
     """``value`` with key-like strings replaced by ``<redacted>`` (in lists,
     tuples and mappings too, a few levels deep)."""
     if isinstance(value, str):
-        return REDACTED if looks_like_key(value) else value
+        return REDACTED if looks_like_key(value) else redact_userinfo(value)
     if _depth >= 4:
         return value
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
@@ -146,3 +151,11 @@ def mask(value: object, _depth: int = 0) -> object:
             return {mk: mv for _, _, mk, mv in pairs}
         return value
     return value
+
+
+def redact_userinfo(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL
+    masked (a gateway's base_url, a webhook URL may carry one)."""
+    if "@" not in text:
+        return text
+    return _USERINFO.sub(r"\1:" + REDACTED + "@", text)

@@ -74,13 +74,28 @@ def _check_layout(module: Any) -> None:
         )
 
 
+def _paths(paths: Iterable[str]) -> tuple[str, ...]:
+    """Checked here, once: a bad ``paths`` found only when a framework builds its
+    client would fail far from the mistake (and a bare string is not a list)."""
+    allowed = "a list of non-empty path suffixes such as ['/chat/completions']"
+    if isinstance(paths, (str, bytes)):
+        raise ConfigError("paths", paths, allowed)
+    try:
+        found = tuple(paths)
+    except TypeError:
+        raise ConfigError("paths", f"<{type(paths).__name__}>", allowed) from None
+    if not found or not all(isinstance(p, str) and p for p in found):
+        raise ConfigError("paths", found, allowed)
+    return found
+
+
 class Instrumentation:
     """The handle :meth:`BudgetGuard.instrument` returns: ``close()`` (or the
     end of a ``with`` block) undoes the patching."""
 
     def __init__(self, guard: BudgetGuard, paths: Iterable[str] = DEFAULT_PATHS) -> None:
         self.guard = guard
-        self.paths = tuple(paths)
+        self.paths = _paths(paths)
         self.active = False
         self.wrapped = 0  # transports wrapped so far
         self._patched: list[tuple[type, Callable[..., None], Callable[..., None]]] = []

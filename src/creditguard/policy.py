@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeAlias
 
 from ._globmap import GlobMap
-from .balance import Balance
+from .balance import Balance, normal_unit
 from .errors import ConfigError
 
 __all__ = ["Action", "Decision", "Policy", "Threshold", "decide"]
@@ -194,6 +194,8 @@ class Policy:
             raise ConfigError("enforce", self.enforce, "true or false (false: shadow mode)")
         if self.unit is not None and (not isinstance(self.unit, str) or not self.unit.strip()):
             raise ConfigError("unit", self.unit, "a unit name such as 'USD', 'CNY' or 'credits'")
+        if self.unit is not None:  # " usd" asserts what a "USD" balance is in
+            object.__setattr__(self, "unit", normal_unit(self.unit))
         object.__setattr__(self, "max_stale", _non_negative("max_stale", self.max_stale))
         object.__setattr__(self, "error_ttl", _non_negative("error_ttl", self.error_ttl))
         object.__setattr__(self, "downgrade", dict(self.downgrade))

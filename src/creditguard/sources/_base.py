@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable
+from typing import Any, Protocol, runtime_checkable
 
-from .._fingerprint import describe
+from .._fingerprint import describe, redact
 from ..balance import Balance
+from ..errors import CreditSourceError
 
-__all__ = ["CreditSource", "describe", "logger"]
+__all__ = ["CreditSource", "aclose_all", "as_source_error", "close_all", "describe", "logger"]
 
 # describe lives beside redact; re-exported for the sources
 
@@ -39,3 +42,36 @@ class CreditSource(Protocol):
     def fetch(self, credential: str | None) -> Balance: ...
 
     async def afetch(self, credential: str | None) -> Balance: ...
+
+
+# -- for sources made of other sources (ByHost, Tightest) ------------------------------
+
+
+def as_source_error(exc: Exception, source: object, credential: str | None) -> CreditSourceError:
+    """``exc`` raised by an inner ``source`` as a CreditSourceError, the key redacted."""
+    if isinstance(exc, CreditSourceError):
+        return exc
+    name = getattr(source, "name", "") or type(source).__name__
+    return CreditSourceError(redact(describe(exc, credential), credential), source=str(name))
+
+
+def close_all(sources: Iterable[object]) -> None:
+    """Closes every source that can be closed."""
+    for source in sources:
+        close: Any = getattr(source, "close", None)
+        if callable(close):
+            close()
+
+
+async def aclose_all(sources: Iterable[object]) -> None:
+    """Closes every source that can be closed (``aclose`` where it has one)."""
+    for source in sources:
+        aclose: Any = getattr(source, "aclose", None)
+        if callable(aclose):
+            result = aclose()
+            if inspect.isawaitable(result):
+                await result
+        else:
+            close: Any = getattr(source, "close", None)
+            if callable(close):
+                close()

@@ -25,16 +25,15 @@ A host with no entry and no ``"*"`` fares the same.
 from __future__ import annotations
 
 import asyncio
-import inspect
+import contextlib
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._fingerprint import redact
 from ..balance import Balance
 from ..errors import ConfigError, CreditSourceError
 from ..policy import Policy
-from ._base import CreditSource, describe, logger
+from ._base import CreditSource, aclose_all, as_source_error, close_all, logger
 
 __all__ = ["ByHost"]
 
@@ -44,11 +43,47 @@ _ANY = "*"
 _HOST = re.compile(r"[a-z0-9._\-\[\]:]+")
 
 
+def _canon(host: str) -> str:
+    """One spelling per host, as configured and as a request's URL gives it:
+    lower case, no trailing dot, IDNA as ASCII (``xn--...``; httpx gives the
+    Unicode form), an IPv6 address without brackets."""
+    name = host.strip().lower().rstrip(".")
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if not name.isascii():
+        # left as it is when it cannot be encoded: refused by the config check, never matched
+        with contextlib.suppress(UnicodeError):
+            name = name.encode("idna").decode("ascii")
+    return name
+
+
+def _with_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _split_port(name: str) -> tuple[str, int | None]:
+    """``"host:port"`` / ``"[v6]:port"`` -> (host, port); a bare host -> (host, None)."""
+    if name.startswith("["):
+        inside, _, rest = name[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return inside, int(port) if port.isdigit() else None
+    if name.count(":") == 1:
+        host, _, port = name.partition(":")
+        if port.isdigit():
+            return host, int(port)
+    return name, None
+
+
 def _normal(host: object) -> str:
     if not isinstance(host, str):
         raise ConfigError("sources", host, "host names (strings) as keys, e.g. 'api.deepseek.com'")
-    name = host.strip().lower().rstrip(".")
-    if name != _ANY and (not name or not _HOST.fullmatch(name) or "/" in name):
+    if host.strip() == _ANY:
+        return _ANY
+    bare, port = _split_port(host.strip().lower().rstrip("."))
+    name = _canon(bare)
+    if port is not None:
+        name = _with_port(name, port)
+    if not name or not _HOST.fullmatch(name) or "/" in name:
         raise ConfigError(
             "sources",
             host,
@@ -109,9 +144,9 @@ class ByHost:
     # -- the host in a credential ------------------------------------------------
 
     def _entry(self, host: str, port: int | None) -> str | None:
-        host = host.lower()
+        host = _canon(host)
         if port is not None:
-            with_port = f"{host}:{port}"
+            with_port = _with_port(host, port)
             if with_port in self.sources:
                 return with_port
         if host in self.sources:
@@ -123,7 +158,7 @@ class ByHost:
         by: the host's entry, and the key when that host's source judges per key."""
         entry = self._entry(host, port)
         if entry is None:
-            entry = _ANY if _ANY in self.sources else host.lower()
+            entry = _ANY if _ANY in self.sources else _canon(host)
         source = self.sources.get(entry)
         if source is not None and not source.per_credential:
             credential = None  # one balance for the host, whatever key a call carries
@@ -132,11 +167,10 @@ class ByHost:
     def credential(self, host: str, key: str | None = None) -> str:
         """The credential naming ``host`` for ``guard.check(credential=...)``,
         ``guard.reserve`` and the decorator's ``credential_arg``."""
-        name = host.strip().lower().rstrip(".")
-        if name in self.sources or ":" not in name:
-            return self.host_credential(name, None, key)
-        name, _, port = name.rpartition(":")
-        return self.host_credential(name, int(port) if port.isdigit() else None, key)
+        if host.strip() == _ANY:
+            return self.host_credential(_ANY, None, key)
+        name, port = _split_port(host.strip().lower().rstrip("."))
+        return self.host_credential(name, port, key)
 
     def _split(self, credential: str | None) -> tuple[str | None, str | None]:
         """(entry or None when no host is named, the call's own key or None)."""
@@ -180,7 +214,7 @@ class ByHost:
         try:
             balance = source.fetch(key if source.per_credential else None)
         except Exception as exc:
-            error = _as_source_error(exc, source, key)
+            error = as_source_error(exc, source, key)
         else:
             logger.debug("%s: %s -> %s", self.name, entry, balance.source)
             return balance
@@ -195,7 +229,7 @@ class ByHost:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            error = _as_source_error(exc, source, key)
+            error = as_source_error(exc, source, key)
         else:
             logger.debug("%s: %s -> %s", self.name, entry, balance.source)
             return balance
@@ -214,32 +248,13 @@ class ByHost:
 
     def close(self) -> None:
         """Closes every source that can be closed."""
-        for source in self.sources.values():
-            close: Any = getattr(source, "close", None)
-            if callable(close):
-                close()
+        close_all(self.sources.values())
 
     async def aclose(self) -> None:
         """Closes every source that can be closed (``aclose`` where it has one)."""
-        for source in self.sources.values():
-            aclose: Any = getattr(source, "aclose", None)
-            if callable(aclose):
-                result = aclose()
-                if inspect.isawaitable(result):
-                    await result
-            else:
-                close: Any = getattr(source, "close", None)
-                if callable(close):
-                    close()
+        await aclose_all(self.sources.values())
 
     def __repr__(self) -> str:
         inner = ", ".join(f"{host!r}: {source!r}" for host, source in self.sources.items())
         extra = f", policies={sorted(self.policies)}" if self.policies else ""
         return f"ByHost({{{inner}}}{extra})"
-
-
-def _as_source_error(exc: Exception, source: CreditSource, key: str | None) -> CreditSourceError:
-    if isinstance(exc, CreditSourceError):
-        return exc
-    name = getattr(source, "name", "") or type(source).__name__
-    return CreditSourceError(redact(describe(exc, key), key), source=str(name))

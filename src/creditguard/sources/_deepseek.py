@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-from ..balance import Balance
+from ..balance import Balance, normal_unit
 from ..errors import ConfigError
 from ._http import BadResponse, HttpSource, get_decimal, get_string
 
@@ -45,7 +45,7 @@ def parse_deepseek(
         assert total is not None
         for field in ("granted_balance", "topped_up_balance"):
             get_decimal(entry, field, f"{path}.{field}")
-        entries.append((currency.strip(), total))
+        entries.append((normal_unit(currency), total))
     currencies = [currency for currency, _ in entries]
     if unit is not None:
         if unit not in currencies:
@@ -93,7 +93,7 @@ class DeepSeekBalance(HttpSource):
             transport=transport,
             async_transport=async_transport,
         )
-        self.unit = None if unit is None else unit.strip()
+        self.unit = None if unit is None else normal_unit(unit)
 
     def _parse(self, doc: dict[str, Any], fetched_at: float) -> Balance:
         return parse_deepseek(doc, unit=self.unit, fetched_at=fetched_at)

@@ -347,6 +347,8 @@ class _Watchdog:
             sockets, self._sockets = self._sockets, []
         if timer is not None:
             timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join()  # no timer thread outlives its fetch (it wakes at once)
         for sock in sockets:
             sock.close()
 
@@ -561,6 +563,18 @@ class HttpSource:
     def _read(self, status: int, body: bytes) -> dict[str, Any]:
         return read_answer(status, body, self._forbidden_hint)
 
+    def _advance(self, plan: Plan, status: int, body: bytes) -> httpx.Request | Balance:
+        """The plan's next request, given the answer to its last one, or its Balance."""
+        try:
+            return plan.send(self._read(status, body))
+        except StopIteration as stop:
+            balance: Balance = stop.value
+            return balance
+        except BadResponse as exc:
+            if exc.status_code is None:
+                exc.status_code = status
+            raise
+
     def _done(self, balance: Balance) -> Balance:
         logger.debug(
             "%s: remaining=%s %s (total=%s)",
@@ -628,15 +642,10 @@ class HttpSource:
                 status, body = response.status_code, _read_body(response, deadline)
             finally:
                 response.close()
-            try:
-                request = plan.send(self._read(status, body))
-            except StopIteration as stop:
-                balance: Balance = stop.value
-                return balance
-            except BadResponse as exc:
-                if exc.status_code is None:
-                    exc.status_code = status
-                raise
+            step = self._advance(plan, status, body)
+            if isinstance(step, Balance):
+                return step
+            request = step
 
     async def afetch(self, credential: str | None) -> Balance:
         """The balance, fetched now (at most ``timeout`` seconds)."""
@@ -662,15 +671,10 @@ class HttpSource:
                     status, body = response.status_code, await _aread_body(response)
                 finally:
                     await response.aclose()
-                try:
-                    request = plan.send(self._read(status, body))
-                except StopIteration as stop:
-                    balance: Balance = stop.value
-                    return balance
-                except BadResponse as exc:
-                    if exc.status_code is None:
-                        exc.status_code = status
-                    raise
+                step = self._advance(plan, status, body)
+                if isinstance(step, Balance):
+                    return step
+                request = step
 
     def _sync_client(self) -> httpx.Client:
         client = self._client

@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..balance import Balance
+from ..balance import Balance, normal_unit
 from ..errors import ConfigError
 from ._http import BadResponse, HttpSource, get_number, get_object
 
@@ -76,7 +76,7 @@ class MoonshotBalance(HttpSource):
         if unit is None:
             host = (urlsplit(self.base_url).hostname or "").lower()
             unit = "CNY" if host == "moonshot.cn" or host.endswith(".moonshot.cn") else "USD"
-        self.unit = unit.strip()
+        self.unit = normal_unit(unit)
 
     def _parse(self, doc: dict[str, Any], fetched_at: float) -> Balance:
         return parse_moonshot(doc, unit=self.unit, fetched_at=fetched_at)

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any, ClassVar, Literal
 
 import httpx
@@ -38,7 +38,7 @@ from ..balance import Balance, check_cost
 from ..errors import ConfigError, CreditSourceError
 from ._base import logger
 from ._fixed import period_start
-from ._http import BadResponse, HttpSource, Plan, get_number
+from ._http import BadResponse, HttpSource, Plan, _json_type, get_decimal, get_number
 
 __all__ = ["AnthropicSpend", "OpenAISpend", "Unshown"]
 
@@ -46,6 +46,7 @@ SpendPeriod = Literal["day", "week", "month"]
 _PERIODS = ("day", "week", "month")
 _MAX_PAGES = 32  # a month is 31 daily buckets: one page; more is a provider looping
 _MAX_EPOCHS = 256
+_MAX_SPENT = 1e15  # USD; a report past it is not a real one (and would overflow sums)
 
 
 def _utcnow() -> datetime:
@@ -138,28 +139,14 @@ def _list(container: dict[str, Any], key: str, path: str) -> list[Any]:
         raise BadResponse(f"{path} is missing")
     value = container[key]
     if not isinstance(value, list):
-        raise BadResponse(f"{path} is {_kind(value)}, expected an array")
+        raise BadResponse(f"{path} is {_json_type(value)}, expected an array")
     return value
 
 
 def _object(value: object, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise BadResponse(f"{path} is {_kind(value)}, expected an object")
+        raise BadResponse(f"{path} is {_json_type(value)}, expected an object")
     return value
-
-
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _string(container: dict[str, Any], key: str, path: str) -> str:
@@ -167,7 +154,7 @@ def _string(container: dict[str, Any], key: str, path: str) -> str:
         raise BadResponse(f"{path} is missing")
     value = container[key]
     if not isinstance(value, str):
-        raise BadResponse(f"{path} is {_kind(value)}, expected a string")
+        raise BadResponse(f"{path} is {_json_type(value)}, expected a string")
     return value
 
 
@@ -177,7 +164,7 @@ def _paging(doc: dict[str, Any]) -> str | None:
         raise BadResponse("has_more is missing")
     more = doc["has_more"]
     if not isinstance(more, bool):
-        raise BadResponse(f"has_more is {_kind(more)}, expected a boolean")
+        raise BadResponse(f"has_more is {_json_type(more)}, expected a boolean")
     if not more:
         return None
     token = doc.get("next_page")
@@ -187,15 +174,16 @@ def _paging(doc: dict[str, Any]) -> str | None:
 
 
 def _decimal(text: str, path: str) -> Decimal:
-    try:
-        value = Decimal(text.strip())
-    except InvalidOperation:
-        raise BadResponse(f"{path} is not a decimal number") from None
-    if not value.is_finite():
-        raise BadResponse(f"{path} is not a finite number")
-    if value < 0:
-        raise BadResponse(f"{path} is negative")
-    return value
+    """A decimal string as documented (``"123.45"``): the shared reader's rules
+    (no exponent, no ``NaN``, no ``1_000``, at most 64 characters), kept exact."""
+    get_decimal({"v": text}, "v", path, non_negative=True)  # raises BadResponse
+    return Decimal(text.strip())
+
+
+def _finite(spent: float) -> float:
+    if not math.isfinite(spent) or spent > _MAX_SPENT:
+        raise BadResponse("the reported amounts add up to more than any budget")
+    return spent
 
 
 def _timestamp(text: str, path: str) -> float:
@@ -230,7 +218,7 @@ def parse_openai_costs(doc: dict[str, Any], since: float) -> tuple[float, str | 
             assert start is not None and value is not None
             if start >= since:
                 total += Decimal(repr(value))
-    return float(total), _paging(doc)
+    return _finite(float(total)), _paging(doc)
 
 
 def parse_anthropic_costs(doc: dict[str, Any], since: float) -> tuple[float, str | None]:
@@ -252,10 +240,7 @@ def parse_anthropic_costs(doc: dict[str, Any], since: float) -> tuple[float, str
                 raise BadResponse(f"{where}.currency is {currency[:16]!r}, expected 'USD'")
             if start >= since:
                 cents += amount
-    spent = float(cents / 100)
-    if not math.isfinite(spent):
-        raise BadResponse("the reported amounts are not finite")
-    return spent, _paging(doc)
+    return _finite(float(cents / 100)), _paging(doc)
 
 
 # -- the sources ---------------------------------------------------------------
@@ -291,6 +276,8 @@ class _SpendSource(HttpSource):
             raise ConfigError("period", period, "'day', 'week' or 'month' (calendar, UTC)")
         if clock is not None and not callable(clock):
             raise ConfigError("clock", clock, "a function returning an aware datetime")
+        if isinstance(api_key, str) and not api_key.strip():
+            api_key = None  # api_key=os.environ.get("X", ""): as if not given, checked below
         if api_key is None and api_key_env is None:
             api_key_env = self._default_env
         if (
@@ -355,7 +342,7 @@ class _SpendSource(HttpSource):
         for _ in range(_MAX_PAGES):
             doc = yield self._get(key, params=self._params(since, page))
             spent, page = self._spend_of(doc, since)
-            reported += spent
+            reported = _finite(reported + spent)
             if page is None:
                 return self._balance(start, reported)
         raise BadResponse(f"the report has more than {_MAX_PAGES} pages")

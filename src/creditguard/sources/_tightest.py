@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 from dataclasses import replace
 from typing import Any
 
-from .._fingerprint import redact
 from ..balance import Balance
 from ..errors import ConfigError, CreditSourceError
-from ._base import CreditSource, describe, logger
+from ._base import CreditSource, aclose_all, as_source_error, close_all, logger
 
 __all__ = ["Tightest"]
 
@@ -47,7 +45,7 @@ class Tightest:
             try:
                 balances.append((source, source.fetch(credential)))
             except Exception as exc:
-                error = _as_source_error(exc, source, credential)
+                error = as_source_error(exc, source, credential)
                 break
         else:
             return self._pick(balances)
@@ -61,7 +59,7 @@ class Tightest:
         balances: list[tuple[CreditSource, Balance]] = []
         for source, result in zip(self.sources, results, strict=True):
             if isinstance(result, Exception):
-                error = _as_source_error(result, source, credential)
+                error = as_source_error(result, source, credential)
                 break
             if isinstance(result, BaseException):  # cancelled, interrupted
                 raise result
@@ -93,32 +91,11 @@ class Tightest:
 
     def close(self) -> None:
         """Closes every source that can be closed."""
-        for source in self.sources:
-            close: Any = getattr(source, "close", None)
-            if callable(close):
-                close()
+        close_all(self.sources)
 
     async def aclose(self) -> None:
         """Closes every source that can be closed (``aclose`` where it has one)."""
-        for source in self.sources:
-            aclose: Any = getattr(source, "aclose", None)
-            if callable(aclose):
-                result = aclose()
-                if inspect.isawaitable(result):
-                    await result
-            else:
-                close: Any = getattr(source, "close", None)
-                if callable(close):
-                    close()
+        await aclose_all(self.sources)
 
     def __repr__(self) -> str:
         return f"Tightest({', '.join(repr(source) for source in self.sources)})"
-
-
-def _as_source_error(
-    exc: Exception, source: CreditSource, credential: str | None
-) -> CreditSourceError:
-    if isinstance(exc, CreditSourceError):
-        return exc
-    name = getattr(source, "name", "") or type(source).__name__
-    return CreditSourceError(redact(describe(exc, credential), credential), source=name)
