@@ -17,9 +17,9 @@ import pytest
 
 import creditguard.httpx as cg1
 import creditguard.httpx2 as cg2
-from creditguard import Balance, BudgetGuard, Decision, Policy
+from creditguard import Balance, BudgetGuard, ConfigError, Decision, Policy
 from creditguard._body import find_member
-from creditguard.sources import OpenRouterKey
+from creditguard.sources import FixedBudget, OpenRouterKey
 from creditguard.testing import FakeProvider
 
 KEY = "sk-or-v1-TRANSPORTSECRET000000000000"
@@ -592,3 +592,12 @@ def test_downgrade_and_credential_without_the_library_shortcuts(
     assert r.json() == {"ok": True}
     # a percent-encoded path is judged by its decoded form either way
     assert h.post("/chat/completion%73").headers["x-creditguard-decision"] == "downgrade"
+
+
+@pytest.mark.parametrize("paths", ["/chat/completions", b"/chat/completions", [], [""]])
+def test_paths_must_be_a_list_of_suffixes(paths: object) -> None:
+    # a bare string would be read as its characters: every POST ending in "/" or
+    # "s" would be judged (and possibly refused) as a generation call
+    guard = BudgetGuard(FixedBudget(1.0), Policy(refuse_below=0.5))
+    with pytest.raises(ConfigError, match="paths"):
+        guard.client(transport=httpx.MockTransport(lambda r: httpx.Response(200)), paths=paths)

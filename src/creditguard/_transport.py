@@ -303,11 +303,14 @@ class Core:
     def __init__(self, guard: BudgetGuard, lib: Lib, paths: Iterable[str] = DEFAULT_PATHS):
         self.guard = guard
         self.lib = lib
-        self.paths = tuple(paths)
+        # (a bare string is not a list of paths: tuple() would make it its characters)
+        self.paths = () if isinstance(paths, (str, bytes)) else tuple(paths)
         if not self.paths or not all(isinstance(p, str) and p for p in self.paths):
             from .errors import ConfigError
 
-            raise ConfigError("paths", paths, "non-empty path suffixes such as '/chat/completions'")
+            raise ConfigError(
+                "paths", paths, "a list of non-empty path suffixes such as ['/chat/completions']"
+            )
         self.per_credential = bool(getattr(guard.source, "per_credential", True))
         self.stablecog = getattr(guard.source, "name", "") == "stablecog"
         # sources.ByHost: the ledger's credential names the host a call goes to
