@@ -244,6 +244,7 @@ class SharedLedger(Ledger):
                 lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
             )
         decision = judge(lookup.balance, lookup.held)
+        amount = decision.held(amount)
         if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
             return decision, None
         balance = lookup.balance
