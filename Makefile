@@ -60,6 +60,7 @@ check: lint test
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/drift.py
+	$(BIN)/python benchmarks/burst.py
 	$(BIN)/python benchmarks/store.py
 
 # the same rows counted in CPU instructions under callgrind: figures that machine

@@ -92,6 +92,8 @@ def test_status_fetches_and_judges_configured_models(
         assert fake.count("key") == 1
     out = capsys.readouterr().out
     assert "balance:  1.5000 USD of 1.5000 USD (openrouter-key)" in out
+    assert "available: 1.5000 USD after holds" in out
+    assert "prices:   openrouter (" in out  # the price lists in use
     assert "openai/gpt-4o: downgrade -> openai/gpt-4o-mini" in out
     assert "anthropic/*" not in out  # globs are not models
     assert KEY not in out

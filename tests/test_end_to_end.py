@@ -95,9 +95,10 @@ def test_decorator_end_to_end_drains_and_refuses(fake: FakeProvider) -> None:
             except CreditsExhausted as exc:
                 assert exc.decision.balance is not None
                 break
-    # 10 -> 7 -> 4 (warn) -> 1 (downgrade: 0.5 left) ... cheap calls until the floor
-    assert models[:3] == ["big", "big", "big"]
-    assert set(models[3:]) == {"cheap"}
+    # 10 -> 7 -> 4: big's learned estimate (3.0, its settled cost) would leave 1, under
+    # downgrade_below 2 -> cheap calls until the floor
+    assert models[:2] == ["big", "big"]
+    assert set(models[2:]) == {"cheap"}
     assert fake.key(KEY_A).usage == pytest.approx(
         10 - guard.check(credential=KEY_A).balance.remaining
     )  # type: ignore[union-attr]

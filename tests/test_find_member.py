@@ -94,3 +94,16 @@ def test_the_prefix_is_checked_only_for_a_rewrite() -> None:
     good = '{"messages": [1], "model": "top"}'
     found = find_member_fast(good, "model")
     assert found is not None and prefix_is_json(good, "model", found[1])
+
+
+def test_members_after_reads_the_members_that_follow_a_value() -> None:
+    from creditguard._body import members_after
+
+    text = '{"messages": [{"max_tokens": 1}], "model": "m", "max_tokens": 5 , "t": 0.2}'
+    end = text.index('"m"') + 3
+    found = members_after(text, end, frozenset({"max_tokens", "x"}))
+    value, (start, stop) = found["max_tokens"]
+    assert value == 5 and text[start:stop] == "5"
+    assert members_after('{"model": "m"}', 13, frozenset({"max_tokens"})) == {}
+    with pytest.raises(ValueError):
+        members_after('{"model": "m", "max_tokens": 5', 13, frozenset({"max_tokens"}))

@@ -359,16 +359,17 @@ def test_decorated_call_charges_usage_cost_or_estimate() -> None:
         raise ValueError("something after the call, maybe")
 
     with_cost("big")  # 20 - 4
-    without_cost("big")  # - 0.5
+    without_cost("big")  # - 4: big's learned estimate (its settled costs), over the 0.5
+    without_cost("other")  # - 0.5: nothing learned for this model
     reports_itself("big")  # - 2, the estimate not on top
     with pytest.raises(ProviderSaidNo):
         fails("big")  # the provider answered an error: nothing charged
     d = guard.check("big", estimate=0.0)
-    assert d.balance is not None and d.balance.remaining == pytest.approx(13.5)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(9.5)
     with pytest.raises(ValueError):
-        breaks("big")  # it may have been billed: the estimate is charged
+        breaks("big")  # it may have been billed: big's estimate (its learned 4.0) is charged
     d = guard.check("big", estimate=0.0)
-    assert d.balance is not None and d.balance.remaining == pytest.approx(13.0)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(5.5)
 
 
 async def test_async_decorated_call_charges_cost() -> None:

@@ -61,7 +61,7 @@ class GuardMiddleware(anthropic.Middleware):
             return None
         guard = self.guard
         text = None
-        if guard.pricing:  # the prompt's size counts only at a known price
+        if guard.prices.any:  # the prompt's size counts only at a known price
             try:
                 text = json.dumps(body, ensure_ascii=False)
             except (TypeError, ValueError, RecursionError):
@@ -69,9 +69,25 @@ class GuardMiddleware(anthropic.Middleware):
         plan = Plan(
             self.credential, "", model, None, text, None, None, "/v1/messages", guard.estimate
         )
-        if guard.pricing:
-            self._core._estimate(plan, False)
+        self._core._estimate(plan, False)  # priced, learned, or the guard's estimate
         return plan
+
+    def _priced(self, plan: Plan) -> None:
+        """Wait for the price lists the plan's estimate needs (loaded lazily)."""
+        if plan.pending:
+            self._core.load_prices(plan)
+
+    async def _apriced(self, plan: Plan) -> None:
+        if plan.pending:
+            await self._core.aload_prices(plan)
+
+    def _runs(self, plan: Plan, decision: Decision) -> None:
+        """A downgrade runs (and is settled as) its target, holding its estimate."""
+        if decision.action == "downgrade" and decision.enforced and decision.model:
+            if decision.model != plan.model:
+                plan.model = decision.model
+                plan.price = self.guard.prices.price(decision.model)
+            plan.estimate = decision.held(plan.estimate)
 
     def _key(self, request: Any) -> str | None:
         key = getattr(request.options, "idempotency_key", None)
@@ -91,7 +107,10 @@ class GuardMiddleware(anthropic.Middleware):
         if decision.action == "refuse":
             raise CreditsExhausted(decision)
         if decision.action == "downgrade" and decision.model is not None:
-            return request.copy(body={**request.json, "model": decision.model})
+            body = {**request.json, "model": decision.model}
+            if decision.max_tokens is not None:  # clamped to what fits
+                body["max_tokens"] = decision.max_tokens
+            return request.copy(body=body)
         return request
 
     def _finish(self, plan: Plan, decision: Decision, hold: Hold | None, response: Any) -> None:
@@ -109,9 +128,15 @@ class GuardMiddleware(anthropic.Middleware):
         guard = self.guard
         first = self._first(request, plan)
         if first is None:
+            self._priced(plan)
             decision, hold = guard._hold(
-                plan.model, plan.credential, plan.estimate, refuse_reason=plan.refuse
+                plan.model,
+                plan.credential,
+                plan.estimate,
+                refuse_reason=plan.refuse,
+                estimator=plan.estimator,
             )
+            self._runs(plan, decision)
             self._decided_now(request, plan, decision)
         else:
             plan.estimate, plan.price = first[1], first[2]
@@ -132,9 +157,15 @@ class GuardMiddleware(anthropic.Middleware):
         guard = self.guard
         first = self._first(request, plan)
         if first is None:
+            await self._apriced(plan)
             decision, hold = await guard._ahold(
-                plan.model, plan.credential, plan.estimate, refuse_reason=plan.refuse
+                plan.model,
+                plan.credential,
+                plan.estimate,
+                refuse_reason=plan.refuse,
+                estimator=plan.estimator,
             )
+            self._runs(plan, decision)
             self._decided_now(request, plan, decision)
         else:
             plan.estimate, plan.price = first[1], first[2]

@@ -22,6 +22,8 @@ __all__ = [
     "find_member",
     "find_member_fast",
     "find_members",
+    "members_after",
+    "members_after_dict",
     "prefix_is_json",
     "usage_from_body",
 ]
@@ -189,6 +191,43 @@ def _closes_top_level(text: str, idx: int) -> bool:
         return False
     # ``{}`` would be a trailing comma, not a member
     return bool(members) and _ws(rest, end) == len(rest)
+
+
+def members_after(text: str, idx: int, names: frozenset[str]) -> dict[str, tuple[object, Span]]:
+    """The members ``names`` among the top-level members that follow the value
+    ending at ``idx`` (the last of duplicates), up to the object's closing
+    brace; SDKs write the sampling options after the model, so a read that
+    starts there decodes a few small members only. Raises ValueError when the
+    members do not run to the closing brace."""
+    found: dict[str, tuple[object, Span]] = {}
+    idx = _ws(text, idx)
+    while text.startswith(",", idx):
+        member = _member(text, _ws(text, idx + 1))
+        if member is None:
+            raise ValueError(f"no object member at {idx}")
+        key, value, start, end = member
+        if key in names:
+            found[key] = (value, (start, end))
+        idx = _ws(text, end)
+    if not text.startswith("}", idx):
+        raise ValueError(f"not the end of the object at {idx}")
+    return found
+
+
+def members_after_dict(text: str, idx: int) -> dict[str, Any] | None:
+    """The top-level members that follow the value ending at ``idx``, decoded
+    in one go by the C scanner (no spans: :func:`members_after` has them);
+    None when they do not read as members running to the closing brace."""
+    idx = _ws(text, idx)
+    if text.startswith("}", idx):
+        return {}
+    if not text.startswith(",", idx):
+        return None
+    try:
+        members, _ = _SCAN("{" + text[idx + 1 :], 0)
+    except (StopIteration, ValueError):
+        return None
+    return members if type(members) is dict else None
 
 
 def prefix_is_json(text: str, name: str, span: Span) -> bool:

@@ -204,7 +204,12 @@ class Reservation:
         if self._done:
             return
         self._done = True
-        amount = self.estimate if cost is None else cost
+        if cost is None:
+            amount = self.estimate
+        else:
+            amount = cost
+            d = self.decision  # learned for the model that ran (shadow mode: as asked)
+            self._guard._settled(d.model if d.enforced else d.requested_model, cost)
         if self._hold is not None:
             self._guard.ledger.settle(self._hold, amount)
         else:
@@ -265,7 +270,7 @@ class Call(Reservation):
         if self.reported:
             self.release()  # what it recorded stands instead
             return
-        self.settle(cost_of_result(result, self._guard.pricing, self.decision.applied.model))
+        self.settle(cost_of_result(result, self._guard.prices, self.decision.applied.model))
 
     def _fail(self, exc: BaseException) -> None:
         if self.reported:
@@ -281,7 +286,7 @@ class Guarded:
     """What the decorator worked out at decoration time about one function,
     and the two pure steps around the guard's decision."""
 
-    __slots__ = ("credential", "estimate", "guard", "model", "shift")
+    __slots__ = ("credential", "estimate", "estimator", "fixed", "guard", "model", "shift")
 
     def __init__(
         self,
@@ -289,12 +294,14 @@ class Guarded:
         raw: Callable[..., Any],
         model_arg: str,
         credential_arg: str | None,
-        estimate: float,
+        estimate: float | None,
         *,
         explicit: bool,
     ) -> None:
         self.guard = guard
-        self.estimate = estimate
+        self.fixed = estimate is not None  # else the model's learned estimate, per call
+        self.estimate = guard.estimate if estimate is None else estimate
+        self.estimator = guard._estimator(estimate)
         # wrapt passes the bound object as ``instance`` and args without it; a
         # bound method given to the decorator has no ``self`` in its signature.
         self.shift = not inspect.ismethod(raw)
@@ -340,6 +347,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
     generator. Each driver is the same three steps around its own I/O."""
     fast, hold, ahold, estimate = guard._fast, guard._hold, guard._ahold, g.estimate
     set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
+    fixed, estimator, learned = g.fixed, g.estimator, guard.prices.default
 
     if inspect.isasyncgenfunction(raw):
 
@@ -347,12 +355,15 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            decision, held = fast(model, credential, estimate, None, None, True) or await ahold(
-                model, credential, estimate, fast=False
-            )
+            est = estimate if fixed else learned(model, estimate)
+            decision, held = fast(
+                model, credential, est, None, None, True, estimator=estimator
+            ) or await ahold(model, credential, est, fast=False, estimator=estimator)
             if decision.action != "allow":
                 args, kwargs = g.apply(decision, instance, args, kwargs)
-            call = Call(guard, decision, held, credential, estimate)
+            if decision._estimate is not None:
+                est = decision.held(est)
+            call = Call(guard, decision, held, credential, est)
             agen = wrapped(*args, **kwargs)
             try:
                 while True:
@@ -382,12 +393,15 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            decision, held = fast(model, credential, estimate, None, None, True) or await ahold(
-                model, credential, estimate, fast=False
-            )
+            est = estimate if fixed else learned(model, estimate)
+            decision, held = fast(
+                model, credential, est, None, None, True, estimator=estimator
+            ) or await ahold(model, credential, est, fast=False, estimator=estimator)
             if decision.action != "allow":
                 args, kwargs = g.apply(decision, instance, args, kwargs)
-            call = Call(guard, decision, held, credential, estimate)
+            if decision._estimate is not None:
+                est = decision.held(est)
+            call = Call(guard, decision, held, credential, est)
             token = set_call(call)
             try:
                 result = await wrapped(*args, **kwargs)
@@ -407,10 +421,13 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential = g.begin(instance, args, kwargs)
-        decision, held = hold(model, credential, estimate)
+        est = estimate if fixed else learned(model, estimate)
+        decision, held = hold(model, credential, est, estimator=estimator)
         if decision.action != "allow":
             args, kwargs = g.apply(decision, instance, args, kwargs)
-        call = Call(guard, decision, held, credential, estimate)
+        if decision._estimate is not None:
+            est = decision.held(est)
+        call = Call(guard, decision, held, credential, est)
         token = set_call(call)
         try:
             result = wrapped(*args, **kwargs)

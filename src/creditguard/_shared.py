@@ -52,6 +52,7 @@ from .sources._fixed import FixedBudget
 from .stores import StoreError
 
 if TYPE_CHECKING:
+    from .policy import Estimator
     from .stores import SharedState, Spend, Store
 
 __all__ = ["SharedLedger"]
@@ -670,6 +671,22 @@ class SharedLedger(Ledger):
             with self._lock:
                 self._adjust(key, held=amount)
             return decision, hold
+        if status == 0 and decision.action != "refuse" and decision.enforced:
+            # The call's own estimate crossed the floor, but the judge chose a
+            # cheaper model (or a clamp) that fits: hold that model's estimate
+            # (a third round trip, only in this case).
+            smaller = decision.held(amount)
+            if reserve and 0 < smaller < wanted:
+                now = time.time()
+                status, state = yield _Op(
+                    "admit", key, token, smaller, floor, now, now + self.hold_timeout, None
+                )
+                if status == 1:
+                    self._mirror(key, state)
+                    with self._lock:
+                        self._adjust(key, held=smaller)
+                    hold = Hold(key, credential, smaller, self._timer() + self.hold_timeout, token)
+                    return decision, hold
         if status == 0:
             if decision.action != "refuse":
                 reason = (
@@ -712,6 +729,7 @@ class SharedLedger(Ledger):
         *,
         reserve: bool,
         can_rewrite: bool | Callable[[], bool] = True,
+        estimator: Estimator | None = None,
     ) -> tuple[Decision, Hold | None] | None:
         """The hot path (sync callers): when the shared snapshot was fresh at
         the last look, read the state and hold in one script and judge on it.
@@ -727,7 +745,13 @@ class SharedLedger(Ledger):
 
         def judge(balance: Balance | None, reserved: float) -> Decision:
             return decide(
-                balance, policy, model, amount, reserved=reserved, can_rewrite=can_rewrite
+                balance,
+                policy,
+                model,
+                amount,
+                reserved=reserved,
+                can_rewrite=can_rewrite,
+                estimator=estimator,
             )
 
         floor = self._floor(seen.balance, policy.refuse_floor)

@@ -34,10 +34,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
-from ._body import find_member_fast, find_members, prefix_is_json, usage_from_body
+from ._body import (
+    find_member_fast,
+    find_members,
+    members_after,
+    members_after_dict,
+    prefix_is_json,
+    usage_from_body,
+)
 from ._protect import unbilled
 from .costs import MAX_COST, Price, cost_from_usage, merge_usage
-from .policy import Decision
+from .policy import Decision, Estimate
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
@@ -187,6 +194,51 @@ class Plan:
     refuse: str | None = None  # a reason to refuse whatever the balance (unknown price)
     checked: bool | None = None  # the whole body is valid JSON (checked on downgrade only)
     usage_edit: tuple[int, int, str] | None = None  # stream_options spliced in (stream_usage)
+    # -- for each model's own estimate (downgrade before refuse) and clamping
+    core: Core | None = None  # set once the call is priced: the plan is its own estimator
+    pending: bool = False  # a price list must be loaded before the estimate is known
+    prompt_tokens: float | None = None
+    limit: int | None = None  # the body's output limit (read when needed: _limit)
+    limit_field: str | None = None
+    limit_span: tuple[int, int] | None = None
+    scanned: bool = False  # the output limit was looked for
+    clamp: bool = False
+
+    @property
+    def estimator(self) -> Plan | None:
+        return self if self.core is not None else None
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The output limit the body asks for (None: none)."""
+        if not self.scanned and self.core is not None:
+            self.core._limit(self)
+        return self.limit
+
+    @property
+    def clampable(self) -> bool:
+        """Can the output limit be rewritten (``clamp_max_tokens`` on, a JSON
+        body with a limit, or a chat body a limit can be added to)?"""
+        if not self.scanned and self.core is not None:
+            self.core._limit(self)
+        return self.clamp
+
+    def __call__(self, model: str) -> Estimate | None:
+        """``model``'s own estimate for this call: the same prompt and output
+        limit at its prices (None: no price, and ``unknown_price="refuse"``)."""
+        core = self.core
+        assert core is not None
+        guard = core.guard
+        book = guard.prices
+        est = book.estimate(model, self.prompt_tokens, self.max_tokens, guard.estimate)
+        if (
+            est.per_token == 0.0
+            and guard.policy.unknown_price == "refuse"
+            and book
+            and book.price(model) is None
+        ):
+            return None
+        return est
 
     def can_rewrite(self) -> bool:
         """Can the model be spliced in? The model was found without decoding
@@ -367,7 +419,7 @@ class Core:
         )
         if first is not None:  # held again as the first attempt was
             plan.estimate, plan.price = first[1], first[2]
-        elif stablecog or self.guard.pricing:
+        elif stablecog or model is not None:
             self._estimate(plan, stablecog)
         if self.stream_usage and text is not None and path.endswith("/chat/completions"):
             plan.usage_edit = _stream_usage_edit(text)
@@ -385,34 +437,104 @@ class Core:
                     outputs = _whole(hit[0]) if hit else None
             plan.estimate = float(outputs if outputs is not None else STABLECOG_OUTPUTS)
             return
-        pricing = guard.pricing
-        if not pricing:
-            return
-        price = plan.price = pricing.price(plan.model)
+        book = guard.prices
+        model = plan.model
+        plan.core = self  # each model's own estimate, when it comes to that (Plan.__call__)
+        if text is not None:
+            plan.prompt_tokens = len(text) / 4  # a conservative bound: ~4 characters a token
+        if book.any:
+            memo = book._memo.get(model) if model is not None else None
+            price = memo[0] if memo is not None else book.price(model)
+        else:
+            price = None
+        plan.price = price
         if price is None:
-            self._unknown_price(plan)
+            # what this model's settled calls cost, else the estimate
+            plan.estimate = book.default(model, guard.estimate)
+            if book.any:
+                if book.pending():
+                    plan.pending = True  # the shell loads the lists (load_prices), then back
+                else:
+                    self._unknown_price(plan)
             return
         if text is None:
             return
-        try:
-            found = find_members(text, _TOKEN_FIELDS)
-        except (ValueError, RecursionError):  # malformed after the model: no limit to read
-            found = {}
-        limit = next(
-            (
-                n
-                for f in _TOKEN_FIELDS_ORDER
-                if f in found and (n := _whole(found[f][0])) is not None
-            ),
-            None,
-        )
-        prompt_tokens = len(text) / 4  # a conservative bound: ~4 characters a token
+        prompt = plan.prompt_tokens or 0.0
+        self._limit(plan)
+        limit = plan.limit
         if limit is None:
-            plan.estimate = price.prompt * prompt_tokens + guard.estimate
+            plan.estimate = price.prompt * prompt + guard.estimate
         else:
-            plan.estimate = price.of(prompt_tokens, limit)
+            plan.estimate = price.prompt * prompt + price.completion * limit
         if not plan.estimate <= MAX_COST:  # absurd limits or prices: held at the cap
             plan.estimate = MAX_COST
+
+    def _limit(self, plan: Plan) -> None:
+        """Read the body's output limit (``max_tokens``, ``max_completion_tokens``
+        or ``max_output_tokens``) and size; may it be clamped?"""
+        if plan.scanned:
+            return
+        plan.scanned = True
+        text = plan.text
+        if text is None:
+            return
+        # SDKs write the output limit after the model: the members after it are
+        # decoded at once (the model's read checked they close the object); else
+        # each field is looked for from the end (a field the body lacks: one C scan)
+        if plan.span is not None:
+            after = members_after_dict(text, plan.span[1])
+            if after:
+                for name in _TOKEN_FIELDS_ORDER:
+                    n = _whole(after.get(name))
+                    if n is not None:
+                        plan.limit, plan.limit_field = n, name
+                        break
+        if plan.limit is None:
+            for name in _TOKEN_FIELDS_ORDER:
+                if name not in text:
+                    continue
+                try:
+                    hit = find_member_fast(text, name)
+                except ValueError:  # malformed: no limit to read
+                    continue
+                if hit is not None and (n := _whole(hit[0])) is not None:
+                    plan.limit, plan.limit_field, plan.limit_span = n, name, hit[1]
+                    break
+        plan.clamp = self.guard.policy.clamp_max_tokens and (
+            plan.limit_field is not None or plan.path.endswith("/chat/completions")
+        )
+
+    def _limit_span(self, plan: Plan, text: str) -> tuple[int, int] | None:
+        """Where the body's output limit sits (for a clamp): read exactly."""
+        self._limit(plan)
+        name = plan.limit_field
+        if plan.limit_span is not None or name is None:
+            return plan.limit_span
+        names = frozenset((name,))
+        hit = None
+        if plan.span is not None:
+            with contextlib.suppress(ValueError):
+                hit = members_after(text, plan.span[1], names).get(name)
+        if hit is None:
+            with contextlib.suppress(ValueError):
+                hit = find_member_fast(text, name)
+        plan.limit_span = None if hit is None else hit[1]
+        return plan.limit_span
+
+    def load_prices(self, plan: Plan) -> None:
+        """Load the price lists this call's estimate waits for (blocking, at
+        most each list's timeout), then price the call."""
+        self.guard.prices.ensure()
+        plan.pending = False
+        self._estimate(plan, plan.stablecog)
+        plan.pending = False
+
+    async def aload_prices(self, plan: Plan) -> None:
+        """:meth:`load_prices` without blocking the event loop."""
+        await self.guard.prices.aensure()
+        plan.pending = False
+        self._estimate(plan, plan.stablecog)
+        plan.pending = False
 
     def _unknown_price(self, plan: Plan) -> None:
         rule = self.guard.policy.unknown_price
@@ -423,8 +545,10 @@ class Core:
             if len(self._unpriced) < 1024:
                 self._unpriced.add(model)
             log.warning(
-                "no price configured for model %r: holding the configured estimate %g",
+                "no price for model %r in any price list (%s): holding %g "
+                "(its learned cost or the configured estimate)",
                 model,
+                self.guard.prices.describe(),
                 plan.estimate,
             )
 
@@ -459,28 +583,47 @@ class Core:
         in shadow mode, always the request as it came)."""
         if decision.action == "refuse" and decision.enforced:
             return self.refusal(request, decision)
-        if plan.retry_key is not None and plan.retry_of is None:
-            retries = self._retries
-            retries[plan.retry_key] = (decision, plan.estimate, plan.price)
-            if len(retries) > 1024:
-                del retries[next(iter(retries))]
         downgrade = (
             decision.action == "downgrade"
             and decision.enforced  # (shadow mode: the model as it came)
             and plan.span is not None
         )
+        requested = plan.model
+        if downgrade:  # held and settled from here on as the model that runs
+            target = cast(str, decision.model)  # a downgrade always names its target
+            if target != requested:
+                plan.model = target
+                plan.price = self.guard.prices.price(target)
+            plan.estimate = decision.held(plan.estimate)
+        if plan.retry_key is not None and plan.retry_of is None:
+            retries = self._retries
+            retries[plan.retry_key] = (decision, plan.estimate, plan.price)
+            if len(retries) > 1024:
+                del retries[next(iter(retries))]
         if not downgrade and plan.usage_edit is None:
             return request  # the usual case: forwarded as it came
         edits = [] if plan.usage_edit is None else [plan.usage_edit]
         if downgrade and plan.text is not None:
-            target = cast(str, decision.model)  # a downgrade always names its target
-            edits.append((*cast(tuple[int, int], plan.span), _json_string(target)))
+            target = cast(str, decision.model)
+            if target != requested:
+                edits.append((*cast(tuple[int, int], plan.span), _json_string(target)))
+            if decision.max_tokens is not None:  # clamped: the output limit rewritten
+                edits.append(self._limit_edit(plan, plan.text, decision.max_tokens))
         if not edits:
             return request
         text = cast(str, plan.text)
         for start, end, value in sorted(edits, reverse=True):  # the last first: spans hold
             text = text[:start] + value + text[end:]
         return self.lib.with_body(request, text.encode())
+
+    def _limit_edit(self, plan: Plan, text: str, tokens: int) -> tuple[int, int, str]:
+        """The edit that sets the body's output limit to ``tokens`` (``max_tokens``
+        added to a chat body that has no limit)."""
+        span = self._limit_span(plan, text)
+        if span is not None:
+            return (*span, str(tokens))
+        inside = text.index("{") + 1
+        return (inside, inside, f'"max_tokens":{tokens},')
 
     def refusal(self, request: Any, decision: Decision) -> Any:
         """HTTP 402 in OpenRouter's own error shape, never sent to the network.
@@ -526,7 +669,12 @@ class Core:
     def charge(self, plan: Plan, hold: Hold | None, cost: float | None) -> None:
         """The call went through: its real cost (or, unknown, its estimate)
         replaces its hold."""
-        amount = plan.estimate if cost is None else cost
+        if cost is None:
+            amount = plan.estimate
+        else:
+            amount = cost
+            if plan.price is None:  # (a priced model's estimate needs no learning)
+                self.guard._settled(plan.model, cost)
         if hold is not None:
             self.guard.ledger.settle(hold, amount)
         elif amount:
@@ -989,6 +1137,8 @@ class SyncShell:
         plan = core.plan(request)
         if plan is None:
             return self._inner.handle_request(request)
+        if plan.pending:
+            core.load_prices(plan)
         if plan.retry_of is not None:
             decision, hold = core.guard._rehold(
                 plan.retry_of, plan.credential, plan.estimate, key=plan.key
@@ -1001,6 +1151,7 @@ class SyncShell:
                 key=plan.key,
                 refuse_reason=plan.refuse,
                 can_rewrite=plan.can_rewrite,
+                estimator=plan.estimator,
             )
         out = core.act(request, plan, decision)
         if decision.action == "refuse" and decision.enforced:
@@ -1027,14 +1178,23 @@ class AsyncShell:
         plan = core.plan(request)
         if plan is None:
             return await self._inner.handle_async_request(request)
+        if plan.pending:
+            await core.aload_prices(plan)
         if plan.retry_of is not None:
             decision, hold = await core.guard._arehold(
                 plan.retry_of, plan.credential, plan.estimate, key=plan.key
             )
         else:
             guard = core.guard
+            estimator = plan.estimator
             decided = guard._fast(
-                plan.model, plan.credential, plan.estimate, plan.key, plan.refuse, plan.can_rewrite
+                plan.model,
+                plan.credential,
+                plan.estimate,
+                plan.key,
+                plan.refuse,
+                plan.can_rewrite,
+                estimator=estimator,
             )
             decision, hold = decided or await guard._ahold(
                 plan.model,
@@ -1044,6 +1204,7 @@ class AsyncShell:
                 refuse_reason=plan.refuse,
                 can_rewrite=plan.can_rewrite,
                 fast=False,
+                estimator=estimator,
             )
         out = core.act(request, plan, decision)
         if decision.action == "refuse" and decision.enforced:

@@ -263,6 +263,14 @@ def status(
             "source": getattr(guard.source, "name", type(guard.source).__name__),
             "balance": None if balance is None else _balance_json(balance, first.stale),
             "held": held,
+            "available": (
+                first.available
+                if balance is not None
+                and first.available is not None
+                and math.isfinite(first.available)
+                else None  # unknown, or unlimited: JSON has no infinity
+            ),
+            "prices": guard.prices.describe(),
             "enforced": guard.policy.enforce,
             "models": [
                 {
@@ -290,6 +298,9 @@ def status(
         print(f"balance:  {shown}{total} ({balance.source}){stale}", file=out)
         if held:
             print(f"held:     {_amount(held, balance.unit)} by calls in flight", file=out)
+        if first.available is not None and first.available != float("inf"):
+            print(f"available: {_amount(first.available, balance.unit)} after holds", file=out)
+    print(f"prices:   {guard.prices.describe()}", file=out)
     if not guard.policy.enforce:
         print("mode:     shadow (enforce = false): decided and reported, not enforced", file=out)
     for name, d in zip(names, decisions, strict=True):

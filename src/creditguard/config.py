@@ -99,6 +99,8 @@ _POLICY_KEYS = (
     "unknown_price",
     "enforce",
     "unit",
+    "clamp_max_tokens",
+    "min_tokens",
 )
 _FIXED_KEYS = ("limit", "period", "per_credential")
 _SCALAR_KEYS = (
@@ -110,6 +112,7 @@ _SCALAR_KEYS = (
     "estimate",
     "store",
     "maxsize",
+    "pricing_from",
     *_FIXED_KEYS,
     "budget",
     *_POLICY_KEYS,
@@ -146,8 +149,9 @@ class Config:
     ``limit``, ``period`` and ``per_credential`` are set only for ``"fixed"``;
     ``budget`` and ``period`` for the spend sources.
     ``pricing`` maps a model or glob to ``{"prompt": usd_per_token,
-    "completion": usd_per_token}``. ``origin`` says where the values came
-    from, for messages.
+    "completion": usd_per_token}``; ``pricing_from`` names the price lists
+    tried after it (``"auto"``, ``"openrouter"``, ``"genai-prices"``, a list,
+    or None for none). ``origin`` says where the values came from, for messages.
     """
 
     source: str
@@ -166,6 +170,7 @@ class Config:
     origin: str
     budget: float | None = None
     """USD per period of ``"openai-spend"`` / ``"anthropic-spend"`` (with ``period``)."""
+    pricing_from: str | tuple[str, ...] | None = "auto"
 
     def __repr__(self) -> str:
         parts = []
@@ -670,7 +675,28 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
         policy=_policy(r, values),
         origin=r.origin,
         budget=budget,
+        pricing_from=_pricing_from(r, values.get("pricing_from", "auto")),
     )
+
+
+_LISTS = ("openrouter", "genai-prices")
+_PRICING_FROM_ALLOWED = (
+    "'auto', 'openrouter', 'genai-prices', 'none', or a list of 'openrouter' and "
+    "'genai-prices' ([] for none)"
+)
+
+
+def _pricing_from(r: _Reader, raw: object) -> str | tuple[str, ...] | None:
+    path: Path_ = ("pricing_from",)
+    if raw in ("auto", *_LISTS):
+        return str(raw)
+    if raw == "none":
+        return None
+    if isinstance(raw, (list, tuple)):
+        if not all(item in _LISTS for item in raw) or len(set(raw)) != len(raw):
+            r.fail(path, list(raw), _PRICING_FROM_ALLOWED)
+        return tuple(raw) or None
+    r.fail(path, raw, _PRICING_FROM_ALLOWED)
 
 
 _ENV_ALLOWED = (
@@ -718,6 +744,8 @@ def _policy(r: _Reader, values: Mapping[str, Any]) -> Policy:
     for key in ("max_stale", "error_ttl"):
         if key in knobs:
             knobs[key] = r.number((key,), knobs[key], positive=False, unit="seconds")
+    if "clamp_max_tokens" in knobs and not isinstance(knobs["clamp_max_tokens"], bool):
+        r.fail(("clamp_max_tokens",), knobs["clamp_max_tokens"], "true or false")
     try:
         return Policy(**thresholds, downgrade=downgrade, **knobs)
     except ConfigError as exc:

@@ -12,7 +12,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ._globmap import GlobMap
 from .errors import ConfigError
@@ -149,7 +149,15 @@ def cost_from_result(result: object, price: Price | None = None) -> float | None
     return cost_from_usage(usage_of(result), price)
 
 
-def cost_of_result(result: object, pricing: Pricing, model: str | None) -> float | None:
+class Prices(Protocol):
+    """What :func:`cost_of_result` needs of a price list: a mapping or the guard's book."""
+
+    def __bool__(self) -> bool: ...
+
+    def price(self, model: str | None) -> Price | None: ...
+
+
+def cost_of_result(result: object, pricing: Prices, model: str | None) -> float | None:
     """:func:`cost_from_result` with ``model``'s price looked up in ``pricing``
     only when the result has no ``usage.cost`` of its own."""
     usage = result.get("usage") if type(result) is dict else usage_of(result)

@@ -22,7 +22,8 @@ from .balance import Balance
 from .costs import Pricing
 from .errors import ConfigError, CreditSourceError
 from .ledger import Hold, Ledger, Lookup
-from .policy import Action, Decision, Policy, decide
+from .policy import Action, Decision, Estimate, Estimator, Policy, decide
+from .prices import PriceBook, price_lists
 
 if TYPE_CHECKING:
     import httpx
@@ -134,6 +135,13 @@ class BudgetGuard:
     ``maxsize`` bounds how many credentials' balances are cached; ``timer``
     (monotonic seconds) can be injected in tests.
 
+    What a call holds comes from the ``pricing`` mapping (model or glob ->
+    per-token prices; always wins), then the price lists ``pricing_from``
+    names (``"openrouter"``, ``"genai-prices"``, a list of both, None for
+    none; default ``"auto"``: OpenRouter's list for an OpenRouter source,
+    genai-prices when installed), then the 90th percentile of the model's
+    recent settled costs, then ``estimate`` (see :mod:`creditguard.prices`).
+
     While a guarded call runs, its estimate is held (``reserve=True``): the
     next calls are judged on what is left after every call in flight, so a burst
     cannot spend past the refuse floor. A hold is replaced by the call's real
@@ -168,6 +176,7 @@ class BudgetGuard:
         hold_timeout: float = 900.0,
         fingerprint_secret: str | None = None,
         stream_usage: bool = False,
+        pricing_from: object = "auto",
     ) -> None:
         for method in ("fetch", "afetch"):
             if not callable(getattr(source, method, None)):
@@ -187,6 +196,17 @@ class BudgetGuard:
         self.ttl = _number("ttl", ttl, positive=True)
         self.estimate = _number("estimate", estimate)
         self.pricing = pricing if isinstance(pricing, Pricing) else Pricing(pricing)
+        self.prices = PriceBook(self.pricing, price_lists(pricing_from, source))
+        self._plain = CallEstimator(self, None)
+        # A call to a model settled at a cost the provider (or its usage) told:
+        # the one hook every surface calls, ``_settled(model, cost)``, so that
+        # estimates learn from it (the book's own method: no call in between).
+        self._settled: Callable[[str | None, float], None] = self.prices.learn
+        log.info(
+            "creditguard price lists in use: %s; else learned costs, else estimate=%g",
+            self.prices.describe(),
+            self.estimate,
+        )
         self.on_decision = on_decision
         self.on_refresh = on_refresh
         self.on_source_error = on_source_error
@@ -233,6 +253,7 @@ class BudgetGuard:
             "ttl": cfg.ttl,
             "estimate": cfg.estimate,
             "pricing": cfg.pricing,
+            "pricing_from": cfg.pricing_from,
             "store": cfg.store,
             "maxsize": cfg.maxsize,
         }
@@ -246,8 +267,21 @@ class BudgetGuard:
 
     # -- checking ------------------------------------------------------------
 
-    def _estimate(self, estimate: float | None) -> float:
-        return self.estimate if estimate is None else _number("estimate", estimate)
+    def _estimate(self, estimate: float | None, model: str | None = None) -> float:
+        """The estimate given, else what ``model`` holds with no price known."""
+        if estimate is not None:
+            return _number("estimate", estimate)
+        return self.prices.default(model, self.estimate)
+
+    def _estimator(
+        self,
+        estimate: float | None,
+        prompt_chars: int | None = None,
+        max_tokens: int | None = None,
+    ) -> CallEstimator:
+        if estimate is None and prompt_chars is None and max_tokens is None:
+            return self._plain
+        return CallEstimator(self, estimate, prompt_chars, max_tokens)
 
     def _admit(
         self,
@@ -261,6 +295,7 @@ class BudgetGuard:
         can_rewrite: bool | Callable[[], bool] = True,
         report: bool = True,
         asynchronous: bool = False,
+        estimator: Estimator | None = None,
     ) -> tuple[Decision, Hold | None]:
         """The decision on one call (and its hold, when ``hold``), logged and
         reported (unless ``report`` is false). Shared by every surface, sync and
@@ -294,6 +329,7 @@ class BudgetGuard:
                 can_rewrite=can_rewrite,
                 unavailable=unavailable,
                 stale=stale,
+                estimator=estimator,
             )
 
         if asynchronous:
@@ -321,6 +357,7 @@ class BudgetGuard:
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
         report: bool = True,
+        estimator: Estimator | None = None,
     ) -> tuple[Decision, Hold | None]:
         """:meth:`_admit` for async code: a ledger over a shared store awaits
         the store (``aadmit``) instead of blocking the event loop."""
@@ -335,6 +372,7 @@ class BudgetGuard:
                 refuse_reason=refuse_reason,
                 can_rewrite=can_rewrite,
                 report=report,
+                estimator=estimator,
             )
         judge: Any = self._admit(
             lookup,
@@ -345,6 +383,7 @@ class BudgetGuard:
             refuse_reason=refuse_reason,
             can_rewrite=can_rewrite,
             asynchronous=True,
+            estimator=estimator,
         )
         decision, held = await aadmit(
             lookup,
@@ -404,18 +443,23 @@ class BudgetGuard:
         estimate: float | None = None,
     ) -> Decision:
         """Decide on one call to ``model`` made with ``credential``, on the
-        headroom left after the calls in flight and this call's ``estimate``.
+        headroom left after the calls in flight and this call's ``estimate``
+        (None: the learned estimate for the model, else the guard's).
 
         The balance comes from the cache; it is fetched (once, however many
         callers wait) when missing or older than ``ttl``. Nothing is held: the
         decorator and the transports hold the estimate while their call runs.
         """
-        est = self._estimate(estimate)
+        est = self._estimate(estimate, model)
         key = self.ledger.key(credential)
-        fast = self._fast(model, credential, est, key, None, True, reserve=False)
+        estimator = self._estimator(estimate)
+        fast = self._fast(
+            model, credential, est, key, None, True, reserve=False, estimator=estimator
+        )
         if fast is not None:
             return fast[0]
-        return self._admit(self.ledger.get(credential, key), credential, model, est, hold=False)[0]
+        lookup = self.ledger.get(credential, key)
+        return self._admit(lookup, credential, model, est, hold=False, estimator=estimator)[0]
 
     async def acheck(
         self,
@@ -425,13 +469,18 @@ class BudgetGuard:
         estimate: float | None = None,
     ) -> Decision:
         """:meth:`check` for async code: never blocks the event loop."""
-        est = self._estimate(estimate)
+        est = self._estimate(estimate, model)
         key = self.ledger.key(credential)
-        fast = self._fast(model, credential, est, key, None, True, reserve=False)
+        estimator = self._estimator(estimate)
+        fast = self._fast(
+            model, credential, est, key, None, True, reserve=False, estimator=estimator
+        )
         if fast is not None:
             return fast[0]
         lookup = await self.ledger.aget(credential, key)
-        return (await self._aadmit(lookup, credential, model, est, hold=False))[0]
+        return (
+            await self._aadmit(lookup, credential, model, est, hold=False, estimator=estimator)
+        )[0]
 
     def reserve(
         self,
@@ -439,6 +488,8 @@ class BudgetGuard:
         *,
         credential: str | None = None,
         estimate: float | None = None,
+        prompt_chars: int | None = None,
+        max_tokens: int | None = None,
     ) -> Reservation:
         """Decide on a call and hold its estimate until it is settled: the
         building block for hooks of your own (the decorator and transports use
@@ -448,10 +499,19 @@ class BudgetGuard:
         its estimate unless settled already; an exception releases it only when
         it shows the call was not billed (a connect error, a provider's error
         status), and otherwise charges the estimate: a timed-out or cancelled
-        call may still be billed (see :class:`Reservation`)."""
-        est = self._estimate(estimate)
-        decision, hold = self._hold(model, credential, est)
-        return Reservation(self, decision, hold, credential, est)._charged_if_dropped()
+        call may still be billed (see :class:`Reservation`).
+
+        Without ``estimate``, giving the prompt's size (``prompt_chars``) and the
+        call's output limit (``max_tokens``) lets the guard price the call (and
+        each downgrade target) from its price lists."""
+        estimator = self._estimator(estimate, prompt_chars, max_tokens)
+        if estimator.wants_prices(model):
+            self.prices.ensure()
+        est = estimator.requested(model)
+        decision, hold = self._hold(model, credential, est, estimator=estimator)
+        return Reservation(
+            self, decision, hold, credential, decision.held(est)
+        )._charged_if_dropped()
 
     async def areserve(
         self,
@@ -459,11 +519,18 @@ class BudgetGuard:
         *,
         credential: str | None = None,
         estimate: float | None = None,
+        prompt_chars: int | None = None,
+        max_tokens: int | None = None,
     ) -> Reservation:
         """:meth:`reserve` for async code."""
-        est = self._estimate(estimate)
-        decision, hold = await self._ahold(model, credential, est)
-        return Reservation(self, decision, hold, credential, est)._charged_if_dropped()
+        estimator = self._estimator(estimate, prompt_chars, max_tokens)
+        if estimator.wants_prices(model):
+            await self.prices.aensure()
+        est = estimator.requested(model)
+        decision, hold = await self._ahold(model, credential, est, estimator=estimator)
+        return Reservation(
+            self, decision, hold, credential, decision.held(est)
+        )._charged_if_dropped()
 
     def _fast(
         self,
@@ -475,6 +542,7 @@ class BudgetGuard:
         can_rewrite: bool | Callable[[], bool],
         *,
         reserve: bool = True,
+        estimator: Estimator | None = None,
     ) -> tuple[Decision, Hold | None] | None:
         """The decision and hold from a fresh cached balance, with no lookup
         (sync and async alike: nothing to wait for); None: look it up first
@@ -497,6 +565,7 @@ class BudgetGuard:
             policy,
             reserve=reserve and self._reserve,
             can_rewrite=can_rewrite,
+            estimator=estimator,
         )
         if fast is not None:
             decision = fast[0]
@@ -519,10 +588,15 @@ class BudgetGuard:
         key: str | None = None,
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
+        estimator: Estimator | None = None,
     ) -> tuple[Decision, Hold | None]:
         """Decide and hold ``estimate`` for a call about to go out (``key``: the
-        credential's fingerprint, when the caller has it already)."""
-        decided = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
+        credential's fingerprint, when the caller has it already). ``estimator``
+        gives downgrade targets their own estimates (a downgrade holds its
+        target's: ``decision.held(estimate)``)."""
+        decided = self._fast(
+            model, credential, estimate, key, refuse_reason, can_rewrite, estimator=estimator
+        )
         if decided is not None:
             return decided
         lookup = self.ledger.get(credential, key)
@@ -534,6 +608,7 @@ class BudgetGuard:
             hold=True,
             refuse_reason=refuse_reason,
             can_rewrite=can_rewrite,
+            estimator=estimator,
         )
 
     async def _ahold(
@@ -546,12 +621,15 @@ class BudgetGuard:
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
         fast: bool = True,
+        estimator: Estimator | None = None,
     ) -> tuple[Decision, Hold | None]:
         """:meth:`_hold` for async code. Awaiting it costs a coroutine even on a
         cache hit, so hot async callers try :meth:`_fast` first and pass
         ``fast=False`` here only when it had no fresh balance."""
         if fast:
-            decided = self._fast(model, credential, estimate, key, refuse_reason, can_rewrite)
+            decided = self._fast(
+                model, credential, estimate, key, refuse_reason, can_rewrite, estimator=estimator
+            )
             if decided is not None:
                 return decided
         lookup = await self.ledger.aget(credential, key)
@@ -563,6 +641,7 @@ class BudgetGuard:
             hold=True,
             refuse_reason=refuse_reason,
             can_rewrite=can_rewrite,
+            estimator=estimator,
         )
 
     def _rehold(
@@ -773,8 +852,10 @@ class BudgetGuard:
         is charged its estimate (a timeout or a cancellation may still be
         billed) unless the exception shows it was not billed: nothing sent
         (a connect error, a refusal) or a provider's error status.
+        Without ``estimate`` a call holds the model's learned estimate (the
+        90th percentile of its recent settled costs) when higher than the guard's.
         """
-        est = self.estimate if estimate is None else _number("estimate", estimate)
+        est = None if estimate is None else _number("estimate", estimate)
 
         def decorate(fn: F) -> F:
             raw = unwrap_callable(fn)
@@ -788,3 +869,58 @@ class BudgetGuard:
     def __call__(self, fn: F) -> F:
         """``@guard``: :meth:`protect` with its defaults."""
         return self.protect(fn)
+
+
+class CallEstimator:
+    """Each model's own estimate for one call that is not read from an HTTP
+    body (the decorator, :meth:`BudgetGuard.reserve`, framework hooks): a fixed
+    ``estimate`` when one is given; else the prompt (``prompt_chars``, ~4 a
+    token) and ``max_tokens`` at the model's price when both the size and a
+    price are known; else the learned or default estimate."""
+
+    __slots__ = ("_book", "_default", "_fixed", "_prompt_tokens", "clampable", "max_tokens")
+
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        estimate: float | None,
+        prompt_chars: int | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        self._fixed = None if estimate is None else _number("estimate", estimate)
+        self._book = guard.prices
+        self._default = guard.estimate
+        if prompt_chars is not None and (
+            isinstance(prompt_chars, bool) or not isinstance(prompt_chars, int) or prompt_chars < 0
+        ):
+            raise ConfigError("prompt_chars", prompt_chars, "None or a whole number >= 0")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
+        ):
+            raise ConfigError("max_tokens", max_tokens, "None or a whole number >= 0")
+        self._prompt_tokens = None if prompt_chars is None else prompt_chars / 4
+        self.max_tokens = max_tokens
+        self.clampable = False  # only a transport can rewrite a body's output limit
+
+    def wants_prices(self, model: str | None) -> bool:
+        """Would this call use a price list that is not loaded yet?"""
+        return (
+            self._fixed is None
+            and self._prompt_tokens is not None
+            and model is not None
+            and self._book.pending()
+            and not self._book.in_pricing(model)
+        )
+
+    def __call__(self, model: str) -> Estimate | None:
+        if self._fixed is not None:
+            return Estimate(self._fixed)
+        return self._book.estimate(model, self._prompt_tokens, self.max_tokens, self._default)
+
+    def requested(self, model: str | None) -> float:
+        """The estimate of the model the call asks for."""
+        if self._fixed is not None:
+            return self._fixed
+        if model is None:
+            return self._default
+        return self._book.estimate(model, self._prompt_tokens, self.max_tokens, self._default).total

@@ -45,6 +45,7 @@ from .errors import CreditSourceError
 from .policy import Decision, Policy, decide
 
 if TYPE_CHECKING:
+    from .policy import Estimator
     from .sources import CreditSource
 
 __all__ = ["Hold", "Ledger", "Lookup"]
@@ -571,6 +572,7 @@ class Ledger:
         *,
         reserve: bool,
         can_rewrite: bool | Callable[[], bool] = True,
+        estimator: Estimator | None = None,
     ) -> tuple[Decision, Hold | None] | None:
         """The hot path: when ``key`` has a fresh cached balance, judge the call
         on it (:func:`~creditguard.policy.decide`) less what calls in flight
@@ -592,8 +594,16 @@ class Ledger:
             else:
                 held = self._held(key, now)
             decision = decide(
-                entry.view, policy, model, amount, reserved=held, can_rewrite=can_rewrite
+                entry.view,
+                policy,
+                model,
+                amount,
+                reserved=held,
+                can_rewrite=can_rewrite,
+                estimator=estimator,
             )
+            if decision._estimate is not None:  # a downgrade holds its own model's estimate
+                amount = decision.held(amount)
             if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
                 return decision, None
             return decision, self._take(key, credential, amount, now)
@@ -620,6 +630,7 @@ class Ledger:
                 if entry is not None:
                     balance = entry.view  # spend settled since the lookup counts too
             decision = judge(balance, self._held(key, now))
+            amount = decision.held(amount)
             if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
                 return decision, None
             return decision, self._take(key, credential, amount, now)

@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, NamedTuple, Protocol, TypeAlias
 
 from ._globmap import GlobMap
 from .balance import Balance, normal_unit
 from .errors import ConfigError
 
-__all__ = ["Action", "Decision", "Policy", "Threshold", "decide"]
+__all__ = ["Action", "Decision", "Estimate", "Estimator", "Policy", "Threshold", "decide"]
 
 Action: TypeAlias = Literal["allow", "warn", "downgrade", "refuse"]
 Threshold: TypeAlias = "float | int | str | None"
@@ -36,6 +36,33 @@ _ON_SOURCE_ERROR = ("allow", "refuse")
 _STORE_ERROR = ("local", "refuse", "allow")
 _UNKNOWN_PRICE = ("estimate", "refuse", "allow")
 _TIERS = ("refuse_below", "downgrade_below", "warn_below")
+MAX_HOPS = 3  # downgrade targets followed from the requested model (a target's own target next)
+
+
+class Estimate(NamedTuple):
+    """What one call to a model may cost: ``total`` as asked; ``prompt`` the part
+    its output limit does not change and ``per_token`` the price of one output
+    token (0: unknown, a smaller limit changes nothing)."""
+
+    total: float
+    prompt: float = 0.0
+    per_token: float = 0.0
+
+
+class Estimator(Protocol):
+    """Each model's own estimate for one call (the same prompt and output
+    limit, that model's prices), for :func:`decide` to weigh downgrade targets.
+    Returns None when the model may not be used (no price, ``unknown_price="refuse"``).
+    ``max_tokens`` is the output limit the call asks for (None: none);
+    ``clampable`` says whether the caller can rewrite it."""
+
+    @property
+    def max_tokens(self) -> int | None: ...
+
+    @property
+    def clampable(self) -> bool: ...
+
+    def __call__(self, model: str) -> Estimate | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +169,12 @@ class Policy:
     ``"CNY"``, ``"credits"``; None: any) asserts it: a balance in another unit
     is unusable (``on_source_error`` applies), never compared with thresholds
     meant for another currency. Percent thresholds work in any unit.
+    At the downgrade or refuse tier the downgrade map is followed (a target's
+    own target next, up to 3 hops, never a cycle) to the first model whose own
+    estimate keeps the headroom at or above ``refuse_below``. With
+    ``clamp_max_tokens``, when no model fits with the output limit asked for
+    but one fits with a smaller one (at least ``min_tokens``), the limit is
+    rewritten instead of refusing (transports only: they own the body).
 
     Bad values raise :class:`~creditguard.ConfigError` (a ValueError).
     """
@@ -157,6 +190,8 @@ class Policy:
     unknown_price: Literal["estimate", "refuse", "allow"] = "estimate"
     enforce: bool = True
     unit: str | None = None
+    clamp_max_tokens: bool = False
+    min_tokens: int = 256
     _limits: tuple[_Limit | None, _Limit | None, _Limit | None] = field(
         init=False, repr=False, compare=False
     )
@@ -196,6 +231,14 @@ class Policy:
             raise ConfigError("unit", self.unit, "a unit name such as 'USD', 'CNY' or 'credits'")
         if self.unit is not None:  # " usd" asserts what a "USD" balance is in
             object.__setattr__(self, "unit", normal_unit(self.unit))
+        if not isinstance(self.clamp_max_tokens, bool):
+            raise ConfigError("clamp_max_tokens", self.clamp_max_tokens, "true or false")
+        if (
+            isinstance(self.min_tokens, bool)
+            or not isinstance(self.min_tokens, int)
+            or not 1 <= self.min_tokens <= 10_000_000
+        ):
+            raise ConfigError("min_tokens", self.min_tokens, "a whole number of tokens, 1-10000000")
         object.__setattr__(self, "max_stale", _non_negative("max_stale", self.max_stale))
         object.__setattr__(self, "error_ttl", _non_negative("error_ttl", self.error_ttl))
         object.__setattr__(self, "downgrade", dict(self.downgrade))
@@ -219,10 +262,39 @@ class Policy:
         """The cheaper model configured for ``model``, or None."""
         return self._map.lookup(model)[0]
 
+    def downgrade_chain(self, model: str) -> list[tuple[str, str]]:
+        """The downgrade targets of ``model`` in order: its target, that
+        target's own target, ... (up to 3 hops; a model seen before ends the
+        chain). Each with the pattern that matched ("" for an exact name)."""
+        chain: list[tuple[str, str]] = []
+        seen = {model}
+        current = model
+        for _ in range(MAX_HOPS):
+            target, matched = self._map.lookup(current)
+            if target is None or target in seen:
+                break
+            chain.append((target, matched))
+            seen.add(target)
+            current = target
+        return chain
+
 
 class _DecisionSlots:
-    __slots__ = ("_reason", "action", "balance", "enforced", "model", "requested_model", "stale")
+    __slots__ = (
+        "_estimate",
+        "_reason",
+        "action",
+        "available",
+        "balance",
+        "enforced",
+        "max_tokens",
+        "model",
+        "requested_model",
+        "runway",
+        "stale",
+    )
     _reason: str | tuple[Any, ...]
+    _estimate: float | None
 
 
 _SET = {name: getattr(_DecisionSlots, name).__set__ for name in _DecisionSlots.__slots__}
@@ -230,6 +302,8 @@ _set_action, _set_model, _set_balance = _SET["action"], _SET["model"], _SET["bal
 _set_reason, _set_requested, _set_stale = _SET["_reason"], _SET["requested_model"], _SET["stale"]
 _set_enforced = _SET["enforced"]
 _FAIL_OPEN = "; on_source_error=allow"
+_set_available, _set_max_tokens = _SET["available"], _SET["max_tokens"]
+_set_runway, _set_estimate = _SET["runway"], _SET["_estimate"]
 
 
 class Decision(_DecisionSlots):
@@ -241,6 +315,12 @@ class Decision(_DecisionSlots):
     (None when none could be had); ``reason`` one human sentence. ``enforced``
     is False in shadow mode (``Policy(enforce=False)``): the call goes ahead as
     asked whatever was decided, and :attr:`applied` says what is carried out.
+    (None when none could be had); ``reason`` one human sentence.
+    ``available`` is what was left before this call: the remaining balance
+    less what calls in flight hold (None without a balance); ``max_tokens``
+    the output limit the call was clamped to (None: not clamped); ``runway``
+    seconds until ``available`` reaches the refuse floor at the recent burn
+    rate (None until known).
 
     One is made on every guarded call, so it is a slotted class rather than a
     dataclass, and its reason is put into words when first read (most are never
@@ -254,6 +334,9 @@ class Decision(_DecisionSlots):
     requested_model: str | None
     stale: bool
     enforced: bool
+    available: float | None
+    max_tokens: int | None
+    runway: float | None
 
     def __init__(
         self,
@@ -264,6 +347,10 @@ class Decision(_DecisionSlots):
         requested_model: str | None = None,
         stale: bool = False,
         enforced: bool = True,
+        available: float | None = None,
+        max_tokens: int | None = None,
+        runway: float | None = None,
+        estimate: float | None = None,
     ) -> None:
         _set_action(self, action)
         _set_model(self, model)
@@ -272,6 +359,10 @@ class Decision(_DecisionSlots):
         _set_requested(self, requested_model)
         _set_stale(self, stale)
         _set_enforced(self, enforced)
+        _set_available(self, available)
+        _set_max_tokens(self, max_tokens)
+        _set_runway(self, runway)
+        _set_estimate(self, estimate)  # what to hold, when not the call's own estimate
 
     @property
     def reason(self) -> str:
@@ -314,6 +405,13 @@ class Decision(_DecisionSlots):
         reason = self._reason
         return self.balance is None or (isinstance(reason, str) and reason.endswith(_FAIL_OPEN))
 
+    def held(self, estimate: float) -> float:
+        """What the call holds: the chosen model's own estimate on a downgrade
+        (or a clamp), else the call's ``estimate`` (also in shadow mode, where
+        the call runs as asked)."""
+        own = self._estimate
+        return estimate if own is None or not self.enforced else own
+
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"Decision is immutable: cannot set {name!r}")
 
@@ -329,6 +427,10 @@ class Decision(_DecisionSlots):
             self.requested_model,
             self.stale,
             self.enforced,
+            self.available,
+            self.max_tokens,
+            self.runway,
+            self._estimate,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -340,10 +442,14 @@ class Decision(_DecisionSlots):
         return hash(self._fields())
 
     def __repr__(self) -> str:
+        more = "" if self.max_tokens is None else f", max_tokens={self.max_tokens!r}"
+        if self.runway is not None:
+            more += f", runway={self.runway!r}"
         return (
             f"Decision(action={self.action!r}, model={self.model!r}, balance={self.balance!r}, "
             f"reason={self.reason!r}, requested_model={self.requested_model!r}, "
-            f"stale={self.stale!r}, enforced={self.enforced!r})"
+            f"stale={self.stale!r}, enforced={self.enforced!r}, "
+            f"available={self.available!r}{more})"
         )
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -364,6 +470,7 @@ def decide(
     can_rewrite: bool | Callable[[], bool] = True,
     unavailable: str = "no balance available",
     stale: bool = False,
+    estimator: Estimator | None = None,
 ) -> Decision:
     """Decide what to do with one call. Pure: no I/O, no clock.
 
@@ -374,6 +481,8 @@ def decide(
     asked only when it comes to a downgrade (it must be pure, like this function).
     In shadow mode (``policy.enforce`` False) the decision is the same, marked
     ``enforced=False``.
+    ``estimator`` gives each downgrade target's own estimate (None: the same
+    ``estimate`` for every model) and says whether the output limit may be clamped.
     """
     if not policy.enforce:
         decision = decide(
@@ -385,6 +494,7 @@ def decide(
             can_rewrite=can_rewrite,
             unavailable=unavailable,
             stale=stale,
+            estimator=estimator,
         )
         _set_enforced(decision, False)
         return decision
@@ -401,14 +511,17 @@ def decide(
         )
     remaining = balance.remaining
     if remaining == _INF:
-        return Decision("allow", model, balance, "unlimited balance", model, stale)
+        return Decision("allow", model, balance, "unlimited balance", model, stale, True, _INF)
 
-    raw = remaining - reserved - estimate
+    available = remaining - reserved
+    raw = available - estimate
     if not policy._needs_total:
         if raw - policy._top >= 1e-9:
             # Far enough above every tier that rounding (below) cannot change
             # the answer: the usual case, decided at once (the reason rounds).
-            return Decision("allow", model, balance, (raw, balance.unit), model, stale)
+            return Decision(
+                "allow", model, balance, (raw, balance.unit), model, stale, True, available
+            )
         refuse, down, warn = policy._absolute
     elif balance.total is None:
         return _on_unusable(
@@ -426,28 +539,128 @@ def decide(
     # Compared at 1e-9 credits: 0.22 - 0.12 is 0.1, not 0.09999999999999998.
     headroom = round(raw, 9)
     unit = balance.unit
-    if refuse is not None and headroom < refuse:
-        return Decision(
-            "refuse", model, balance, (headroom, unit, "refuse_below", refuse), model, stale
-        )
-    if down is not None and headroom < down:
-        why: tuple[object, ...] = (headroom, unit, "downgrade_below", down)
+    refusing = refuse is not None and headroom < refuse
+    if refusing or (down is not None and headroom < down):
+        tier, threshold = ("refuse_below", refuse) if refusing else ("downgrade_below", down)
+        why: tuple[object, ...] = (headroom, unit, tier, threshold)
         if model is None or not (can_rewrite() if callable(can_rewrite) else can_rewrite):
-            return Decision(
-                "warn", model, balance, (*why, "; the call has no model to rewrite"), model, stale
-            )
-        target, matched = policy._map.lookup(model)
-        if target is None:
-            why = (*why, f"; no downgrade configured for {model!r}")
-            return Decision("warn", model, balance, why, model, stale)
-        if target == model:
-            why = (*why, f"; {model!r} is already its downgrade target")
-            return Decision("warn", model, balance, why, model, stale)
-        why = (*why, f"; {model!r} -> {target!r}" + (f" (matched {matched!r})" if matched else ""))
-        return Decision("downgrade", target, balance, why, model, stale)
+            if refusing:
+                return Decision("refuse", model, balance, why, model, stale, True, available)
+            why = (*why, "; the call has no model to rewrite")
+            return Decision("warn", model, balance, why, model, stale, True, available)
+        return _downgrade(
+            policy, balance, model, estimate, available, refuse, refusing, why, stale, estimator
+        )
     if warn is not None and headroom < warn:
-        return Decision("warn", model, balance, (headroom, unit, "warn_below", warn), model, stale)
-    return Decision("allow", model, balance, (headroom, unit), model, stale)
+        why = (headroom, unit, "warn_below", warn)
+        return Decision("warn", model, balance, why, model, stale, True, available)
+    return Decision("allow", model, balance, (headroom, unit), model, stale, True, available)
+
+
+def _downgrade(
+    policy: Policy,
+    balance: Balance,
+    model: str,
+    estimate: float,
+    available: float,
+    refuse: float | None,
+    refusing: bool,
+    why: tuple[object, ...],
+    stale: bool,
+    estimator: Estimator | None,
+) -> Decision:
+    """At the downgrade or refuse tier: the first model down the downgrade
+    chain whose own estimate keeps the headroom at or above the refuse floor;
+    else, with ``clamp_max_tokens``, the first that fits with a smaller output
+    limit; else refuse (at the refuse tier) or warn."""
+    if refusing and estimator is None:  # every model the same estimate: none fits
+        return Decision("refuse", model, balance, why, model, stale, True, available)
+    floor = -_INF if refuse is None else refuse
+    chain = policy.downgrade_chain(model)
+
+    def own(name: str) -> Estimate | None:
+        return Estimate(estimate) if estimator is None else estimator(name)
+
+    seen: list[str] = []
+    for hops, (target, matched) in enumerate(chain, 1):
+        est = own(target)
+        if est is None:
+            seen.append(f"{target!r} (no known price)")
+            continue
+        after = round(available - est.total, 9)
+        if after >= floor:
+            path = f"; {model!r} -> {target!r}" + (f" (matched {matched!r})" if matched else "")
+            if hops > 1:
+                path += f" ({hops} hops: the nearer targets do not fit)"
+            elif refusing:
+                path += " (fits above refuse_below)"
+            reason = (after, balance.unit, *why[2:4], path) if refusing else (*why, path)
+            return Decision(
+                "downgrade",
+                target,
+                balance,
+                reason,
+                model,
+                stale,
+                True,
+                available,
+                estimate=est.total,
+            )
+        seen.append(f"{target!r} ({_fmt(after)} left)")
+    if policy.clamp_max_tokens and estimator is not None and estimator.clampable and refusing:
+        asked = estimator.max_tokens
+        for name in (model, *(t for t, _ in chain)):
+            est = own(name)
+            if est is None or est.per_token <= 0:
+                continue
+            room = available - floor - est.prompt
+            if not room > 0 or not math.isfinite(room):
+                continue
+            tokens = int(room / est.per_token)
+            if asked is not None:
+                tokens = min(tokens, asked - 1)
+            if tokens < policy.min_tokens:
+                continue
+            held = est.prompt + est.per_token * tokens
+            after = round(available - held, 9)
+            if after < floor:  # (rounding) one token less
+                tokens -= 1
+                held = est.prompt + est.per_token * tokens
+                after = round(available - held, 9)
+                if tokens < policy.min_tokens or after < floor:
+                    continue
+            text = (
+                f"; max_tokens clamped to {tokens}"
+                + (f" (asked {asked})" if asked is not None else "")
+                + (f" and {model!r} -> {name!r}" if name != model else f" for {model!r}")
+                + f" to stay above refuse_below (min_tokens {policy.min_tokens})"
+            )
+            reason = (after, balance.unit, *why[2:4], text)
+            return Decision(
+                "downgrade",
+                name,
+                balance,
+                reason,
+                model,
+                stale,
+                True,
+                available,
+                tokens,
+                estimate=held,
+            )
+    if not chain:
+        first = policy._map.lookup(model)[0]
+        more = (
+            f"; no downgrade configured for {model!r}"
+            if first is None
+            else f"; {model!r} is already its downgrade target"
+        )
+    else:
+        more = "; no downgrade target fits: " + ", ".join(seen)
+    action: Action = "refuse" if refusing else "warn"
+    if refusing and not chain and not policy.clamp_max_tokens:
+        return Decision("refuse", model, balance, why, model, stale, True, available)
+    return Decision(action, model, balance, (*why, more), model, stale, True, available)
 
 
 def _explain(

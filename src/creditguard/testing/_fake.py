@@ -45,6 +45,7 @@ ENDPOINTS = (
     *(name for name, _ in _BALANCE_ROUTES),
     "openai_costs",
     "anthropic_costs",
+    "models",
 )
 UNKNOWN = "unknown"
 
@@ -116,6 +117,8 @@ def _route(method: str, path: str) -> str:
         name, want = "credits", "GET"
     elif p.endswith("/api/v1/key"):
         name, want = "key", "GET"
+    elif p.endswith("/api/v1/models"):
+        name, want = "models", "GET"
     elif p.endswith("/v1/credits"):
         name, want = "stablecog_credits", "GET"
     elif p.endswith("/chat/completions"):
@@ -224,6 +227,11 @@ class FakeProvider(CostReports):
         CostReports.__init__(self)  # admin cost reports (OpenAI, Anthropic)
         #: model -> cost in USD of one chat/messages call; others cost ``default_price``
         self.prices: dict[str, float] = {}
+        #: model -> (prompt, completion) USD per token: a chat call to such a model
+        #: costs its prompt (body bytes / 4 tokens) and as many completion tokens as
+        #: its output limit allows (16 without one), and ``GET /api/v1/models`` lists
+        #: these prices as OpenRouter does (decimal strings)
+        self.token_prices: dict[str, tuple[float, float]] = {}
         self.default_price = default_price
         #: number of content chunks in a streamed answer
         self.stream_chunks = 3
@@ -566,6 +574,7 @@ class FakeProvider(CostReports):
             **self._balance_routes(),
             "openai_costs": self._openai_costs,
             "anthropic_costs": self._anthropic_costs,
+            "models": self._models,
         }
         do = route.get(endpoint)
         if do is None:
@@ -642,9 +651,10 @@ class FakeProvider(CostReports):
         return body, model
 
     def _settle_call(
-        self, endpoint: str, incoming: Incoming, model: str
+        self, endpoint: str, incoming: Incoming, model: str, tokens: tuple[int, int] | None = None
     ) -> tuple[float, int, str, float, threading.Event | None] | Reply:
-        """Authenticate and charge one generation call; returns the cost and stream settings."""
+        """Authenticate and charge one generation call; returns the cost and stream settings.
+        ``tokens`` (prompt, completion) price the call from ``token_prices``."""
         key = _credential(incoming.headers)
         with self.lock:
             state = self._keys.get(key) if key is not None else None
@@ -652,7 +662,11 @@ class FakeProvider(CostReports):
                 if endpoint == "messages":
                     return _error(endpoint, 401, "invalid x-api-key", "authentication_error")
                 return _error(endpoint, 401, "User not found.")
-            cost = self.prices.get(model, self.default_price)
+            per_token = self.token_prices.get(model)
+            if per_token is not None and tokens is not None:
+                cost = tokens[0] * per_token[0] + tokens[1] * per_token[1]
+            else:
+                cost = self.prices.get(model, self.default_price)
             why = self._shortfall(state, cost)
             if why is not None:
                 if endpoint == "messages":
@@ -675,12 +689,17 @@ class FakeProvider(CostReports):
         if isinstance(parsed, Reply):
             return parsed
         body, model = parsed
-        settled = self._settle_call("chat", incoming, model)
+        n = len(incoming.body) // 4
+        m = max(0, min(_int_or_none(body.get("max_tokens")) or 16, 16))
+        if model in self.token_prices:  # the answer runs to its output limit
+            limit = _int_or_none(body.get("max_tokens"))
+            if limit is None:
+                limit = _int_or_none(body.get("max_completion_tokens"))
+            m = max(0, limit if limit is not None else 16)
+        settled = self._settle_call("chat", incoming, model, (n, m))
         if isinstance(settled, Reply):
             return settled
         cost, chunks, text, delay, gate = settled
-        n = len(incoming.body) // 4
-        m = max(0, min(_int_or_none(body.get("max_tokens")) or 16, 16))
         usage = {"prompt_tokens": n, "completion_tokens": m, "total_tokens": n + m, "cost": cost}
         gen_id = f"gen-{next(_ids):010d}"
         created = int(time.time())
@@ -739,6 +758,25 @@ class FakeProvider(CostReports):
             gate=gate,
             event_delay=delay,
         )
+
+    def _models(self, incoming: Incoming) -> Reply:
+        """OpenRouter's public model list: ids and USD-per-token price strings."""
+        with self.lock:
+            listed = list(self.token_prices.items())
+        data = [
+            {
+                "id": model,
+                "name": model,
+                "pricing": {
+                    "prompt": _price_decimal(prompt),
+                    "completion": _price_decimal(completion),
+                    "request": "0",
+                    "image": "0",
+                },
+            }
+            for model, (prompt, completion) in listed
+        ]
+        return _json_reply(200, {"data": data})
 
     # -- Anthropic
 
@@ -971,6 +1009,11 @@ def _slow_body(reply: Reply, fault: _Fault) -> Reply:
 
 def _decimal(value: float, places: int = 2) -> str:
     return f"{value:.{places}f}"
+
+
+def _price_decimal(value: float) -> str:
+    """A price as OpenRouter writes it: a plain decimal string."""
+    return format(value, ".12f").rstrip("0").rstrip(".") or "0"
 
 
 def _asyncio_running() -> bool:

@@ -18,7 +18,6 @@ from ._core import (
     already_judged,
     check_estimate,
     check_guard,
-    estimate,
     max_tokens,
     run_model,
     text_size,
@@ -69,7 +68,7 @@ class _Guarding:
         if self._estimate is not None:
             return Ask(model, self._estimate)
         limit = max_tokens(params, metadata)
-        return Ask(model, estimate(self.guard, model, text_size(texts), limit))
+        return Ask(model, None, text_size(texts), limit)
 
     def _ended(self, response: LLMResult, run_id: UUID) -> None:
         self._runs.ended(run_id, response)
@@ -118,9 +117,7 @@ class CreditGuardCallbackHandler(_Guarding, BaseCallbackHandler):
     ) -> None:
         ask = self._ask(serialized, (m for batch in messages for m in batch), metadata, kwargs)
         if ask is not None:
-            reservation = self.guard.reserve(
-                ask.model, credential=self._credential, estimate=ask.estimate
-            )
+            reservation = self.guard.reserve(ask.model, credential=self._credential, **ask.sizes())
             self._runs.opened(run_id, ask, reservation)
 
     def on_llm_start(
@@ -136,9 +133,7 @@ class CreditGuardCallbackHandler(_Guarding, BaseCallbackHandler):
     ) -> None:
         ask = self._ask(serialized, prompts, metadata, kwargs)
         if ask is not None:
-            reservation = self.guard.reserve(
-                ask.model, credential=self._credential, estimate=ask.estimate
-            )
+            reservation = self.guard.reserve(ask.model, credential=self._credential, **ask.sizes())
             self._runs.opened(run_id, ask, reservation)
 
     def on_llm_end(
@@ -187,7 +182,7 @@ class AsyncCreditGuardCallbackHandler(_Guarding, AsyncCallbackHandler):
         ask = self._ask(serialized, (m for batch in messages for m in batch), metadata, kwargs)
         if ask is not None:
             reservation = await self.guard.areserve(
-                ask.model, credential=self._credential, estimate=ask.estimate
+                ask.model, credential=self._credential, **ask.sizes()
             )
             self._runs.opened(run_id, ask, reservation)
 
@@ -205,7 +200,7 @@ class AsyncCreditGuardCallbackHandler(_Guarding, AsyncCallbackHandler):
         ask = self._ask(serialized, prompts, metadata, kwargs)
         if ask is not None:
             reservation = await self.guard.areserve(
-                ask.model, credential=self._credential, estimate=ask.estimate
+                ask.model, credential=self._credential, **ask.sizes()
             )
             self._runs.opened(run_id, ask, reservation)
 

@@ -28,11 +28,11 @@ from ._core import (
     as_chunk,
     check_estimate,
     check_guard,
-    estimate,
     ls_params,
     max_tokens,
     message_cost,
     pick,
+    sizes,
     text_size,
 )
 
@@ -168,14 +168,12 @@ class GuardedChatModel(BaseChatModel):
 
     def _ask(
         self, requested: BaseChatModel, messages: list[BaseMessage], kwargs: dict[str, Any]
-    ) -> tuple[str | None, float | None]:
-        """The credential the call is judged on, and what it holds."""
+    ) -> tuple[str | None, dict[str, Any]]:
+        """The credential the call is judged on, and what to tell the guard of
+        its size (a fixed estimate, or the prompt and output limit)."""
         credential = None if self.credential is None else self.credential.get_secret_value()
-        held = self.estimate
-        if held is None:
-            limit = max_tokens(kwargs, ls_params(requested))
-            held = estimate(self.guard, self.model, text_size(messages), limit)
-        return credential, held
+        limit = max_tokens(kwargs, ls_params(requested))
+        return credential, sizes(self.estimate, text_size(messages), limit)
 
     def _choose(
         self, reservation: Reservation, requested: BaseChatModel
@@ -195,7 +193,7 @@ class GuardedChatModel(BaseChatModel):
         except BaseException:
             reservation.release()
             raise
-        return runner, self.guard.pricing.price(name)
+        return runner, self.guard.prices.price(name)
 
     # -- sync -----------------------------------------------------------------
 
@@ -207,8 +205,8 @@ class GuardedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         requested = self._requested()
-        credential, held_estimate = self._ask(requested, messages, kwargs)
-        with self.guard.reserve(self.model, credential=credential, estimate=held_estimate) as held:
+        credential, sized = self._ask(requested, messages, kwargs)
+        with self.guard.reserve(self.model, credential=credential, **sized) as held:
             runner, price = self._choose(held, requested)
             message = runner.invoke(messages, _config(run_manager), stop=stop, **kwargs)
             held.settle(message_cost(message, price))
@@ -222,8 +220,8 @@ class GuardedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         requested = self._requested()
-        credential, held_estimate = self._ask(requested, messages, kwargs)
-        held = self.guard.reserve(self.model, credential=credential, estimate=held_estimate)
+        credential, sized = self._ask(requested, messages, kwargs)
+        held = self.guard.reserve(self.model, credential=credential, **sized)
         runner, price = self._choose(held, requested)
         tally, failed = Tally(), True
         try:
@@ -244,10 +242,8 @@ class GuardedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         requested = self._requested()
-        credential, held_estimate = self._ask(requested, messages, kwargs)
-        with await self.guard.areserve(
-            self.model, credential=credential, estimate=held_estimate
-        ) as held:
+        credential, sized = self._ask(requested, messages, kwargs)
+        with await self.guard.areserve(self.model, credential=credential, **sized) as held:
             runner, price = self._choose(held, requested)
             message = await runner.ainvoke(messages, _config(run_manager), stop=stop, **kwargs)
             held.settle(message_cost(message, price))
@@ -261,8 +257,8 @@ class GuardedChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         requested = self._requested()
-        credential, held_estimate = self._ask(requested, messages, kwargs)
-        held = await self.guard.areserve(self.model, credential=credential, estimate=held_estimate)
+        credential, sized = self._ask(requested, messages, kwargs)
+        held = await self.guard.areserve(self.model, credential=credential, **sized)
         runner, price = self._choose(held, requested)
         tally, failed = Tally(), True
         try:

@@ -51,6 +51,7 @@ __all__ = [
     "pick",
     "result_cost",
     "run_model",
+    "sizes",
     "text_size",
 ]
 
@@ -197,12 +198,21 @@ def text_size(items: Iterable[BaseMessage | str]) -> int:
     return size
 
 
+def sizes(fixed: float | None, chars: int, limit: int | None) -> dict[str, Any]:
+    """What to tell ``guard.reserve`` about a call: a fixed estimate when one was
+    given, else the prompt's size and output limit, so the guard prices the call
+    (and each downgrade target) from its price lists and learned costs."""
+    if fixed is not None:
+        return {"estimate": fixed}
+    return {"prompt_chars": chars, "max_tokens": limit}
+
+
 def estimate(guard: BudgetGuard, model: str | None, chars: int, limit: int | None) -> float | None:
     """What to hold for a call, as the transport reckons it: the prompt (~4
     characters a token) and ``limit`` completion tokens at the model's prices;
     with no limit, the prompt plus the guard's estimate. None (the guard's
     estimate) when no price is configured for the model."""
-    pricing = guard.pricing
+    pricing = guard.prices
     if not pricing:
         return None
     price = pricing.price(model)
@@ -219,6 +229,13 @@ class Ask(NamedTuple):
 
     model: str | None
     estimate: float | None
+    chars: int | None = None  # the prompt's size, when the guard prices the run
+    limit: int | None = None  # its output limit
+
+    def sizes(self) -> dict[str, Any]:
+        if self.chars is None:
+            return {"estimate": self.estimate}
+        return {"prompt_chars": self.chars, "max_tokens": self.limit}
 
 
 # -- the verdict ----------------------------------------------------------------
@@ -419,7 +436,7 @@ class Runs:
                 decision.model,
                 ask.model,
             )
-        price = self.guard.pricing.price(ask.model)
+        price = self.guard.prices.price(ask.model)
         with self._lock:
             self._open[run_id] = (reservation, price)
 

@@ -18,13 +18,13 @@ from ._core import (
     Models,
     check_estimate,
     check_guard,
-    estimate,
     judged,
     ls_params,
     max_tokens,
     messages_cost,
     model_of,
     pick,
+    sizes,
     text_size,
 )
 
@@ -74,16 +74,16 @@ class CreditGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     def __repr__(self) -> str:
         return f"CreditGuardMiddleware({self.guard!r})"  # never the credential
 
-    def _ask(self, request: _Request) -> tuple[str | None, float | None]:
-        """The model the request asks for, and what its call holds."""
+    def _ask(self, request: _Request) -> tuple[str | None, dict[str, Any]]:
+        """The model the request asks for, and what to tell the guard of its size."""
         model = model_of(request.model)
         if self._estimate is not None:
-            return model, self._estimate
+            return model, {"estimate": self._estimate}
         messages = request.messages
         if request.system_message is not None:
             messages = [request.system_message, *messages]
         limit = max_tokens(request.model_settings, ls_params(request.model))
-        return model, estimate(self.guard, model, text_size(messages), limit)
+        return model, sizes(None, text_size(messages), limit)
 
     def _apply(
         self, held: Reservation, request: _Request, model: str | None
@@ -92,16 +92,16 @@ class CreditGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         price of the model it runs."""
         chosen = pick(held.decision, self._models)
         if chosen is None:
-            return request, self.guard.pricing.price(model)
-        return request.override(model=chosen), self.guard.pricing.price(held.decision.model)
+            return request, self.guard.prices.price(model)
+        return request.override(model=chosen), self.guard.prices.price(held.decision.model)
 
     def wrap_model_call(
         self,
         request: _Request,
         handler: Callable[[_Request], _Response],
     ) -> _Response:
-        model, held_estimate = self._ask(request)
-        with self.guard.reserve(model, credential=self._credential, estimate=held_estimate) as held:
+        model, sized = self._ask(request)
+        with self.guard.reserve(model, credential=self._credential, **sized) as held:
             request, price = self._apply(held, request, model)
             with judged():
                 response = handler(request)
@@ -113,8 +113,8 @@ class CreditGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
         request: _Request,
         handler: Callable[[_Request], Awaitable[_Response]],
     ) -> _Response:
-        model, held_estimate = self._ask(request)
-        held = await self.guard.areserve(model, credential=self._credential, estimate=held_estimate)
+        model, sized = self._ask(request)
+        held = await self.guard.areserve(model, credential=self._credential, **sized)
         with held:
             request, price = self._apply(held, request, model)
             with judged():

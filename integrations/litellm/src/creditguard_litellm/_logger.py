@@ -213,7 +213,7 @@ class CreditGuardLogger(CustomLogger):
         """What to hold for a call (None: the guard's estimate)."""
         if self.estimate is not None:
             return self.estimate
-        pricing = self.guard.pricing
+        pricing = self.guard.prices
         if not pricing:
             return None
         price = pricing.price(model)
@@ -224,6 +224,15 @@ class CreditGuardLogger(CustomLogger):
         if limit is None:
             return price.prompt * prompt + self.guard.estimate
         return price.of(prompt, limit)
+
+    def sizes_of(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """What to tell the guard of a call: the fixed ``estimate``, else the
+        prompt's size and output limit (the guard prices the call, and each
+        downgrade target, from its price lists and learned costs)."""
+        if self.estimate is not None:
+            return {"estimate": self.estimate}
+        limit = next((n for k in _LIMIT_KEYS if (n := _whole(data.get(k))) is not None), None)
+        return {"prompt_chars": _prompt_chars(data), "max_tokens": limit}
 
     def target_of(self, decision: Decision) -> str | None:
         """The proxy model to run on a downgrade; None: no model for it."""
@@ -250,9 +259,7 @@ class CreditGuardLogger(CustomLogger):
         raw = data.get("model")
         model = raw if isinstance(raw, str) and raw else None
         credential = self.credential_of(user_api_key_dict, data)
-        reservation = await self.guard.areserve(
-            model, credential=credential, estimate=self.estimate_of(model, data)
-        )
+        reservation = await self.guard.areserve(model, credential=credential, **self.sizes_of(data))
         decision = reservation.decision.applied  # shadow mode: an allow
         if decision.action == "refuse":
             raise CreditGuardRefusal(decision)
@@ -271,7 +278,7 @@ class CreditGuardLogger(CustomLogger):
         call_id = data.get("litellm_call_id")
         if not isinstance(call_id, str) or not call_id:
             call_id = data["litellm_call_id"] = str(uuid4())
-        price = self.guard.pricing.price(runs) if self.guard.pricing else None
+        price = self.guard.prices.price(runs)
         self._hold(call_id, _Held(reservation, credential, price, time.monotonic()))
         return data
 
