@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis_server import redis_server_fixture  # noqa: F401
 
 from creditguard import BudgetGuard, Policy
 from creditguard.balance import Balance
@@ -317,3 +318,35 @@ def test_shadow_mode_decides_the_downgrade_but_holds_what_runs() -> None:
     r = _post(_guard(fake, policy), fake, BODY)
     assert r.status_code == 200 and r.headers["x-creditguard-decision"] == "downgrade"
     assert _sent(fake)["model"] == BIG
+
+
+# -- over a shared store: the fused read+hold script holds what fits ---------------------
+
+
+def test_shared_store_downgrades_when_only_the_cheaper_model_fits(redis_server: Any) -> None:
+    # big's own estimate (~1.0) crosses the floor; mid's (~0.1) does not: the
+    # script first refuses the big hold, the judge picks mid, and mid's
+    # estimate is what the store holds
+    fake = FakeProvider()
+    fake.add_key(KEY, limit=1.5)
+    fake.stream_gate = gate = threading.Event()
+    store = f"{redis_server.url}?secret=downgrade-clamp-secret"
+    guard = _guard(fake, Policy(refuse_below=0.5, downgrade={BIG: MID}), store=store)
+    try:
+        body = {**BODY, "stream": True}
+        with guard.client(
+            transport=httpx.MockTransport(fake.handler), base_url="https://openrouter.fake/api/v1"
+        ) as http:
+            headers = {"Authorization": f"Bearer {KEY}"}
+            for _ in range(2):  # the first call refreshes the snapshot; the second is hot
+                with http.stream("POST", "/chat/completions", json=body, headers=headers) as r:
+                    assert r.headers["x-creditguard-decision"] == "downgrade"
+                    held = guard.ledger.reserved(KEY)
+                    size = len(json.dumps(body).encode()) / 4
+                    assert held == pytest.approx(1e-6 * size + 1e-5 * 10_000, rel=0.05)
+                    gate.set()
+                    r.read()
+                gate.clear()
+        assert [r.json["model"] for r in fake.requests if r.endpoint == "chat"] == [MID, MID]
+    finally:
+        guard.close()
