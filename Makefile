@@ -11,7 +11,7 @@ OA2_STAMP := $(OA2)/.installed-stamp
 LITELLM := .venv-litellm
 LITELLM_STAMP := $(LITELLM)/.installed-stamp
 
-.PHONY: demo test lint check bench bench-instructions clean
+.PHONY: demo test lint check bench bench-instructions bench-peers clean
 
 $(STAMP): pyproject.toml integrations/langchain/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -68,5 +68,11 @@ bench: $(STAMP)
 bench-instructions: $(STAMP)
 	$(BIN)/python benchmarks/instructions.py
 
+# creditguard side by side with the peer libraries (issue 17; not run by CI):
+# builds .venv-peers (openai 3.x + httpx2) and .venv-peers-openai2 (openai 2.x +
+# httpx) on first use, each with the peers that install; about 6 minutes
+bench-peers:
+	$(PYTHON) benchmarks/peers.py
+
 clean:
-	rm -rf $(VENV) $(OA2) $(LITELLM) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(OA2) $(LITELLM) .venv-peers .venv-peers-openai2 .pytest_cache .mypy_cache .ruff_cache
