@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from creditguard import ConfigError
-from creditguard._body import find_members, usage_from_body
+from creditguard._body import find_members, find_members_forward, usage_from_body
 from creditguard.costs import Price, Pricing, cost_from_result, cost_from_usage
 
 PRICING = Pricing(
@@ -87,5 +87,12 @@ def test_find_members_stops_once_all_are_found() -> None:
     text = '{"model": "m", "max_tokens": 10, "rest": [1, 2'  # malformed after the finds
     found = find_members(text, frozenset(("model", "max_tokens")))
     assert {k: v[0] for k, v in found.items()} == {"model": "m", "max_tokens": 10}
+    # a name that does not occur costs one search, and the break is never read
+    found = find_members(text, frozenset(("model", "absent")))
+    assert {k: v[0] for k, v in found.items()} == {"model": "m"}
+    # the forward scan, the fallback, reads up to the break looking for it
     with pytest.raises(ValueError):
-        find_members(text, frozenset(("model", "absent")))
+        find_members_forward(text, frozenset(("model", "absent")))
+    broken_after = '{"n": 1, "max_tokens": 10, "rest": [1, 2'  # not proven top-level from the end
+    found = find_members(broken_after, frozenset(("max_tokens",)))
+    assert {k: v[0] for k, v in found.items()} == {"max_tokens": 10}

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from creditguard._body import find_member, find_member_fast, prefix_is_json
+from creditguard._body import find_member, find_member_fast, find_members, prefix_is_json
 
 # keys and strings that look like the member we are after, in every place
 KEYS = st.sampled_from(["model", "messages", "role", "content", "x", 'mo"del', "model\\"])
@@ -72,12 +72,42 @@ def test_finds_the_top_level_member_past_look_alikes(text: str) -> None:
         '{"a": {"model": "nested"}}',
         '[{"model": "in an array"}]',
         '"model": "not an object"',
-        '{"model": "top", "rest": [1, 2',  # bad after: not proven top-level
+        '{"a": 1, "model": "top", "rest": [1, 2',  # bad after: not proven top-level
         "",
     ],
 )
 def test_finds_nothing_where_there_is_no_top_level_member(text: str) -> None:
     assert find_member_fast(text, "model") is None
+
+
+def test_the_first_member_is_top_level_by_its_place() -> None:
+    # openai 3.x sends the model first: nothing after it is decoded, even when
+    # it is broken; a rewrite still checks the whole body first
+    text = '{"model": "top", "rest": [1, 2'
+    found = find_member_fast(text, "model")
+    assert found is not None and found[0] == "top"
+    assert not prefix_is_json(text, "model", found[1])
+    # a later look-alike, nested, does not hide it
+    text = '{ "model": "top", "messages": [{"model": "nested"}]}'
+    assert find_member_fast(text, "model") == find_member(text, "model")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    members=st.lists(
+        st.tuples(st.sampled_from(["max_tokens", "n", "model", "messages"]), VALUES), max_size=6
+    )
+)
+def test_find_members_agrees_with_json_on_valid_json(members: list[tuple[str, Any]]) -> None:
+    # from the end, as a JSON parser reads duplicates: the last one counts
+    text = "{" + ", ".join(json.dumps(k) + ": " + json.dumps(v) for k, v in members) + "}"
+    names = frozenset(("max_tokens", "n", "absent"))
+    found = find_members(text, names)
+    assert {k: v[0] for k, v in found.items()} == {
+        k: v for k, v in json.loads(text).items() if k in names
+    }
+    for value, (start, end) in found.values():
+        assert json.loads(text[start:end]) == value
 
 
 def test_many_look_alikes_fall_back_to_the_full_scan() -> None:

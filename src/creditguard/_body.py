@@ -22,6 +22,7 @@ __all__ = [
     "find_member",
     "find_member_fast",
     "find_members",
+    "find_members_forward",
     "members_after",
     "members_after_dict",
     "prefix_is_json",
@@ -80,11 +81,33 @@ def _object_start(text: str) -> int | None:
 
 def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, Span]]:
     """The values of the top-level members ``names`` of the JSON object in
-    ``text``, with the span of each encoded value. Scanning stops once all are
-    found: only the members before them are decoded (by the C decoder), and
-    the first of duplicates is the one found. Raises ValueError when ``text``
-    is not JSON; returns what it found when the top level is not an object or
-    is malformed after the last find."""
+    ``text``, with the span of each encoded value.
+
+    Each is found from the end, as :func:`find_member_fast` finds one (the
+    sampling options follow ``messages``: the messages are not decoded), and
+    a name that does not occur in the text costs one search. When a name
+    occurs but none of its places proves top-level that way (a nested key
+    only, or a body malformed after it), the forward scan
+    (:func:`find_members_forward`) decides for all. On valid JSON the last of
+    duplicates is found, as JSON parsers read it."""
+    found: dict[str, tuple[object, Span]] = {}
+    for name in names:
+        if '"' + name + '"' not in text:
+            continue
+        hit = find_member_fast(text, name)
+        if hit is None:
+            return find_members_forward(text, names)
+        found[name] = hit
+    return found
+
+
+def find_members_forward(text: str, names: frozenset[str]) -> dict[str, tuple[object, Span]]:
+    """The values of the top-level members ``names`` of the JSON object in
+    ``text``, with the span of each encoded value, by a forward scan that
+    stops once all are found: only the members before them are decoded (by
+    the C decoder), and the first of duplicates is the one found. Raises
+    ValueError when ``text`` is not JSON; returns what it found when the top
+    level is not an object or is malformed after the last find."""
     found: dict[str, tuple[object, Span]] = {}
     idx = _object_start(text)
     if idx is None:
@@ -145,15 +168,19 @@ def find_member_fast(text: str, name: str) -> tuple[object, Span] | None:
     top-level object exactly when the members after it run to that object's
     closing brace at the end of the text: a nested object's brace would be
     followed by its parents' closing brackets. So candidates are tried from the
-    last, and each one's *suffix* is decoded, never the prefix. The prefix is
-    not checked: callers that act on the whole body (a rewrite) check it with
-    :func:`prefix_is_json` first. After a few rejected candidates it falls
-    back to :func:`find_member`, and raises ValueError when that does."""
+    last, and each one's *suffix* is decoded, never the prefix. A candidate
+    that is the object's first member (openai 3.x sends ``model`` first) is a
+    top-level key by its place, and no later candidate was: its suffix is not
+    decoded either. The prefix is not checked: callers that act on the whole
+    body (a rewrite) check it with :func:`prefix_is_json` first. After a few
+    rejected candidates it falls back to :func:`find_member`, and raises
+    ValueError when that does."""
     inside = _object_start(text)
     if inside is None:
         return None
     needle = '"' + name + '"'
     at = text.rfind(needle, inside)
+    first = _ws(text, inside)
     tries = 0
     while at >= 0:
         tries += 1
@@ -167,7 +194,10 @@ def find_member_fast(text: str, name: str) -> tuple[object, Span] | None:
             start = _ws(text, colon + 1)
             try:
                 value, end = _value(text, start)
-                if _closes_top_level(text, end):
+                # the first member (openai 3.x sends ``model`` first) is a key
+                # of the top-level object by its place, and the last of its
+                # name in the text: nothing after it needs decoding
+                if at == first or _closes_top_level(text, end):
                     return value, (start, end)
             except ValueError:
                 pass
