@@ -1,4 +1,4 @@
-"""The guard's cost, as ratios against the bare path (issue 7).
+"""The guard's cost, as ratios against the bare path (issues 7 and 17).
 
 Every figure compares the guarded path with the bare one *in this process*:
 bare and guarded batches alternate (bare first in even rounds, guarded first in
@@ -238,7 +238,7 @@ def transport_pair(lib_name: str, is_async: bool, kind: str) -> Pair:
     expected = {"allow": "allow", "downgrade": "downgrade", "get": None}[kind]
     label = {"allow": "allow", "downgrade": "downgrade", "get": "GET /models (no generation)"}
     name = f"transport {lib_name} {'async' if is_async else 'sync'} {label[kind]}"
-    goal = 1.05 if kind == "downgrade" else 1.03
+    goal = 1.45 if kind == "downgrade" else 1.25  # issue 17 (issue 7's 1.05 / 1.03 retired)
 
     def setup() -> tuple[Batch, Batch, Callable[[], None]]:
         guard = new_guard()
@@ -367,7 +367,7 @@ def decorator_pair(is_async: bool) -> Pair:
 
         return batch_of(bare_fn), batch_of(guarded_fn), verify_sync
 
-    return Pair(name, 2.0, is_async, setup)
+    return Pair(name, 7.0, is_async, setup)  # issue 17 (issue 7's 2.0 retired)
 
 
 def accounting_pair() -> Pair:
@@ -853,15 +853,16 @@ def profile_stampede(loop: asyncio.AbstractEventLoop, top: int = 10, reps: int =
 # -- main -------------------------------------------------------------------------
 
 GOALS_NOTE = """\
-Goals (issue 7), quoted:
-  - transport allow path <= 1.03x the bare MockTransport round trip; downgrade path <= 1.05x
-    (this rules out a full `json.loads` + `json.dumps` of every body on the hot path: find
-    the model without re-serialising, splice the new value in);
-  - decorator <= 2.0x a wrapt pass-through decorator, sync and async;
+Goals (issue 17, "Performance, restated": hold the line while features land):
+  - transport allow path <= 1.25x the bare MockTransport round trip; downgrade path <= 1.45x;
+  - decorator <= 7x a wrapt pass-through decorator, sync and async;
   - stampede: exactly 1 fetch; guard adds <= 10% to the wall time of 1,000 concurrent bare calls;
   - memory bounded: <= 50 MB extra at 100,000 credentials with the default maxsize.
   The non-generation GET is held to the allow goal (it should pass straight through);
-  accounting (reserve + settle vs allow-only) has no goal and is reported (INFO)."""
+  accounting (reserve + settle vs allow-only) has no goal and is reported (INFO).
+  What a user compares, the guard against the peer libraries on the real SDK call
+  (<= 25 us added per call through creditguard.httpx2, <= 20 us for @guard), is
+  measured by benchmarks/peers.py (make bench-peers)."""
 
 
 def print_table(rows: list[Row], verbose: bool = True) -> None:
