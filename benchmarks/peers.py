@@ -3,6 +3,7 @@
     python3 benchmarks/peers.py            # `make bench-peers`: ~6 minutes (venvs built once)
     python3 benchmarks/peers.py --quick    # one round, shorter batches
     python3 benchmarks/peers.py --rounds 5 --only shekel
+    python3 benchmarks/peers.py --instructions --stack "openai 3.x + httpx2" --only creditguard
 
 Not run by CI. Each stack gets a venv of its own, built here on first use
 (``.venv-peers``: openai 3.x on httpx2; ``.venv-peers-openai2``: openai 2.x on
@@ -537,6 +538,72 @@ def spend_scenario(library: str, http_name: str, is_async: bool) -> dict:
     }
 
 
+def count_child(library: str, http_name: str, side: str, n: int) -> None:
+    """Runs under callgrind: ``n`` sync calls, bare or through ``library``."""
+    import gc
+    import logging
+
+    for name in ("creditguard", "agentarmor", "shekel", "llm_budget", "llm_cost_guard"):
+        logging.getLogger(name).addHandler(logging.NullHandler())
+        logging.getLogger(name).propagate = False
+    _originals()
+    kwargs = {"model": MODEL, "messages": MESSAGES, "max_tokens": 512}
+    scene = Scene(http_name, _answer(372, 11))
+    wired = WIRES[library](scene, BIG, kwargs)
+    call = bare_calls(scene, kwargs).sync if side == "bare" else wired.sync
+    for _ in range(30):  # warm: first calls import and cache
+        call()
+    gc.collect()
+    gc.disable()
+    for _ in range(n):
+        call()
+
+
+def instructions(python: str, http_name: str, libraries: list[str]) -> None:
+    """Instructions per sync call under callgrind, (count at N2 - count at N1)
+    / (N2 - N1): exact, whatever the machine's load."""
+    import re
+
+    if shutil.which("valgrind") is None:
+        print("valgrind is not installed: no instruction counts")
+        return
+    n1, n2 = 10, 60
+
+    def count(library: str, side: str, n: int) -> int:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [
+                "valgrind",
+                "--tool=callgrind",
+                f"--callgrind-out-file={os.path.join(tmp, 'out')}",
+                python,
+                os.path.abspath(__file__),
+                "--count",
+                library,
+                http_name,
+                side,
+                str(n),
+            ]
+            env = {**os.environ, "HOME": tmp, "PYTHONHASHSEED": "0"}
+            done = _run(cmd, env=env, cwd=tmp)
+        found = re.search(r"Collected : (\d+)", done.stderr)
+        if done.returncode != 0 or found is None:
+            raise RuntimeError(f"callgrind failed for {library} {side}: {done.stderr[-800:]}")
+        return int(found.group(1))
+
+    def per_call(library: str, side: str) -> float:
+        return (count(library, side, n2) - count(library, side, n1)) / (n2 - n1)
+
+    bare = per_call(libraries[0], "bare")
+    print(f"\ninstructions per sync call ({http_name}), callgrind: bare SDK call {bare:,.0f}")
+    for library in libraries:
+        try:
+            guarded = per_call(library, "guarded")
+        except RuntimeError as exc:
+            print(f"  {library:<24} skipped: {str(exc).splitlines()[0][:120]}")
+            continue
+        print(f"  {library:<24} {guarded - bare:+12,.0f} ({guarded / bare:.3f}x)", flush=True)
+
+
 def child(library: str, http_name: str, seconds: float, full: bool) -> dict:
     import logging
 
@@ -821,10 +888,20 @@ def main(argv: list[str] | None = None) -> int:
         "--child", nargs=3, metavar=("LIB", "HTTP", "SECONDS"), help=argparse.SUPPRESS
     )
     parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--count", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instead: instructions per sync call under callgrind (slow: ~2 min a library)",
+    )
     args = parser.parse_args(argv)
     if args.child:
         library, http_name, seconds = args.child
         print(json.dumps(child(library, http_name, float(seconds), args.full)))
+        return 0
+    if args.count:
+        library, http_name, side, n = args.count
+        count_child(library, http_name, side, int(n))
         return 0
     rounds, seconds = (1, 1.0) if args.quick else (args.rounds, args.seconds)
     python = sys.executable
@@ -832,6 +909,12 @@ def main(argv: list[str] | None = None) -> int:
     libraries = [lib for lib in LIBRARIES if not args.only or args.only in lib]
     started = time.perf_counter()
     venvs = {stack: ensure_venv(stack, python) for stack in stacks}
+    if args.instructions:
+        for stack in stacks:
+            bin_python, failed = venvs[stack]
+            usable = [lib for lib in libraries if lib not in failed]
+            instructions(bin_python, STACKS[stack][2], usable)
+        return 0
     print(
         f"creditguard vs peers: {rounds} round(s), {seconds:g} s per row per child, "
         f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}",
