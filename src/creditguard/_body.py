@@ -34,6 +34,7 @@ _DECODER = json.JSONDecoder()
 _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 _WS = re.compile(r"[ \t\n\r]*")
 _WS_CHARS = " \t\n\r"
+_WS_SET = frozenset(_WS_CHARS)
 _MAX_CANDIDATES = 4
 
 Span = tuple[int, int]
@@ -91,10 +92,17 @@ def find_members(text: str, names: frozenset[str]) -> dict[str, tuple[object, Sp
     (:func:`find_members_forward`) decides for all. On valid JSON the last of
     duplicates is found, as JSON parsers read it."""
     found: dict[str, tuple[object, Span]] = {}
+    inside: int | None = -1
     for name in names:
-        if '"' + name + '"' not in text:
+        needle = '"' + name + '"'
+        if needle not in text:  # (a forward search is the quicker)
             continue
-        hit = find_member_fast(text, name)
+        at = text.rfind(needle)
+        if inside == -1:
+            inside = _object_start(text)
+        hit = None
+        if inside is not None and at >= inside:
+            hit = _from_end(text, name, needle, inside, at)
         if hit is None:
             return find_members_forward(text, names)
         found[name] = hit
@@ -178,9 +186,18 @@ def find_member_fast(text: str, name: str) -> tuple[object, Span] | None:
     inside = _object_start(text)
     if inside is None:
         return None
-    needle = '"' + name + '"'
-    at = text.rfind(needle, inside)
+    return _from_end(text, name, '"' + name + '"', inside)
+
+
+def _from_end(
+    text: str, name: str, needle: str, inside: int, at: int | None = None
+) -> tuple[object, Span] | None:
+    """:func:`find_member_fast` once the object's inside (and maybe the last
+    candidate, ``at``) is known."""
+    if at is None:
+        at = text.rfind(needle, inside)
     first = _ws(text, inside)
+    size = len(needle)
     tries = 0
     while at >= 0:
         tries += 1
@@ -189,9 +206,13 @@ def find_member_fast(text: str, name: str) -> tuple[object, Span] | None:
         escapes = 0
         while text[at - 1 - escapes] == "\\":
             escapes += 1
-        colon = _ws(text, at + len(needle))
+        colon = at + size
+        if text[colon : colon + 1] in _WS_SET:  # (compact JSON has none: no call)
+            colon = _ws(text, colon)
         if escapes % 2 == 0 and text.startswith(":", colon):
-            start = _ws(text, colon + 1)
+            start = colon + 1
+            if text[start : start + 1] in _WS_SET:
+                start = _ws(text, start)
             try:
                 value, end = _value(text, start)
                 # the first member (openai 3.x sends ``model`` first) is a key
@@ -209,6 +230,8 @@ def _closes_top_level(text: str, idx: int) -> bool:
     """Do the members from ``idx`` (just after a member's value) run to the
     closing brace of one object, with only whitespace after it? The members
     are decoded as an object of their own, by the C decoder."""
+    if idx + 1 == len(text) and text.startswith("}", idx):  # the last member, compact
+        return True
     idx = _ws(text, idx)
     if text.startswith("}", idx):
         return _ws(text, idx + 1) == len(text)
