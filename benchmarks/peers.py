@@ -320,7 +320,8 @@ def wire_shekel(scene: Scene, budget: float, kwargs: dict[str, Any]) -> Wired:
     active.__enter__()  # as `with budget(max_usd=...):` around the calls
     _SHEKEL.append(active)
     call, acall = _sdk_calls(scene.client(), scene.aclient(), kwargs)
-    return Wired(call, acall, (BudgetExceededError,))
+    why = "its budget lives in a ContextVar: threads started bare do not see it"
+    return Wired(call, acall, (BudgetExceededError,), why)
 
 
 def wire_llm_cost_guard(scene: Scene, budget: float, kwargs: dict[str, Any]) -> Wired:
@@ -778,7 +779,7 @@ def print_table(stack: str, rows: list[dict]) -> None:
     cells = []
     for row in rows:
         if "skipped" in row:
-            cells.append((row["label"], "skipped: " + row["skipped"], "", "", "", "", ""))
+            cells.append((row["label"], "skipped (below)", "", "", "", "", ""))
             continue
         refuse = row["refuse"]
         ratio = ""
@@ -817,6 +818,8 @@ def print_table(stack: str, rows: list[dict]) -> None:
     for row in rows:
         if row.get("note"):
             print(f"  {row['label']}: {row['note']}")
+        if row.get("skipped"):
+            print(f"  {row['label']}: skipped: {row['skipped'][:200]}")
 
 
 def verdicts(tables: dict[str, list[dict]]) -> list[tuple[str, bool | None, str]]:
@@ -884,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stack", choices=sorted(STACKS), help="one stack only")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument("--json", metavar="PATH", help="also write the raw results here")
+    parser.add_argument("--from-json", metavar="PATH", help="print the table of a saved run")
     parser.add_argument(
         "--child", nargs=3, metavar=("LIB", "HTTP", "SECONDS"), help=argparse.SUPPRESS
     )
@@ -908,6 +912,10 @@ def main(argv: list[str] | None = None) -> int:
     stacks = [args.stack] if args.stack else list(STACKS)
     libraries = [lib for lib in LIBRARIES if not args.only or args.only in lib]
     started = time.perf_counter()
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        return report({s: summarise(s, saved[s], {}) for s in saved}, libraries, args.strict)
     venvs = {stack: ensure_venv(stack, python) for stack in stacks}
     if args.instructions:
         for stack in stacks:
@@ -934,7 +942,16 @@ def main(argv: list[str] | None = None) -> int:
                     f", async {got['async']['added_us']:+.1f} us" if "async" in got else ""
                 )
                 print(f"  round {r + 1} {stack:<20} {library:<22} {shown}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     tables = {s: summarise(s, results[s], venvs[s][1]) for s in stacks}
+    code = report(tables, libraries, args.strict)
+    print(f"\n{time.perf_counter() - started:.0f} s")
+    return code
+
+
+def report(tables: dict[str, list[dict]], libraries: list[str], strict: bool) -> int:
     for stack, rows in tables.items():
         print_table(stack, [r for r in rows if r["library"] in libraries])
     print(f"\ngoals (issue 17), on {GOAL_STACK} where not said:")
@@ -943,11 +960,7 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "INFO" if ok is None else ("PASS" if ok else "FAIL")
         missed += ok is False
         print(f"  {verdict}  {name}: {shown}")
-    print(f"\n{time.perf_counter() - started:.0f} s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 1 if args.strict and missed else 0
+    return 1 if strict and missed else 0
 
 
 if __name__ == "__main__":
