@@ -568,7 +568,7 @@ def instructions(python: str, http_name: str, libraries: list[str]) -> None:
     if shutil.which("valgrind") is None:
         print("valgrind is not installed: no instruction counts")
         return
-    n1, n2 = 10, 60
+    n1, n2 = 5, 25
 
     def count(library: str, side: str, n: int) -> int:
         with tempfile.TemporaryDirectory() as tmp:
