@@ -575,7 +575,6 @@ def test_downgrade_and_credential_without_the_library_shortcuts(
     lib = h.client._transport._core.lib
     monkeypatch.setattr(lib, "lowered_list", shortcuts)
     monkeypatch.setattr(lib, "cloneable", shortcuts)
-    monkeypatch.setattr(lib, "uri_path", shortcuts)
     original = h.client.build_request("POST", "/chat/completions", content=BODY)
     r = h.client.send(original)
     assert r.headers["x-creditguard-decision"] == "downgrade"
