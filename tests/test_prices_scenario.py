@@ -16,6 +16,7 @@ import httpx2
 import openai
 import pytest
 
+import creditguard as cg
 import creditguard.httpx2 as cg2
 from creditguard import BudgetGuard, Policy
 from creditguard.sources import FixedBudget, OpenRouterKey, Tightest
@@ -146,3 +147,61 @@ async def test_without_any_estimate_a_burst_overspends(fake: FakeProvider) -> No
         outcomes = await _burst(client, "gpt-4o")
     assert outcomes.count("ok") == BURST
     assert _spent(fake) > 5 * BUDGET
+
+
+async def test_the_decorator_around_the_sdk_call_prices_it_from_its_own_arguments(
+    fake: FakeProvider,
+) -> None:
+    # @guard around a function that carries messages and max_tokens (as
+    # client.chat.completions.create does) holds the priced estimate, not the
+    # blind 0.01: 50 decorated calls at once stay within the budget
+    guard = BudgetGuard(
+        FixedBudget(BUDGET),
+        FLOOR,
+        pricing={"gpt-4o": {"prompt": PRICE[0], "completion": PRICE[1]}},
+        pricing_from=None,
+    )
+    client = openai.AsyncOpenAI(
+        base_url=fake.openai_base_url,
+        api_key=KEY,
+        http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport()),
+        max_retries=0,
+    )
+
+    @guard
+    async def ask(model: str, messages: list[dict[str, str]], **rest: Any) -> Any:
+        return await client.chat.completions.create(model=model, messages=messages, **rest)
+
+    async def one() -> str:
+        try:
+            await ask("gpt-4o", _messages(), max_tokens=COMPLETION_TOKENS)
+        except cg.CreditsExhausted:
+            return "refused"
+        return "ok"
+
+    async with client:
+        outcomes = await asyncio.gather(*(one() for _ in range(BURST)))
+    spent = _spent(fake)
+    assert spent <= BUDGET + COST + 1e-9
+    assert outcomes.count("ok") >= 7
+    assert spent == pytest.approx(COST * outcomes.count("ok"), rel=0.01)
+
+
+def test_the_decorator_without_the_request_in_its_arguments_keeps_the_estimate(
+    fake: FakeProvider,
+) -> None:
+    guard = BudgetGuard(
+        FixedBudget(BUDGET),
+        FLOOR,
+        pricing={"gpt-4o": {"prompt": PRICE[0], "completion": PRICE[1]}},
+        pricing_from=None,
+    )
+    seen: list[float] = []
+
+    @guard
+    def ask(model: str, question: str) -> str:
+        seen.append(guard.ledger.reserved(None))
+        return "ok"
+
+    ask("gpt-4o", "hi")
+    assert seen == [pytest.approx(guard.estimate)]

@@ -282,11 +282,49 @@ class Call(Reservation):
 CURRENT_CALL: ContextVar[Call | None] = ContextVar("creditguard_call", default=None)
 
 
+_PROMPT_ARGS = ("messages", "prompt", "input")
+_LIMIT_ARGS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_MAX_LIMIT = 2**53  # an absurd output limit is held as this (a float still)
+
+
+def _chars(value: object) -> int | None:
+    """About how many characters a call's prompt has: a string, or a list of
+    chat messages (dicts or objects with ``content``) whose content is text or
+    a list of parts with ``text``. None when it is neither."""
+    if isinstance(value, str):
+        return len(value)
+    if not isinstance(value, (list, tuple)):
+        return None
+    total = 0
+    for item in value:
+        content = item.get("content") if isinstance(item, dict) else getattr(item, "content", item)
+        if isinstance(content, str):
+            total += len(content) + 8  # the role and the message's framing
+        elif isinstance(content, (list, tuple)):
+            for part in content:
+                text = part.get("text") if isinstance(part, dict) else getattr(part, "text", None)
+                total += len(text) if isinstance(text, str) else 16
+        else:
+            total += 16
+    return total
+
+
 class Guarded:
     """What the decorator worked out at decoration time about one function,
     and the two pure steps around the guard's decision."""
 
-    __slots__ = ("credential", "estimate", "estimator", "fixed", "guard", "model", "shift")
+    __slots__ = (
+        "credential",
+        "estimate",
+        "estimator",
+        "fixed",
+        "guard",
+        "learned",
+        "limits",
+        "messages",
+        "model",
+        "shift",
+    )
 
     def __init__(
         self,
@@ -311,6 +349,18 @@ class Guarded:
             if credential_arg is None
             else ArgSpec(raw, credential_arg, what="credential_arg", required=True)
         )
+        self.learned = guard.prices.default
+        # A function that carries the request itself (``messages``/``prompt``/
+        # ``input`` and an output limit, as ``client.chat.completions.create``
+        # does) is priced per call like a transported request; else the learned
+        # or configured estimate stands.
+        self.messages: tuple[ArgSpec, ...] = ()
+        self.limits: tuple[ArgSpec, ...] = ()
+        if estimate is None:
+            specs = [ArgSpec(raw, n, what="", required=False) for n in _PROMPT_ARGS]
+            self.messages = tuple(a for a in specs if a.usable)
+            specs = [ArgSpec(raw, n, what="", required=False) for n in _LIMIT_ARGS]
+            self.limits = tuple(a for a in specs if a.usable)
 
     def begin(
         self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -323,6 +373,36 @@ class Guarded:
             model if isinstance(model, str) else None,
             credential if isinstance(credential, str) else None,
         )
+
+    def sized(
+        self,
+        model: str | None,
+        instance: object,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> tuple[float, Any]:
+        """This call's estimate and estimator: fixed when the decorator was
+        given one; priced from the call's own prompt and output limit when it
+        carries them; else the model's learned estimate or the guard's."""
+        if self.fixed:
+            return self.estimate, self.estimator
+        if self.messages:
+            bound = self.shift and instance is not None
+            chars = None
+            for spec in self.messages:
+                chars = _chars(spec.get(bound, args, kwargs))
+                if chars is not None:
+                    break
+            if chars is not None:
+                limit = None
+                for spec in self.limits:
+                    value = spec.get(bound, args, kwargs)
+                    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                        limit = min(value, _MAX_LIMIT)
+                        break
+                estimator = self.guard._estimator(None, chars, limit)
+                return estimator.requested(model), estimator
+        return self.learned(model, self.estimate), self.estimator
 
     def apply(
         self,
@@ -345,9 +425,9 @@ class Guarded:
 def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> Any:
     """The wrapt decorator for ``fn``, chosen once: sync or async, function or
     generator. Each driver is the same three steps around its own I/O."""
-    fast, hold, ahold, estimate = guard._fast, guard._hold, guard._ahold, g.estimate
+    fast, hold, ahold, sized = guard._fast, guard._hold, guard._ahold, g.sized
     set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
-    fixed, estimator, learned = g.fixed, g.estimator, guard.prices.default
+    prices = guard.prices
 
     if inspect.isasyncgenfunction(raw):
 
@@ -355,7 +435,10 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            est = estimate if fixed else learned(model, estimate)
+            est, estimator = sized(model, instance, args, kwargs)
+            if estimator.wants_prices(model):
+                await prices.aensure()
+                est = estimator.requested(model)
             decision, held = fast(
                 model, credential, est, None, None, True, estimator=estimator
             ) or await ahold(model, credential, est, fast=False, estimator=estimator)
@@ -393,7 +476,10 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential = g.begin(instance, args, kwargs)
-            est = estimate if fixed else learned(model, estimate)
+            est, estimator = sized(model, instance, args, kwargs)
+            if estimator.wants_prices(model):
+                await prices.aensure()
+                est = estimator.requested(model)
             decision, held = fast(
                 model, credential, est, None, None, True, estimator=estimator
             ) or await ahold(model, credential, est, fast=False, estimator=estimator)
@@ -421,7 +507,10 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential = g.begin(instance, args, kwargs)
-        est = estimate if fixed else learned(model, estimate)
+        est, estimator = sized(model, instance, args, kwargs)
+        if estimator.wants_prices(model):
+            prices.ensure()
+            est = estimator.requested(model)
         decision, held = hold(model, credential, est, estimator=estimator)
         if decision.action != "allow":
             args, kwargs = g.apply(decision, instance, args, kwargs)
