@@ -127,14 +127,23 @@ def cost_from_usage(usage: object, price: Price | None) -> float | None:
     None when neither is known."""
     if usage is None:
         return None
+    cost = _reported(usage)
+    if cost is not None or price is None:
+        return cost
+    return _from_tokens(usage, price)
+
+
+def _reported(usage: object) -> float | None:
+    """``usage.cost``, when the provider reports one."""
     cost = usage.get("cost") if type(usage) is dict else _get(usage, "cost")
     if type(cost) is float and 0.0 <= cost <= MAX_COST:  # the usual case: a plain float
         return cost
     cost = _number(cost)
-    if cost is not None:
-        return _believable(cost, "usage.cost")
-    if price is None:
-        return None
+    return None if cost is None else _believable(cost, "usage.cost")
+
+
+def _from_tokens(usage: object, price: Price) -> float | None:
+    """The usage's token counts at ``price``."""
     prompt = next((n for k in _PROMPT_KEYS if (n := _number(_get(usage, k))) is not None), None)
     completion = next(
         (n for k in _COMPLETION_KEYS if (n := _number(_get(usage, k))) is not None), None
@@ -161,10 +170,13 @@ def cost_of_result(result: object, pricing: Prices, model: str | None) -> float 
     """:func:`cost_from_result` with ``model``'s price looked up in ``pricing``
     only when the result has no ``usage.cost`` of its own."""
     usage = result.get("usage") if type(result) is dict else usage_of(result)
-    cost = cost_from_usage(usage, None)
-    if cost is not None or usage is None or not pricing:
+    if usage is None:
+        return None
+    cost = _reported(usage)  # (read once: on SDK objects a missing field is slow to read)
+    if cost is not None or not pricing:
         return cost
-    return cost_from_usage(usage, pricing.price(model))
+    price = pricing.price(model)
+    return None if price is None else _from_tokens(usage, price)
 
 
 def merge_usage(into: dict[str, Any], usage: object) -> None:
