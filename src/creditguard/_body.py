@@ -24,7 +24,6 @@ __all__ = [
     "find_members",
     "find_members_forward",
     "members_after",
-    "members_after_dict",
     "prefix_is_json",
     "usage_from_body",
 ]
@@ -265,22 +264,6 @@ def members_after(text: str, idx: int, names: frozenset[str]) -> dict[str, tuple
     if not text.startswith("}", idx):
         raise ValueError(f"not the end of the object at {idx}")
     return found
-
-
-def members_after_dict(text: str, idx: int) -> dict[str, Any] | None:
-    """The top-level members that follow the value ending at ``idx``, decoded
-    in one go by the C scanner (no spans: :func:`members_after` has them);
-    None when they do not read as members running to the closing brace."""
-    idx = _ws(text, idx)
-    if text.startswith("}", idx):
-        return {}
-    if not text.startswith(",", idx):
-        return None
-    try:
-        members, _ = _SCAN("{" + text[idx + 1 :], 0)
-    except (StopIteration, ValueError):
-        return None
-    return members if type(members) is dict else None
 
 
 def prefix_is_json(text: str, name: str, span: Span) -> bool:

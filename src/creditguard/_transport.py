@@ -37,7 +37,6 @@ from ._body import (
     find_member_fast,
     find_members,
     members_after,
-    members_after_dict,
     prefix_is_json,
     usage_from_body,
 )
@@ -458,28 +457,19 @@ class Core:
         text = plan.text
         if text is None:
             return
-        # SDKs write the output limit after the model: the members after it are
-        # decoded at once (the model's read checked they close the object); else
-        # each field is looked for from the end (a field the body lacks: one C scan)
-        if plan.span is not None:
-            after = members_after_dict(text, plan.span[1])
-            if after:
-                for name in _TOKEN_FIELDS_ORDER:
-                    n = _whole(after.get(name))
-                    if n is not None:
-                        plan.limit, plan.limit_field = n, name
-                        break
-        if plan.limit is None:
-            for name in _TOKEN_FIELDS_ORDER:
-                if name not in text:
-                    continue
-                try:
-                    hit = find_member_fast(text, name)
-                except ValueError:  # malformed: no limit to read
-                    continue
-                if hit is not None and (n := _whole(hit[0])) is not None:
-                    plan.limit, plan.limit_field, plan.limit_span = n, name, hit[1]
-                    break
+        # each field is looked for from the end, as the model was (the sampling
+        # options follow the messages, which are never decoded; a field the body
+        # lacks costs one C search)
+        for name in _TOKEN_FIELDS_ORDER:
+            if name not in text:
+                continue
+            try:
+                hit = find_member_fast(text, name)
+            except ValueError:  # malformed: no limit to read
+                continue
+            if hit is not None and (n := _whole(hit[0])) is not None:
+                plan.limit, plan.limit_field, plan.limit_span = n, name, hit[1]
+                break
         plan.clamp = self.guard.policy.clamp_max_tokens and (
             plan.limit_field is not None or plan.path.endswith("/chat/completions")
         )
