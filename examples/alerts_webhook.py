@@ -58,7 +58,7 @@ def main() -> None:
 
         guard = cg.BudgetGuard(
             OpenRouterKey(base_url=fake.openrouter_base_url),
-            cg.Policy(refuse_below=0.25, alerts=("50%", "20%")),
+            cg.Policy(refuse_below=0.10, alerts=("50%", "20%")),
             estimate=0.0,
             on_alert=on_alert,
             alert_webhook=webhook_url,
