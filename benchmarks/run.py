@@ -32,6 +32,9 @@ Measured:
 4. memory: 100,000 distinct credentials through ``guard.check`` with the
    default maxsize, in a fresh child process (RSS and tracemalloc).
 5. accounting: ``guard.reserve(...).settle(cost)`` vs ``guard.check(...)``.
+6. metrics: the transport allow path with ``metrics=`` an OpenTelemetry SDK
+   MeterProvider (read by an ``InMemoryMetricReader``) vs ``metrics=False``;
+   goal <= 1.10x.
 """
 
 from __future__ import annotations
@@ -395,6 +398,53 @@ def accounting_pair() -> Pair:
     return Pair("accounting: reserve+settle vs check (allow-only)", None, False, setup)
 
 
+def metrics_pair() -> Pair:
+    """The allow path with metrics on (the OpenTelemetry SDK reading them with an
+    in-memory reader) against the same path with them off: the transport on
+    httpx2 (openai 3.x's stack, else httpx), sync."""
+    lib = httpx2 if httpx2 is not None else httpx
+    cg_lib = cg_httpx2 if httpx2 is not None else cg_httpx
+    headers = {**SDK_HEADERS, "authorization": f"Bearer {KEY_ALLOW}"}
+
+    def setup() -> tuple[Batch, Batch, Callable[[], None]]:
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        reader = InMemoryMetricReader()
+        quiet = new_guard(metrics=False)
+        counted = new_guard(metrics=MeterProvider(metric_readers=[reader]))
+        handler = _handler_for(lib)
+        opts: dict[str, Any] = {"base_url": BASE_URL}
+
+        def batch_of(guard: BudgetGuard) -> Batch:
+            client = cg_lib.client(guard, transport=lib.MockTransport(handler), **opts)
+
+            def batch(n: int) -> None:
+                post = client.post
+                for _ in range(n):
+                    post("/chat/completions", content=CHAT_BODY, headers=headers)
+
+            return batch
+
+        def verify() -> None:
+            with cg_lib.client(counted, transport=lib.MockTransport(handler), **opts) as c:
+                _expect(c.post("/chat/completions", content=CHAT_BODY, headers=headers), "allow")
+            data = reader.get_metrics_data()
+            names = {
+                m.name
+                for rm in (data.resource_metrics if data is not None else [])
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+            }
+            if "creditguard.decisions" not in names or "creditguard.spend" not in names:
+                raise AssertionError(f"metrics not reported: {sorted(names)}")
+
+        return batch_of(quiet), batch_of(counted), verify
+
+    name = f"metrics on vs off: transport {'httpx2' if httpx2 is not None else 'httpx'} sync allow"
+    return Pair(name, 1.10, False, setup)
+
+
 def all_pairs() -> list[Pair]:
     pairs = []
     libs = ["httpx"] + (["httpx2"] if httpx2 is not None else [])
@@ -403,6 +453,12 @@ def all_pairs() -> list[Pair]:
             for kind in ("allow", "downgrade", "get"):
                 pairs.append(transport_pair(lib_name, is_async, kind))
     pairs += [decorator_pair(False), decorator_pair(True), accounting_pair()]
+    try:
+        import opentelemetry.sdk.metrics  # noqa: F401  (the metrics row needs the SDK)
+    except ImportError:
+        pass
+    else:
+        pairs.append(metrics_pair())
     return pairs
 
 
@@ -859,7 +915,8 @@ Goals (issue 17, "Performance, restated": hold the line while features land):
   - stampede: exactly 1 fetch; guard adds <= 10% to the wall time of 1,000 concurrent bare calls;
   - memory bounded: <= 50 MB extra at 100,000 credentials with the default maxsize.
   The non-generation GET is held to the allow goal (it should pass straight through);
-  accounting (reserve + settle vs allow-only) has no goal and is reported (INFO).
+  accounting (reserve + settle vs allow-only) has no goal and is reported (INFO);
+  metrics on (OpenTelemetry SDK, in-memory reader) <= 1.10x the same allow path with them off.
   What a user compares, the guard against the peer libraries on the real SDK call
   (<= 25 us added per call through creditguard.httpx2, <= 20 us for @guard), is
   measured by benchmarks/peers.py (make bench-peers)."""

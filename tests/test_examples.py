@@ -88,6 +88,23 @@ EXPECTED: dict[str, list[str]] = {
         "OpenAI's report shows $0.00 so far; the guard counts $0.80 spent, $0.20 left",
         "OpenAI's report shows $0.80; the guard counts $0.80 spent (not twice)",
     ],
+    "alerts_webhook.py": [
+        "  on_alert: below 50% with $0.75 available",
+        "  on_alert: below 20% with $0.25 available",
+        "call 8: allowed",
+        "topped up to $4.00",
+        "  on_alert: below 50% with $1.75 available",
+        "the webhook received 3 alerts:",
+        "is below its alert level 20%: 0.25 USD available (call to openai/gpt-4o)",
+    ],
+    "shadow_metrics.py": [
+        "call 4: decided downgrade enforced=false -> sent as openai/gpt-4o",
+        "call 5: decided refuse    enforced=false -> sent as openai/gpt-4o",
+        "the provider saw 5 chat requests, all openai/gpt-4o",
+        "otel creditguard.decisions: allow=2, downgrade=1, refuse=1, warn=1",
+        "otel creditguard.spend: provider=2",
+        "prometheus: 4 creditguard_decisions_total series, e.g.",
+    ],
 }
 
 # Every key the examples use is fake; none may show up in what they print.

@@ -52,6 +52,7 @@ def guard_at(remaining: float, **kwargs: Any) -> BudgetGuard:
 
 def test_public_names_are_pinned() -> None:
     assert sorted(cg.__all__) == [
+        "Alert",
         "AsyncGuardTransport",
         "Balance",
         "BudgetGuard",

@@ -2,12 +2,13 @@
 
 Public API: :class:`BudgetGuard` (``check``/``acheck``, the decorator,
 ``from_config``), :class:`Policy`, :func:`decide`, :class:`Decision`,
-:class:`Balance`, :func:`load_config`, and the exceptions. Credits sources live
+:class:`Balance`, :class:`Alert`, :func:`load_config`, and the exceptions. Credits sources live
 in :mod:`creditguard.sources`; the fake provider for tests in
 :mod:`creditguard.testing`.
 """
 
 from ._version import __version__ as __version__
+from .alerts import Alert
 from .balance import Balance
 from .config import load_config
 from .errors import ConfigError, CreditGuardError, CreditsExhausted, CreditSourceError
@@ -16,6 +17,7 @@ from .httpx import AsyncGuardTransport, GuardTransport
 from .policy import Decision, Policy, decide
 
 __all__ = [
+    "Alert",
     "AsyncGuardTransport",
     "Balance",
     "BudgetGuard",

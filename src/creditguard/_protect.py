@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from .costs import cost_of_result
+from .costs import cost_of_result, usage_of
 from .errors import ConfigError, CreditsExhausted
 
 if TYPE_CHECKING:
@@ -210,10 +210,11 @@ class Reservation:
             amount = cost
             d = self.decision  # learned for the model that ran (shadow mode: as asked)
             self._guard._settled(d.model if d.enforced else d.requested_model, cost)
+        how = "estimate" if cost is None else None
         if self._hold is not None:
-            self._guard.ledger.settle(self._hold, amount)
+            self._guard.ledger.settle(self._hold, amount, how)
         else:
-            self._guard.ledger.record(self._credential, amount)
+            self._guard.ledger.record(self._credential, amount, how)
 
     def release(self) -> None:
         """The call failed or was not made: nothing is charged. Once."""
@@ -270,7 +271,13 @@ class Call(Reservation):
         if self.reported:
             self.release()  # what it recorded stands instead
             return
-        self.settle(cost_of_result(result, self._guard.prices, self.decision.applied.model))
+        guard = self._guard
+        emit = guard.events.usage
+        if emit is not None:
+            usage = usage_of(result)
+            if usage is not None:
+                emit(guard.ledger.key(self._credential), self.decision.requested_model, usage)
+        self.settle(cost_of_result(result, guard.prices, self.decision.applied.model))
 
     def _fail(self, exc: BaseException) -> None:
         if self.reported:

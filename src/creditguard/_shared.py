@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .balance import Balance, check_cost
 from .errors import CreditSourceError
-from .ledger import Hold, Ledger, Lookup, _Entry
+from .ledger import Hold, Ledger, Lookup, _Entry, _how
 from .policy import Decision, Policy, decide
 from .sources._fixed import FixedBudget
 from .stores import StoreError
@@ -272,16 +272,24 @@ class SharedLedger(Ledger):
             renewer.cancel()
 
     def _source_fetch(self, credential: str | None) -> Balance | CreditSourceError:
+        started = time.perf_counter()
+        result: Balance | CreditSourceError
         try:
-            return self._checked(self.source.fetch(self._fetch_for(credential)))
+            result = self._checked(self.source.fetch(self._fetch_for(credential)))
         except Exception as exc:
-            return self._as_error(exc, credential)
+            result = self._as_error(exc, credential)
+        self._fetched(self.key(credential), started, result)
+        return result
 
     async def _source_afetch(self, credential: str | None) -> Balance | CreditSourceError:
+        started = time.perf_counter()
+        result: Balance | CreditSourceError
         try:
-            return self._checked(await self.source.afetch(self._fetch_for(credential)))
+            result = self._checked(await self.source.afetch(self._fetch_for(credential)))
         except Exception as exc:
-            return self._as_error(exc, credential)
+            result = self._as_error(exc, credential)
+        self._fetched(self.key(credential), started, result)
+        return result
 
     def _later(self, program: Program[Any], on_error: Callable[[], None] | None = None) -> None:
         """Run ``program`` in a task of the running loop: a sync call made on
@@ -860,10 +868,11 @@ class SharedLedger(Ledger):
             if len(self._known) > self._maxsize:
                 self._known.pop(next(iter(self._known)))
 
-    def settle(self, hold: Hold, cost: float) -> bool:
+    def settle(self, hold: Hold, cost: float, how: str | None = None) -> bool:
+        how = _how(cost, how)
         if hold.token is None:  # held on the local books (the store was down)
             cost = check_cost(cost)
-            settled = super().settle(hold, cost)
+            settled = super().settle(hold, cost, how)
             if settled:
                 self._owe(hold.key, cost, self._fetch_for(hold.credential))
             return settled
@@ -877,6 +886,7 @@ class SharedLedger(Ledger):
         if self._source_record is not None:
             self._source_record(self._fetch_for(hold.credential), cost)
         self._send(hold.key, hold.token, cost, self._fetch_for(hold.credential), hold=True)
+        self._spent(hold.key, cost, how)
         return True
 
     def _send(
@@ -949,7 +959,8 @@ class SharedLedger(Ledger):
                 return
         local()
 
-    def record(self, credential: str | None, cost: float) -> None:
+    def record(self, credential: str | None, cost: float, how: str | None = None) -> None:
+        how = _how(cost, how)
         cost = check_cost(cost)
         if self._source_record is not None:
             self._source_record(self._fetch_for(credential), cost)
@@ -960,6 +971,7 @@ class SharedLedger(Ledger):
                 self._adjust(key, cost)
         if not cost:
             return
+        self._spent(key, cost, how)
         if not self._usable():
             self._owe(key, cost, self._fetch_for(credential))
             return

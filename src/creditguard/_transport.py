@@ -645,10 +645,11 @@ class Core:
             amount = cost
             if plan.price is None:  # (a priced model's estimate needs no learning)
                 self.guard._settled(plan.model, cost)
+        how = "estimate" if cost is None else None
         if hold is not None:
-            self.guard.ledger.settle(hold, amount)
+            self.guard.ledger.settle(hold, amount, how)
         elif amount:
-            self.guard.ledger.record(plan.credential, amount)
+            self.guard.ledger.record(plan.credential, amount, how)
 
     def release(self, hold: Hold | None) -> None:
         if hold is not None:
@@ -725,7 +726,10 @@ class Core:
             # the usual answer: a JSON body whose usage settles the call
             loaded = getattr(response, "_content", None)  # a body already in memory (mocks)
             if isinstance(loaded, bytes):
-                self.charge(plan, hold, cost_from_usage(usage_from_body(loaded), plan.price))
+                usage = usage_from_body(loaded)
+                if usage is not None and self.guard.events.usage is not None:
+                    self.guard.events.usage(plan.key, plan.model, usage)
+                self.charge(plan, hold, cost_from_usage(usage, plan.price))
                 return response
             tap = BodyTap(functools.partial(self._settle_body, plan, hold), _encoding(encoding))
             response.stream = self.lib.observed(response.stream, tap, self.guard.ledger)
@@ -809,6 +813,8 @@ class Core:
 
     def _settle_body(self, plan: Plan, hold: Hold | None, body: bytes, complete: bool) -> None:
         usage = usage_from_body(body) if complete else None
+        if usage is not None and self.guard.events.usage is not None:
+            self.guard.events.usage(plan.key, plan.model, usage)
         self.charge(plan, hold, cost_from_usage(usage, plan.price))
 
 
@@ -976,6 +982,9 @@ class SSETap:
             self._event(self._buffer[5:].rstrip(b"\r"))
         self._buffer = b""
         plan = self._plan
+        emit = self._core.guard.events.usage
+        if self.usage and emit is not None:
+            emit(plan.key, plan.model, self.usage)
         cost = cost_from_usage(self.usage, plan.price) if self.usage else None
         if cost is None and plan.price is not None and self.chars >= 0:
             # No usage report: what passed (output characters / 4 at the

@@ -102,6 +102,8 @@ _POLICY_KEYS = (
     "clamp_max_tokens",
     "min_tokens",
 )
+_OPERATOR_KEYS = ("warn_runway", "alerts", "max_rate")  # Policy fields too (runway, alerts)
+_OBSERVE_KEYS = ("alert_webhook_env", "metrics")  # the guard's: metrics, the alert webhook
 _FIXED_KEYS = ("limit", "period", "per_credential")
 _SCALAR_KEYS = (
     "source",
@@ -116,6 +118,8 @@ _SCALAR_KEYS = (
     *_FIXED_KEYS,
     "budget",
     *_POLICY_KEYS,
+    *_OPERATOR_KEYS,
+    *_OBSERVE_KEYS,
 )
 _TABLE_KEYS = ("thresholds", "downgrade", "pricing")
 _KEYS = (*_SCALAR_KEYS, *_TABLE_KEYS)
@@ -171,6 +175,8 @@ class Config:
     budget: float | None = None
     """USD per period of ``"openai-spend"`` / ``"anthropic-spend"`` (with ``period``)."""
     pricing_from: str | tuple[str, ...] | None = "auto"
+    alert_webhook_env: str | None = None
+    metrics: str | bool = "auto"
 
     def __repr__(self) -> str:
         parts = []
@@ -676,6 +682,7 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
         origin=r.origin,
         budget=budget,
         pricing_from=_pricing_from(r, values.get("pricing_from", "auto")),
+        **_observe(r, values),
     )
 
 
@@ -740,7 +747,7 @@ def _policy(r: _Reader, values: Mapping[str, Any]) -> Policy:
                 float(value)
             except OverflowError:
                 r.fail(("thresholds", key), value, "a finite number >= 0 or a percent string")
-    knobs = {key: values[key] for key in _POLICY_KEYS if key in values}
+    knobs = {key: values[key] for key in (*_POLICY_KEYS, *_OPERATOR_KEYS) if key in values}
     for key in ("max_stale", "error_ttl"):
         if key in knobs:
             knobs[key] = r.number((key,), knobs[key], positive=False, unit="seconds")
@@ -751,13 +758,34 @@ def _policy(r: _Reader, values: Mapping[str, Any]) -> Policy:
     except ConfigError as exc:
         if exc.key in _THRESHOLD_KEYS:
             path: Path_ = ("thresholds", exc.key)
-        elif exc.key in _POLICY_KEYS:
+        elif exc.key in _POLICY_KEYS or exc.key in _OPERATOR_KEYS:
             path = (exc.key,)
         else:
             raise
         raise ConfigError(
             r.name(path), _shown(exc.value), f"{exc.allowed}; config from {r.origin}"
         ) from exc
+
+
+def _observe(r: _Reader, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``alert_webhook_env`` (the NAME of the variable holding the webhook URL,
+    which is a secret like a key) and ``metrics``."""
+    out: dict[str, Any] = {}
+    if "alert_webhook_env" in values:
+        allowed = (
+            "the NAME of the environment variable that holds the webhook URL "
+            "(e.g. 'CREDITGUARD_ALERT_WEBHOOK'), never the URL itself"
+        )
+        name = r.string(("alert_webhook_env",), values["alert_webhook_env"], allowed)
+        if not _ENV_NAME.fullmatch(name):
+            r.fail(("alert_webhook_env",), _REDACTED, allowed)
+        out["alert_webhook_env"] = name
+    if "metrics" in values:
+        metrics = values["metrics"]
+        if metrics not in (True, False, "auto"):
+            r.fail(("metrics",), metrics, "true, false or 'auto'")
+        out["metrics"] = metrics
+    return out
 
 
 # -- small helpers -------------------------------------------------------------

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_COST",
     "Price",
     "Pricing",
+    "TokenCost",
     "cost_from_result",
     "cost_from_usage",
     "cost_of_result",
@@ -38,6 +39,13 @@ log = logging.getLogger("creditguard")
 
 _PROMPT_KEYS = ("prompt_tokens", "input_tokens")
 _COMPLETION_KEYS = ("completion_tokens", "output_tokens")
+
+
+class TokenCost(float):
+    """A cost worked out from token counts x prices, not reported by the
+    provider (metrics tell the two apart: ``creditguard.cost.source``)."""
+
+    __slots__ = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +158,8 @@ def _from_tokens(usage: object, price: Price) -> float | None:
     )
     if prompt is None and completion is None:
         return None
-    return _believable(price.of(prompt or 0.0, completion or 0.0), "cost from its tokens")
+    cost = _believable(price.of(prompt or 0.0, completion or 0.0), "cost from its tokens")
+    return None if cost is None else TokenCost(cost)
 
 
 def cost_from_result(result: object, price: Price | None = None) -> float | None:

@@ -21,13 +21,16 @@ from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
 from .balance import Balance
 from .costs import Pricing
 from .errors import ConfigError, CreditSourceError
+from .events import DecisionLog, Events, SourceErrorLog, log_refresh
 from .ledger import Hold, Ledger, Lookup
 from .policy import Action, Decision, Estimate, Estimator, Policy, decide
 from .prices import PriceBook, price_lists
+from .runway import BurnRates, attach
 
 if TYPE_CHECKING:
     import httpx
 
+    from .alerts import Alert, Webhook
     from .instrument import Instrumentation
     from .sources import CreditSource
 
@@ -39,12 +42,61 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _debug = functools.partial(log.isEnabledFor, logging.DEBUG)
 
-_LEVELS = {
-    "allow": logging.DEBUG,
-    "warn": logging.WARNING,
-    "downgrade": logging.WARNING,
-    "refuse": logging.WARNING,
-}
+
+def _observe_options(cfg: Any) -> dict[str, Any]:
+    """The guard's arguments for metrics and the alert webhook from a config."""
+    options: dict[str, Any] = {"metrics": cfg.metrics}
+    if cfg.alert_webhook_env is not None:
+        url = os.environ.get(cfg.alert_webhook_env)
+        if not url:
+            raise ConfigError(
+                "alert_webhook_env",
+                cfg.alert_webhook_env,
+                "the name of a set environment variable holding the webhook URL",
+            )
+        options["alert_webhook"] = url
+    return options
+
+
+class _ValueOnly:
+    """A user callback that takes the event's value only (not the credential key)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], object]) -> None:
+        self.fn = fn
+
+    def __call__(self, value: object, *_: object) -> None:
+        self.fn(value)
+
+    def __repr__(self) -> str:
+        return repr(self.fn)
+
+
+class _Callback:
+    """A guard's ``on_<event>`` attribute: setting it (re)subscribes the
+    callback to ``guard.events``; None unsubscribes it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, guard: Any, owner: type | None = None) -> Any:
+        if guard is None:
+            return self
+        entry = guard._callbacks.get(self.kind)
+        return None if entry is None else entry[0]
+
+    def __set__(self, guard: Any, fn: Callable[[Any], object] | None) -> None:
+        old = guard._callbacks.pop(self.kind, None)
+        if old is not None:
+            old[1]()
+        if fn is not None:
+            if not callable(fn):
+                raise ConfigError(self.name, fn, "a callable taking one argument, or None")
+            guard._callbacks[self.kind] = (fn, guard.events.subscribe(self.kind, _ValueOnly(fn)))
 
 
 class _Unset:
@@ -152,10 +204,23 @@ class BudgetGuard:
     ``stream_usage=True`` asks streaming chat calls for their usage
     (``stream_options.include_usage``) so that they settle at their real cost.
 
-    Events: ``on_decision(decision)``, ``on_refresh(balance)`` and
-    ``on_source_error(error)``; an exception in a callback is logged, never
-    raised into the guarded call.
+    Events: ``on_decision(decision)``, ``on_refresh(balance)``,
+    ``on_source_error(error)`` and ``on_alert(alert)`` (a level of
+    ``Policy.alerts`` crossed; ``alert_webhook=URL``, or a configured
+    :class:`creditguard.alerts.Webhook`, also posts it from a background
+    worker); an exception in a callback is logged, never raised into the
+    guarded call. Every event goes through ``guard.events``
+    (:mod:`creditguard.events`), which logging, alerts, burn rates and
+    metrics subscribe to. ``metrics``: ``"auto"`` (default: on when the app
+    has configured an OpenTelemetry MeterProvider), True (through the global
+    MeterProvider, whenever one is set), False, or a MeterProvider; see
+    :mod:`creditguard.metrics`.
     """
+
+    on_decision = _Callback("decision")
+    on_refresh = _Callback("refresh")
+    on_source_error = _Callback("source_error")
+    on_alert = _Callback("alert")
 
     def __init__(
         self,
@@ -177,6 +242,9 @@ class BudgetGuard:
         fingerprint_secret: str | None = None,
         stream_usage: bool = False,
         pricing_from: object = "auto",
+        on_alert: Callable[[Alert], object] | None = None,
+        alert_webhook: str | Webhook | None = None,
+        metrics: object = "auto",
     ) -> None:
         for method in ("fetch", "afetch"):
             if not callable(getattr(source, method, None)):
@@ -207,15 +275,18 @@ class BudgetGuard:
             self.prices.describe(),
             self.estimate,
         )
+        # ask streaming chat calls for their usage (stream_options.include_usage)
+        self.stream_usage = bool(stream_usage)
+        self._reserve = bool(reserve)
+        self.events = events = Events()
+        events.subscribe("decision", DecisionLog(self.ttl), every=False)
+        events.subscribe("refresh", log_refresh)
+        events.subscribe("source_error", SourceErrorLog(self.ttl, timer or time.monotonic))
+        self._callbacks: dict[str, tuple[Callable[[Any], object], Callable[[], None]]] = {}
         self.on_decision = on_decision
         self.on_refresh = on_refresh
         self.on_source_error = on_source_error
-        self._warned: dict[str, tuple[str, float]] = {}
-        self._misconfigured_logged: dict[str, float] = {}
-        self._clock = timer or time.monotonic
-        self._reserve = bool(reserve)
-        # ask streaming chat calls for their usage (stream_options.include_usage)
-        self.stream_usage = bool(stream_usage)
+        self.on_alert = on_alert
         kwargs: dict[str, Any] = {} if timer is None else {"timer": timer}
         options: dict[str, Any] = dict(
             ttl=self.ttl,
@@ -226,6 +297,7 @@ class BudgetGuard:
             hold_timeout=_number("hold_timeout", hold_timeout, positive=True),
             on_refresh=self._refreshed,
             on_error=self._source_failed,
+            events=events,
             **kwargs,
         )
         self.ledger: Ledger = _make_ledger(source, store, policy, fingerprint_secret, options)
@@ -233,6 +305,30 @@ class BudgetGuard:
         self._policy_for: Callable[[str | None], Policy | None] | None = getattr(
             source, "policy_for", None
         )
+        # the ledger feeds the burn rates itself: on the hot path of a settle,
+        # an event fan-out would cost more than the rest of the settle
+        self.burn = BurnRates(self.ledger._timer, maxsize=maxsize)
+        self.ledger.burn = self.burn
+        self._closers: list[Callable[[], object]] = []
+        self._observe(alert_webhook, metrics)
+
+    def _observe(self, alert_webhook: str | Webhook | None, metrics: object) -> None:
+        """Subscribe the optional watchers: alerts, their webhook, metrics."""
+        if self.policy.alerts:
+            from .alerts import AlertLevels
+
+            self.events.subscribe("decision", AlertLevels(self))
+        if alert_webhook is not None:
+            from .alerts import Webhook
+
+            hook = alert_webhook if isinstance(alert_webhook, Webhook) else Webhook(alert_webhook)
+            hook.events = self.events
+            self.events.subscribe("alert", hook.send)
+            self._closers.append(hook.close)
+        if metrics is not False:
+            from . import metrics as _metrics
+
+            _metrics.setup(self, metrics)
 
     @classmethod
     def from_config(
@@ -256,6 +352,7 @@ class BudgetGuard:
             "pricing_from": cfg.pricing_from,
             "store": cfg.store,
             "maxsize": cfg.maxsize,
+            **_observe_options(cfg),
         }
         options.update(kwargs)  # what the code says wins over the file
         source = options.pop("source", None) or cfg.build_source()
@@ -320,7 +417,7 @@ class BudgetGuard:
             if store_down is not None:
                 action: Action = "refuse" if policy.store_error == "refuse" else "allow"
                 return Decision(action, model, balance, store_down, model, stale, policy.enforce)
-            return decide(
+            decision = decide(
                 balance,
                 policy,
                 model,
@@ -331,6 +428,12 @@ class BudgetGuard:
                 stale=stale,
                 estimator=estimator,
             )
+            burn = self.ledger.burn
+            key = lookup.fingerprint
+            if burn is None or not (policy._steers or key in burn.rates):
+                return decision
+            now = self.ledger._timer()
+            return attach(decision, policy, burn, key, estimate, now, can_rewrite)
 
         if asynchronous:
             return judge  # type: ignore[return-value]  # (_aadmit awaits the ledger)
@@ -398,42 +501,10 @@ class BudgetGuard:
         return decision, held
 
     def _report(self, decision: Decision, key: str) -> None:
-        if decision.action == "allow" and decision.balance is not None:  # the usual case
-            if _debug():
-                log.debug(
-                    "allow model=%s credential=%s: %s",
-                    decision.requested_model,
-                    key[:8] or "-",
-                    decision.reason,
-                )
-            if self.on_decision is not None:
-                self._emit(self.on_decision, decision)
-            return
-        level = _LEVELS[decision.action]
-        if decision.balance is None and decision.action == "allow":
-            level = logging.WARNING
-        if level == logging.WARNING:
-            # A warning when a credential enters a tier, then at most once per
-            # ttl while it stays there; every decision is logged at DEBUG.
-            now = time.monotonic()
-            last = self._warned.get(key)
-            if last is not None and last[0] == decision.action and now - last[1] < self.ttl:
-                level = logging.DEBUG
-            else:
-                if len(self._warned) >= 4096:
-                    self._warned.clear()
-                self._warned[key] = (decision.action, now)
-        if log.isEnabledFor(level):
-            log.log(
-                level,
-                "%s model=%s credential=%s: %s",
-                decision.action if decision.enforced else f"{decision.action} (shadow mode)",
-                decision.requested_model,
-                key[:8] or "-",
-                decision.reason,
-            )
-        if self.on_decision is not None:
-            self._emit(self.on_decision, decision)
+        """Send a decision to its subscribers: logging, callbacks, alerts, metrics."""
+        emit = self.events.decision
+        if emit is not None:
+            emit(decision, key)
 
     def check(
         self,
@@ -573,7 +644,7 @@ class BudgetGuard:
             if (
                 decision.action != "allow"
                 or decision.balance is None
-                or self.on_decision is not None
+                or self.events.loud
                 or _debug()
             ):
                 self._report(decision, key)
@@ -761,6 +832,8 @@ class BudgetGuard:
 
     def close(self) -> None:
         """Close the source's HTTP client and the shared store, if any."""
+        for closer in self._closers:
+            closer()
         close = getattr(self.source, "close", None)
         if callable(close):
             close()
@@ -770,6 +843,8 @@ class BudgetGuard:
         """Close the source's HTTP clients, if it has any."""
         aclose = getattr(self.source, "aclose", None)
         if callable(aclose):
+            for closer in self._closers:
+                closer()
             await aclose()
         else:
             close = getattr(self.source, "close", None)
@@ -783,35 +858,15 @@ class BudgetGuard:
 
     # -- events --------------------------------------------------------------
 
-    def _emit(self, callback: Callable[[Any], object], value: object) -> None:
-        try:
-            callback(value)
-        except Exception:
-            log.exception("creditguard event callback %r raised", callback)
-
     def _refreshed(self, balance: Balance, key: str) -> None:
-        log.debug(
-            "refreshed balance credential=%s: %.6g %s remaining (%s)",
-            key[:8],
-            balance.remaining,
-            balance.unit,
-            balance.source,
-        )
-        if self.on_refresh is not None:
-            self._emit(self.on_refresh, balance)
+        emit = self.events.refresh
+        if emit is not None:
+            emit(balance, key)
 
     def _source_failed(self, error: CreditSourceError, key: str) -> None:
-        level = logging.WARNING
-        if error.misconfigured:
-            # the source's own key refused: loud, at most once per ttl per source
-            now = self._clock()
-            last = self._misconfigured_logged.get(error.source)
-            if last is None or now - last >= self.ttl:
-                self._misconfigured_logged[error.source] = now
-                level = logging.ERROR
-        log.log(level, "balance refresh failed credential=%s: %s", key[:8], error)
-        if self.on_source_error is not None:
-            self._emit(self.on_source_error, error)
+        emit = self.events.source_error
+        if emit is not None:
+            emit(error, key)
 
     # -- the decorator -------------------------------------------------------
 

@@ -41,11 +41,15 @@ from cachetools import TTLCache
 
 from ._fingerprint import Fingerprinter, describe, redact
 from .balance import Balance, check_cost
+from .costs import TokenCost
 from .errors import CreditSourceError
-from .policy import Decision, Policy, decide
+from .policy import Decision, Policy, _set_runway, decide
+from .runway import FOLD, attach, runway_of
 
 if TYPE_CHECKING:
+    from .events import Events
     from .policy import Estimator
+    from .runway import BurnRates
     from .sources import CreditSource
 
 __all__ = ["Hold", "Ledger", "Lookup"]
@@ -270,8 +274,11 @@ class Ledger:
         hold_timeout: float = 900.0,
         on_refresh: Callable[[Balance, str], None] | None = None,
         on_error: Callable[[CreditSourceError, str], None] | None = None,
+        events: Events | None = None,
     ) -> None:
         self.source = source
+        self.events = events  # spend and fetch events go out through it
+        self.burn: BurnRates | None = None  # set by the guard: gives decisions a runway
         self.ttl = ttl
         self.max_stale = max_stale
         self.error_ttl = error_ttl
@@ -471,6 +478,7 @@ class Ledger:
         return self._fetch_sync(key, flight, credential)
 
     def _fetch_sync(self, key: str, flight: _Flight, credential: str | None) -> Lookup:
+        started = time.perf_counter()
         try:
             result = self._checked(self.source.fetch(self._fetch_for(credential)))
         except Exception as exc:
@@ -478,7 +486,15 @@ class Ledger:
         except BaseException as exc:  # KeyboardInterrupt, SystemExit: nobody waits forever
             self._finish(key, flight, self._as_error(exc, credential), remember=False)
             raise
+        self._fetched(key, started, result)
         return self._finish(key, flight, result)
+
+    def _fetched(self, key: str, started: float, result: object) -> None:
+        """Tell the fetch subscribers (metrics) how long a credits request took."""
+        if self.events is not None:
+            fetch = self.events.fetch
+            if fetch is not None:
+                fetch(key, time.perf_counter() - started, isinstance(result, Balance))
 
     # -- async shell ---------------------------------------------------------
 
@@ -519,6 +535,7 @@ class Ledger:
         _resolve(futures, outcome, None)
 
     async def _fetch_async(self, key: str, flight: _Flight, credential: str | None) -> None:
+        started = time.perf_counter()
         try:
             result = self._checked(await self.source.afetch(self._fetch_for(credential)))
         except Exception as exc:
@@ -526,6 +543,7 @@ class Ledger:
         except BaseException as exc:  # cancelled (e.g. loop shutdown): not the source's fault
             self._finish(key, flight, self._as_error(exc, credential), remember=False)
             raise
+        self._fetched(key, started, result)
         self._finish(key, flight, result)
 
     # -- holds ---------------------------------------------------------------
@@ -604,6 +622,15 @@ class Ledger:
             )
             if decision._estimate is not None:  # a downgrade holds its own model's estimate
                 amount = decision.held(amount)
+            burn = self.burn
+            if burn is not None:
+                if policy._steers:
+                    decision = attach(decision, policy, burn, key, amount, now, can_rewrite)
+                else:
+                    rate = burn.rates.get(key)
+                    if rate is not None:  # (attach(), inlined: the usual case)
+                        snapshot = (rate[0], rate[1], rate[2], rate[3])
+                        _set_runway(decision, (runway_of, snapshot, now, burn.tau, policy))
             if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
                 return decision, None
             return decision, self._take(key, credential, amount, now)
@@ -641,13 +668,16 @@ class Ledger:
             if not holds.items:
                 del self._holds[key]
 
-    def settle(self, hold: Hold, cost: float) -> bool:
+    def settle(self, hold: Hold, cost: float, how: str | None = None) -> bool:
         """Replace ``hold`` with the call's real ``cost``. False if it was
-        settled or released before (nothing is charged twice)."""
+        settled or released before (nothing is charged twice). ``how``: where
+        the cost comes from, for the spend event (None: the provider's figure,
+        or tokens x prices for a :class:`~creditguard.costs.TokenCost`)."""
         if type(cost) is not float or not 0.0 <= cost < math.inf:
+            how = _how(cost, how)
             cost = check_cost(cost)
+        key = hold.key
         if self._source_record is None:
-            key = hold.key
             with self._lock:
                 if hold.state != Hold.OPEN:
                     return False
@@ -659,17 +689,28 @@ class Ledger:
                     entry = self._cache.get(key)
                     if entry is not None:
                         entry.debit(cost)
-            return True
-        with self._lock:
-            if hold.state != Hold.OPEN:
-                return False
-            hold.state = Hold.SETTLED  # still held (and counted) until debited below
-        # A local budget learns the spend first: a refresh racing with us then
-        # counts it at worst twice (safe, and the next poll corrects it), never zero.
-        self._source_record(self._fetch_for(hold.credential), cost)
-        with self._lock:
-            self._drop(hold)
-            self._debit(hold.key, cost)
+                    burn = self.burn
+                    if burn is not None:  # (BurnRates.add(), inlined: the usual case)
+                        now = self._timer()
+                        rate = burn.rates.get(key)
+                        if rate is not None and now - rate[2] < FOLD:
+                            rate[1] += cost
+                        else:
+                            burn.add(key, cost, now)
+        else:
+            with self._lock:
+                if hold.state != Hold.OPEN:
+                    return False
+                hold.state = Hold.SETTLED  # still held (and counted) until debited below
+            # A local budget learns the spend first: a refresh racing with us then
+            # counts it at worst twice (safe, and the next poll corrects it), never zero.
+            self._source_record(self._fetch_for(hold.credential), cost)
+            with self._lock:
+                self._drop(hold)
+                self._debit(key, cost)
+        events = self.events
+        if events is not None and events.spend is not None:
+            events.spend(key, cost, how or "provider")
         return True
 
     def defer(self, settle: Callable[[], object]) -> None:
@@ -712,16 +753,27 @@ class Ledger:
         entry = self._cache.get(key)  # (an entry too old to serve: debited all the same)
         if entry is not None and cost:
             entry.debit(cost)
+        if cost and self.burn is not None:  # the recent burn rate learns it too
+            self.burn.add(key, cost, self._timer())
 
-    def record(self, credential: str | None, cost: float) -> None:
+    def record(self, credential: str | None, cost: float, how: str | None = None) -> None:
         """Debit ``cost`` from the cached balance of ``credential`` (a local
         budget source learns it first, for the reason given in :meth:`settle`)."""
+        how = _how(cost, how)
         cost = check_cost(cost)
         if self._source_record is not None:
             self._source_record(self._fetch_for(credential), cost)
         key = self.key(credential)
         with self._lock:
             self._debit(key, cost)
+        self._spent(key, cost, how)
+
+    def _spent(self, key: str, cost: float, how: str) -> None:
+        """Tell the spend subscribers (burn rates, metrics)."""
+        if self.events is not None:
+            spend = self.events.spend
+            if spend is not None:
+                spend(key, cost, how)
 
     def mark_exhausted(self, credential: str | None) -> None:
         """The provider refused for lack of credits: treat the balance as empty
@@ -796,6 +848,13 @@ class Ledger:
     def __len__(self) -> int:
         with self._lock:
             return len(self._cache)
+
+
+def _how(cost: object, how: str | None) -> str:
+    """Where a cost comes from: as said, else tokens x prices or the provider."""
+    if how is not None:
+        return how
+    return "tokens" if type(cost) is TokenCost else "provider"
 
 
 def _resolve(

@@ -115,6 +115,39 @@ def _parse_threshold(key: str, value: object) -> _Limit | None:
     raise ConfigError(key, value, allowed)
 
 
+_PER = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "hour": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+}
+
+
+def _parse_rate(key: str, value: object) -> float | None:
+    """A spend rate such as ``"1/min"`` or ``"5/hour"``, in credits per second."""
+    allowed = "credits per time, such as '1/min', '5/hour' or '0.5/s' (or None)"
+    if value is None:
+        return None
+    if not isinstance(value, str) or value.count("/") != 1:
+        raise ConfigError(key, value, allowed)
+    amount, _, per = value.partition("/")
+    seconds = _PER.get(per.strip().lower())
+    try:
+        number = float(amount)
+    except ValueError:
+        raise ConfigError(key, value, allowed) from None
+    if seconds is None or not math.isfinite(number) or number <= 0:
+        raise ConfigError(key, value, allowed)
+    return number / seconds
+
+
 def _non_negative(key: str, value: object) -> float:
     if isinstance(value, int) and not isinstance(value, bool) and value > 2**1000:
         raise ConfigError(key, value, "a finite number of seconds >= 0")  # (not OverflowError)
@@ -176,6 +209,13 @@ class Policy:
     but one fits with a smaller one (at least ``min_tokens``), the limit is
     rewritten instead of refusing (transports only: they own the body).
 
+    ``warn_runway`` (seconds) warns when, at the credential's recent burn rate,
+    the credits left reach ``refuse_below`` sooner than that. ``alerts`` are
+    levels of available credits (``("50%", "20%", 5.0)``) that fire the
+    guard's ``on_alert`` once per downward crossing. ``max_rate`` (``"1/min"``,
+    ``"5/hour"``: credits per time) downgrades, then refuses, calls while the
+    recent burn rate is above it.
+
     Bad values raise :class:`~creditguard.ConfigError` (a ValueError).
     """
 
@@ -192,6 +232,12 @@ class Policy:
     unit: str | None = None
     clamp_max_tokens: bool = False
     min_tokens: int = 256
+    warn_runway: float | None = None
+    alerts: tuple[float | int | str, ...] = ()
+    max_rate: str | None = None
+    _alert_limits: tuple[_Limit, ...] = field(init=False, repr=False, compare=False)
+    _rate: float | None = field(init=False, repr=False, compare=False)  # credits per second
+    _steers: bool = field(init=False, repr=False, compare=False)  # max_rate or warn_runway set
     _limits: tuple[_Limit | None, _Limit | None, _Limit | None] = field(
         init=False, repr=False, compare=False
     )
@@ -251,6 +297,31 @@ class Policy:
         object.__setattr__(
             self, "_enforcing", self if self.enforce else replace(self, enforce=True)
         )
+        self._operator_knobs()
+
+    def _operator_knobs(self) -> None:
+        """Validate ``warn_runway``, ``alerts`` and ``max_rate`` (see
+        :mod:`creditguard.runway` and :mod:`creditguard.alerts`)."""
+        if self.warn_runway is not None:
+            value = _non_negative("warn_runway", self.warn_runway)
+            if value <= 0:
+                raise ConfigError("warn_runway", self.warn_runway, "a number of seconds > 0")
+            object.__setattr__(self, "warn_runway", value)
+        alerts = self.alerts
+        if isinstance(alerts, (str, bytes)) or not isinstance(alerts, (tuple, list)):
+            raise ConfigError(
+                "alerts", alerts, "a list of levels: credits or percents, e.g. ['50%', '20%', 5.0]"
+            )
+        levels = []
+        for level in alerts:
+            limit = _parse_threshold("alerts", level)
+            if limit is None:
+                raise ConfigError("alerts", level, "a level in credits or a percent such as '20%'")
+            levels.append(limit)
+        object.__setattr__(self, "alerts", tuple(alerts))
+        object.__setattr__(self, "_alert_limits", tuple(levels))
+        object.__setattr__(self, "_rate", _parse_rate("max_rate", self.max_rate))
+        object.__setattr__(self, "_steers", self._rate is not None or self.warn_runway is not None)
 
     def refuse_floor(self, balance: Balance) -> float | None:
         """``refuse_below`` in credits for ``balance`` (None: off, or a percent
@@ -283,6 +354,7 @@ class _DecisionSlots:
     __slots__ = (
         "_estimate",
         "_reason",
+        "_runway",
         "action",
         "available",
         "balance",
@@ -290,7 +362,6 @@ class _DecisionSlots:
         "max_tokens",
         "model",
         "requested_model",
-        "runway",
         "stale",
     )
     _reason: str | tuple[Any, ...]
@@ -303,7 +374,7 @@ _set_reason, _set_requested, _set_stale = _SET["_reason"], _SET["requested_model
 _set_enforced = _SET["enforced"]
 _FAIL_OPEN = "; on_source_error=allow"
 _set_available, _set_max_tokens = _SET["available"], _SET["max_tokens"]
-_set_runway, _set_estimate = _SET["runway"], _SET["_estimate"]
+_set_runway, _set_estimate = _SET["_runway"], _SET["_estimate"]
 
 
 class Decision(_DecisionSlots):
@@ -336,7 +407,7 @@ class Decision(_DecisionSlots):
     enforced: bool
     available: float | None
     max_tokens: int | None
-    runway: float | None
+    _runway: float | tuple[Any, ...] | None
 
     def __init__(
         self,
@@ -372,6 +443,17 @@ class Decision(_DecisionSlots):
             reason = _explain(*reason)
             _set_reason(self, reason)
         return reason
+
+    @property
+    def runway(self) -> float | None:
+        """Seconds until ``available`` reaches the refuse floor at the
+        credential's recent burn rate (None until that rate is known). Worked
+        out when first read (most decisions' runway is never read)."""
+        runway = self._runway
+        if type(runway) is tuple:
+            runway = runway[0](self, *runway[1:])
+            _set_runway(self, runway)
+        return runway  # type: ignore[return-value]
 
     @property
     def allowed(self) -> bool:
