@@ -198,8 +198,8 @@ def test_the_decorator_without_the_request_in_its_arguments_keeps_the_estimate(
     )
     seen: list[float] = []
 
-    @guard
-    def ask(model: str, question: str) -> str:
+    @guard  # a prompt without an output limit does not say what the call may cost
+    def ask(model: str, prompt: str) -> str:
         seen.append(guard.ledger.reserved(None))
         return "ok"
 

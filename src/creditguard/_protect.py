@@ -359,8 +359,8 @@ class Guarded:
         self.learned = guard.prices.default
         # A function that carries the request itself (``messages``/``prompt``/
         # ``input`` and an output limit, as ``client.chat.completions.create``
-        # does) is priced per call like a transported request; else the learned
-        # or configured estimate stands.
+        # does) is priced per call like a transported request; else (no output
+        # limit among its arguments, say) the learned or configured estimate stands.
         self.messages: tuple[ArgSpec, ...] = ()
         self.limits: tuple[ArgSpec, ...] = ()
         if estimate is None:
@@ -407,8 +407,9 @@ class Guarded:
                     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
                         limit = min(value, _MAX_LIMIT)
                         break
-                estimator = self.guard._estimator(None, chars, limit)
-                return estimator.requested(model), estimator
+                if limit is not None:  # (a prompt alone does not say what the call may cost)
+                    estimator = self.guard._estimator(None, chars, limit)
+                    return estimator.requested(model), estimator
         return self.learned(model, self.estimate), self.estimator
 
     def apply(
