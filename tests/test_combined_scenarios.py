@@ -400,3 +400,45 @@ async def test_a_stream_without_usage_is_charged_the_learned_estimate(
     assert before.remaining - after.remaining == pytest.approx(learned, rel=0.05)
     assert guard.ledger.reserved(KEY) == pytest.approx(0)
     await guard.aclose()
+
+
+# -- 7. a guard closed with a finalizer's settle still queued ---------------------------
+
+
+def fixed_guard(redis: RedisServer) -> BudgetGuard:
+    return BudgetGuard(
+        FixedBudget(1.0), Policy(refuse_below=0.0), estimate=0.2, store=f"{redis.url}?secret={SECRET}"
+    )
+
+
+def test_close_settles_a_reservation_dropped_open(redis_server: RedisServer) -> None:
+    a = fixed_guard(redis_server)
+    r = a.reserve(MODEL)
+    assert r.decision.action == "allow"
+    del r  # the caller lost it: charged its estimate by the finalizer, at the next call
+    gc.collect()
+    a.close()  # ... or when the guard closes: the process may make no other call
+    b = fixed_guard(redis_server)
+    d = b.check(MODEL, estimate=0)
+    assert d.balance is not None
+    assert d.balance.remaining == pytest.approx(0.8)
+    b.close()
+
+
+async def test_aclose_settles_a_stream_dropped_unread(
+    fake: FakeProvider, redis_server: RedisServer, stack: str
+) -> None:
+    source = FixedBudget(1.0)
+    guard = BudgetGuard(
+        source, Policy(refuse_below=0.0), estimate=0.2, store=f"{redis_server.url}?secret={SECRET}"
+    )
+    async with async_openai(fake, guard, stack) as client:
+        stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
+        del stream
+        gc.collect()
+    await guard.aclose()
+    b = fixed_guard(redis_server)
+    d = b.check(MODEL, estimate=0)
+    assert d.balance is not None
+    assert d.balance.remaining == pytest.approx(0.8)  # the estimate: it may have been billed
+    b.close()
