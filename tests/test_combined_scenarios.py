@@ -22,7 +22,7 @@ import pytest
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401
 
 import creditguard.httpx2 as cg2
-from creditguard import BudgetGuard, Policy
+from creditguard import BudgetGuard, CreditsExhausted, Policy
 from creditguard._shared import SharedLedger
 from creditguard.sources import FixedBudget, OpenRouterKey
 from creditguard.testing import FakeProvider
@@ -442,3 +442,91 @@ async def test_aclose_settles_a_stream_dropped_unread(
     assert d.balance is not None
     assert d.balance.remaining == pytest.approx(0.8)  # the estimate: it may have been billed
     b.close()
+
+
+def test_a_settle_at_the_end_of_asyncio_run_reaches_the_store(
+    fake: FakeProvider, redis_server: RedisServer
+) -> None:
+    """A script's ``asyncio.run(main())`` whose last call settles as the loop ends
+    (no aclose): the store write started on the loop must not be lost."""
+    guard = BudgetGuard(
+        FixedBudget(1.0), Policy(refuse_below=0.0), estimate=0.2, store=f"{redis_server.url}?secret={SECRET}"
+    )
+
+    async def main() -> None:
+        client = async_openai(fake, guard, "httpx")
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES)
+        # returns at once: the store write is still a task of the loop
+
+    asyncio.run(main())
+    b = fixed_guard(redis_server)
+    d = b.check(MODEL, estimate=0)
+    assert d.balance is not None
+    assert d.balance.remaining == pytest.approx(1.0 - PRICE)
+    b.close()
+
+
+# -- 8. Anthropic middleware, FixedBudget in Redis over 2 guards, retries and timeouts ---
+
+
+async def test_anthropic_two_guards_on_a_redis_budget_with_retries_and_timeouts(
+    fake: FakeProvider, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import anthropic
+
+    monkeypatch.setattr(anthropic.AsyncAnthropic, "_calculate_retry_timeout", lambda *a, **k: 0.01)
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    fake.add_key(KEY, credits=10.0)  # the budget below is the bound
+    fake.fault("messages", status=500, attempt=0)  # released, retried
+    fake.fault("messages", delay=SLOW, attempt=1)  # timed out: charged, retried
+    guards = [
+        BudgetGuard(
+            FixedBudget(LIMIT),
+            Policy(refuse_below=FLOOR),
+            estimate=ESTIMATE,
+            store=f"{redis_server.url}?secret={SECRET}",
+        )
+        for _ in range(2)
+    ]
+    refusals: list[int] = []
+    args: dict[str, Any] = {
+        "model": "claude-faults",  # priced by no list: charged the fake's cost
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+
+    async def worker(client: anthropic.AsyncAnthropic) -> None:
+        for _ in range(30):
+            try:
+                await client.messages.create(**args)
+            except CreditsExhausted:
+                refusals.append(1)
+                return
+            except anthropic.APITimeoutError:
+                continue
+
+    clients = [
+        anthropic.AsyncAnthropic(
+            base_url=fake.anthropic_base_url,
+            api_key=KEY,
+            middleware=[g.anthropic_middleware()],
+            max_retries=2,
+            timeout=QUICK,
+        )
+        for g in guards
+    ]
+    await asyncio.gather(*(worker(c) for c in clients * 5))
+    for c in clients:
+        await c.close()
+    await asyncio.to_thread(settle_down, fake, SLOW)
+    assert refusals
+    assert spent(fake) <= BOUND, f"charged {spent(fake):.2f} > {BOUND:.2f}"
+    for g in guards:
+        await g.aclose()
+    third = fixed_guard(redis_server)
+    d = third.check(estimate=0)
+    assert d.balance is not None
+    # every billed attempt is booked in the shared budget (timed-out ones at the estimate)
+    assert LIMIT - d.balance.remaining == pytest.approx(spent(fake), abs=1e-6)
+    third.close()
