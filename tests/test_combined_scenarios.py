@@ -530,3 +530,61 @@ async def test_anthropic_two_guards_on_a_redis_budget_with_retries_and_timeouts(
     # every billed attempt is booked in the shared budget (timed-out ones at the estimate)
     assert LIMIT - d.balance.remaining == pytest.approx(spent(fake), abs=1e-6)
     third.close()
+
+
+# -- 9. rewrites and retries: clamp, shadow ---------------------------------------------
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["memory", "redis"])
+def test_a_retry_after_a_clamp_sends_and_holds_the_clamped_limit(
+    fake: FakeProvider, redis_server: RedisServer, stack: str, shared: bool
+) -> None:
+    fake.token_prices[BIG] = (1e-5, 1e-4)
+    policy = Policy(refuse_below=0.9, clamp_max_tokens=True, min_tokens=16)
+    kw: dict[str, Any] = dict(pricing=PRICES, pricing_from=None, ttl=600.0)
+    if shared:
+        guard = redis_guard(fake, redis_server, policy=policy, **kw)
+    else:
+        guard = BudgetGuard(OpenRouterKey(base_url=fake.openrouter_base_url), policy, **kw)
+    fake.fault("chat", status=500, attempt=0)
+    decisions: list[Any] = []
+    guard.on_decision = decisions.append
+    with sync_openai(fake, guard, stack, max_retries=1) as client:
+        client.chat.completions.create(model=BIG, messages=MESSAGES, max_tokens=4000)
+    sent = [r.json.get("max_tokens") for r in fake.requests if r.endpoint == "chat"]
+    assert len(sent) == 2 and sent[0] == sent[1] < 4000  # the retry keeps the clamp
+    assert [d.action for d in decisions] == ["downgrade"]
+    assert spent(fake) <= LIMIT - 0.9 + 1e-9
+    assert guard.ledger.reserved(KEY) == 0
+    guard.close()
+
+
+def test_shadow_mode_downgrade_and_retry_send_and_hold_what_runs(
+    fake: FakeProvider, redis_server: RedisServer, stack: str
+) -> None:
+    policy = Policy(refuse_below=0.95, downgrade={BIG: SMALL}, enforce=False)
+    guard = redis_guard(fake, redis_server, policy=policy, pricing=PRICES, pricing_from=None)
+    fake.fault("chat", status=500, attempt=0)
+    fake.fault("chat", delay=0.3, attempt=1)
+    held: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            held.append(guard.ledger.reserved(KEY))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    with sync_openai(fake, guard, stack, max_retries=1) as client:
+        sampler.start()
+        done = client.chat.completions.with_raw_response.create(
+            model=BIG, messages=MESSAGES, max_tokens=1000
+        )
+        stop.set()
+        sampler.join()
+    assert done.headers["x-creditguard-enforced"] == "false"
+    sent = [r.json["model"] for r in fake.requests if r.endpoint == "chat"]
+    assert sent == [BIG, BIG]  # nothing rewritten
+    assert max(held) == pytest.approx(0.1, rel=0.05)  # BIG's estimate: what runs
+    assert guard.ledger.reserved(KEY) == 0
+    guard.close()
