@@ -444,6 +444,9 @@ async def test_aclose_settles_a_stream_dropped_unread(
     b.close()
 
 
+# the script's client and store connections die with its loop, unclosed, as in a script
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_a_settle_at_the_end_of_asyncio_run_reaches_the_store(
     fake: FakeProvider, redis_server: RedisServer
 ) -> None:
@@ -464,6 +467,8 @@ def test_a_settle_at_the_end_of_asyncio_run_reaches_the_store(
     assert d.balance is not None
     assert d.balance.remaining == pytest.approx(1.0 - PRICE)
     b.close()
+    guard.close()
+    gc.collect()  # here, not in the next test
 
 
 # -- 8. Anthropic middleware, FixedBudget in Redis over 2 guards, retries and timeouts ---
