@@ -593,3 +593,49 @@ def test_shadow_mode_downgrade_and_retry_send_and_hold_what_runs(
     assert max(held) == pytest.approx(0.1, rel=0.05)  # BIG's estimate: what runs
     assert guard.ledger.reserved(KEY) == 0
     guard.close()
+
+
+# -- 10. streams, retries and abandoned reads over Redis, 2 guards, async ----------------
+
+
+async def test_async_streams_retried_and_abandoned_over_redis_keep_the_bound(
+    fake: FakeProvider, redis_server: RedisServer, stack: str
+) -> None:
+    fake.fault("chat", status=500, attempt=0)
+    guards = [redis_guard(fake, redis_server, stream_usage=True) for _ in range(2)]
+    clients = [async_openai(fake, g, stack, max_retries=2) for g in guards]
+    refusals: list[int] = []
+
+    async def worker(client: openai.AsyncOpenAI, n: int) -> None:
+        for i in range(40):
+            try:
+                stream = await client.chat.completions.create(
+                    model=MODEL, messages=MESSAGES, stream=True
+                )
+                if (i + n) % 3 == 0:  # read one chunk, then walk away
+                    async with stream:
+                        async for _chunk in stream:
+                            break
+                elif (i + n) % 3 == 1:
+                    async for _chunk in stream:
+                        pass
+                else:  # dropped unread
+                    del stream
+                    gc.collect()
+            except openai.APIStatusError as exc:
+                assert refused_by_guard(exc), exc
+                refusals.append(1)
+                return
+
+    await asyncio.gather(*(worker(c, n) for n, c in enumerate(clients * 5)))
+    for c in clients:
+        await c.close()
+    gc.collect()
+    await asyncio.to_thread(settle_down, fake)
+    assert refusals
+    assert spent(fake) <= BOUND, f"charged {spent(fake):.2f} > {BOUND:.2f}"
+    await asyncio.sleep(0.2)  # the store writes started on the loop
+    for g in guards:
+        assert g.ledger.reserved(KEY) == pytest.approx(0)  # read in the store
+    for g in guards:
+        await g.aclose()
