@@ -380,9 +380,7 @@ async def test_a_stream_without_usage_is_charged_the_learned_estimate(
     guard = redis_guard(fake, redis_server, pricing_from=None, policy=Policy(refuse_below=0.0))
     async with async_openai(fake, guard, stack) as client:
         for _ in range(3):
-            await client.chat.completions.create(
-                model=unpriced, messages=MESSAGES, max_tokens=1000
-            )
+            await client.chat.completions.create(model=unpriced, messages=MESSAGES, max_tokens=1000)
         await asyncio.sleep(0.1)
         learned = guard.prices.learned.p90(unpriced)
         assert learned == pytest.approx(0.1, rel=0.01)
@@ -407,7 +405,10 @@ async def test_a_stream_without_usage_is_charged_the_learned_estimate(
 
 def fixed_guard(redis: RedisServer) -> BudgetGuard:
     return BudgetGuard(
-        FixedBudget(1.0), Policy(refuse_below=0.0), estimate=0.2, store=f"{redis.url}?secret={SECRET}"
+        FixedBudget(1.0),
+        Policy(refuse_below=0.0),
+        estimate=0.2,
+        store=f"{redis.url}?secret={SECRET}",
     )
 
 
@@ -453,7 +454,10 @@ def test_a_settle_at_the_end_of_asyncio_run_reaches_the_store(
     """A script's ``asyncio.run(main())`` whose last call settles as the loop ends
     (no aclose): the store write started on the loop must not be lost."""
     guard = BudgetGuard(
-        FixedBudget(1.0), Policy(refuse_below=0.0), estimate=0.2, store=f"{redis_server.url}?secret={SECRET}"
+        FixedBudget(1.0),
+        Policy(refuse_below=0.0),
+        estimate=0.2,
+        store=f"{redis_server.url}?secret={SECRET}",
     )
 
     async def main() -> None:
