@@ -1013,12 +1013,14 @@ class SharedLedger(Ledger):
             )
 
     def close(self) -> None:
+        self.drain()  # settles a finalizer queued: the process may make no other call
         self._flush_now()
         self.store.close()
 
     async def aclose(self) -> None:
         """Let the store writes started from async code finish, write back
         what is owed, then close."""
+        self.drain()  # settles a finalizer queued (their store writes are awaited below)
         pending = [task for task in self._background if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=5.0)

@@ -843,7 +843,9 @@ class Ledger:
                 self._errors.pop(key, None)
 
     def close(self) -> None:
-        """Nothing to close in process memory (a shared ledger closes its store)."""
+        """Run the settles a finalizer queued; nothing else to close in process
+        memory (a shared ledger closes its store)."""
+        self.drain()
 
     def __len__(self) -> int:
         with self._lock:
