@@ -343,13 +343,22 @@ def test_watch_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
             stderr=subprocess.PIPE,
             text=True,
             env={**os.environ, "CG_TEST_KEY": KEY},
+            # a shell runs background jobs (CI's, say) with SIGINT ignored, and
+            # Python then never raises KeyboardInterrupt: give the child the
+            # terminal's default, as a user's Ctrl-C would find it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
-        assert proc.stdout is not None
-        proc.stdout.readline()  # "watching ..."
-        proc.stdout.readline()  # the header
-        assert "USD" in proc.stdout.readline()  # a first row: it is running
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()  # "watching ..."
+            proc.stdout.readline()  # the header
+            assert "USD" in proc.stdout.readline()  # a first row: it is running
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:  # never left running (nor unreaped) on a failure
+                proc.kill()
+                proc.communicate()
     assert proc.returncode == 0
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
 
