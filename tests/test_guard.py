@@ -519,3 +519,43 @@ async def test_areserve_refused_holds_nothing() -> None:
     r.settle(1.0)  # a refused call is never charged
     assert guard.ledger.reserved(None) == 0
     assert (await guard.acheck(estimate=0)).balance.remaining == 0.5  # type: ignore[union-attr]
+
+
+def test_an_error_raised_while_handling_an_unsent_one_is_still_charged() -> None:
+    # The first call's connect error was handled; the fallback call went out
+    # and then the code failed. The implicit context (the connect error) says
+    # nothing of the call that was billed: the estimate is charged.
+    import httpx
+
+    from creditguard._protect import unbilled
+    from creditguard.sources import FixedBudget
+
+    guard = BudgetGuard(FixedBudget(1.0), Policy(), estimate=0.1, pricing_from=None)
+
+    @guard
+    def ask(model: str = "m") -> str:
+        try:
+            raise httpx.ConnectError("no route")
+        except httpx.ConnectError:
+            raise ValueError("the fallback's answer could not be parsed") from None
+
+    @guard
+    def ask_implicit(model: str = "m") -> str:
+        try:
+            raise httpx.ConnectError("no route")
+        except httpx.ConnectError:
+            raise ValueError("the fallback's answer could not be parsed")  # noqa: B904
+
+    for fn in (ask, ask_implicit):
+        with pytest.raises(ValueError):
+            fn()
+    assert guard.check("m").balance is not None
+    assert guard.check("m").balance.remaining == pytest.approx(0.8)  # both charged
+    # an explicit cause (SDKs wrap errors with ``raise ... from``) still counts
+    try:
+        try:
+            raise httpx.ConnectError("refused")
+        except httpx.ConnectError as exc:
+            raise RuntimeError("APIConnectionError") from exc
+    except RuntimeError as wrapped:
+        assert unbilled(wrapped)

@@ -139,7 +139,7 @@ _UNSENT = frozenset(
 
 
 def unbilled(exc: BaseException) -> bool:
-    """Does ``exc`` (or what caused it) show that the call it ended was not
+    """Does ``exc`` (or what explicitly caused it) show that the call it ended was not
     billed? Yes when nothing was sent (a connect error, a pool timeout, a
     refusal of creditguard's own) or the provider answered with an error
     status (an SDK's status error, ``httpx.HTTPStatusError``). Anything else
@@ -156,7 +156,11 @@ def unbilled(exc: BaseException) -> bool:
             status = getattr(getattr(seen, "response", None), "status_code", None)
         if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
             return True
-        seen = seen.__cause__ or (None if seen.__suppress_context__ else seen.__context__)
+        # Only explicit causes (``raise ... from``, as SDKs and httpx wrap
+        # their errors) are followed: an implicit context is whatever was being
+        # handled, e.g. a connect error a fallback call recovered from before
+        # it was billed and then failed otherwise.
+        seen = seen.__cause__
     return False
 
 
