@@ -182,9 +182,12 @@ def find_member_fast(text: str, name: str) -> tuple[object, Span] | None:
     body (a rewrite) check it with :func:`prefix_is_json` first. After a few
     rejected candidates it falls back to :func:`find_member`, and raises
     ValueError when that does."""
-    inside = _object_start(text)
-    if inside is None:
-        return None
+    if text.startswith("{"):  # (compact JSON, the usual case: no call)
+        inside = 1
+    else:
+        inside = _object_start(text)  # type: ignore[assignment]
+        if inside is None:
+            return None
     return _from_end(text, name, '"' + name + '"', inside)
 
 
@@ -192,10 +195,13 @@ def _from_end(
     text: str, name: str, needle: str, inside: int, at: int | None = None
 ) -> tuple[object, Span] | None:
     """:func:`find_member_fast` once the object's inside (and maybe the last
-    candidate, ``at``) is known."""
+    candidate, ``at``) is known. (Hot: whitespace and values are read inline,
+    without a call, where compact JSON allows.)"""
     if at is None:
         at = text.rfind(needle, inside)
-    first = _ws(text, inside)
+        if at < 0:
+            return None
+    first = _ws(text, inside) if text[inside : inside + 1] in _WS_SET else inside
     size = len(needle)
     tries = 0
     while at >= 0:
@@ -203,8 +209,9 @@ def _from_end(
         if tries > _MAX_CANDIDATES:
             return find_member(text, name)
         escapes = 0
-        while text[at - 1 - escapes] == "\\":
-            escapes += 1
+        if text[at - 1] == "\\":
+            while text[at - 1 - escapes] == "\\":
+                escapes += 1
         colon = at + size
         if text[colon : colon + 1] in _WS_SET:  # (compact JSON has none: no call)
             colon = _ws(text, colon)
@@ -213,14 +220,23 @@ def _from_end(
             if text[start : start + 1] in _WS_SET:
                 start = _ws(text, start)
             try:
-                value, end = _value(text, start)
+                if text.startswith('"', start):
+                    value, end = scanstring(text, start + 1)
+                else:
+                    value, end = _SCAN(text, start)
+            except (ValueError, StopIteration, RecursionError):
+                pass  # no JSON value there: not this candidate
+            else:
                 # the first member (openai 3.x sends ``model`` first) is a key
                 # of the top-level object by its place, and the last of its
-                # name in the text: nothing after it needs decoding
-                if at == first or _closes_top_level(text, end):
+                # name in the text: nothing after it needs decoding; so is the
+                # last member of compact JSON, closed by the text's last brace
+                if (
+                    at == first
+                    or (end + 1 == len(text) and text.endswith("}"))
+                    or _closes_top_level(text, end)
+                ):
                     return value, (start, end)
-            except ValueError:
-                pass
         at = text.rfind(needle, inside, at)
     return None
 

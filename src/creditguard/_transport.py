@@ -459,10 +459,8 @@ class Core:
             return
         # each field is looked for from the end, as the model was (the sampling
         # options follow the messages, which are never decoded; a field the body
-        # lacks costs one C search)
+        # lacks costs one C search, and one it has is found near the end)
         for name in _TOKEN_FIELDS_ORDER:
-            if name not in text:
-                continue
             try:
                 hit = find_member_fast(text, name)
             except ValueError:  # malformed: no limit to read

@@ -91,9 +91,15 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+_HUGE = 2**1000  # (a module constant: the compiler does not fold a power this large)
+_INF = math.inf
+
+
 def check_cost(cost: object) -> float:
     """``cost`` as a float, or ValueError: a cost is a finite number >= 0."""
-    if isinstance(cost, int) and not isinstance(cost, bool) and cost > 2**1000:
+    if type(cost) is float and 0.0 <= cost < _INF:  # the usual case
+        return cost
+    if isinstance(cost, int) and not isinstance(cost, bool) and cost > _HUGE:
         cost = math.inf  # (too large for a float: ValueError below, not OverflowError)
     if (
         isinstance(cost, bool)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["BudgetGuard", "Reservation"]
 
 log = logging.getLogger("creditguard")
+_HUGE = 2**1000  # (a module constant: the compiler does not fold a power this large)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -107,7 +108,7 @@ _UNSET = _Unset()
 
 
 def _number(key: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**1000:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _HUGE:
         value = math.inf  # (an int too large for a float: refused below, not OverflowError)
     if (
         isinstance(value, bool)

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Hold", "Ledger", "Lookup"]
 
+_INF = math.inf
+_new = object.__new__
 log = logging.getLogger("creditguard")
 
 
@@ -568,7 +570,13 @@ class Ledger:
 
     def _take(self, key: str, credential: str | None, amount: float, now: float) -> Hold:
         """Hold ``amount`` for one call of ``key`` (with the lock held)."""
-        hold = Hold(key, credential, amount, now + self.hold_timeout)
+        hold = _new(Hold)  # (Hold(...) without the cost of a call to __init__: hot)
+        hold.key = key
+        hold.credential = credential
+        hold.amount = amount
+        hold.expires = now + self.hold_timeout
+        hold.state = 0  # Hold.OPEN
+        hold.token = None
         holds = self._holds.get(key)
         if holds is None:
             if len(self._holds) >= self._maxsize:
@@ -673,9 +681,13 @@ class Ledger:
         settled or released before (nothing is charged twice). ``how``: where
         the cost comes from, for the spend event (None: the provider's figure,
         or tokens x prices for a :class:`~creditguard.costs.TokenCost`)."""
-        if type(cost) is not float or not 0.0 <= cost < math.inf:
-            how = _how(cost, how)
-            cost = check_cost(cost)
+        if type(cost) is not float or not 0.0 <= cost < _INF:
+            if type(cost) is TokenCost and 0.0 <= cost < _INF:  # (tokens x prices: usual)
+                how = how or "tokens"
+                cost = float(cost)
+            else:
+                how = _how(cost, how)
+                cost = check_cost(cost)
         key = hold.key
         if self._source_record is None:
             with self._lock:
@@ -685,18 +697,7 @@ class Ledger:
                 holds = self._holds.get(key)
                 if holds is not None:
                     holds.drop(hold)
-                if cost:
-                    entry = self._cache.get(key)
-                    if entry is not None:
-                        entry.debit(cost)
-                    burn = self.burn
-                    if burn is not None:  # (BurnRates.add(), inlined: the usual case)
-                        now = self._timer()
-                        rate = burn.rates.get(key)
-                        if rate is not None and now - rate[2] < FOLD:
-                            rate[1] += cost
-                        else:
-                            burn.add(key, cost, now)
+                self._debit(key, cost)
         else:
             with self._lock:
                 if hold.state != Hold.OPEN:
@@ -750,11 +751,19 @@ class Ledger:
     # -- local accounting ----------------------------------------------------
 
     def _debit(self, key: str, cost: float) -> None:
+        if not cost:
+            return
         entry = self._cache.get(key)  # (an entry too old to serve: debited all the same)
-        if entry is not None and cost:
+        if entry is not None:
             entry.debit(cost)
-        if cost and self.burn is not None:  # the recent burn rate learns it too
-            self.burn.add(key, cost, self._timer())
+        burn = self.burn
+        if burn is not None:  # the recent burn rate learns it too
+            now = self._timer()
+            rate = burn.rates.get(key)
+            if rate is not None and now - rate[2] < FOLD:  # (BurnRates.add(), inlined)
+                rate[1] += cost
+            else:
+                burn.add(key, cost, now)
 
     def record(self, credential: str | None, cost: float, how: str | None = None) -> None:
         """Debit ``cost`` from the cached balance of ``credential`` (a local

@@ -136,6 +136,8 @@ class FixedBudget:
         self._spent: OrderedDict[str, dict[int, float]] = OrderedDict()
         self._low = -math.inf  # the oldest bucket of the window last counted
         self._counter: Any = None  # a shared store counting the spend instead (see bind)
+        self._never: Spend | None = None  # the one window of period=None
+        self._last: tuple[float, float, Spend] | None = None  # (start, end, window)
 
     # -- windows -----------------------------------------------------------------
 
@@ -143,26 +145,50 @@ class FixedBudget:
         """Where spend counts at ``now`` (default: the clock): the current
         bucket, the oldest bucket still in the window, and how long the counts
         must be kept."""
-        from ..stores import Spend
+        if self.period is None:  # (asked on every settle: no clock, one answer)
+            never = self._never
+            if never is None:
+                from ..stores import Spend
 
+                never = self._never = Spend("never", 0, 0, None)
+            return never
         if now is None:
             now = self._clock()
+        ts = now.timestamp()
+        last = self._last  # (the window of the last call, until its bucket ends)
+        if last is not None and last[0] <= ts < last[1]:
+            return last[2]
+        window, end = self._window_at(now)
+        self._last = (window.start, end, window)
+        return window
+
+    def _window_at(self, now: datetime) -> tuple[Spend, float]:
+        """:meth:`spend_window` at ``now``, worked out, and when its bucket ends."""
+        from ..stores import Spend
+
+        assert self.period is not None
         if self.window is not None:
             step = self.window / _SLICES
             bucket = math.floor(now.timestamp() / step)
             keep = self.window + 2 * step
-            return Spend(self.period or "", bucket, bucket - _SLICES, keep, bucket * step)
-        if self.period is None:
-            return Spend("never", 0, 0, None)
-        start = period_start(now, self.period)
+            start = bucket * step
+            return Spend(self.period, bucket, bucket - _SLICES, keep, start), start + step
+        start_day = period_start(now, self.period)
         if self.period == "month":
-            bucket = start.year * 12 + start.month - 1
+            bucket = start_day.year * 12 + start_day.month - 1
             keep = 32 * 86_400.0
         else:
-            bucket = start.toordinal()
+            bucket = start_day.toordinal()
             keep = (8 if self.period == "week" else 2) * 86_400.0
-        began = datetime(start.year, start.month, start.day, tzinfo=timezone.utc).timestamp()
-        return Spend(self.period, bucket, bucket, keep, began)
+        began = datetime(
+            start_day.year, start_day.month, start_day.day, tzinfo=timezone.utc
+        ).timestamp()
+        if self.period == "month":  # the 1st of the next month
+            year, month = divmod(start_day.year * 12 + start_day.month, 12)
+            ends = datetime(year, month + 1, 1, tzinfo=timezone.utc).timestamp()
+        else:
+            ends = began + (7 if self.period == "week" else 1) * 86_400.0
+        return Spend(self.period, bucket, bucket, keep, began), ends
 
     def budget_key(self, credential: str | None) -> str:
         """The budget ``credential`` draws down: its fingerprint, or one for all."""
@@ -179,15 +205,14 @@ class FixedBudget:
                     del old[bucket]
                 if not old:
                     del self._spent[key]
+        # (the sweep above left no bucket older than the window anywhere)
         counts = self._spent.get(bucket_key)
         if counts is None:
             counts = self._spent[bucket_key] = {}
             while len(self._spent) > self.maxsize:
                 self._spent.popitem(last=False)
-        else:
+        elif self.per_credential:
             self._spent.move_to_end(bucket_key)
-            for bucket in [b for b in counts if b < window.low]:
-                del counts[bucket]
         return counts
 
     def bind(self, counter: Any) -> None:
@@ -199,10 +224,11 @@ class FixedBudget:
 
     def record(self, credential: str | None, cost: float) -> None:
         """Adds ``cost`` (finite, >= 0) to the current period's spend."""
-        cost = check_cost(cost)
+        if type(cost) is not float or not 0.0 <= cost < math.inf:
+            cost = check_cost(cost)
         if self._counter is not None:
             return  # the shared store counts it (the ledger sends it there)
-        bucket_key = self.budget_key(credential)
+        bucket_key = self._fingerprint(credential) if self.per_credential else _ALL
         with self._lock:
             window = self.spend_window()
             counts = self._counts(bucket_key, window)
