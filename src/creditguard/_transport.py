@@ -72,6 +72,8 @@ STABLECOG_OUTPUTS = 2  # Stablecog's default num_outputs
 _STABLECOG_FIELDS = frozenset(("num_outputs",))
 _TOKEN_FIELDS_ORDER = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _TOKEN_FIELDS = frozenset(_TOKEN_FIELDS_ORDER)
+_MODEL_FIRST = '{"model":"'
+_MAX_TOKENS_LAST = ',"max_tokens":'
 
 
 # Options that belong to the network transport: given to client(), they build
@@ -457,6 +459,18 @@ class Core:
         text = plan.text
         if text is None:
             return
+        # compact JSON that ends with max_tokens (the first field looked for;
+        # SDKs write it last): the last member, closed by the text's last
+        # brace, so the last top-level max_tokens, read with no general reading
+        size = len(text)
+        at = text.rfind(_MAX_TOKENS_LAST, size - 40)
+        if at > 0 and text.endswith("}"):
+            digits = text[at + 14 : size - 1]
+            if 0 < len(digits) <= 15 and digits.isascii() and digits.isdigit():
+                plan.limit, plan.limit_field = int(digits), "max_tokens"
+                plan.limit_span = (at + 14, size - 1)
+                plan.clamp = self.guard.policy.clamp_max_tokens
+                return
         # each field is looked for from the end, as the model was (the sampling
         # options follow the messages, which are never decoded; a field the body
         # lacks costs one C search, and one it has is found near the end)
@@ -534,8 +548,21 @@ class Core:
             return _skip(request, f"{len(body)} bytes is over {MAX_PARSED_BODY}")
         try:
             text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _skip(request, f"not JSON ({type(exc).__name__})")
+        if text.startswith(_MODEL_FIRST) and field == "model":
+            # openai 3.x's compact body, model first: the value is read as it
+            # stands when it is plain (no escape, no control character) and
+            # the only "model" key in the text (so the last, and top-level by
+            # its place): find_member_fast's answer, without its general reading
+            end = text.find('"', 10)
+            value = text[10:end]
+            plain = end > 10 and "\\" not in value and value.isprintable()
+            if plain and text.rfind('"model"') == 1:
+                return value, (9, end + 1), text
+        try:
             found = find_member_fast(text, field)
-        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
             return _skip(request, f"not JSON ({type(exc).__name__})")
         if found is None:
             return _skip(request, f"not a JSON object with a {field!r} member")
