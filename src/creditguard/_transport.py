@@ -556,10 +556,10 @@ class Core:
             # the only "model" key in the text (so the last, and top-level by
             # its place): find_member_fast's answer, without its general reading
             end = text.find('"', 10)
-            value = text[10:end]
-            plain = end > 10 and "\\" not in value and value.isprintable()
+            name = text[10:end]
+            plain = end > 10 and "\\" not in name and name.isprintable()
             if plain and text.rfind('"model"') == 1:
-                return value, (9, end + 1), text
+                return name, (9, end + 1), text
         try:
             found = find_member_fast(text, field)
         except (ValueError, RecursionError) as exc:
