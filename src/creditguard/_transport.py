@@ -1148,14 +1148,25 @@ class SyncShell:
                 plan.retry_of, plan.credential, plan.estimate, key=plan.key
             )
         else:
-            decision, hold = core.guard._hold(
+            guard = core.guard
+            estimator = plan.estimator
+            decided = guard._fast(
+                plan.model,
+                plan.credential,
+                plan.estimate,
+                plan.key,
+                plan.refuse,
+                plan.can_rewrite,
+                estimator=estimator,
+            )
+            decision, hold = decided or guard._hold(
                 plan.model,
                 plan.credential,
                 plan.estimate,
                 key=plan.key,
                 refuse_reason=plan.refuse,
                 can_rewrite=plan.can_rewrite,
-                estimator=plan.estimator,
+                estimator=estimator,
             )
         out = core.act(request, plan, decision)
         if decision.action == "refuse" and decision.enforced:

@@ -705,9 +705,11 @@ class Ledger:
                 hold.state = Hold.SETTLED  # still held (and counted) until debited below
             # A local budget learns the spend first: a refresh racing with us then
             # counts it at worst twice (safe, and the next poll corrects it), never zero.
-            self._source_record(self._fetch_for(hold.credential), cost)
+            self._source_record(hold.credential if self._per_credential else None, cost)
             with self._lock:
-                self._drop(hold)
+                holds = self._holds.get(key)
+                if holds is not None:
+                    holds.drop(hold)
                 self._debit(key, cost)
         events = self.events
         if events is not None and events.spend is not None:
