@@ -538,7 +538,7 @@ class Core:
         self, request: Any, field: str, headers: dict[bytes, bytes]
     ) -> tuple[str | None, tuple[int, int] | None, str | None]:
         try:
-            body: bytes = request._content if self.lib.cloneable else request.content
+            body: bytes = request.content  # (public: the private read bought nothing measurable)
         except (AttributeError, self.lib.RequestNotRead):
             return _skip(request, "streamed request body")
         encoding = headers.get(b"content-encoding")
