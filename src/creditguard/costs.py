@@ -104,11 +104,16 @@ class Pricing:
         return None if model is None else self._map.lookup(model)[0]
 
 
+_BIG_INT = 2**1000  # an int above this is too large for a float: never OverflowError
+
+
 def _number(value: object) -> float | None:
+    if type(value) is int:  # the usual case: a token count
+        return float(value) if 0 <= value <= _BIG_INT else None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    if isinstance(value, int) and value > 2**1000:
-        return None  # (too large for a float: never OverflowError)
+    if isinstance(value, int) and value > _BIG_INT:
+        return None
     if not math.isfinite(value) or value < 0:
         return None
     return float(value)
@@ -122,44 +127,126 @@ def _believable(cost: float, what: str) -> float | None:
 
 
 def _get(obj: object, name: str) -> object:
+    if type(obj) is dict:
+        return obj.get(name)
     return obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+
+
+# -- reading usage reports --------------------------------------------------------
+#
+# A usage report is a decoded JSON dict (the transport), or an SDK object
+# (the decorator: openai's ``CompletionUsage``, a pydantic model). Reading a
+# field a pydantic model does not declare (``usage.cost`` on OpenAI's) raises
+# and catches an AttributeError inside pydantic, microseconds a read; such
+# fields live in the model's ``model_extra`` dict, read directly instead. How
+# to read each type is worked out once per type.
+
+_NAMES = ("usage", "cost", *_PROMPT_KEYS, *_COMPLETION_KEYS)
+_MAPPING: frozenset[str] = frozenset(("<mapping>",))  # a Mapping: read with .get
+_KINDS: dict[type, frozenset[str]] = {dict: _MAPPING}
+
+
+def _kind_of(cls: type) -> frozenset[str]:
+    """How to read objects of ``cls``: :data:`_MAPPING`, else the names (of
+    :data:`_NAMES`) read from ``model_extra`` (a pydantic model's undeclared
+    fields); the others are plain attribute reads."""
+    kind: frozenset[str]
+    if issubclass(cls, Mapping):
+        kind = _MAPPING
+    else:
+        fields = getattr(cls, "__pydantic_fields__", None)
+        extra = getattr(cls, "model_extra", None)
+        if isinstance(fields, dict) and isinstance(extra, property):
+            kind = frozenset(n for n in _NAMES if n not in fields and not hasattr(cls, n))
+        else:
+            kind = frozenset()
+    if len(_KINDS) >= 256:  # (types made on the fly: never an unbounded cache)
+        _KINDS.clear()
+        _KINDS[dict] = _MAPPING
+    _KINDS[cls] = kind
+    return kind
+
+
+def _read(obj: object, kind: frozenset[str], name: str) -> object:
+    """``obj``'s field ``name`` (None when it has none), read as ``kind`` says."""
+    if kind is _MAPPING:
+        return obj.get(name)  # type: ignore[attr-defined]
+    if name in kind:
+        extra = obj.model_extra  # type: ignore[attr-defined]
+        return extra.get(name) if extra else None
+    return getattr(obj, name, None)
 
 
 def usage_of(result: object) -> object:
     """The ``usage`` of a call's result: a decoded JSON dict or an SDK object."""
-    return _get(result, "usage")
+    if type(result) is dict:
+        return result.get("usage")
+    kind = _KINDS.get(type(result))
+    if kind is None:
+        kind = _kind_of(type(result))
+    return _read(result, kind, "usage")
 
 
 def cost_from_usage(usage: object, price: Price | None) -> float | None:
-    """``usage.cost`` when the provider reports it; else tokens x ``price``;
-    None when neither is known."""
+    """``usage.cost`` when the provider reports it; else tokens x ``price``
+    (a :class:`TokenCost`); None when neither is known."""
+    found = _usage_cost(usage, None, None, price)
+    if found is None:
+        return None
+    cost, how = found
+    return TokenCost(cost) if how == "tokens" else cost
+
+
+def _usage_cost(
+    usage: object, pricing: Prices | None, model: str | None, price: Price | None = None
+) -> tuple[float, str] | None:
+    """(what the call cost, where that comes from: ``"provider"`` for its
+    ``usage.cost``, ``"tokens"`` for its token counts x its price) from a
+    usage report; None when neither is known. The price is ``price``, else
+    ``model``'s in ``pricing``, looked up only when no cost is reported."""
     if usage is None:
         return None
-    cost = _reported(usage)
-    if cost is not None or price is None:
-        return cost
-    return _from_tokens(usage, price)
-
-
-def _reported(usage: object) -> float | None:
-    """``usage.cost``, when the provider reports one."""
-    cost = usage.get("cost") if type(usage) is dict else _get(usage, "cost")
-    if type(cost) is float and 0.0 <= cost <= MAX_COST:  # the usual case: a plain float
-        return cost
-    cost = _number(cost)
-    return None if cost is None else _believable(cost, "usage.cost")
-
-
-def _from_tokens(usage: object, price: Price) -> float | None:
-    """The usage's token counts at ``price``."""
-    prompt = next((n for k in _PROMPT_KEYS if (n := _number(_get(usage, k))) is not None), None)
-    completion = next(
-        (n for k in _COMPLETION_KEYS if (n := _number(_get(usage, k))) is not None), None
-    )
-    if prompt is None and completion is None:
-        return None
-    cost = _believable(price.of(prompt or 0.0, completion or 0.0), "cost from its tokens")
-    return None if cost is None else TokenCost(cost)
+    kind = _KINDS.get(type(usage))
+    if kind is None:
+        kind = _kind_of(type(usage))
+    # usage.cost, when the provider reports it
+    cost = _read(usage, kind, "cost")
+    if cost is not None:
+        if type(cost) is float and 0.0 <= cost <= MAX_COST:  # the usual case: a plain float
+            return cost, "provider"
+        cost = _number(cost)
+        if cost is not None:
+            cost = _believable(cost, "usage.cost")
+            if cost is not None:
+                return cost, "provider"
+    # else its token counts x its price
+    if price is None:
+        if not pricing:
+            return None
+        price = pricing.price(model)
+        if price is None:
+            return None
+    prompt = _read(usage, kind, "prompt_tokens")
+    if type(prompt) is not int or not 0 <= prompt <= _BIG_INT:  # (an int: the usual case)
+        prompt = _number(prompt)
+        if prompt is None:
+            prompt = _number(_read(usage, kind, "input_tokens"))
+    completion = _read(usage, kind, "completion_tokens")
+    if type(completion) is not int or not 0 <= completion <= _BIG_INT:
+        completion = _number(completion)
+        if completion is None:
+            completion = _number(_read(usage, kind, "output_tokens"))
+    if prompt is None:
+        if completion is None:
+            return None
+        prompt = 0
+    elif completion is None:
+        completion = 0
+    cost = prompt * price.prompt + completion * price.completion
+    if cost <= MAX_COST:
+        return float(cost), "tokens"
+    _believable(cost, "cost from its tokens")  # (logs it)
+    return None
 
 
 def cost_from_result(result: object, price: Price | None = None) -> float | None:
@@ -178,14 +265,11 @@ class Prices(Protocol):
 def cost_of_result(result: object, pricing: Prices, model: str | None) -> float | None:
     """:func:`cost_from_result` with ``model``'s price looked up in ``pricing``
     only when the result has no ``usage.cost`` of its own."""
-    usage = result.get("usage") if type(result) is dict else usage_of(result)
-    if usage is None:
+    found = _usage_cost(usage_of(result), pricing, model)
+    if found is None:
         return None
-    cost = _reported(usage)  # (read once: on SDK objects a missing field is slow to read)
-    if cost is not None or not pricing:
-        return cost
-    price = pricing.price(model)
-    return None if price is None else _from_tokens(usage, price)
+    cost, how = found
+    return TokenCost(cost) if how == "tokens" else cost
 
 
 def merge_usage(into: dict[str, Any], usage: object) -> None:
