@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from .costs import cost_of_result, usage_of
+from .costs import _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
 
 if TYPE_CHECKING:
@@ -209,12 +209,14 @@ class Reservation:
             return
         self._done = True
         if cost is None:
-            amount = self.estimate
+            self._book(self.estimate, "estimate")
         else:
-            amount = cost
             d = self.decision  # learned for the model that ran (shadow mode: as asked)
             self._guard._settled(d.model if d.enforced else d.requested_model, cost)
-        how = "estimate" if cost is None else None
+            self._book(cost, None)
+
+    def _book(self, amount: float, how: str | None) -> None:
+        """Charge ``amount`` in the ledger: the hold settled at it, or recorded."""
         if self._hold is not None:
             self._guard.ledger.settle(self._hold, amount, how)
         else:
@@ -275,13 +277,23 @@ class Call(Reservation):
         if self.reported:
             self.release()  # what it recorded stands instead
             return
-        guard = self._guard
-        emit = guard.events.usage
-        if emit is not None:
-            usage = usage_of(result)
-            if usage is not None:
-                emit(guard.ledger.key(self._credential), self.decision.requested_model, usage)
-        self.settle(cost_of_result(result, guard.prices, self.decision.applied.model))
+        usage = None if result is None else usage_of(result)
+        if usage is not None:
+            guard = self._guard
+            d = self.decision
+            emit = guard.events.usage
+            if emit is not None:
+                emit(guard.ledger.key(self._credential), d.requested_model, usage)
+            model = d.model if d.enforced else d.requested_model  # (the one that ran)
+            found = _usage_cost(usage, guard.prices, model)
+            if found is not None:
+                if not self._done:
+                    self._done = True
+                    cost, how = found
+                    guard._settled(model, cost)
+                    self._book(cost, how)  # (a plain float, and where it came from)
+                return
+        self.settle()  # at its estimate
 
     def _fail(self, exc: BaseException) -> None:
         if self.reported:
