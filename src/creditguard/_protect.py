@@ -61,6 +61,7 @@ class ArgSpec:
         "default",
         "found",
         "index",
+        "keyword",
         "name",
         "positional_only",
         "skipped",
@@ -73,6 +74,9 @@ class ArgSpec:
         self.index: int | None = None
         self.default: object = None
         self.positional_only = False
+        # the key a keyword-only call passes it under (None: it cannot be passed
+        # by keyword; ``kwargs.get(None, default)`` is then its default)
+        self.keyword: str | None = name
         self.var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         param = next((p for p in params if p.name == name), None)
         self.found = param is not None
@@ -85,6 +89,8 @@ class ArgSpec:
         if param.kind in _POSITIONAL:
             self.index = params.index(param)
             self.positional_only = param.kind is inspect.Parameter.POSITIONAL_ONLY
+            if self.positional_only:
+                self.keyword = None
             # defaults of the parameters before it, to fill in when a call
             # leaves them out and a positional-only model must be passed
             self.skipped = tuple(p.default for p in params[: self.index])
@@ -314,15 +320,21 @@ def _chars(value: object) -> int | None:
     """About how many characters a call's prompt has: a string, or a list of
     chat messages (dicts or objects with ``content``) whose content is text or
     a list of parts with ``text``. None when it is neither."""
-    if isinstance(value, str):
-        return len(value)
-    if not isinstance(value, (list, tuple)):
-        return None
+    if type(value) is not list and not isinstance(value, (list, tuple)):
+        return len(value) if isinstance(value, str) else None
     total = 0
     for item in value:
-        content = item.get("content") if isinstance(item, dict) else getattr(item, "content", item)
+        if type(item) is dict:  # the usual case: {"role": ..., "content": "..."}
+            content = item.get("content")
+            if type(content) is str:
+                total += len(content) + 8  # the role and the message's framing
+                continue
+        else:
+            content = (
+                item.get("content") if isinstance(item, dict) else getattr(item, "content", item)
+            )
         if isinstance(content, str):
-            total += len(content) + 8  # the role and the message's framing
+            total += len(content) + 8
         elif isinstance(content, (list, tuple)):
             for part in content:
                 text = part.get("text") if isinstance(part, dict) else getattr(part, "text", None)
@@ -347,6 +359,7 @@ class Guarded:
         "messages",
         "model",
         "shift",
+        "sized",
     )
 
     def __init__(
@@ -373,6 +386,9 @@ class Guarded:
             else ArgSpec(raw, credential_arg, what="credential_arg", required=True)
         )
         self.learned = guard.prices.default
+        from .guard import CallEstimator  # (guard imports this module)
+
+        self.sized = CallEstimator
         # A function that carries the request itself (``messages``/``prompt``/
         # ``input`` and an output limit, as ``client.chat.completions.create``
         # does) is priced per call like a transported request; else (no output
@@ -385,48 +401,53 @@ class Guarded:
             specs = [ArgSpec(raw, n, what="", required=False) for n in _LIMIT_ARGS]
             self.limits = tuple(a for a in specs if a.usable)
 
-    def begin(
+    def prepare(
         self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[str | None, str | None]:
-        """The call's model and credential."""
-        bound = self.shift and instance is not None
-        model = self.model.get(bound, args, kwargs)
-        credential = None if self.credential is None else self.credential.get(bound, args, kwargs)
-        return (
-            model if isinstance(model, str) else None,
-            credential if isinstance(credential, str) else None,
-        )
-
-    def sized(
-        self,
-        model: str | None,
-        instance: object,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> tuple[float, Any]:
-        """This call's estimate and estimator: fixed when the decorator was
-        given one; priced from the call's own prompt and output limit when it
-        carries them; else the model's learned estimate or the guard's."""
-        if self.fixed:
-            return self.estimate, self.estimator
-        if self.messages:
+    ) -> tuple[str | None, str | None, float, Any]:
+        """The call's model, credential, estimate and estimator. The estimate
+        is fixed when the decorator was given one; priced from the call's own
+        prompt and output limit when it carries them; else the model's learned
+        estimate or the guard's."""
+        cred = self.credential
+        if args:
             bound = self.shift and instance is not None
+            model = self.model.get(bound, args, kwargs)
+            credential = None if cred is None else cred.get(bound, args, kwargs)
+        else:  # called with keywords only (as SDK calls are): a dict read each
+            bound = False
+            model = kwargs.get(self.model.keyword, self.model.default)  # type: ignore[arg-type]
+            credential = None if cred is None else kwargs.get(cred.keyword, cred.default)  # type: ignore[arg-type]
+        if type(model) is not str and not isinstance(model, str):
+            model = None
+        if credential is not None and not isinstance(credential, str):
+            credential = None
+        if self.fixed:
+            return model, credential, self.estimate, self.estimator
+        if self.messages:
             chars = None
             for spec in self.messages:
-                chars = _chars(spec.get(bound, args, kwargs))
+                value = (
+                    spec.get(bound, args, kwargs)
+                    if args
+                    else kwargs.get(spec.keyword, spec.default)  # type: ignore[arg-type]
+                )
+                chars = _chars(value)
                 if chars is not None:
                     break
             if chars is not None:
-                limit = None
                 for spec in self.limits:
-                    value = spec.get(bound, args, kwargs)
-                    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-                        limit = min(value, _MAX_LIMIT)
-                        break
-                if limit is not None:  # (a prompt alone does not say what the call may cost)
-                    estimator = self.guard._estimator(None, chars, limit)
-                    return estimator.requested(model), estimator
-        return self.learned(model, self.estimate), self.estimator
+                    value = (
+                        spec.get(bound, args, kwargs)
+                        if args
+                        else kwargs.get(spec.keyword, spec.default)  # type: ignore[arg-type]
+                    )
+                    if (
+                        type(value) is int or (isinstance(value, int) and type(value) is not bool)
+                    ) and value >= 0:
+                        # (a prompt alone does not say what the call may cost)
+                        estimator = self.sized(self.guard, None, chars, min(value, _MAX_LIMIT))
+                        return model, credential, estimator.requested(model), estimator
+        return model, credential, self.learned(model, self.estimate), self.estimator
 
     def apply(
         self,
@@ -449,7 +470,7 @@ class Guarded:
 def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> Any:
     """The wrapt decorator for ``fn``, chosen once: sync or async, function or
     generator. Each driver is the same three steps around its own I/O."""
-    fast, hold, ahold, sized = guard._fast, guard._hold, guard._ahold, g.sized
+    fast, hold, ahold, prepare = guard._fast, guard._hold, guard._ahold, g.prepare
     set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
     prices = guard.prices
 
@@ -458,8 +479,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         async def agen_wrapper(
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            model, credential = g.begin(instance, args, kwargs)
-            est, estimator = sized(model, instance, args, kwargs)
+            model, credential, est, estimator = prepare(instance, args, kwargs)
             if estimator.wants_prices(model):
                 await prices.aensure()
                 est = estimator.requested(model)
@@ -499,8 +519,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         async def async_wrapper(
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            model, credential = g.begin(instance, args, kwargs)
-            est, estimator = sized(model, instance, args, kwargs)
+            model, credential, est, estimator = prepare(instance, args, kwargs)
             if estimator.wants_prices(model):
                 await prices.aensure()
                 est = estimator.requested(model)
@@ -530,8 +549,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
     def sync_wrapper(
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        model, credential = g.begin(instance, args, kwargs)
-        est, estimator = sized(model, instance, args, kwargs)
+        model, credential, est, estimator = prepare(instance, args, kwargs)
         if estimator.wants_prices(model):
             prices.ensure()
             est = estimator.requested(model)
