@@ -297,7 +297,11 @@ class Call(Reservation):
                     self._done = True
                     cost, how = found
                     guard._settled(model, cost)
-                    self._book(cost, how)  # (a plain float, and where it came from)
+                    # (a plain float, and where it came from: the ledger's fast path)
+                    if self._hold is not None:
+                        guard.ledger.settle(self._hold, cost, how)
+                    else:
+                        guard.ledger.record(self._credential, cost, how)
                 return
         self.settle()  # at its estimate
 
@@ -553,7 +557,9 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         if estimator.wants_prices(model):
             prices.ensure()
             est = estimator.requested(model)
-        decision, held = hold(model, credential, est, estimator=estimator)
+        decision, held = fast(
+            model, credential, est, None, None, True, estimator=estimator
+        ) or hold(model, credential, est, estimator=estimator)
         if decision.action != "allow":
             args, kwargs = g.apply(decision, instance, args, kwargs)
         if decision._estimate is not None:

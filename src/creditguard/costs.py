@@ -138,25 +138,26 @@ def _get(obj: object, name: str) -> object:
 # (the decorator: openai's ``CompletionUsage``, a pydantic model). Reading a
 # field a pydantic model does not declare (``usage.cost`` on OpenAI's) raises
 # and catches an AttributeError inside pydantic, microseconds a read; such
-# fields live in the model's ``model_extra`` dict, read directly instead. How
+# fields live in the model's extras (``__pydantic_extra__``, a documented
+# attribute that ``model_extra`` returns), read there directly instead. How
 # to read each type is worked out once per type.
 
 _NAMES = ("usage", "cost", *_PROMPT_KEYS, *_COMPLETION_KEYS)
-_MAPPING: frozenset[str] = frozenset(("<mapping>",))  # a Mapping: read with .get
+_MAPPING: frozenset[str] = frozenset(("<mapping>",))
+_DECLARED = frozenset((_PROMPT_KEYS[0], _COMPLETION_KEYS[0]))  # a Mapping: read with .get
 _KINDS: dict[type, frozenset[str]] = {dict: _MAPPING}
 
 
 def _kind_of(cls: type) -> frozenset[str]:
     """How to read objects of ``cls``: :data:`_MAPPING`, else the names (of
-    :data:`_NAMES`) read from ``model_extra`` (a pydantic model's undeclared
-    fields); the others are plain attribute reads."""
+    :data:`_NAMES`) read from a pydantic model's extras (the fields it does
+    not declare); the others are plain attribute reads."""
     kind: frozenset[str]
     if issubclass(cls, Mapping):
         kind = _MAPPING
     else:
         fields = getattr(cls, "__pydantic_fields__", None)
-        extra = getattr(cls, "model_extra", None)
-        if isinstance(fields, dict) and isinstance(extra, property):
+        if isinstance(fields, dict) and hasattr(cls, "__pydantic_extra__"):
             kind = frozenset(n for n in _NAMES if n not in fields and not hasattr(cls, n))
         else:
             kind = frozenset()
@@ -172,7 +173,7 @@ def _read(obj: object, kind: frozenset[str], name: str) -> object:
     if kind is _MAPPING:
         return obj.get(name)  # type: ignore[attr-defined]
     if name in kind:
-        extra = obj.model_extra  # type: ignore[attr-defined]
+        extra = getattr(obj, "__pydantic_extra__", None)
         return extra.get(name) if extra else None
     return getattr(obj, name, None)
 
@@ -184,7 +185,9 @@ def usage_of(result: object) -> object:
     kind = _KINDS.get(type(result))
     if kind is None:
         kind = _kind_of(type(result))
-    return _read(result, kind, "usage")
+    if kind is _MAPPING or "usage" in kind:
+        return _read(result, kind, "usage")
+    return getattr(result, "usage", None)  # (an SDK object declaring it, or a plain one)
 
 
 def cost_from_usage(usage: object, price: Price | None) -> float | None:
@@ -203,14 +206,21 @@ def _usage_cost(
     """(what the call cost, where that comes from: ``"provider"`` for its
     ``usage.cost``, ``"tokens"`` for its token counts x its price) from a
     usage report; None when neither is known. The price is ``price``, else
-    ``model``'s in ``pricing``, looked up only when no cost is reported."""
+    ``model``'s in ``pricing``, looked up only when no cost is reported.
+    (Called once a call: the usual fields are read inline.)"""
     if usage is None:
         return None
     kind = _KINDS.get(type(usage))
     if kind is None:
         kind = _kind_of(type(usage))
     # usage.cost, when the provider reports it
-    cost = _read(usage, kind, "cost")
+    if kind is _MAPPING:
+        cost = usage.get("cost")  # type: ignore[attr-defined]
+    elif "cost" in kind:
+        extra = getattr(usage, "__pydantic_extra__", None)
+        cost = extra.get("cost") if extra else None
+    else:
+        cost = getattr(usage, "cost", None)
     if cost is not None:
         if type(cost) is float and 0.0 <= cost <= MAX_COST:  # the usual case: a plain float
             return cost, "provider"
@@ -221,17 +231,24 @@ def _usage_cost(
                 return cost, "provider"
     # else its token counts x its price
     if price is None:
-        if not pricing:
+        if pricing is None:
             return None
         price = pricing.price(model)
         if price is None:
             return None
-    prompt = _read(usage, kind, "prompt_tokens")
+    if kind is _MAPPING:
+        prompt = usage.get("prompt_tokens")  # type: ignore[attr-defined]
+        completion = usage.get("completion_tokens")  # type: ignore[attr-defined]
+    elif _DECLARED.isdisjoint(kind):  # declared fields or plain attributes (OpenAI's)
+        prompt = getattr(usage, "prompt_tokens", None)
+        completion = getattr(usage, "completion_tokens", None)
+    else:
+        prompt = _read(usage, kind, "prompt_tokens")
+        completion = _read(usage, kind, "completion_tokens")
     if type(prompt) is not int or not 0 <= prompt <= _BIG_INT:  # (an int: the usual case)
         prompt = _number(prompt)
         if prompt is None:
             prompt = _number(_read(usage, kind, "input_tokens"))
-    completion = _read(usage, kind, "completion_tokens")
     if type(completion) is not int or not 0 <= completion <= _BIG_INT:
         completion = _number(completion)
         if completion is None:
