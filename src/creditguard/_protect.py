@@ -283,7 +283,12 @@ class Call(Reservation):
         if self.reported:
             self.release()  # what it recorded stands instead
             return
-        usage = None if result is None else usage_of(result)
+        if result is None:
+            usage = None
+        elif type(result) is dict:
+            usage = result.get("usage")
+        else:
+            usage = usage_of(result)
         if usage is not None:
             guard = self._guard
             d = self.decision
@@ -435,7 +440,16 @@ class Guarded:
                     if args
                     else kwargs.get(spec.keyword, spec.default)  # type: ignore[arg-type]
                 )
-                chars = _chars(value)
+                if type(value) is list:  # chat messages: the usual ones sized inline
+                    chars = 0
+                    for item in value:
+                        content = item.get("content") if type(item) is dict else None
+                        if type(content) is not str:
+                            chars = _chars(value)  # (any other shape)
+                            break
+                        chars += len(content) + 8  # the role and the message's framing
+                else:
+                    chars = _chars(value)
                 if chars is not None:
                     break
             if chars is not None:
@@ -477,6 +491,9 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
     fast, hold, ahold, prepare = guard._fast, guard._hold, guard._ahold, g.prepare
     set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
     prices = guard.prices
+    # (a price list wanted for this call's estimate: only a call sized from its
+    # arguments asks, and only while a list is due a load)
+    plain, pending = g.estimator, prices.pending
 
     if inspect.isasyncgenfunction(raw):
 
@@ -484,7 +501,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential, est, estimator = prepare(instance, args, kwargs)
-            if estimator.wants_prices(model):
+            if estimator is not plain and pending() and estimator.wants_prices(model):
                 await prices.aensure()
                 est = estimator.requested(model)
             decision, held = fast(
@@ -524,7 +541,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential, est, estimator = prepare(instance, args, kwargs)
-            if estimator.wants_prices(model):
+            if estimator is not plain and pending() and estimator.wants_prices(model):
                 await prices.aensure()
                 est = estimator.requested(model)
             decision, held = fast(
@@ -554,7 +571,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential, est, estimator = prepare(instance, args, kwargs)
-        if estimator.wants_prices(model):
+        if estimator is not plain and pending() and estimator.wants_prices(model):
             prices.ensure()
             est = estimator.requested(model)
         decision, held = fast(
