@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from .costs import _usage_cost, usage_of
+from .costs import _KINDS, _MAPPING, _kind_of, _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
 
 if TYPE_CHECKING:
@@ -283,12 +283,17 @@ class Call(Reservation):
         if self.reported:
             self.release()  # what it recorded stands instead
             return
-        if result is None:
-            usage = None
-        elif type(result) is dict:
-            usage = result.get("usage")
-        else:
-            usage = usage_of(result)
+        cls = type(result)
+        if cls is dict:
+            usage = result.get("usage")  # type: ignore[attr-defined]
+        else:  # an SDK object (usage_of(), inline: once a call)
+            kind = _KINDS.get(cls)
+            if kind is None:
+                kind = _kind_of(cls)
+            if kind is _MAPPING or "usage" in kind:
+                usage = usage_of(result)
+            else:
+                usage = getattr(result, "usage", None)
         if usage is not None:
             guard = self._guard
             d = self.decision
@@ -491,9 +496,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
     fast, hold, ahold, prepare = guard._fast, guard._hold, guard._ahold, g.prepare
     set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
     prices = guard.prices
-    # (a price list wanted for this call's estimate: only a call sized from its
-    # arguments asks, and only while a list is due a load)
-    plain, pending = g.estimator, prices.pending
+    plain = g.estimator  # (only a call sized from its arguments may want a price list)
 
     if inspect.isasyncgenfunction(raw):
 
@@ -501,7 +504,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential, est, estimator = prepare(instance, args, kwargs)
-            if estimator is not plain and pending() and estimator.wants_prices(model):
+            if estimator is not plain and estimator.wants_prices(model):
                 await prices.aensure()
                 est = estimator.requested(model)
             decision, held = fast(
@@ -541,7 +544,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential, est, estimator = prepare(instance, args, kwargs)
-            if estimator is not plain and pending() and estimator.wants_prices(model):
+            if estimator is not plain and estimator.wants_prices(model):
                 await prices.aensure()
                 est = estimator.requested(model)
             decision, held = fast(
@@ -571,7 +574,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential, est, estimator = prepare(instance, args, kwargs)
-        if estimator is not plain and pending() and estimator.wants_prices(model):
+        if estimator is not plain and estimator.wants_prices(model):
             prices.ensure()
             est = estimator.requested(model)
         decision, held = fast(
