@@ -155,6 +155,29 @@ def test_a_fixed_estimate_reads_only_the_model_and_credential() -> None:
     assert g.prepare(None, (), {"model": "priced", "key": 7})[1] is None  # not a credential
 
 
+def test_a_credential_argument_by_keyword_position_or_default() -> None:
+    def ask(model: str, key: str = "sk-default", **rest: Any) -> None:
+        return None
+
+    def ask_positional(model: str, key: str = "sk-default", /, **rest: Any) -> None:
+        return None
+
+    for fn in (ask, ask_positional):
+        g = Guarded(_guard(), fn, "model", "key", None, explicit=False)
+        for args, kwargs in [
+            ((), {"model": "priced"}),
+            ((), {"model": "priced", "key": "sk-given"}),
+            (("priced", "sk-given"), {}),
+            (("priced",), {"key": "sk-given"}),
+        ]:
+            assert read(g, None, args, kwargs) == reference(g, None, args, kwargs)
+    g = Guarded(_guard(), ask, "model", "key", None, explicit=False)
+    assert read(g, None, (), {"model": "priced"})[1] == "sk-default"
+    assert read(g, None, (), {"model": "priced", "key": "sk-given"})[1] == "sk-given"
+    g = Guarded(_guard(), ask_positional, "model", "key", None, explicit=False)
+    assert read(g, None, (), {"model": "priced", "key": "sk-given"})[1] == "sk-default"
+
+
 def test_positional_only_arguments_are_never_read_from_keywords() -> None:
     g = Guarded(_guard(), positional_only, "model", None, None, explicit=True)
     assert g.model.keyword is None and g.model.positional_only
