@@ -368,7 +368,6 @@ class Guarded:
         "estimator",
         "fixed",
         "guard",
-        "keys",
         "learned",
         "limits",
         "messages",
@@ -400,15 +399,6 @@ class Guarded:
             if credential_arg is None
             else ArgSpec(raw, credential_arg, what="credential_arg", required=True)
         )
-        # where a keyword-only call has them (a None key: never among keywords,
-        # as a positional-only parameter or no credential argument at all)
-        cred = self.credential
-        self.keys: tuple[Any, Any, Any, Any] = (
-            self.model.keyword,
-            self.model.default,
-            None if cred is None else cred.keyword,
-            None if cred is None else cred.default,
-        )
         self.learned = guard.prices.default
         from .guard import CallEstimator  # (guard imports this module)
 
@@ -432,16 +422,15 @@ class Guarded:
         is fixed when the decorator was given one; priced from the call's own
         prompt and output limit when it carries them; else the model's learned
         estimate or the guard's."""
+        cred = self.credential
         if args:
             bound = self.shift and instance is not None
             model = self.model.get(bound, args, kwargs)
-            cred = self.credential
             credential = None if cred is None else cred.get(bound, args, kwargs)
         else:  # called with keywords only (as SDK calls are): a dict read each
             bound = False
-            model_key, model_default, credential_key, credential_default = self.keys
-            model = kwargs.get(model_key, model_default)
-            credential = kwargs.get(credential_key, credential_default)
+            model = kwargs.get(self.model.keyword, self.model.default)  # type: ignore[arg-type]
+            credential = None if cred is None else kwargs.get(cred.keyword, cred.default)  # type: ignore[arg-type]
         if type(model) is not str and not isinstance(model, str):
             model = None
         if credential is not None and not isinstance(credential, str):
