@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -36,6 +37,8 @@ __all__ = [
     "unwrap_callable",
     "wrap",
 ]
+
+log = logging.getLogger("creditguard")
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
 
@@ -283,36 +286,45 @@ class Call(Reservation):
         if self.reported:
             self.release()  # what it recorded stands instead
             return
-        cls = type(result)
-        if cls is dict:
-            usage = result.get("usage")  # type: ignore[attr-defined]
-        else:  # an SDK object (usage_of(), inline: once a call)
-            kind = _KINDS.get(cls)
-            if kind is None:
-                kind = _kind_of(cls)
-            if kind is _MAPPING or "usage" in kind:
-                usage = usage_of(result)
-            else:
-                usage = getattr(result, "usage", None)
+        guard = self._guard
+        d = self.decision
+        model = d.model if d.enforced else d.requested_model  # (the one that ran)
+        try:
+            cls = type(result)
+            if cls is dict:
+                usage = result.get("usage")  # type: ignore[attr-defined]
+            else:  # an SDK object (usage_of(), inline: once a call)
+                kind = _KINDS.get(cls)
+                if kind is None:
+                    kind = _kind_of(cls)
+                if kind is _MAPPING or "usage" in kind:
+                    usage = usage_of(result)
+                else:
+                    usage = getattr(result, "usage", None)
+            found = None if usage is None else _usage_cost(usage, guard.prices, model)
+        except Exception:  # (a result that breaks when read: the call still costs)
+            log.warning(
+                "the usage of a guarded call's %s result could not be read: its estimate "
+                "is charged",
+                type(result).__name__,
+                exc_info=True,
+            )
+            usage = found = None
         if usage is not None:
-            guard = self._guard
-            d = self.decision
             emit = guard.events.usage
             if emit is not None:
                 emit(guard.ledger.key(self._credential), d.requested_model, usage)
-            model = d.model if d.enforced else d.requested_model  # (the one that ran)
-            found = _usage_cost(usage, guard.prices, model)
-            if found is not None:
-                if not self._done:
-                    self._done = True
-                    cost, how = found
-                    guard._settled(model, cost)
-                    # (a plain float, and where it came from: the ledger's fast path)
-                    if self._hold is not None:
-                        guard.ledger.settle(self._hold, cost, how)
-                    else:
-                        guard.ledger.record(self._credential, cost, how)
-                return
+        if found is not None:
+            if not self._done:
+                self._done = True
+                cost, how = found
+                guard._settled(model, cost)
+                # (a plain float, and where it came from: the ledger's fast path)
+                if self._hold is not None:
+                    guard.ledger.settle(self._hold, cost, how)
+                else:
+                    guard.ledger.record(self._credential, cost, how)
+            return
         self.settle()  # at its estimate
 
     def _fail(self, exc: BaseException) -> None:
