@@ -138,6 +138,25 @@ def test_what_a_call_is_read_as() -> None:
     )
 
 
+def test_a_function_without_an_output_limit_is_never_sized() -> None:
+    def ask(prompt: str, model: str = "priced") -> None:  # benchmarks/run.py's shape
+        return None
+
+    g = Guarded(_guard(), ask, "model", None, None, explicit=False)
+    assert g.limits == () and g.messages == ()  # its prompt's size would say nothing
+    for args, kwargs in [
+        (("hello",), {"model": "priced"}),
+        (("hello", "priced"), {}),
+        (("hello",), {}),
+        ((), {"prompt": "hello", "model": "other"}),
+    ]:
+        got = read(g, None, args, kwargs)
+        assert got == reference(g, None, args, kwargs)
+        assert got[2:] == (0.05, None, None)
+    assert read(g, None, ("hello",), {})[0] == "priced"  # its default
+    assert read(g, None, ("hello", "other"), {})[0] == "other"
+
+
 def test_a_fixed_estimate_reads_only_the_model_and_credential() -> None:
     def ask(model: str, key: str, messages: Any = None, max_tokens: int = 0) -> None:
         return None

@@ -340,6 +340,7 @@ CURRENT_CALL: ContextVar[Call | None] = ContextVar("creditguard_call", default=N
 _PROMPT_ARGS = ("messages", "prompt", "input")
 _LIMIT_ARGS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _MAX_LIMIT = 2**53  # an absurd output limit is held as this (a float still)
+_UNSET: Any = object()  # (an argument not passed by keyword)
 
 
 def _chars(value: object) -> int | None:
@@ -422,10 +423,11 @@ class Guarded:
         self.messages: tuple[ArgSpec, ...] = ()
         self.limits: tuple[ArgSpec, ...] = ()
         if estimate is None:
-            specs = [ArgSpec(raw, n, what="", required=False) for n in _PROMPT_ARGS]
-            self.messages = tuple(a for a in specs if a.usable)
             specs = [ArgSpec(raw, n, what="", required=False) for n in _LIMIT_ARGS]
             self.limits = tuple(a for a in specs if a.usable)
+            if self.limits:  # (else the prompt's size would never be used)
+                specs = [ArgSpec(raw, n, what="", required=False) for n in _PROMPT_ARGS]
+                self.messages = tuple(a for a in specs if a.usable)
 
     def prepare(
         self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -434,29 +436,32 @@ class Guarded:
         is fixed when the decorator was given one; priced from the call's own
         prompt and output limit when it carries them; else the model's learned
         estimate or the guard's."""
-        cred = self.credential
-        if args:
-            bound = self.shift and instance is not None
-            model = self.model.get(bound, args, kwargs)
-            credential = None if cred is None else cred.get(bound, args, kwargs)
-        else:  # called with keywords only (as SDK calls are): a dict read each
-            bound = False
-            model = kwargs.get(self.model.keyword, self.model.default)  # type: ignore[arg-type]
-            credential = None if cred is None else kwargs.get(cred.keyword, cred.default)  # type: ignore[arg-type]
+        # Each argument is read by keyword first (a dict read: SDK calls pass
+        # keywords), else from its position or default (ArgSpec.get). A spec's
+        # keyword is None when it cannot be passed by keyword: never found.
+        bound = self.shift and instance is not None
+        spec = self.model
+        model = kwargs.get(spec.keyword, _UNSET)  # type: ignore[arg-type]
+        if model is _UNSET:
+            model = spec.get(bound, args, kwargs) if args else spec.default
         if type(model) is not str and not isinstance(model, str):
             model = None
-        if credential is not None and not isinstance(credential, str):
-            credential = None
+        credential = None
+        cred = self.credential
+        if cred is not None:
+            credential = kwargs.get(cred.keyword, _UNSET)  # type: ignore[arg-type]
+            if credential is _UNSET:
+                credential = cred.get(bound, args, kwargs) if args else cred.default
+            if not isinstance(credential, str):
+                credential = None
         if self.fixed:
             return model, credential, self.estimate, self.estimator
-        if self.messages:
+        if self.messages:  # (only when an output limit may come too)
             chars = None
             for spec in self.messages:
-                value = (
-                    spec.get(bound, args, kwargs)
-                    if args
-                    else kwargs.get(spec.keyword, spec.default)  # type: ignore[arg-type]
-                )
+                value = kwargs.get(spec.keyword, _UNSET)  # type: ignore[arg-type]
+                if value is _UNSET:
+                    value = spec.get(bound, args, kwargs) if args else spec.default
                 if type(value) is list:  # chat messages: the usual ones sized inline
                     chars = 0
                     for item in value:
@@ -471,11 +476,9 @@ class Guarded:
                     break
             if chars is not None:
                 for spec in self.limits:
-                    value = (
-                        spec.get(bound, args, kwargs)
-                        if args
-                        else kwargs.get(spec.keyword, spec.default)  # type: ignore[arg-type]
-                    )
+                    value = kwargs.get(spec.keyword, _UNSET)  # type: ignore[arg-type]
+                    if value is _UNSET:
+                        value = spec.get(bound, args, kwargs) if args else spec.default
                     if (
                         type(value) is int or (isinstance(value, int) and type(value) is not bool)
                     ) and value >= 0:
