@@ -142,6 +142,18 @@ def test_estimate_order_price_then_learned_then_default() -> None:
     assert book.estimate("cheap", 1000, 100, 0.01).total == 0.01  # never below the estimate
 
 
+def test_a_priced_model_settled_before_its_first_lookup_is_not_learned() -> None:
+    # (learn() only looked at the lookup memo: a priced model whose cost came
+    # in before any estimate had looked its price up was learned, and its next
+    # estimate without a prompt size held that cost instead of the default)
+    book = PriceBook(Pricing({"priced": {"prompt": 1e-6, "completion": 1e-5}}))
+    book.learn("priced", 0.5)
+    assert len(book.learned) == 0
+    assert book.estimate("priced", None, None, 0.05).total == 0.05
+    book.learn("unpriced", 0.5)
+    assert len(book.learned) == 1
+
+
 # -- OpenRouter's list on the source's host ----------------------------------------------
 
 

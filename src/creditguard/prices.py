@@ -705,7 +705,7 @@ class PriceBook:
         if model is None:
             return
         hit = self._memo.get(model)
-        if hit is not None and hit[0] is not None:
+        if (hit[0] if hit is not None else self.price(model)) is not None:
             return  # priced: what it cost is not needed to estimate it
         self.learned.add(model, cost)
 
