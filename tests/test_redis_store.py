@@ -529,7 +529,7 @@ def test_keys_carry_the_prefix_and_never_the_raw_key(redis_server: RedisServer) 
     assert store.try_lock(key, "token", 10)
     data = everything(raw)
     assert set(data) == {
-        f"app1:{{{key}}}:{name}" for name in ("snap", "holds", "exp", "late", "done", "lock")
+        f"app1:{{{key}}}:{name}" for name in ("snap", "holds", "exp", "late", "lock")
     }
     assert RAW_KEY not in repr(data)
     for name in data:
@@ -570,7 +570,7 @@ def test_from_url_reads_prefix_and_timeout_and_drops_secret(redis_server: RedisS
     assert store.prefix == "tenant7" and store.timeout == 0.5
     store.debit(FP, 1.0)
     raw = redis.Redis(port=redis_server.port, db=3)  # db=3 reached redis-py
-    assert sorted(raw.keys()) == [f"tenant7:{{{FP}}}:{name}".encode() for name in ("done", "snap")]
+    assert sorted(raw.keys()) == [f"tenant7:{{{FP}}}:{name}".encode() for name in ("exp", "snap")]
     assert "xyz" not in repr(store)
     raw.close()
     store.close()

@@ -7,11 +7,11 @@ are a hash tag: in a cluster, one credential's keys share a slot)::
                     source, balance_at: the Balance's own fetched_at), when it
                     was stored (fetched_at), debits since it, exhausted
     cg:{fp}:holds   hash: hold id -> amount held
-    cg:{fp}:exp     sorted set: hold id -> expiry (epoch seconds)
+    cg:{fp}:exp     sorted set: hold id -> expiry (epoch seconds); and settled
+                    or released ids -> minus until when they are remembered
+                    (a repeated settle charges nothing)
     cg:{fp}:late    sorted set: holds that expired unsettled (a late settle
                     still charges them, once)
-    cg:{fp}:done    sorted set: settled ids -> until when they are remembered
-                    (a repeated settle charges nothing)
     cg:{fp}:spend:<period>  hash: a FixedBudget's spend per window bucket
     cg:{fp}:lock    string: the refresh lease's token
     cg:workers      sorted set: worker id -> last heartbeat (epoch seconds)
@@ -96,12 +96,17 @@ _CLUSTER = "redis+cluster"
 
 @functools.cache
 def _script_text(name: str) -> str:
-    """The Lua source of script ``name``, read from the package data."""
+    """The Lua source of script ``name``, read from the package data, after
+    the constants it shares with this module."""
     lua = files("creditguard.stores") / "lua"
     text = (lua / f"{name}.lua").read_text(encoding="utf-8")
     if name in _USES_HOLDS_LIB:
         text = (lua / "_holds.lua").read_text(encoding="utf-8") + "\n" + text
-    return text
+    constants = (
+        f"local LATE_FOR, DONE_FOR, ORPHAN_MS = {_LATE_FOR!r}, {_DONE_FOR!r}, "
+        f"'{math.ceil(_ORPHAN_KEEP * 1000)}'\n"
+    )
+    return constants + text
 
 
 @functools.cache
@@ -374,7 +379,7 @@ class RedisStore:
             held, flat = reply
             return _state(flat, held)
 
-        return _Call("read", "read", self._keys(key), [_time(now), repr(_LATE_FOR)], parse)
+        return _Call("read", "read", self._keys(key), [_time(now)], parse)
 
     def _c_admit(
         self,
@@ -395,18 +400,20 @@ class RedisStore:
             "" if floor is None else _micro(floor),
             _time(now),
             _time(expires_at),
-            repr(_LATE_FOR),
             "" if fresh_after is None else _time(fresh_after),
         ]
         known = self._snapshots.get(key)
         args.append(known[0] if known is not None else "")
 
         def parse(reply: Any) -> tuple[int, SharedState]:
-            status, held, debits, exhausted, fetched_at, flat = reply
-            status = int(status)
-            if status not in (0, 1, 2, 3):
+            flat: Any = None
+            if isinstance(reply, list):
+                reply, flat = reply
+            head = _text(reply).split(" ")
+            status = int(head[0])
+            if status not in (0, 1, 2, 3) or len(head) != 5:
                 raise ValueError("status")
-            stamp = _text(fetched_at)
+            held, debits, exhausted, stamp = head[1:]
             if flat:  # a snapshot this process has not parsed yet
                 state = _state(flat, held)
                 if state.balance is not None:
@@ -423,7 +430,7 @@ class RedisStore:
                 known[1],
                 float(stamp),
                 int(debits) / _MICRO,
-                _text(exhausted) == "1",
+                exhausted == "1",
                 int(held) / _MICRO,
             )
 
@@ -515,13 +522,11 @@ class RedisStore:
     def _c_settle(
         self, key: str, hold_id: str, cost: float, now: float | None, spend: Spend | None
     ) -> _Call[int]:
-        keys = [*self._keys(key), f"{self._base(key)}:done"]
+        keys = self._keys(key)
         args: list[str | int] = [
             _hold_id(hold_id),
             _micro(check_cost(cost)),
-            _ms(_ORPHAN_KEEP),
             _time(time.time() if now is None else now),
-            repr(_DONE_FOR),
         ]
         if spend is not None:
             keys.append(self._spend_key(key, spend))
@@ -529,9 +534,8 @@ class RedisStore:
         return _Call("settle", "settle", keys, args, _status)
 
     def _c_release(self, key: str, hold_id: str) -> _Call[bool]:
-        keys = [*self._keys(key), f"{self._base(key)}:done"]
-        args = [_hold_id(hold_id), _time(time.time()), repr(_DONE_FOR)]
-        return _Call("release", "release", keys, args, _flag)
+        args = [_hold_id(hold_id), _time(time.time())]
+        return _Call("release", "release", self._keys(key), args, _flag)
 
     def _c_exhaust(self, key: str) -> _Call[None]:
         keys = [f"{self._base(key)}:snap"]

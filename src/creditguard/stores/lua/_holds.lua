@@ -1,13 +1,18 @@
--- Shared by read.lua and admit.lua (the loader puts this text before theirs).
+-- Shared by read.lua and admit.lua (the loader puts this text before theirs,
+-- after the constants LATE_FOR, DONE_FOR (seconds) and ORPHAN_MS).
 --
 -- A credential's holds live in two keys: `holds` (hash: hold id -> amount in
 -- micro-units, and '=' -> their sum) and `exp` (sorted set: hold id -> expiry,
 -- epoch seconds). A hold whose expiry has passed stops counting: purge() moves
 -- it to `late` (sorted set: hold id -> expiry) where a late settle still finds
--- it, once, for `late_for` seconds.
+-- it, once, for LATE_FOR seconds.
+--
+-- `exp` also remembers settled and released ids, for DONE_FOR seconds, under a
+-- negative score (-(until when)): a repeated settle of one charges nothing. Holds
+-- have positive scores, so `0 .. now` is exactly the expired holds.
 
-local function purge(holds, exp, late, now, late_for)
-    local expired = redis.call('ZRANGEBYSCORE', exp, '-inf', now, 'WITHSCORES')
+local function purge(holds, exp, late, now)
+    local expired = redis.call('ZRANGEBYSCORE', exp, 0, now, 'WITHSCORES')
     if #expired > 0 then
         local gone = 0
         for i = 1, #expired, 2 do
@@ -15,15 +20,11 @@ local function purge(holds, exp, late, now, late_for)
             redis.call('HDEL', holds, expired[i])
             redis.call('ZADD', late, expired[i + 1], expired[i])
         end
-        if redis.call('HINCRBY', holds, '=', -gone) <= 0 then
+        if redis.call('HINCRBY', holds, '=', string.format('%d', -gone)) <= 0 then
             redis.call('HDEL', holds, '=')
         end
-        redis.call('ZREMRANGEBYSCORE', exp, '-inf', now)
-        redis.call('PEXPIRE', late, string.format('%d', math.ceil(late_for * 1000) + 1000))
-        redis.call('ZREMRANGEBYSCORE', late, '-inf', '(' .. string.format('%.17g', now - late_for))
+        redis.call('ZREMRANGEBYSCORE', exp, 0, now)
+        redis.call('PEXPIRE', late, string.format('%d', math.ceil(LATE_FOR * 1000) + 1000))
+        redis.call('ZREMRANGEBYSCORE', late, '-inf', '(' .. string.format('%.17g', tonumber(now) - LATE_FOR))
     end
-end
-
-local function held(holds)
-    return tonumber(redis.call('HGET', holds, '=') or '0')
 end

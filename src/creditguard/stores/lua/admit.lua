@@ -1,59 +1,56 @@
 -- Read one credential's state and hold an amount for a call, in one step.
 -- KEYS: snap, holds, exp, late
--- ARGV: hold id, amount (micro, '0': hold nothing), floor (micro, '' for none),
---       now (epoch s), expires_at (epoch s), late_for (s),
+-- ARGV: hold id (never reused), amount (micro, '0': hold nothing), floor (micro, '' for none),
+--       now (epoch s), expires_at (epoch s),
 --       fresh_after (epoch s: hold only on a snapshot stored at or after it; '' for any),
 --       known (the snapshot's fetched_at the client has parsed already, '' for none)
--- Returns {status, held before this hold (micro), debits, exhausted, fetched_at,
--- HGETALL snap (empty when the snapshot is the one the client knows)}; status is
--- 1 held, 0 refused (the hold would take the headroom below the floor),
--- 2 nothing asked (amount 0), 3 not held: no snapshot fresh enough.
+-- Returns 'status held debits exhausted fetched_at' (held: before this hold,
+-- micro), or {that, HGETALL snap} when the snapshot is not the one the client
+-- knows; status is 1 held, 0 refused (the hold would take the headroom below
+-- the floor), 2 nothing asked (amount 0), 3 not held: no snapshot fresh enough.
 --
 -- The hold and its expiry are written together: a crashed worker's holds stop
--- counting at their expiry, and the keys expire by themselves.
+-- counting at their expiry, and the keys expire by themselves (their expiry is
+-- pushed back only when it would come before LATE_FOR after this hold's: a late
+-- settle still finds it).
 
-local id, amount, floor = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local now, late_for = tonumber(ARGV[4]), tonumber(ARGV[6])
-
-purge(KEYS[2], KEYS[3], KEYS[4], now, late_for)
-local before = held(KEYS[2])
+local holds, exp, amount = KEYS[2], KEYS[3], ARGV[2]
+purge(holds, exp, KEYS[4], ARGV[4])
+local before = redis.call('HGET', holds, '=') or '0'
 local snap = redis.call('HMGET', KEYS[1], 'unlimited', 'remaining', 'debits', 'exhausted', 'fetched_at')
-local flat = {}
-if not (snap[5] and snap[5] == ARGV[8]) then
-    flat = redis.call('HGETALL', KEYS[1])
-end
-local function reply(status)
-    return {status, before, snap[3] or '0', snap[4] or '0', snap[5] or '', flat}
-end
 
-if ARGV[7] ~= '' and (not snap[1] or tonumber(snap[5]) < tonumber(ARGV[7])) then
-    return reply(3)
-end
-if amount == 0 then
-    return reply(2)
-end
-if floor ~= '' then
-    local exhausted = snap[4] == '1'
-    -- no snapshot, or an unlimited one: nothing to check against
-    if snap[1] and (snap[1] ~= '1' or exhausted) then
-        local remaining = 0
-        if not exhausted then
-            remaining = tonumber(snap[2])
-        end
-        local after = remaining - tonumber(snap[3] or '0') - before - amount
-        if after < tonumber(floor) then
-            return reply(0)
-        end
+local status = 1
+if ARGV[6] ~= '' and (not snap[1] or tonumber(snap[5]) < tonumber(ARGV[6])) then
+    status = 3
+elseif amount == '0' then
+    status = 2
+elseif ARGV[3] ~= '' and snap[1] and (snap[1] ~= '1' or snap[4] == '1') then
+    -- (no snapshot, or an unlimited one: nothing to check against)
+    local remaining = 0
+    if snap[4] ~= '1' then
+        remaining = tonumber(snap[2])
+    end
+    local after = remaining - tonumber(snap[3] or '0') - tonumber(before) - tonumber(amount)
+    if after < tonumber(ARGV[3]) then
+        status = 0
     end
 end
 
-redis.call('HSET', KEYS[2], id, ARGV[2])
-redis.call('HINCRBY', KEYS[2], '=', ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[5], id)
-redis.call('ZREM', KEYS[4], id)
--- the hold keys outlive their last hold by late_for (a late settle finds it)
-local last = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
-local ttl = string.format('%d', math.ceil((tonumber(last[2]) - now + late_for) * 1000) + 1000)
-redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('PEXPIRE', KEYS[3], ttl)
-return reply(1)
+if status == 1 then
+    local sum = string.format('%d', tonumber(before) + tonumber(amount))
+    local added = redis.call('HSET', holds, ARGV[1], amount, '=', sum)
+    redis.call('ZADD', exp, ARGV[5], ARGV[1])
+    local need = math.ceil((tonumber(ARGV[5]) - tonumber(ARGV[4]) + LATE_FOR) * 1000) + 1000
+    -- (a new `holds` has no expiry yet; `exp` lives as long as it)
+    if added > 1 or redis.call('PTTL', exp) < need then
+        local ttl = string.format('%d', need + 1000)
+        redis.call('PEXPIRE', holds, ttl)
+        redis.call('PEXPIRE', exp, ttl)
+    end
+end
+
+local head = status .. ' ' .. before .. ' ' .. (snap[3] or '0') .. ' ' .. (snap[4] or '0') .. ' ' .. (snap[5] or '')
+if snap[5] and snap[5] == ARGV[7] then
+    return head
+end
+return {head, redis.call('HGETALL', KEYS[1])}

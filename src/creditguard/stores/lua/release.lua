@@ -1,28 +1,24 @@
 -- Drop a hold without a charge.
--- KEYS: snap (unused, keeps the key list of the hold scripts), holds, exp, late, done
--- ARGV: hold id, now (epoch s), done_for (s)
+-- KEYS: snap (unused, keeps the key list of the hold scripts), holds, exp, late
+-- ARGV: hold id, now (epoch s)
 -- Returns 1 when the hold was there, else 0.
 --
--- The id is remembered in `done`: a settle of it later charges nothing.
+-- The id is remembered in `exp` (as settle.lua does): a settle of it later
+-- charges nothing.
 
-local id = ARGV[1]
-local amount = redis.call('HGET', KEYS[2], id)
-local removed = 0
+local holds, exp, id = KEYS[2], KEYS[3], ARGV[1]
+local amount = redis.call('HGET', holds, id)
 if amount then
-    redis.call('HDEL', KEYS[2], id)
-    if redis.call('HINCRBY', KEYS[2], '=', -tonumber(amount)) <= 0 then
-        redis.call('HDEL', KEYS[2], '=')
+    redis.call('HDEL', holds, id)
+    if redis.call('HINCRBY', holds, '=', string.format('%d', -tonumber(amount))) < 0 then
+        redis.call('HSET', holds, '=', '0')
     end
-    removed = 1
-end
-if removed == 1 then
-    redis.call('ZREM', KEYS[3], id)
+elseif redis.call('ZREM', KEYS[4], id) == 1 then
+    if redis.call('PTTL', exp) < DONE_FOR * 1000 then
+        redis.call('PEXPIRE', exp, string.format('%d', math.ceil(DONE_FOR * 1000) + 1000))
+    end
 else
-    removed = redis.call('ZREM', KEYS[4], id)
+    return 0
 end
-if removed == 1 then
-    local now, done_for = tonumber(ARGV[2]), tonumber(ARGV[3])
-    redis.call('ZADD', KEYS[5], now + done_for, id)
-    redis.call('PEXPIRE', KEYS[5], string.format('%d', math.ceil(done_for * 1000) + 1000))
-end
-return removed
+redis.call('ZADD', exp, string.format('%.17g', -(tonumber(ARGV[2]) + DONE_FOR)), id)
+return 1
