@@ -42,6 +42,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Generator
 from dataclasses import replace
+from random import getrandbits
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .balance import Balance, check_cost
@@ -653,8 +654,9 @@ class SharedLedger(Ledger):
         on what it read. When the snapshot was not fresh enough (gone with a
         flushed Redis, or stale): None, or with ``refresh`` refresh it and
         hold on what there is then."""
-        yield from self._p_upkeep()
-        token = uuid.uuid4().hex
+        if self._owed or self._orphans or time.monotonic() >= self._beat_due:
+            yield from self._p_upkeep()
+        token = _new_id()
         now = time.time()
         wanted = amount if reserve and amount > 0 else 0.0
         expires = now + self.hold_timeout
@@ -900,6 +902,14 @@ class SharedLedger(Ledger):
                 known = self._known.get(key)
                 if known is not None and known[0] == spend.bucket:
                     self._known[key] = (known[0], known[1] + cost)
+        if spend is None and not self._nested and not _on_loop():
+            # (the usual case: one script, and nothing to do after it)
+            try:
+                self.store.settle(key, op_id, cost, None, None)
+            except StoreError as exc:
+                self._failed(exc)
+                self._owe(key, cost, credential, op_id)
+            return
         program = self._p_settle(key, op_id, cost, spend, hold, credential, self._windows())
         if _on_loop():
             self._later(program, lambda: self._owe(key, cost, credential, op_id))
@@ -975,7 +985,7 @@ class SharedLedger(Ledger):
         if not self._usable():
             self._owe(key, cost, self._fetch_for(credential))
             return
-        self._send(key, uuid.uuid4().hex, cost, self._fetch_for(credential))
+        self._send(key, _new_id(), cost, self._fetch_for(credential))
 
     def mark_exhausted(self, credential: str | None) -> None:
         key = self.key(credential)
@@ -1038,8 +1048,10 @@ class SharedLedger(Ledger):
 
 def _on_loop() -> bool:
     """True on a thread that runs an event loop (a blocking call would stall it)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
+    return asyncio._get_running_loop() is not None
+
+
+def _new_id() -> str:
+    """A hold's or a debit's id: 128 random bits (never reused; ``random`` is
+    reseeded in a forked child)."""
+    return f"{getrandbits(128):032x}"

@@ -37,10 +37,14 @@ import contextlib
 import functools
 import hashlib
 import math
+import os
+import select
+import socket
+import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -124,7 +128,7 @@ class _Call(Generic[T]):
         self,
         op: str,
         script: str,
-        keys: Sequence[str],
+        keys: tuple[str, ...],
         args: Sequence[str | int],
         parse: Callable[[Any], T],
     ) -> None:
@@ -219,8 +223,17 @@ class RedisStore:
             self._where = _describe_client(client)
             _check_client(client)
         self._client: Any = client  # (a cluster client is built at its first use)
+        # the store's own connections (see _Line): for plain clients it built
+        self._line: _Line | None = None
+        if self._owned and not self._cluster:
+            self._line = _Line.of(client.connection_pool)
+        self._alined = self._aowned and not self._cluster
+        self._alines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ALine] = (
+            weakref.WeakKeyDictionary()
+        )
         # the snapshots parsed last, by key: an unchanged one is not sent again
         self._snapshots: dict[str, tuple[str, Balance]] = {}
+        self._keysets: dict[str, tuple[str, ...]] = {}
         self._closed = False
 
     @classmethod
@@ -290,15 +303,24 @@ class RedisStore:
                 import redis.asyncio
 
                 client = redis.asyncio.Redis.from_url(self._url, **self._options(sync=False))
+                line = _ALine.of(client.connection_pool)
+                if line is not None:
+                    self._alines[loop] = line
             self._aclients[loop] = client
         return client
 
     # -- keys -----------------------------------------------------------------
 
-    def _keys(self, key: str) -> list[str]:
+    def _keys(self, key: str) -> tuple[str, ...]:
         """snap, holds, exp, late: the keys of the hold scripts."""
-        base = self._base(key)
-        return [f"{base}:snap", f"{base}:holds", f"{base}:exp", f"{base}:late"]
+        keys = self._keysets.get(key)
+        if keys is None:
+            base = self._base(key)
+            keys = (f"{base}:snap", f"{base}:holds", f"{base}:exp", f"{base}:late")
+            if len(self._keysets) >= 10_000:
+                self._keysets.clear()
+            self._keysets[key] = keys
+        return keys
 
     def _base(self, key: str) -> str:
         if not isinstance(key, str) or not key or "{" in key or "}" in key:
@@ -308,7 +330,17 @@ class RedisStore:
     # -- the two shells -----------------------------------------------------------
 
     def _run(self, call: _Call[T]) -> T:
-        """Carry out ``call`` with the sync client."""
+        """Carry out ``call`` with the sync client: on the store's own line
+        when it is free (see :class:`_Line`), else through the client."""
+        line = self._line
+        if line is not None and line.lock.acquire(False):
+            try:
+                if line.pid != os.getpid():  # a forked child: never the parent's socket
+                    line = self._line = _Line(line.pool)
+                reply = self._on_line(line, call)
+            finally:
+                line.lock.release()
+            return self._parse(call, reply)
         try:
             client = self._sync()
             n = len(call.keys)
@@ -324,12 +356,42 @@ class RedisStore:
             raise self._error(call.op, exc) from exc
         return self._parse(call, reply)
 
+    def _on_line(self, line: _Line, call: _Call[Any]) -> Any:
+        if self._closed:
+            raise StoreError(f"{self._where}: the store is closed")
+        conn = line.conn
+        try:
+            try:
+                line.ready()
+                conn.send_packed_command([_pack(call, False)], check_health=False)
+                return conn.read_response()
+            except self._noscript:
+                conn.send_packed_command([_pack(call, True)], check_health=False)
+                return conn.read_response()
+        except self._errors as exc:  # (socket errors and timeouts closed the connection)
+            raise self._error(call.op, exc) from exc
+        except Exception as exc:  # a client library fault: still a store failure
+            conn.disconnect()
+            raise self._error(call.op, exc) from exc
+        except BaseException:  # interrupted mid-reply: the rest must never be read as ours
+            conn.disconnect()
+            raise
+
     async def _arun(self, call: _Call[T]) -> T:
-        """Carry out ``call`` with ``redis.asyncio`` (never blocks the loop)."""
+        """Carry out ``call`` with ``redis.asyncio`` (never blocks the loop):
+        on this loop's own line when it is free, else through the client."""
         if self._aclient is None and not self._aowned:  # only a sync client was given
             return await asyncio.to_thread(self._run, call)
         try:
             client = self._async()
+            line = self._alines.get(asyncio.get_running_loop()) if self._alined else None
+            if line is not None and not line.busy:
+                line.busy = True
+                try:
+                    reply = await self._on_aline(line, call)
+                finally:
+                    line.busy = False
+                return self._parse(call, reply)
             n = len(call.keys)
             try:
                 reply = await client.evalsha(_script_sha(call.script), n, *call.keys, *call.args)
@@ -344,6 +406,23 @@ class RedisStore:
         except Exception as exc:
             raise self._error(call.op, exc) from exc
         return self._parse(call, reply)
+
+    async def _on_aline(self, line: _ALine, call: _Call[Any]) -> Any:
+        conn = line.conn
+        try:
+            try:
+                await line.ready()
+                await line.send(_pack(call, False))
+                return await conn.read_response()
+            except self._noscript:
+                await line.send(_pack(call, True))
+                return await conn.read_response()
+        except self._errors:
+            raise  # (socket errors and timeouts closed the connection)
+        except BaseException:  # cancelled mid-reply: the rest must never be read as ours
+            with contextlib.suppress(Exception):
+                await conn.disconnect(nowait=True)
+            raise
 
     @functools.cached_property
     def _noscript(self) -> type[BaseException]:
@@ -391,9 +470,11 @@ class RedisStore:
         expires_at: float,
         fresh_after: float | None,
     ) -> _Call[tuple[int, SharedState]]:
-        amount = check_cost(amount)
+        if type(amount) is not float or not 0.0 <= amount < math.inf:
+            amount = check_cost(amount)
         if floor is not None and floor == -math.inf:
             floor = None
+        known = self._snapshots.get(key)
         args: list[str | int] = [
             _hold_id(hold_id),
             _micro(amount),
@@ -401,9 +482,8 @@ class RedisStore:
             _time(now),
             _time(expires_at),
             "" if fresh_after is None else _time(fresh_after),
+            known[0] if known is not None else "",
         ]
-        known = self._snapshots.get(key)
-        args.append(known[0] if known is not None else "")
 
         def parse(reply: Any) -> tuple[int, SharedState]:
             flat: Any = None
@@ -453,7 +533,7 @@ class RedisStore:
             _time(balance.fetched_at if math.isfinite(balance.fetched_at) else fetched_at),
             "" if balance.resets_at is None else _time(balance.resets_at),
         ]
-        return _Call("put", "put", [f"{self._base(key)}:snap"], args, _nothing)
+        return _Call("put", "put", (f"{self._base(key)}:snap",), args, _nothing)
 
     def _c_budget(
         self,
@@ -478,7 +558,7 @@ class RedisStore:
             "" if spend.keep is None else _ms(spend.keep),
             "" if known is None else _micro(check_cost(known)),
         ]
-        keys = [f"{self._base(key)}:snap", self._spend_key(key, spend)]
+        keys = (f"{self._base(key)}:snap", self._spend_key(key, spend))
         return _Call("budget", "budget", keys, args, lambda reply: int(reply) / _MICRO)
 
     def _spend_key(self, key: str, spend: Spend) -> str:
@@ -487,7 +567,7 @@ class RedisStore:
         return f"{self._base(key)}:spend:{spend.name}"
 
     def _c_count(self, key: str, spend: Spend, cost: float, op_id: str) -> _Call[bool]:
-        keys = [self._spend_key(key, spend), f"{self._spend_key(key, spend)}:done"]
+        keys = (self._spend_key(key, spend), f"{self._spend_key(key, spend)}:done")
         args: list[str | int] = [
             _hold_id(op_id),
             _micro(check_cost(cost)),
@@ -499,7 +579,7 @@ class RedisStore:
         return _Call("count", "count", keys, args, _flag)
 
     def _c_window(self, key: str, spend: Spend) -> _Call[float]:
-        keys = [self._spend_key(key, spend)]
+        keys = (self._spend_key(key, spend),)
         args: list[str | int] = [spend.low, spend.bucket]
         return _Call("window", "window", keys, args, lambda reply: int(reply) / _MICRO)
 
@@ -517,19 +597,21 @@ class RedisStore:
             _time(fetched_at),
             _ms(keep_for),
         ]
-        return _Call("set_remaining", "set_remaining", [f"{self._base(key)}:snap"], args, _nothing)
+        return _Call("set_remaining", "set_remaining", (f"{self._base(key)}:snap",), args, _nothing)
 
     def _c_settle(
         self, key: str, hold_id: str, cost: float, now: float | None, spend: Spend | None
     ) -> _Call[int]:
         keys = self._keys(key)
+        if type(cost) is not float or not 0.0 <= cost < math.inf:
+            cost = check_cost(cost)
         args: list[str | int] = [
             _hold_id(hold_id),
-            _micro(check_cost(cost)),
+            _micro(cost),
             _time(time.time() if now is None else now),
         ]
         if spend is not None:
-            keys.append(self._spend_key(key, spend))
+            keys = (*keys, self._spend_key(key, spend))
             args += [spend.bucket, "" if spend.keep is None else _ms(spend.keep)]
         return _Call("settle", "settle", keys, args, _status)
 
@@ -538,19 +620,19 @@ class RedisStore:
         return _Call("release", "release", self._keys(key), args, _flag)
 
     def _c_exhaust(self, key: str) -> _Call[None]:
-        keys = [f"{self._base(key)}:snap"]
+        keys = (f"{self._base(key)}:snap",)
         return _Call("exhaust", "exhaust", keys, [_time(time.time()), _ms(_ORPHAN_KEEP)], _nothing)
 
     def _c_lock(self, key: str, token: str, ttl: float, script: str = "lock") -> _Call[bool]:
-        keys = [f"{self._base(key)}:lock"]
+        keys = (f"{self._base(key)}:lock",)
         return _Call(script, script, keys, [_hold_id(token), _ms(ttl)], _flag)
 
     def _c_unlock(self, key: str, token: str) -> _Call[None]:
-        keys = [f"{self._base(key)}:lock"]
+        keys = (f"{self._base(key)}:lock",)
         return _Call("unlock", "unlock", keys, [_hold_id(token)], _nothing)
 
     def _c_heartbeat(self, worker: str, now: float, alive_for: float) -> _Call[int]:
-        keys = [f"{self.prefix}:workers"]
+        keys = (f"{self.prefix}:workers",)
         args: list[str | int] = [_hold_id(worker), _time(now), repr(float(alive_for))]
         return _Call("heartbeat", "heartbeat", keys, args, lambda reply: max(1, int(reply)))
 
@@ -729,19 +811,26 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
+        if self._line is not None:
+            with contextlib.suppress(Exception):  # a broken connection: nothing to do
+                self._line.conn.disconnect()
         if self._owned and self._client is not None:
-            with contextlib.suppress(*self._errors):  # a broken connection: nothing to do
+            with contextlib.suppress(*self._errors):
                 self._client.close()
         clients, self._aclients = list(self._aclients.items()), weakref.WeakKeyDictionary()
+        lines, self._alines = self._alines, weakref.WeakKeyDictionary()
         running = _running_loop()
         for loop, client in clients:
             with contextlib.suppress(Exception):
+                closing = _aclose(client, lines.get(loop))
                 if loop is running:
-                    task = loop.create_task(client.aclose())
+                    task = loop.create_task(closing)
                     _BACKGROUND.add(task)
                     task.add_done_callback(_BACKGROUND.discard)
                 elif not loop.is_closed() and not loop.is_running():
-                    loop.run_until_complete(client.aclose())
+                    loop.run_until_complete(closing)
+                else:
+                    closing.close()
 
     async def aclose(self) -> None:
         """Close the connections, awaiting this loop's async client."""
@@ -750,9 +839,153 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         client = self._aclients.pop(loop, None)
         if client is not None:
-            with contextlib.suppress(Exception):
-                await client.aclose()
+            await _aclose(client, self._alines.pop(loop, None))
         self.close()
+
+
+async def _aclose(client: Any, line: _ALine | None) -> None:
+    with contextlib.suppress(Exception):
+        await client.aclose()
+    if line is not None:
+        with contextlib.suppress(Exception):
+            await line.conn.disconnect()
+
+
+class _Line:
+    """A connection of the store's own (sync), used by one caller at a time.
+
+    A guarded call is two short scripts; through a client, each also pays
+    for its per-command layers (taking a connection from the pool and giving
+    it back, checking it, retry and observability hooks, reply callbacks):
+    about as much time again as the round trip itself. On a line, the
+    command is packed here, written and read on one connection, with the
+    same timeouts and the same errors. A caller that finds the line busy
+    (another thread is on it) goes through the client's pool instead.
+
+    Before each use, the idle connection is polled: readable means the
+    server closed it (a restart, an idle timeout): it is reopened, as the
+    pool would."""
+
+    __slots__ = ("conn", "lock", "pid", "poll", "pool", "sock")
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.conn = pool.make_connection()
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.sock: Any = None
+        self.poll: Callable[[], bool] = _never
+
+    @classmethod
+    def of(cls, pool: Any) -> _Line | None:
+        """A line on ``pool``'s connections, or None when this redis-py's
+        connections are not the ones this class knows."""
+        line = cls(pool)
+        conn = line.conn
+        if not all(
+            hasattr(conn, name)
+            for name in ("_sock", "connect", "disconnect", "send_packed_command", "read_response")
+        ):
+            return None
+        return line
+
+    def ready(self) -> None:
+        conn = self.conn
+        sock = conn._sock
+        if sock is not None and sock is self.sock and self.poll():
+            conn.disconnect()  # closed by the server while idle (or a stray reply)
+            sock = None
+        if sock is None:
+            conn.connect()
+            sock = conn._sock
+        if sock is not self.sock:
+            self.sock = sock
+            self.poll = _poller(sock, conn)
+
+
+def _never() -> bool:
+    return False
+
+
+def _poller(sock: Any, conn: Any) -> Callable[[], bool]:
+    """A check that ``sock`` has something to read (or was closed), without waiting."""
+    if type(sock) is socket.socket and hasattr(select, "poll"):
+        poll = select.poll()
+        poll.register(sock, select.POLLIN)
+        return lambda: bool(poll.poll(0))
+    return lambda: bool(conn.can_read(timeout=0))  # TLS: only the client knows
+
+
+class _ALine:
+    """:class:`_Line` for ``redis.asyncio``: one per event loop, used by one
+    task at a time (a task that finds it busy goes through the client)."""
+
+    __slots__ = ("busy", "conn", "send")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.busy = False
+        self.send: Callable[[bytes], Awaitable[None]] = self._send
+
+    @classmethod
+    def of(cls, pool: Any) -> _ALine | None:
+        conn = pool.make_connection()
+        if not all(
+            hasattr(conn, name)
+            for name in ("is_connected", "connect", "disconnect", "read_response")
+        ):
+            return None
+        return cls(conn)
+
+    async def ready(self) -> None:
+        conn = self.conn
+        if conn.is_connected:
+            writer = getattr(conn, "_writer", None)
+            reader = getattr(conn, "_reader", None)
+            if writer is None or reader is None or writer.is_closing() or reader.at_eof():
+                await conn.disconnect(nowait=True)  # closed by the server while idle
+        if not conn.is_connected:
+            await conn.connect()
+
+    async def _send(self, packed: bytes) -> None:
+        conn = self.conn
+        writer = getattr(conn, "_writer", None)
+        if writer is not None and len(packed) < 65_536:
+            # (a short command goes out at once: nothing to drain; the reply's
+            # read is bounded by the socket timeout)
+            writer.write(packed)
+        else:
+            await conn.send_packed_command(packed, check_health=False)
+
+
+def _pack(call: _Call[Any], text: bool) -> bytes:
+    """``EVALSHA sha numkeys keys... args...`` (``EVAL`` with the script's
+    text when ``text``) in Redis's wire protocol."""
+    keys = call.keys
+    head = _HEADS.get((call.script, keys)) if not text else None
+    if head is None:
+        if text:
+            parts = [b"EVAL", _script_text(call.script).encode()]
+        else:
+            parts = [b"EVALSHA", _script_sha(call.script).encode()]
+        parts += [b"%d" % len(keys), *[k.encode() for k in keys]]
+        head = b"".join([b"$%d\r\n%b\r\n" % (len(p), p) for p in parts])
+        if not text:
+            if len(_HEADS) >= 10_000:
+                _HEADS.clear()
+            _HEADS[(call.script, tuple(keys))] = head
+    args = [a.encode() if isinstance(a, str) else b"%d" % a for a in call.args]
+    return b"".join(
+        [
+            b"*%d\r\n" % (3 + len(keys) + len(args)),
+            head,
+            *[b"$%d\r\n%b\r\n" % (len(a), a) for a in args],
+        ]
+    )
+
+
+_HEADS: dict[tuple[str, Sequence[str]], bytes] = {}
+"""The packed start of a command (script, keys), by script and keys."""
 
 
 _BACKGROUND: set[asyncio.Task[Any]] = set()
@@ -813,6 +1046,8 @@ def _flag(reply: Any) -> bool:
 
 def _micro(value: float) -> int:
     """``value`` in integer micro-units."""
+    if type(value) is float and value - value == 0.0:  # (finite: the usual case)
+        return round(value * _MICRO)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"an amount must be a finite number, got {value!r}")
     return round(value * _MICRO)
@@ -824,6 +1059,8 @@ def _amount(text: str | None) -> float | None:
 
 def _time(value: float) -> str:
     """Epoch seconds as Lua and ZADD read them."""
+    if type(value) is float and value - value == 0.0:  # (finite: the usual case)
+        return repr(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"a time must be a finite number of seconds, got {value!r}")
     return repr(float(value))
@@ -842,7 +1079,7 @@ def _ms(seconds: float) -> int:
 
 
 def _hold_id(value: str) -> str:
-    if not isinstance(value, str) or not value:
+    if type(value) is not str or not value:
         raise ValueError(f"a hold id or token is a non-empty string, got {value!r}")
     return value
 
