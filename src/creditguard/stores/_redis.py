@@ -40,7 +40,6 @@ import math
 import os
 import select
 import socket
-import threading
 import time
 import warnings
 import weakref
@@ -223,12 +222,13 @@ class RedisStore:
             self._where = _describe_client(client)
             _check_client(client)
         self._client: Any = client  # (a cluster client is built at its first use)
-        # the store's own connections (see _Line): for plain clients it built
-        self._line: _Line | None = None
+        # the store's own connections (see _Line), on the clients it built
+        self._lines: _Lines[_Line] | None = None
         if self._owned and not self._cluster:
-            self._line = _Line.of(client.connection_pool)
+            pool = client.connection_pool
+            self._lines = _Lines.of(lambda: _Line(pool.make_connection()))
         self._alined = self._aowned and not self._cluster
-        self._alines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _ALine] = (
+        self._alines: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Lines[_ALine]] = (
             weakref.WeakKeyDictionary()
         )
         # the snapshots parsed last, by key: an unchanged one is not sent again
@@ -303,9 +303,10 @@ class RedisStore:
                 import redis.asyncio
 
                 client = redis.asyncio.Redis.from_url(self._url, **self._options(sync=False))
-                line = _ALine.of(client.connection_pool)
-                if line is not None:
-                    self._alines[loop] = line
+                apool: Any = client.connection_pool
+                lines = _Lines.of(lambda: _ALine(apool.make_connection()))
+                if lines is not None:
+                    self._alines[loop] = lines
             self._aclients[loop] = client
         return client
 
@@ -330,16 +331,15 @@ class RedisStore:
     # -- the two shells -----------------------------------------------------------
 
     def _run(self, call: _Call[T]) -> T:
-        """Carry out ``call`` with the sync client: on the store's own line
-        when it is free (see :class:`_Line`), else through the client."""
-        line = self._line
-        if line is not None and line.lock.acquire(False):
+        """Carry out ``call`` with the sync client: on one of the store's own
+        lines (see :class:`_Line`) unless all are busy, else through the client."""
+        lines = self._lines
+        line = None if lines is None else lines.take()
+        if line is not None:
             try:
-                if line.pid != os.getpid():  # a forked child: never the parent's socket
-                    line = self._line = _Line(line.pool)
                 reply = self._on_line(line, call)
             finally:
-                line.lock.release()
+                lines.give(line)  # type: ignore[union-attr]
             return self._parse(call, reply)
         try:
             client = self._sync()
@@ -384,13 +384,13 @@ class RedisStore:
             return await asyncio.to_thread(self._run, call)
         try:
             client = self._async()
-            line = self._alines.get(asyncio.get_running_loop()) if self._alined else None
-            if line is not None and not line.busy:
-                line.busy = True
+            lines = self._alines.get(asyncio.get_running_loop()) if self._alined else None
+            line = None if lines is None else lines.take()
+            if line is not None:
                 try:
                     reply = await self._on_aline(line, call)
                 finally:
-                    line.busy = False
+                    lines.give(line)  # type: ignore[union-attr]
                 return self._parse(call, reply)
             n = len(call.keys)
             try:
@@ -811,9 +811,10 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
-        if self._line is not None:
-            with contextlib.suppress(Exception):  # a broken connection: nothing to do
-                self._line.conn.disconnect()
+        if self._lines is not None:
+            for line in self._lines.close():
+                with contextlib.suppress(Exception):  # a broken connection: nothing to do
+                    line.conn.disconnect()
         if self._owned and self._client is not None:
             with contextlib.suppress(*self._errors):
                 self._client.close()
@@ -843,12 +844,65 @@ class RedisStore:
         self.close()
 
 
-async def _aclose(client: Any, line: _ALine | None) -> None:
+async def _aclose(client: Any, lines: _Lines[_ALine] | None) -> None:
     with contextlib.suppress(Exception):
         await client.aclose()
-    if line is not None:
+    for line in () if lines is None else lines.close():
         with contextlib.suppress(Exception):
             await line.conn.disconnect()
+
+
+L = TypeVar("L", "_Line", "_ALine")
+
+_LINES = 8
+"""Lines per client at most: callers beyond (threads, tasks) go through the
+client's pool."""
+
+
+class _Lines(Generic[L]):
+    """The lines of one client: a free list (``list.pop`` and ``append`` are
+    atomic), filled as callers need them."""
+
+    __slots__ = ("closed", "free", "lines", "make", "pid")
+
+    def __init__(self, make: Callable[[], L], first: L) -> None:
+        self.make: Callable[[], L] = make
+        self.free: list[L] = [first]
+        self.lines: list[L] = [first]
+        self.pid = os.getpid()
+        self.closed = False
+
+    @classmethod
+    def of(cls, make: Callable[[], L]) -> _Lines[L] | None:
+        """Lines made by ``make``, or None when this redis-py's connections
+        are not the ones the lines know."""
+        first = make()
+        return cls(make, first) if first.fits(first.conn) else None
+
+    def take(self) -> L | None:
+        """A free line (a new one if there are fewer than :data:`_LINES`), or None."""
+        if self.closed:
+            return None
+        if self.pid != os.getpid():  # a forked child: never the parent's sockets
+            self.free, self.lines, self.pid = [], [], os.getpid()
+        try:
+            return self.free.pop()
+        except IndexError:  # (the last free one went to another thread meanwhile)
+            pass
+        if len(self.lines) >= _LINES:
+            return None
+        line = self.make()
+        self.lines.append(line)
+        return line
+
+    def give(self, line: L) -> None:
+        self.free.append(line)
+
+    def close(self) -> list[L]:
+        """Every line made (to disconnect); none is handed out after."""
+        self.closed = True
+        lines, self.lines, self.free = self.lines, [], []
+        return lines
 
 
 class _Line:
@@ -859,35 +913,27 @@ class _Line:
     it back, checking it, retry and observability hooks, reply callbacks):
     about as much time again as the round trip itself. On a line, the
     command is packed here, written and read on one connection, with the
-    same timeouts and the same errors. A caller that finds the line busy
-    (another thread is on it) goes through the client's pool instead.
+    same timeouts and the same errors (see :class:`_Lines`: callers beyond
+    the lines go through the client's pool).
 
     Before each use, the idle connection is polled: readable means the
     server closed it (a restart, an idle timeout): it is reopened, as the
     pool would."""
 
-    __slots__ = ("conn", "lock", "pid", "poll", "pool", "sock")
+    __slots__ = ("conn", "poll", "sock")
 
-    def __init__(self, pool: Any) -> None:
-        self.pool = pool
-        self.conn = pool.make_connection()
-        self.lock = threading.Lock()
-        self.pid = os.getpid()
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
         self.sock: Any = None
         self.poll: Callable[[], bool] = _never
 
-    @classmethod
-    def of(cls, pool: Any) -> _Line | None:
-        """A line on ``pool``'s connections, or None when this redis-py's
-        connections are not the ones this class knows."""
-        line = cls(pool)
-        conn = line.conn
-        if not all(
+    @staticmethod
+    def fits(conn: Any) -> bool:
+        """True when this redis-py's connections are the ones this class knows."""
+        return all(
             hasattr(conn, name)
             for name in ("_sock", "connect", "disconnect", "send_packed_command", "read_response")
-        ):
-            return None
-        return line
+        )
 
     def ready(self) -> None:
         conn = self.conn
@@ -917,25 +963,20 @@ def _poller(sock: Any, conn: Any) -> Callable[[], bool]:
 
 
 class _ALine:
-    """:class:`_Line` for ``redis.asyncio``: one per event loop, used by one
-    task at a time (a task that finds it busy goes through the client)."""
+    """:class:`_Line` for ``redis.asyncio`` (lines of each event loop's client)."""
 
-    __slots__ = ("busy", "conn", "send")
+    __slots__ = ("conn", "send")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.busy = False
         self.send: Callable[[bytes], Awaitable[None]] = self._send
 
-    @classmethod
-    def of(cls, pool: Any) -> _ALine | None:
-        conn = pool.make_connection()
-        if not all(
+    @staticmethod
+    def fits(conn: Any) -> bool:
+        return all(
             hasattr(conn, name)
             for name in ("is_connected", "connect", "disconnect", "read_response")
-        ):
-            return None
-        return cls(conn)
+        )
 
     async def ready(self) -> None:
         conn = self.conn
