@@ -780,3 +780,180 @@ def test_put_keeps_when_the_limit_resets(store: RedisStore) -> None:
     assert state.balance is not None and state.balance.resets_at == NOW + 3600
     put(store, 4.0)
     assert store.read(FP, NOW).balance.resets_at is None  # type: ignore[union-attr]
+
+
+# -- settled ids -------------------------------------------------------------------------------
+
+
+def test_settled_ids_are_forgotten_after_a_while(store: RedisStore, raw: redis.Redis) -> None:
+    put(store, 10.0)
+    long_ago = time.time() - 3 * 3600  # remembered for 30 minutes: forgotten by now
+    assert store.reserve(FP, "a1", 1.0, 0.0, NOW, NOW + 60)
+    assert store.settle(FP, "a1", 1.0, now=long_ago) == 1
+    assert store.settle(FP, "b1", 1.0) == 2  # (an id ending in 1: no trim)
+    assert store.settle(FP, "a1", 1.0) == 0  # not trimmed yet: still remembered
+    assert store.settle(FP, "c0", 1.0) == 2  # one id in 16 trims what is forgotten
+    members = {m.decode() for m in raw.zrange(f"cg:{{{FP}}}:exp", 0, -1)}
+    assert members == {"b1", "c0"}
+    assert store.settle(FP, "a1", 1.0) == 2  # forgotten: a new debit
+    assert store.read(FP, NOW).debits == 4.0  # a1 twice, b1, c0
+
+
+def test_a_debit_alone_remembers_its_id_and_expires(store: RedisStore, raw: redis.Redis) -> None:
+    store.debit(FP, 1.0, "once")
+    ttl = raw.pttl(f"cg:{{{FP}}}:exp")
+    assert 1_800_000 < ttl <= 1_801_000  # as long as the id is remembered, not forever
+    store.debit(FP, 1.0, "once")
+    assert store.read(FP, NOW).debits == 1.0
+
+
+def test_hold_keys_keep_their_expiry_between_holds(store: RedisStore, raw: redis.Redis) -> None:
+    put(store, 10.0)
+    for i in range(5):  # settled one by one: the keys stay, with their expiry
+        assert store.reserve(FP, f"h{i}", 1.0, 0.0, NOW, NOW + 60)
+        assert store.settle(FP, f"h{i}", 0.5) == 1
+        for name in ("holds", "exp"):
+            assert 60_000 < raw.pttl(f"cg:{{{FP}}}:{name}") <= (60 + 86_400 + 2) * 1000
+    assert store.read(FP, NOW).held == 0.0
+
+
+# -- the store's own connections (lines) ----------------------------------------------------------
+
+
+def test_a_connection_the_server_closed_is_opened_again(
+    store: RedisStore, raw: redis.Redis
+) -> None:
+    put(store, 10.0)
+    assert store.reserve(FP, "h", 1.0, 0.0, NOW, NOW + 60)
+    killed = raw.client_kill_filter(_type="normal", skipme=True)  # (an idle timeout, say)
+    assert killed >= 1
+    time.sleep(0.05)
+    assert store.settle(FP, "h", 1.0) == 1  # no error: opened again, as a pool would
+    assert store.read(FP, NOW).debits == 1.0
+
+
+def test_a_call_interrupted_mid_reply_never_reads_it_later(
+    store: RedisStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(store, 10.0)
+    lines = store._lines
+    assert lines is not None
+    line = lines.take()
+    assert line is not None
+    lines.give(line)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.undo()
+        raise KeyboardInterrupt  # the reply is on its way, unread
+
+    monkeypatch.setattr(line.conn, "read_response", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store.reserve(FP, "h", 1.0, 0.0, NOW, NOW + 60)
+    # the next calls read their own replies, not the one left behind (that
+    # connection was closed: the hold may or may not have been taken)
+    for _ in range(3):
+        assert store.read(FP, NOW).held in (0.0, 1.0)
+        assert store.settle(FP, "x", 1.0) in (0, 2)
+    assert store.read(FP, NOW).debits == 1.0
+
+
+def test_threads_beyond_the_lines_go_through_the_pool(store: RedisStore) -> None:
+    put(store, 1e6)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(40):
+                assert store.reserve(FP, f"t{n}-{i}", 1.0, 0.0, NOW, NOW + 60)
+                assert store.settle(FP, f"t{n}-{i}", 0.25) == 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not errors
+    state = store.read(FP, NOW)
+    assert state.debits == 16 * 40 * 0.25 and state.held == 0.0
+    assert store._lines is not None and len(store._lines.lines) <= 8
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_never_uses_the_parents_connection(store: RedisStore) -> None:
+    put(store, 1e6)
+    store.debit(FP, 1.0)  # the parent's line is open
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            for i in range(200):
+                store.debit(FP, 0.5, f"child-{i}")
+            code = 0
+        finally:
+            os._exit(code)
+    for i in range(200):
+        store.debit(FP, 0.25, f"parent-{i}")
+        assert store.read(FP, NOW).debits >= 1.0
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.read(FP, NOW).debits == 1.0 + 200 * 0.5 + 200 * 0.25
+
+
+async def test_async_tasks_share_the_lines(redis_server: RedisServer) -> None:
+    import asyncio
+
+    store = RedisStore(redis_server.url)
+    store.put(FP, Balance(1e6), NOW, 0.0, keep_for=60)
+
+    async def task(n: int) -> None:
+        for i in range(20):
+            status, _ = await store.aadmit(FP, f"a{n}-{i}", 1.0, 0.0, NOW, NOW + 60)
+            assert status == 1
+            assert await store.asettle(FP, f"a{n}-{i}", 0.5) == 1
+
+    await asyncio.gather(*(task(n) for n in range(20)))
+    state = await store.aread(FP, NOW)
+    assert state.debits == 20 * 20 * 0.5 and state.held == 0.0
+    await store.aclose()
+
+
+async def test_an_async_call_cancelled_mid_reply_never_reads_it_later(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    store = RedisStore(redis_server.url, timeout=2.0)
+    raw = redis.Redis.from_url(redis_server.url)
+    store.put(FP, Balance(10.0), NOW, 0.0, keep_for=60)
+    await store.aread(FP, NOW)  # this loop's line is open
+    raw.client_pause(300)  # the reply will come late
+    call = asyncio.ensure_future(store.aadmit(FP, "h", 1.0, 0.0, NOW, NOW + 60))
+    await asyncio.sleep(0.1)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.sleep(0.3)  # the paused reply arrives now, on a connection closed since
+    state = await store.aread(FP, NOW)
+    assert state.balance == Balance(10.0) and state.held in (0.0, 1.0)
+    assert await store.asettle(FP, "x", 0.5) == 2
+    assert (await store.aread(FP, NOW)).debits == 0.5
+    await store.aclose()
+    raw.close()
+
+
+async def test_an_async_connection_the_server_closed_is_opened_again(
+    redis_server: RedisServer,
+) -> None:
+    import asyncio
+
+    store = RedisStore(redis_server.url)
+    raw = redis.Redis.from_url(redis_server.url)
+    store.put(FP, Balance(10.0), NOW, 0.0, keep_for=60)
+    await store.aread(FP, NOW)
+    assert raw.client_kill_filter(_type="normal", skipme=True) >= 1
+    await asyncio.sleep(0.05)
+    assert (await store.aread(FP, NOW)).balance == Balance(10.0)
+    await store.aclose()
+    raw.close()

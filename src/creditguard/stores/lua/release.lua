@@ -13,12 +13,11 @@ if amount then
     if redis.call('HINCRBY', holds, '=', string.format('%d', -tonumber(amount))) < 0 then
         redis.call('HSET', holds, '=', '0')
     end
-elseif redis.call('ZREM', KEYS[4], id) == 1 then
-    if redis.call('PTTL', exp) < DONE_FOR * 1000 then
-        redis.call('PEXPIRE', exp, string.format('%d', math.ceil(DONE_FOR * 1000) + 1000))
-    end
-else
+elseif redis.call('ZREM', KEYS[4], id) == 0 then
     return 0
 end
 redis.call('ZADD', exp, string.format('%.17g', -(tonumber(ARGV[2]) + DONE_FOR)), id)
+if not amount and redis.call('PTTL', exp) < DONE_FOR * 1000 then  -- (as in settle.lua)
+    redis.call('PEXPIRE', exp, string.format('%d', math.ceil(DONE_FOR * 1000) + 1000))
+end
 return 1

@@ -15,24 +15,23 @@ local holds, exp, id, now = KEYS[2], KEYS[3], ARGV[1], tonumber(ARGV[3])
 local amount = redis.call('HGET', holds, id)
 local status = 1
 if amount then
-    -- (`exp` outlives this hold by LATE_FOR: long enough to remember the id)
     redis.call('HDEL', holds, id)
     if redis.call('HINCRBY', holds, '=', string.format('%d', -tonumber(amount))) < 0 then
         redis.call('HSET', holds, '=', '0')
     end
-else
-    if redis.call('ZREM', KEYS[4], id) == 0 then
-        local seen = redis.call('ZSCORE', exp, id)
-        if seen and tonumber(seen) < 0 then
-            return 0
-        end
-        status = 2
+elseif redis.call('ZREM', KEYS[4], id) == 0 then
+    local seen = redis.call('ZSCORE', exp, id)
+    if seen and tonumber(seen) < 0 then
+        return 0
     end
-    if redis.call('PTTL', exp) < DONE_FOR * 1000 then
-        redis.call('PEXPIRE', exp, string.format('%d', math.ceil(DONE_FOR * 1000) + 1000))
-    end
+    status = 2
 end
 redis.call('ZADD', exp, string.format('%.17g', -(now + DONE_FOR)), id)
+-- (a hold still in `holds` kept `exp` alive for LATE_FOR past its expiry:
+-- long enough to remember the id; else `exp` may be new, or near its end)
+if not amount and redis.call('PTTL', exp) < DONE_FOR * 1000 then
+    redis.call('PEXPIRE', exp, string.format('%d', math.ceil(DONE_FOR * 1000) + 1000))
+end
 if string.byte(id, -1) % 16 == 0 then  -- forgotten ids go, on one settle in 16 or so
     redis.call('ZREMRANGEBYSCORE', exp, '(' .. string.format('%.17g', -now), '(0')
 end
