@@ -375,7 +375,7 @@ def test_expired_holds_stop_counting(store: RedisStore, raw: redis.Redis) -> Non
     assert not store.reserve(FP, "x", 6.0, 0.0, NOW + 9, NOW + 20)
     assert store.read(FP, NOW + 9.999).held == 6.0
     assert store.read(FP, NOW + 10).held == 0.0  # purged at its expiry
-    assert raw.hlen(f"cg:{{{FP}}}:holds") == 0
+    assert not raw.hexists(f"cg:{{{FP}}}:holds", "old")
     assert store.reserve(FP, "new", 6.0, 0.0, NOW + 10, NOW + 20)
 
 
@@ -512,6 +512,8 @@ def everything(raw: redis.Redis) -> dict[str, Any]:
             out[name] = raw.hgetall(key)
         elif kind == b"zset":
             out[name] = raw.zrange(key, 0, -1, withscores=True)
+        elif kind == b"set":
+            out[name] = raw.smembers(key)
         else:
             out[name] = raw.get(key)
     return out
@@ -528,7 +530,9 @@ def test_keys_carry_the_prefix_and_never_the_raw_key(redis_server: RedisServer) 
     store.debit(key, 0.5)
     assert store.try_lock(key, "token", 10)
     data = everything(raw)
-    assert set(data) == {
+    done = {name for name in data if re.fullmatch(rf"app1:{{{key}}}:done:\d+", name)}
+    assert len(done) == 1  # the ids settled lately
+    assert set(data) - done == {
         f"app1:{{{key}}}:{name}" for name in ("snap", "holds", "exp", "late", "lock")
     }
     assert RAW_KEY not in repr(data)
@@ -570,7 +574,8 @@ def test_from_url_reads_prefix_and_timeout_and_drops_secret(redis_server: RedisS
     assert store.prefix == "tenant7" and store.timeout == 0.5
     store.debit(FP, 1.0)
     raw = redis.Redis(port=redis_server.port, db=3)  # db=3 reached redis-py
-    assert sorted(raw.keys()) == [f"tenant7:{{{FP}}}:{name}".encode() for name in ("exp", "snap")]
+    names = sorted(k.decode().removeprefix(f"tenant7:{{{FP}}}:") for k in raw.scan_iter())
+    assert len(names) == 2 and names[0].startswith("done:") and names[1] == "snap"
     assert "xyz" not in repr(store)
     raw.close()
     store.close()
@@ -785,26 +790,28 @@ def test_put_keeps_when_the_limit_resets(store: RedisStore) -> None:
 # -- settled ids -------------------------------------------------------------------------------
 
 
-def test_settled_ids_are_forgotten_after_a_while(store: RedisStore, raw: redis.Redis) -> None:
+def test_settled_ids_are_remembered_for_half_an_hour(store: RedisStore, raw: redis.Redis) -> None:
     put(store, 10.0)
-    long_ago = time.time() - 3 * 3600  # remembered for 30 minutes: forgotten by now
+    start = time.time() // 1800 * 1800 + 1799.0  # the end of a window
     assert store.reserve(FP, "a1", 1.0, 0.0, NOW, NOW + 60)
-    assert store.settle(FP, "a1", 1.0, now=long_ago) == 1
-    assert store.settle(FP, "b1", 1.0) == 2  # (an id ending in 1: no trim)
-    assert store.settle(FP, "a1", 1.0) == 0  # not trimmed yet: still remembered
-    assert store.settle(FP, "c0", 1.0) == 2  # one id in 16 trims what is forgotten
-    members = {m.decode() for m in raw.zrange(f"cg:{{{FP}}}:exp", 0, -1)}
-    assert members == {"b1", "c0"}
-    assert store.settle(FP, "a1", 1.0) == 2  # forgotten: a new debit
-    assert store.read(FP, NOW).debits == 4.0  # a1 twice, b1, c0
+    assert store.settle(FP, "a1", 1.0, now=start) == 1
+    assert store.settle(FP, "a1", 1.0, now=start + 1) == 0  # the next window: still known
+    assert store.settle(FP, "a1", 1.0, now=start + 1800) == 0  # half an hour on
+    assert store.settle(FP, "a1", 1.0, now=start + 1801) == 2  # forgotten: a new debit
+    assert store.read(FP, NOW).debits == 2.0
+    window = int(start // 1800)
+    ttl = raw.pttl(f"cg:{{{FP}}}:done:{window}")  # kept to the end of the next window
+    assert 0 < ttl <= (start + 1 + 1800 - time.time()) * 1000 + 1000
 
 
 def test_a_debit_alone_remembers_its_id_and_expires(store: RedisStore, raw: redis.Redis) -> None:
     store.debit(FP, 1.0, "once")
-    ttl = raw.pttl(f"cg:{{{FP}}}:exp")
-    assert 1_800_000 < ttl <= 1_801_000  # as long as the id is remembered, not forever
+    (done,) = raw.keys(f"cg:{{{FP}}}:done:*")
+    ttl = raw.pttl(done)
+    assert 1_800_000 <= ttl <= 3_601_000  # as long as the id is remembered, not forever
     store.debit(FP, 1.0, "once")
     assert store.read(FP, NOW).debits == 1.0
+    assert all(raw.pttl(name) > 0 for name in raw.scan_iter())
 
 
 def test_hold_keys_keep_their_expiry_between_holds(store: RedisStore, raw: redis.Redis) -> None:

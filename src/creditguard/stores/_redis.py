@@ -6,12 +6,15 @@ are a hash tag: in a cluster, one credential's keys share a slot)::
     cg:{fp}:snap    hash: the snapshot (remaining, unlimited, total, used, unit,
                     source, balance_at: the Balance's own fetched_at), when it
                     was stored (fetched_at), debits since it, exhausted
-    cg:{fp}:holds   hash: hold id -> amount held
-    cg:{fp}:exp     sorted set: hold id -> expiry (epoch seconds); and settled
-                    or released ids -> minus until when they are remembered
-                    (a repeated settle charges nothing)
+    cg:{fp}:holds   hash: hold id -> amount held; '=' their sum, '^' until when
+                    the hold keys live, 'd' the window whose done set has its
+                    expiry
+    cg:{fp}:exp     sorted set: hold id -> expiry (epoch seconds)
     cg:{fp}:late    sorted set: holds that expired unsettled (a late settle
                     still charges them, once)
+    cg:{fp}:done:<n>  set: the ids settled or released in window n (of
+                    _DONE_FOR seconds; kept to the end of the next one: a
+                    repeated settle charges nothing)
     cg:{fp}:spend:<period>  hash: a FixedBudget's spend per window bucket
     cg:{fp}:lock    string: the refresh lease's token
     cg:workers      sorted set: worker id -> last heartbeat (epoch seconds)
@@ -234,6 +237,7 @@ class RedisStore:
         # the snapshots parsed last, by key: an unchanged one is not sent again
         self._snapshots: dict[str, tuple[str, Balance]] = {}
         self._keysets: dict[str, tuple[str, ...]] = {}
+        self._donesets: dict[str, tuple[tuple[str, ...], int]] = {}
         self._closed = False
 
     @classmethod
@@ -602,22 +606,34 @@ class RedisStore:
     def _c_settle(
         self, key: str, hold_id: str, cost: float, now: float | None, spend: Spend | None
     ) -> _Call[int]:
-        keys = self._keys(key)
         if type(cost) is not float or not 0.0 <= cost < math.inf:
             cost = check_cost(cost)
-        args: list[str | int] = [
-            _hold_id(hold_id),
-            _micro(cost),
-            _time(time.time() if now is None else now),
-        ]
+        when = _time(time.time() if now is None else now)
+        keys, window = self._done_keys(key, float(when))
+        args: list[str | int] = [_hold_id(hold_id), _micro(cost), when, window]
         if spend is not None:
             keys = (*keys, self._spend_key(key, spend))
             args += [spend.bucket, "" if spend.keep is None else _ms(spend.keep)]
         return _Call("settle", "settle", keys, args, _status)
 
     def _c_release(self, key: str, hold_id: str) -> _Call[bool]:
-        args = [_hold_id(hold_id), _time(time.time())]
-        return _Call("release", "release", self._keys(key), args, _flag)
+        when = _time(time.time())
+        keys, window = self._done_keys(key, float(when))
+        args: list[str | int] = [_hold_id(hold_id), when, window]
+        return _Call("release", "release", keys, args, _flag)
+
+    def _done_keys(self, key: str, now: float) -> tuple[tuple[str, ...], int]:
+        """The keys of settle and release (the hold scripts' and the sets of
+        settled ids of this window and the one before), and the window."""
+        window = int(now // _DONE_FOR)
+        cached = self._donesets.get(key)
+        if cached is None or cached[1] != window:
+            base = self._base(key)
+            keys = (*self._keys(key), f"{base}:done:{window}", f"{base}:done:{window - 1}")
+            if len(self._donesets) >= 10_000:
+                self._donesets.clear()
+            cached = self._donesets[key] = (keys, window)
+        return cached
 
     def _c_exhaust(self, key: str) -> _Call[None]:
         keys = (f"{self._base(key)}:snap",)

@@ -6,10 +6,7 @@
 -- epoch seconds). A hold whose expiry has passed stops counting: purge() moves
 -- it to `late` (sorted set: hold id -> expiry) where a late settle still finds
 -- it, once, for LATE_FOR seconds.
---
--- `exp` also remembers settled and released ids, for DONE_FOR seconds, under a
--- negative score (-(until when)): a repeated settle of one charges nothing. Holds
--- have positive scores, so `0 .. now` is exactly the expired holds.
+-- (`exp` also has a member '' at -inf: see admit.lua.)
 
 local function purge(holds, exp, late, now)
     local expired = redis.call('ZRANGEBYSCORE', exp, 0, now, 'WITHSCORES')

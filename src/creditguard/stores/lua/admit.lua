@@ -10,13 +10,16 @@
 -- the floor), 2 nothing asked (amount 0), 3 not held: no snapshot fresh enough.
 --
 -- The hold and its expiry are written together: a crashed worker's holds stop
--- counting at their expiry, and the keys expire by themselves (their expiry is
--- pushed back only when it would come before LATE_FOR after this hold's: a late
--- settle still finds it).
+-- counting at their expiry, and the keys expire by themselves, LATE_FOR after
+-- the last hold's expiry (a late settle still finds it). `holds` keeps in '^'
+-- until when they live: their expiry is pushed back only when a hold would
+-- outlive that (once a second at most), and `exp` keeps a member '' (score
+-- -inf, never a hold) so that it lives on between holds with that expiry.
 
 local holds, exp, amount = KEYS[2], KEYS[3], ARGV[2]
 purge(holds, exp, KEYS[4], ARGV[4])
-local before = redis.call('HGET', holds, '=') or '0'
+local h = redis.call('HMGET', holds, '=', '^')
+local before = h[1] or '0'
 local snap = redis.call('HMGET', KEYS[1], 'unlimited', 'remaining', 'debits', 'exhausted', 'fetched_at')
 
 local status = 1
@@ -38,12 +41,15 @@ end
 
 if status == 1 then
     local sum = string.format('%d', tonumber(before) + tonumber(amount))
-    local added = redis.call('HSET', holds, ARGV[1], amount, '=', sum)
-    redis.call('ZADD', exp, ARGV[5], ARGV[1])
-    local need = math.ceil((tonumber(ARGV[5]) - tonumber(ARGV[4]) + LATE_FOR) * 1000) + 1000
-    -- (a new `holds` has no expiry yet; `exp` lives as long as it)
-    if added > 1 or redis.call('PTTL', exp) < need then
-        local ttl = string.format('%d', need + 1000)
+    local live = tonumber(ARGV[5]) + LATE_FOR
+    if h[2] and tonumber(h[2]) >= live then
+        redis.call('HSET', holds, ARGV[1], amount, '=', sum)
+        redis.call('ZADD', exp, ARGV[5], ARGV[1])
+    else
+        live = live + 1
+        redis.call('HSET', holds, ARGV[1], amount, '=', sum, '^', string.format('%.17g', live))
+        redis.call('ZADD', exp, ARGV[5], ARGV[1], '-inf', '')
+        local ttl = string.format('%d', math.ceil((live - tonumber(ARGV[4])) * 1000))
         redis.call('PEXPIRE', holds, ttl)
         redis.call('PEXPIRE', exp, ttl)
     end

@@ -1,23 +1,24 @@
 -- Drop a hold without a charge.
--- KEYS: snap (unused, keeps the key list of the hold scripts), holds, exp, late
--- ARGV: hold id, now (epoch s)
+-- KEYS: snap (unused, keeps the key list of the hold scripts), holds, exp, late,
+--       done (this window's), done (the window before: unused)
+-- ARGV: hold id, now (epoch s), window (floor(now / DONE_FOR))
 -- Returns 1 when the hold was there, else 0.
 --
--- The id is remembered in `exp` (as settle.lua does): a settle of it later
--- charges nothing.
+-- The id is remembered as settle.lua does: a settle of it later charges nothing.
 
-local holds, exp, id = KEYS[2], KEYS[3], ARGV[1]
+local holds, id = KEYS[2], ARGV[1]
 local amount = redis.call('HGET', holds, id)
 if amount then
     redis.call('HDEL', holds, id)
     if redis.call('HINCRBY', holds, '=', string.format('%d', -tonumber(amount))) < 0 then
         redis.call('HSET', holds, '=', '0')
     end
+    redis.call('ZREM', KEYS[3], id)
 elseif redis.call('ZREM', KEYS[4], id) == 0 then
     return 0
 end
-redis.call('ZADD', exp, string.format('%.17g', -(tonumber(ARGV[2]) + DONE_FOR)), id)
-if not amount and redis.call('PTTL', exp) < DONE_FOR * 1000 then  -- (as in settle.lua)
-    redis.call('PEXPIRE', exp, string.format('%d', math.ceil(DONE_FOR * 1000) + 1000))
+if redis.call('SADD', KEYS[5], id) == 1 and redis.call('PTTL', KEYS[5]) == -1 then
+    local ttl = math.ceil(((tonumber(ARGV[3]) + 2) * DONE_FOR - tonumber(ARGV[2])) * 1000)
+    redis.call('PEXPIRE', KEYS[5], string.format('%d', ttl))
 end
 return 1
