@@ -8,7 +8,8 @@ against one loopback redis-server it starts itself:
   calls plus any command no script runs; a script's own commands don't count);
 * µs per guarded call vs two bare EVALSHA round trips (goal: <= 1.5x),
   measured in alternating batches (medians), so that a busy machine slows
-  both alike;
+  both alike; for scale, the same two round trips on one bare redis-py
+  connection too (no client layers: how the store itself sends its scripts);
 * the same for async code (``await guard.areserve(...)``, redis.asyncio);
 * the in-process ledger, for scale;
 * 8 processes' aggregate guarded calls per second on one Redis.
@@ -71,19 +72,24 @@ def paired(base: Any, guarded: Any, seconds: float, batch: int = 200) -> tuple[f
     """µs per call of ``base`` and of ``guarded``, measured in alternating
     batches for ``seconds`` (a busy machine slows both alike), each the
     median over the batches."""
+    a, b = alternating([base, guarded], seconds, batch)
+    return a, b
+
+
+def alternating(fns: list[Any], seconds: float, batch: int = 200) -> list[float]:
+    """:func:`paired` for any number of functions."""
     for _ in range(batch):
-        base()
-        guarded()
-    a: list[float] = []
-    b: list[float] = []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
-        for fn, out in ((base, a), (guarded, b)):
+        for fn, out in zip(fns, times, strict=True):
             start = time.perf_counter()
             for _ in range(batch):
                 fn()
             out.append((time.perf_counter() - start) / batch * 1e6)
-    return statistics.median(a), statistics.median(b)
+    return [statistics.median(out) for out in times]
 
 
 async def apaired(
@@ -119,6 +125,14 @@ def sync_rows(url: str, seconds: float) -> dict[str, float]:
         raw.evalsha(sha, 1, "cg:{bench}:x")
         raw.evalsha(sha, 1, "cg:{bench}:x")
 
+    conn = raw.connection_pool.make_connection()
+    packed = [b"".join(conn.pack_command("EVALSHA", sha, 1, "cg:{bench}:x"))]
+
+    def two_on_a_connection() -> None:
+        for _ in range(2):
+            conn.send_packed_command(packed, check_health=False)
+            conn.read_response()
+
     def call() -> None:
         guard.reserve("m", credential=KEY).settle(0.001)
 
@@ -126,13 +140,14 @@ def sync_rows(url: str, seconds: float) -> dict[str, float]:
     for _ in range(1000):
         call()
     trips = (round_trips(raw) - before) / 1000
-    two, guarded = paired(two_evalsha, call, seconds)
+    two, guarded, bare = alternating([two_evalsha, call, two_on_a_connection], seconds)
+    conn.disconnect()
     guard.close()
     memory = make_guard(None)
     memory.check(credential=KEY)
     local = paired(lambda: None, lambda: memory.reserve("m", credential=KEY).settle(0.001), 0.5)[1]
     raw.close()
-    return {"two": two, "guarded": guarded, "trips": trips, "memory": local}
+    return {"two": two, "guarded": guarded, "trips": trips, "memory": local, "bare": bare}
 
 
 async def async_rows(url: str, seconds: float) -> dict[str, float]:
@@ -229,6 +244,11 @@ def main() -> int:
             f"  {name} guarded call {row['guarded']:8.1f} us   two EVALSHA round trips "
             f"{two:6.1f} us   ratio {row['guarded'] / two:4.2f}x (goal <= 1.5x)"
         )
+    bare = sync["bare"]
+    print(
+        f"  (for scale: two EVALSHA round trips on one bare redis-py connection {bare:6.1f} us,"
+        f" {sync['guarded'] / bare:4.2f}x)"
+    )
     print(f"  in-process ledger, sync          {sync['memory']:8.1f} us")
     print(f"  8 processes on one Redis     {aggregate:10,.0f} guarded calls/s in all")
     return 0
