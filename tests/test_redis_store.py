@@ -362,8 +362,11 @@ def test_bad_amounts_are_refused_before_redis(store: RedisStore) -> None:
             store.reserve(FP, "h", bad, None, NOW, NOW + 1)
     with pytest.raises(ValueError):
         store.read("{bad}", NOW)
-    with pytest.raises(ValueError):
-        store.reserve(FP, "", 1.0, None, NOW, NOW + 1)
+    for reserved in ("", "=", "<", "^", "~"):  # (the holds hash's own fields)
+        with pytest.raises(ValueError):
+            store.reserve(FP, reserved, 1.0, None, NOW, NOW + 1)
+        with pytest.raises(ValueError):
+            store.settle(FP, reserved, 1.0)
 
 
 # -- expiry of holds ----------------------------------------------------------------------
@@ -383,6 +386,27 @@ def test_reserve_purges_expired_holds_itself(store: RedisStore) -> None:
     put(store, 10.0)
     assert store.reserve(FP, "old", 6.0, 0.0, NOW, NOW + 10)
     assert store.reserve(FP, "new", 6.0, 0.0, NOW + 11, NOW + 20)  # no read in between
+
+
+def test_holds_stop_counting_each_at_its_expiry(store: RedisStore, raw: redis.Redis) -> None:
+    put(store, 100.0)
+    for name, expiry, amount in (("a", 10, 1.0), ("b", 20, 2.0), ("c", 30, 4.0), ("d", 40, 8.0)):
+        assert store.reserve(FP, name, amount, 0.0, NOW, NOW + expiry)
+    assert store.settle(FP, "a", 0.5) == 1  # the first to expire is gone: no expiry at 10
+    assert store.read(FP, NOW + 5).held == 14.0
+    assert store.read(FP, NOW + 15).held == 14.0
+    assert store.read(FP, NOW + 20).held == 12.0  # b at its expiry
+    assert store.release(FP, "d")
+    assert store.read(FP, NOW + 29.999).held == 4.0
+    status, state = store.admit(FP, "e", 1.0, 0.0, NOW + 30, NOW + 50)  # c at its expiry
+    assert (status, state.held) == (1, 0.0)
+    assert store.read(FP, NOW + 49).held == 1.0
+    assert store.read(FP, NOW + 50).held == 0.0
+    late = {m.decode() for m in raw.zrange(f"cg:{{{FP}}}:late", 0, -1)}
+    assert late == {"b", "c", "e"}
+    assert store.settle(FP, "c", 3.0) == 1  # a late settle still charges, once
+    assert store.settle(FP, "c", 3.0) == 0
+    assert store.read(FP, NOW + 50).debits == 3.5
 
 
 def test_holds_expire_in_real_time(store: RedisStore) -> None:
@@ -410,10 +434,9 @@ def test_a_late_settle_still_charges_once(store: RedisStore) -> None:
 def test_hold_keys_expire_by_themselves(store: RedisStore, raw: redis.Redis) -> None:
     now = time.time()
     assert store.reserve(FP, "h", 1.0, None, now, now + 60)
-    for name in ("holds", "exp"):
-        ttl = raw.pttl(f"cg:{{{FP}}}:{name}")
-        assert ttl > 60_000  # outlives its hold (a late settle still finds it)
-        assert ttl <= (60 + 86_400 + 2) * 1000  # but not forever
+    ttl = raw.pttl(f"cg:{{{FP}}}:holds")
+    assert ttl > 60_000  # outlives its hold (a late settle still finds it)
+    assert ttl <= (60 + 86_400 + 2) * 1000  # but not forever
     store.read(FP, now + 61)
     assert 0 < raw.pttl(f"cg:{{{FP}}}:late") <= (86_400 + 2) * 1000
 
@@ -533,7 +556,7 @@ def test_keys_carry_the_prefix_and_never_the_raw_key(redis_server: RedisServer) 
     done = {name for name in data if re.fullmatch(rf"app1:{{{key}}}:done:\d+", name)}
     assert len(done) == 1  # the ids settled lately
     assert set(data) - done == {
-        f"app1:{{{key}}}:{name}" for name in ("snap", "holds", "exp", "late", "lock")
+        f"app1:{{{key}}}:{name}" for name in ("snap", "holds", "late", "lock")
     }
     assert RAW_KEY not in repr(data)
     for name in data:
@@ -819,8 +842,7 @@ def test_hold_keys_keep_their_expiry_between_holds(store: RedisStore, raw: redis
     for i in range(5):  # settled one by one: the keys stay, with their expiry
         assert store.reserve(FP, f"h{i}", 1.0, 0.0, NOW, NOW + 60)
         assert store.settle(FP, f"h{i}", 0.5) == 1
-        for name in ("holds", "exp"):
-            assert 60_000 < raw.pttl(f"cg:{{{FP}}}:{name}") <= (60 + 86_400 + 2) * 1000
+        assert 60_000 < raw.pttl(f"cg:{{{FP}}}:holds") <= (60 + 86_400 + 2) * 1000
     assert store.read(FP, NOW).held == 0.0
 
 

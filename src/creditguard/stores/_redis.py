@@ -6,10 +6,10 @@ are a hash tag: in a cluster, one credential's keys share a slot)::
     cg:{fp}:snap    hash: the snapshot (remaining, unlimited, total, used, unit,
                     source, balance_at: the Balance's own fetched_at), when it
                     was stored (fetched_at), debits since it, exhausted
-    cg:{fp}:holds   hash: hold id -> amount held; '=' their sum, '^' until when
-                    the hold keys live, 'd' the window whose done set has its
-                    expiry
-    cg:{fp}:exp     sorted set: hold id -> expiry (epoch seconds)
+    cg:{fp}:holds   hash: hold id -> 'amount expiry' (epoch seconds); '=' the
+                    amounts' sum, '<' no hold expires before it, '^' until when
+                    the key lives, '~' the window whose done set has its expiry
+                    (none of these four is a hold id)
     cg:{fp}:late    sorted set: holds that expired unsettled (a late settle
                     still charges them, once)
     cg:{fp}:done:<n>  set: the ids settled or released in window n (of
@@ -317,11 +317,11 @@ class RedisStore:
     # -- keys -----------------------------------------------------------------
 
     def _keys(self, key: str) -> tuple[str, ...]:
-        """snap, holds, exp, late: the keys of the hold scripts."""
+        """snap, holds, late: the keys of the hold scripts."""
         keys = self._keysets.get(key)
         if keys is None:
             base = self._base(key)
-            keys = (f"{base}:snap", f"{base}:holds", f"{base}:exp", f"{base}:late")
+            keys = (f"{base}:snap", f"{base}:holds", f"{base}:late")
             if len(self._keysets) >= 10_000:
                 self._keysets.clear()
             self._keysets[key] = keys
@@ -1136,9 +1136,16 @@ def _ms(seconds: float) -> int:
 
 
 def _hold_id(value: str) -> str:
-    if type(value) is not str or not value:
-        raise ValueError(f"a hold id or token is a non-empty string, got {value!r}")
+    if type(value) is not str or not value or value in _FIELDS:
+        raise ValueError(
+            f"a hold id or token is a non-empty string other than {' '.join(_FIELDS)}, "
+            f"got {value!r}"
+        )
     return value
+
+
+_FIELDS = ("=", "<", "^", "~")
+"""The fields of a credential's holds hash that are not holds (see ``_holds.lua``)."""
 
 
 def _text(value: bytes | str) -> str:

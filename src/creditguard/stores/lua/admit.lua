@@ -1,5 +1,5 @@
 -- Read one credential's state and hold an amount for a call, in one step.
--- KEYS: snap, holds, exp, late
+-- KEYS: snap, holds, late
 -- ARGV: hold id (never reused), amount (micro, '0': hold nothing), floor (micro, '' for none),
 --       now (epoch s), expires_at (epoch s),
 --       fresh_after (epoch s: hold only on a snapshot stored at or after it; '' for any),
@@ -10,15 +10,12 @@
 -- the floor), 2 nothing asked (amount 0), 3 not held: no snapshot fresh enough.
 --
 -- The hold and its expiry are written together: a crashed worker's holds stop
--- counting at their expiry, and the keys expire by themselves, LATE_FOR after
--- the last hold's expiry (a late settle still finds it). `holds` keeps in '^'
--- until when they live: their expiry is pushed back only when a hold would
--- outlive that (once a second at most), and `exp` keeps a member '' (score
--- -inf, never a hold) so that it lives on between holds with that expiry.
+-- counting at their expiry, and the key expires by itself, LATE_FOR after the
+-- last hold's expiry (a late settle still finds it): its expiry is pushed back
+-- only when a hold would outlive '^' (once a second at most).
 
-local holds, exp, amount = KEYS[2], KEYS[3], ARGV[2]
-purge(holds, exp, KEYS[4], ARGV[4])
-local h = redis.call('HMGET', holds, '=', '^')
+local holds, amount = KEYS[2], ARGV[2]
+local h = holds_state(holds, KEYS[3], tonumber(ARGV[4]))
 local before = h[1] or '0'
 local snap = redis.call('HMGET', KEYS[1], 'unlimited', 'remaining', 'debits', 'exhausted', 'fetched_at')
 
@@ -40,18 +37,20 @@ elseif ARGV[3] ~= '' and snap[1] and (snap[1] ~= '1' or snap[4] == '1') then
 end
 
 if status == 1 then
+    local expires = tonumber(ARGV[5])
     local sum = string.format('%d', tonumber(before) + tonumber(amount))
-    local live = tonumber(ARGV[5]) + LATE_FOR
-    if h[2] and tonumber(h[2]) >= live then
-        redis.call('HSET', holds, ARGV[1], amount, '=', sum)
-        redis.call('ZADD', exp, ARGV[5], ARGV[1])
+    local hold = amount .. ' ' .. ARGV[5]
+    local low = ARGV[5]
+    if tonumber(h[2]) < expires then
+        low = h[2]
+    end
+    local live = expires + LATE_FOR
+    if h[3] and tonumber(h[3]) >= live then
+        redis.call('HSET', holds, ARGV[1], hold, '=', sum, '<', low)
     else
         live = live + 1
-        redis.call('HSET', holds, ARGV[1], amount, '=', sum, '^', string.format('%.17g', live))
-        redis.call('ZADD', exp, ARGV[5], ARGV[1], '-inf', '')
-        local ttl = string.format('%d', math.ceil((live - tonumber(ARGV[4])) * 1000))
-        redis.call('PEXPIRE', holds, ttl)
-        redis.call('PEXPIRE', exp, ttl)
+        redis.call('HSET', holds, ARGV[1], hold, '=', sum, '<', low, '^', string.format('%.17g', live))
+        redis.call('PEXPIRE', holds, string.format('%d', math.ceil((live - tonumber(ARGV[4])) * 1000)))
     end
 end
 

@@ -1,5 +1,5 @@
 -- Drop a hold without a charge.
--- KEYS: snap (unused, keeps the key list of the hold scripts), holds, exp, late,
+-- KEYS: snap (unused, keeps the key list of the hold scripts), holds, late,
 --       done (this window's), done (the window before: unused)
 -- ARGV: hold id, now (epoch s), window (floor(now / DONE_FOR))
 -- Returns 1 when the hold was there, else 0.
@@ -7,18 +7,18 @@
 -- The id is remembered as settle.lua does: a settle of it later charges nothing.
 
 local holds, id = KEYS[2], ARGV[1]
-local amount = redis.call('HGET', holds, id)
-if amount then
+local hold = redis.call('HGET', holds, id)
+if hold then
     redis.call('HDEL', holds, id)
-    if redis.call('HINCRBY', holds, '=', string.format('%d', -tonumber(amount))) < 0 then
+    local amount = string.match(hold, '^%d+')
+    if redis.call('HINCRBY', holds, '=', '-' .. amount) < 0 then
         redis.call('HSET', holds, '=', '0')
     end
-    redis.call('ZREM', KEYS[3], id)
-elseif redis.call('ZREM', KEYS[4], id) == 0 then
+elseif redis.call('ZREM', KEYS[3], id) == 0 then
     return 0
 end
-if redis.call('SADD', KEYS[5], id) == 1 and redis.call('PTTL', KEYS[5]) == -1 then
+if redis.call('SADD', KEYS[4], id) == 1 and redis.call('PTTL', KEYS[4]) == -1 then
     local ttl = math.ceil(((tonumber(ARGV[3]) + 2) * DONE_FOR - tonumber(ARGV[2])) * 1000)
-    redis.call('PEXPIRE', KEYS[5], string.format('%d', ttl))
+    redis.call('PEXPIRE', KEYS[4], string.format('%d', ttl))
 end
 return 1

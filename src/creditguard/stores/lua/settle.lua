@@ -1,5 +1,5 @@
 -- Charge a call's real cost and drop its hold, once per id.
--- KEYS: snap, holds, exp, late, done (this window's), done (the window before), [spend]
+-- KEYS: snap, holds, late, done (this window's), done (the window before), [spend]
 -- ARGV: id, cost (micro), now (epoch s), window (floor(now / DONE_FOR)),
 --       [spend field, spend keep_ms ('' = no expiry)]
 -- Returns 1 when the hold was there, 2 when it was not (the cost is charged
@@ -9,33 +9,32 @@
 -- Settled ids go to the set `done:<window>` (DONE_FOR seconds each; it expires
 -- at the end of the next one), so that a repeated settle, e.g. one written
 -- back after a timeout that had in fact been applied, charges nothing for at
--- least DONE_FOR seconds. `holds` keeps in 'd' the window whose set has its
+-- least DONE_FOR seconds. `holds` keeps in '~' the window whose set has its
 -- expiry already. A hold that expired unsettled is found in `late`. `spend`
 -- (hash: window bucket -> micro) counts a local budget's spend.
 
 local holds, id = KEYS[2], ARGV[1]
-local found = redis.call('HMGET', holds, id, 'd')
-local amount = found[1]
+local found = redis.call('HMGET', holds, id, '~')
+local hold = found[1]
 local status = 1
-if amount then
+if hold then
     redis.call('HDEL', holds, id)
-    if redis.call('HINCRBY', holds, '=', string.format('%d', -tonumber(amount))) < 0 then
+    local amount = string.match(hold, '^%d+')
+    if redis.call('HINCRBY', holds, '=', '-' .. amount) < 0 then
         redis.call('HSET', holds, '=', '0')
     end
-    redis.call('ZREM', KEYS[3], id)
-elseif redis.call('ZREM', KEYS[4], id) == 0 then
-    if redis.call('SISMEMBER', KEYS[5], id) == 1 or redis.call('SISMEMBER', KEYS[6], id) == 1 then
+elseif redis.call('ZREM', KEYS[3], id) == 0 then
+    if redis.call('SISMEMBER', KEYS[4], id) == 1 or redis.call('SISMEMBER', KEYS[5], id) == 1 then
         return 0
     end
     status = 2
 end
-redis.call('SADD', KEYS[5], id)
+redis.call('SADD', KEYS[4], id)
 if found[2] ~= ARGV[4] then
-    local window = tonumber(ARGV[4])
-    local ttl = math.ceil(((window + 2) * DONE_FOR - tonumber(ARGV[3])) * 1000)
-    redis.call('PEXPIRE', KEYS[5], string.format('%d', ttl))
-    if amount then
-        redis.call('HSET', holds, 'd', ARGV[4])
+    local ttl = math.ceil(((tonumber(ARGV[4]) + 2) * DONE_FOR - tonumber(ARGV[3])) * 1000)
+    redis.call('PEXPIRE', KEYS[4], string.format('%d', ttl))
+    if hold then
+        redis.call('HSET', holds, '~', ARGV[4])
     end
 end
 if ARGV[2] ~= '0' then
@@ -43,10 +42,10 @@ if ARGV[2] ~= '0' then
             redis.call('PTTL', KEYS[1]) == -1 then
         redis.call('PEXPIRE', KEYS[1], ORPHAN_MS)
     end
-    if KEYS[7] then
-        redis.call('HINCRBY', KEYS[7], ARGV[5], ARGV[2])
+    if KEYS[6] then
+        redis.call('HINCRBY', KEYS[6], ARGV[5], ARGV[2])
         if ARGV[6] ~= '' then
-            redis.call('PEXPIRE', KEYS[7], ARGV[6])
+            redis.call('PEXPIRE', KEYS[6], ARGV[6])
         end
     end
 end
