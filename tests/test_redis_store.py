@@ -864,18 +864,15 @@ def test_a_connection_the_server_closed_is_opened_again(
 def test_a_call_interrupted_mid_reply_never_reads_it_later(
     store: RedisStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from creditguard.stores import _redis
+
     put(store, 10.0)
-    lines = store._lines
-    assert lines is not None
-    line = lines.take()
-    assert line is not None
-    lines.give(line)
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         monkeypatch.undo()
         raise KeyboardInterrupt  # the reply is on its way, unread
 
-    monkeypatch.setattr(line.conn, "read_response", interrupted)
+    monkeypatch.setattr(_redis, "_read", interrupted)
     with pytest.raises(KeyboardInterrupt):
         store.reserve(FP, "h", 1.0, 0.0, NOW, NOW + 60)
     # the next calls read their own replies, not the one left behind (that
@@ -986,3 +983,11 @@ async def test_an_async_connection_the_server_closed_is_opened_again(
     assert (await store.aread(FP, NOW)).balance == Balance(10.0)
     await store.aclose()
     raw.close()
+
+
+def test_a_reply_longer_than_one_read(store: RedisStore) -> None:
+    source = "s" * 300_000  # (the snapshot comes back whole: several reads of the socket)
+    store.put(FP, Balance(10.0, source=source), NOW, 0.0, keep_for=60)
+    status, state = store.admit(FP, "h", 1.0, 0.0, NOW, NOW + 60)
+    assert status == 1 and state.balance is not None and state.balance.source == source
+    assert store.read(FP, NOW).held == 1.0

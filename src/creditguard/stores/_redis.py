@@ -366,15 +366,15 @@ class RedisStore:
         conn = line.conn
         try:
             try:
-                line.ready()
-                conn.send_packed_command([_pack(call, False)], check_health=False)
-                return conn.read_response()
+                return line.call(_pack(call, False))
             except self._noscript:
-                conn.send_packed_command([_pack(call, True)], check_health=False)
-                return conn.read_response()
-        except self._errors as exc:  # (socket errors and timeouts closed the connection)
+                return line.call(_pack(call, True))
+        except OSError as exc:  # (a timeout too) sent or read in part: never used again
+            conn.disconnect()
             raise self._error(call.op, exc) from exc
-        except Exception as exc:  # a client library fault: still a store failure
+        except self._errors as exc:  # (an error reply leaves the connection as it was)
+            raise self._error(call.op, exc) from exc
+        except Exception as exc:  # a client library fault, garbage: still a store failure
             conn.disconnect()
             raise self._error(call.op, exc) from exc
         except BaseException:  # interrupted mid-reply: the rest must never be read as ours
@@ -947,11 +947,13 @@ class _Line:
     def fits(conn: Any) -> bool:
         """True when this redis-py's connections are the ones this class knows."""
         return all(
-            hasattr(conn, name)
-            for name in ("_sock", "connect", "disconnect", "send_packed_command", "read_response")
-        )
+            hasattr(conn, name) for name in ("_sock", "_parser", "connect", "disconnect")
+        ) and hasattr(conn._parser, "parse_error")
 
-    def ready(self) -> None:
+    def call(self, packed: bytes) -> Any:
+        """Send ``packed``, read its reply (an error reply raised as redis-py
+        would). The socket is written and read here: the connection's parser
+        is used for its handshake only."""
         conn = self.conn
         sock = conn._sock
         if sock is not None and sock is self.sock and self.poll():
@@ -963,6 +965,78 @@ class _Line:
         if sock is not self.sock:
             self.sock = sock
             self.poll = _poller(sock, conn)
+        sock.sendall(packed)
+        reply = _read(sock)
+        if type(reply) is _ErrorReply:
+            raise conn._parser.parse_error(reply.text)
+        return reply
+
+
+def _read(sock: socket.socket) -> Any:
+    """One reply from ``sock`` (its timeout applies to each read)."""
+    buf = sock.recv(65536)
+    while True:
+        if not buf:
+            raise ConnectionResetError("connection closed by the server")
+        try:
+            reply, end = _resp(buf, 0)
+        except _Incomplete:
+            more = sock.recv(65536)
+            if not more:
+                raise ConnectionResetError("connection closed by the server") from None
+            buf += more
+            continue
+        if end != len(buf):
+            raise ValueError("more than one reply")
+        return reply
+
+
+class _Incomplete(Exception):
+    """The reply goes on past what was read so far."""
+
+
+class _ErrorReply:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _resp(buf: bytes, pos: int) -> tuple[Any, int]:
+    """The reply (Redis's wire protocol, RESP2 or 3) at ``pos`` in ``buf``,
+    and where it ends. Script replies are bulk strings, integers, arrays,
+    nulls, errors; a push message before the reply (RESP3) is skipped."""
+    nl = buf.find(b"\r\n", pos)
+    if nl < 0:
+        raise _Incomplete
+    kind = buf[pos]
+    if kind == 36:  # $ bulk string
+        size = int(buf[pos + 1 : nl])
+        if size < 0:
+            return None, nl + 2
+        end = nl + 2 + size
+        if len(buf) < end + 2:
+            raise _Incomplete
+        return buf[nl + 2 : end], end + 2
+    if kind == 58:  # : integer
+        return int(buf[pos + 1 : nl]), nl + 2
+    if kind == 42 or kind == 62:  # * array, > push
+        count = int(buf[pos + 1 : nl])
+        end = nl + 2
+        items = []
+        for _ in range(max(0, count)):
+            item, end = _resp(buf, end)
+            items.append(item)
+        if kind == 62:
+            return _resp(buf, end)
+        return (items if count >= 0 else None), end
+    if kind == 95:  # _ null
+        return None, nl + 2
+    if kind == 45:  # - error
+        return _ErrorReply(buf[pos + 1 : nl].decode(errors="replace")), nl + 2
+    if kind == 43:  # + simple string
+        return buf[pos + 1 : nl], nl + 2
+    raise ValueError(f"unexpected reply type {chr(kind)!r}")
 
 
 def _never() -> bool:
