@@ -43,10 +43,11 @@ import math
 import os
 import select
 import socket
+import sys
 import time
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from importlib.resources import files
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
@@ -415,17 +416,19 @@ class RedisStore:
         conn = line.conn
         try:
             try:
-                await line.ready()
-                await line.send(_pack(call, False))
-                return await conn.read_response()
+                return await line.call(_pack(call, False), self.timeout)
             except self._noscript:
-                await line.send(_pack(call, True))
-                return await conn.read_response()
-        except self._errors:
-            raise  # (socket errors and timeouts closed the connection)
+                return await line.call(_pack(call, True), self.timeout)
+        except (OSError, asyncio.TimeoutError) as exc:  # (sent or read in part)
+            await _drop(conn)
+            raise self._error(call.op, exc) from exc
+        except self._errors as exc:  # (an error reply leaves the connection as it was)
+            raise self._error(call.op, exc) from exc
+        except Exception as exc:  # a client library fault, garbage: still a store failure
+            await _drop(conn)
+            raise self._error(call.op, exc) from exc
         except BaseException:  # cancelled mid-reply: the rest must never be read as ours
-            with contextlib.suppress(Exception):
-                await conn.disconnect(nowait=True)
+            await _drop(conn)
             raise
 
     @functools.cached_property
@@ -1055,38 +1058,63 @@ def _poller(sock: Any, conn: Any) -> Callable[[], bool]:
 class _ALine:
     """:class:`_Line` for ``redis.asyncio`` (lines of each event loop's client)."""
 
-    __slots__ = ("conn", "send")
+    __slots__ = ("conn",)
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
-        self.send: Callable[[bytes], Awaitable[None]] = self._send
 
     @staticmethod
     def fits(conn: Any) -> bool:
         return all(
             hasattr(conn, name)
-            for name in ("is_connected", "connect", "disconnect", "read_response")
-        )
+            for name in ("_reader", "_writer", "_parser", "is_connected", "connect", "disconnect")
+        ) and hasattr(conn._parser, "parse_error")
 
-    async def ready(self) -> None:
+    async def call(self, packed: bytes, timeout: float) -> Any:
+        """:meth:`_Line.call`, awaited: the reply within ``timeout`` seconds."""
         conn = self.conn
         if conn.is_connected:
-            writer = getattr(conn, "_writer", None)
-            reader = getattr(conn, "_reader", None)
-            if writer is None or reader is None or writer.is_closing() or reader.at_eof():
+            writer, reader = conn._writer, conn._reader
+            if writer.is_closing() or reader.at_eof() or len(reader._buffer):
                 await conn.disconnect(nowait=True)  # closed by the server while idle
         if not conn.is_connected:
             await conn.connect()
+        reader = conn._reader
+        conn._writer.write(packed)  # (sent at once, or buffered by the transport)
+        async with _timeout()(timeout):
+            buf = await reader.read(65536)
+            while True:
+                if not buf:
+                    raise ConnectionResetError("connection closed by the server")
+                try:
+                    reply, end = _resp(buf, 0)
+                except _Incomplete:
+                    more = await reader.read(65536)
+                    if not more:
+                        raise ConnectionResetError("connection closed by the server") from None
+                    buf += more
+                    continue
+                if end != len(buf):
+                    raise ValueError("more than one reply")
+                break
+        if type(reply) is _ErrorReply:
+            raise conn._parser.parse_error(reply.text)
+        return reply
 
-    async def _send(self, packed: bytes) -> None:
-        conn = self.conn
-        writer = getattr(conn, "_writer", None)
-        if writer is not None and len(packed) < 65_536:
-            # (a short command goes out at once: nothing to drain; the reply's
-            # read is bounded by the socket timeout)
-            writer.write(packed)
-        else:
-            await conn.send_packed_command(packed, check_health=False)
+
+async def _drop(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        await conn.disconnect(nowait=True)
+
+
+@functools.cache
+def _timeout() -> Callable[[float], Any]:
+    """``asyncio.timeout`` (as redis-py takes it: ``async_timeout`` before 3.11.3)."""
+    if sys.version_info >= (3, 11) and sys.version_info >= (3, 11, 3):
+        return asyncio.timeout
+    from async_timeout import timeout  # type: ignore[import-not-found,unused-ignore]
+
+    return timeout  # type: ignore[no-any-return,unused-ignore]
 
 
 def _pack(call: _Call[Any], text: bool) -> bytes:
