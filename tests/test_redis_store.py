@@ -991,3 +991,23 @@ def test_a_reply_longer_than_one_read(store: RedisStore) -> None:
     status, state = store.admit(FP, "h", 1.0, 0.0, NOW, NOW + 60)
     assert status == 1 and state.balance is not None and state.balance.source == source
     assert store.read(FP, NOW).held == 1.0
+
+
+def test_a_settle_counts_budgets_only_where_one_script_may(redis_server: RedisServer) -> None:
+    from creditguard.stores import Spend
+
+    store = RedisStore(redis_server.url)
+    assert store.folds(FP, "*") and store.folds(FP, FP)  # one Redis: any key
+    day = Spend("day", 20_000, 20_000, None)
+    assert store.settle(FP, "h", 0.5, counts=[("*", day), (FP, day)]) == 2
+    assert store.window("*", day) == 0.5 and store.window(FP, day) == 0.5
+    assert store.settle(FP, "h", 0.5, counts=[("*", day)]) == 0  # once, with the settle
+    assert store.window("*", day) == 0.5
+    assert store.window("*", day, known=2.0) == 2.0  # a lost count put back
+    assert store.window("*", day) == 2.0
+    store.close()
+    cluster = RedisStore("redis+cluster://127.0.0.1:7000,127.0.0.1:7001/")
+    assert cluster.folds(FP, FP) and not cluster.folds(FP, "*")  # another slot
+    with pytest.raises(ValueError):
+        cluster.settle(FP, "h", 0.5, counts=[("*", day)])
+    cluster.close()

@@ -645,6 +645,62 @@ async def test_async_calls_on_a_real_cluster(redis_cluster: Any) -> None:
     other.close()
 
 
+def test_a_fixed_budget_inside_tightest_costs_no_round_trip_of_its_own(
+    redis_server: RedisServer,
+) -> None:
+    from creditguard.sources import FixedBudget, Tightest
+
+    raw = redis_lib().Redis.from_url(redis_server.url)
+    for per_credential in (False, True):
+        raw.flushall()
+        budget = FixedBudget(1e3, period="day", per_credential=per_credential)
+        source = Tightest(Source(1e6), budget)
+        g = guard(redis_server, source, estimate=0.001)
+        g.check("m", credential=KEY)
+        before = round_trips(raw)
+        for _ in range(100):
+            g.reserve("m", credential=KEY).settle(0.01)
+        assert round_trips(raw) - before <= 2 * 100 + 2  # (+ a heartbeat a second)
+        assert budget._counter.spent(KEY) == pytest.approx(1.0)  # counted all the same
+        g.close()
+    raw.close()
+
+
+def test_a_fixed_budget_inside_tightest_is_rebuilt_after_a_flush(
+    redis_server: RedisServer,
+) -> None:
+    from creditguard.sources import FixedBudget, Tightest
+
+    def make() -> BudgetGuard:
+        source = Tightest(Source(100.0), FixedBudget(1.0, period="day"))
+        return BudgetGuard(
+            source,
+            Policy(refuse_below=0.0),
+            ttl=0.2,
+            estimate=0.25,
+            store=f"{redis_server.url}?secret={SECRET}",
+        )
+
+    raw = redis_lib().Redis.from_url(redis_server.url)
+    a = make()
+    for _ in range(3):
+        a.reserve("m", credential=KEY).settle(0.25)
+    raw.flushall()  # the budget's count is gone with everything else
+    time.sleep(0.3)  # stale: the next check fetches every source again
+    d = a.check("m", credential=KEY, estimate=0)
+    assert d.balance is not None and d.balance.remaining == 0.25  # not a fresh 1.0
+    time.sleep(0.3)
+    b = make()  # another process: sees what a put back
+    d = b.check("m", credential=KEY, estimate=0)
+    assert d.balance is not None and d.balance.remaining == 0.25
+    a.reserve("m", credential=KEY).settle(0.25)
+    time.sleep(0.3)
+    assert b.reserve("m", credential=KEY).decision.action == "refuse"
+    a.close()
+    b.close()
+    raw.close()
+
+
 def test_cluster_urls_are_checked_and_never_show_the_password() -> None:
     from creditguard.stores import RedisStore
 

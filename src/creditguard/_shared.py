@@ -126,18 +126,38 @@ class _Owed:
 
 
 class _Counter:
-    """Counts a FixedBudget nested in Tightest in the shared store."""
+    """Counts a FixedBudget nested in Tightest in the shared store (its spend
+    goes there with each settle), and remembers the least spend of the
+    current window this process knows of: a Redis that lost the count
+    (flushed, restarted empty) gets it back at the next read of the window."""
 
     def __init__(self, ledger: SharedLedger, budget: FixedBudget) -> None:
         self._ledger = ledger
         self._budget = budget
+        self._known: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def key(self, credential: str | None) -> str:
         return self._ledger._fingerprint_of(credential) if self._budget.per_credential else "*"
 
     def _p_spent(self, credential: str | None) -> Program[float]:
-        spent: float = yield _Op("window", self.key(credential), self._budget.spend_window())
+        key = self.key(credential)
+        window = self._budget.spend_window()
+        with self._ledger._lock:
+            known = self._known.get(key)
+        least = known[1] if known is not None and known[0] == window.bucket else None
+        spent: float = yield _Op("window", key, window, least)
+        self.learn(key, window, spent, 0.0)
         return spent
+
+    def learn(self, key: str, window: Spend, spent: float | None, cost: float) -> None:
+        """The window spent ``spent`` at least (None: what was known), plus ``cost``."""
+        with self._ledger._lock:
+            known = self._known.get(key)
+            least = known[1] if known is not None and known[0] == window.bucket else 0.0
+            self._known[key] = (window.bucket, max(least, spent or 0.0) + cost)
+            self._known.move_to_end(key)
+            if len(self._known) > self._ledger._maxsize:
+                self._known.popitem(last=False)
 
     def spent(self, credential: str | None) -> float:
         return self._ledger._drive(self._p_spent(credential))
@@ -163,8 +183,9 @@ class SharedLedger(Ledger):
         self._nested: list[FixedBudget] = [
             s for s in getattr(source, "sources", ()) if isinstance(s, FixedBudget)
         ]
-        for budget in self._nested:
-            budget.bind(_Counter(self, budget))
+        self._counters = [_Counter(self, budget) for budget in self._nested]
+        for budget, counter in zip(self._nested, self._counters, strict=True):
+            budget.bind(counter)
         self._down_until = 0.0
         self._outage = False
         self._seen: OrderedDict[str, SharedState] = OrderedDict()  # last shared state per key
@@ -363,8 +384,9 @@ class SharedLedger(Ledger):
             for item in owed:
                 item.sent = True
         for item in owed:
-            yield _Op("settle", item.key, item.op_id, item.cost, None, item.spend)
-            yield from self._p_count(item.credential, item.op_id, item.cost, item.windows)
+            yield from self._p_settle(
+                item.key, item.op_id, item.cost, item.spend, False, item.credential, item.windows
+            )
             with self._lock, contextlib.suppress(ValueError):  # (another flush sent it too)
                 self._owed.remove(item)
             log.info("wrote back %g spent while the shared store was down", item.cost)
@@ -398,15 +420,25 @@ class SharedLedger(Ledger):
     def _windows(self) -> tuple[Spend, ...]:
         return tuple(budget.spend_window() for budget in self._nested)
 
-    def _p_count(
-        self, credential: str | None, op_id: str, cost: float, windows: tuple[Spend, ...]
-    ) -> Program[None]:
-        """Count ``cost`` in each nested budget's window (once per id)."""
-        if not cost:
-            return
-        for budget, window in zip(self._nested, windows, strict=True):
-            key = self._fingerprint_of(credential) if budget.per_credential else "*"
-            yield _Op("count", key, window, cost, op_id)
+    def _counts(
+        self, key: str, credential: str | None, cost: float, windows: tuple[Spend, ...]
+    ) -> tuple[list[tuple[str, Spend]], list[tuple[str, Spend]]]:
+        """Where the nested budgets count ``cost``: (store key, window) pairs
+        the settle under ``key`` counts too (one script: never a round trip
+        of their own), and the others (another slot of a cluster: a ``count``
+        each)."""
+        if not cost or not windows:
+            return [], []
+        folds = getattr(self.store, "folds", None)
+        with_settle: list[tuple[str, Spend]] = []
+        apart: list[tuple[str, Spend]] = []
+        for counter, window in zip(self._counters, windows, strict=True):
+            other = counter.key(credential)
+            if folds is not None and folds(key, other):
+                with_settle.append((other, window))
+            else:
+                apart.append((other, window))
+        return with_settle, apart
 
     def _orphan(self, key: str, token: str) -> None:
         with self._lock:
@@ -844,12 +876,20 @@ class SharedLedger(Ledger):
         credential: str | None,
         windows: tuple[Spend, ...],
     ) -> Program[int]:
-        status: int = yield _Op("settle", key, op_id, cost, None, spend)
+        with_settle, apart = self._counts(key, credential, cost, windows)
+        if with_settle:
+            status: int = yield _Op("settle", key, op_id, cost, None, spend, with_settle)
+        else:
+            status = yield _Op("settle", key, op_id, cost, None, spend)
         if status == 2 and hold and self._budget is not None:
             # the hold had vanished: Redis lost data (flushed, restarted empty);
             # put back the budget's spend this process knows of, right away
             yield from self._p_recount(key)
-        yield from self._p_count(credential, op_id, cost, windows)
+        for other, window in apart:  # (once per id, as the settle)
+            yield _Op("count", other, window, cost, op_id)
+        if with_settle or apart:
+            for counter, window in zip(self._counters, windows, strict=True):
+                counter.learn(counter.key(credential), window, None, cost)
         return status
 
     def _p_recount(self, key: str) -> Program[None]:

@@ -585,9 +585,12 @@ class RedisStore:
         ]
         return _Call("count", "count", keys, args, _flag)
 
-    def _c_window(self, key: str, spend: Spend) -> _Call[float]:
+    def _c_window(self, key: str, spend: Spend, known: float | None) -> _Call[float]:
         keys = (self._spend_key(key, spend),)
         args: list[str | int] = [spend.low, spend.bucket]
+        if known is not None:
+            keep = "" if spend.keep is None else _ms(spend.keep)
+            args += [_micro(check_cost(known)), spend.bucket, keep]
         return _Call("window", "window", keys, args, lambda reply: int(reply) / _MICRO)
 
     def _c_set_remaining(
@@ -607,17 +610,34 @@ class RedisStore:
         return _Call("set_remaining", "set_remaining", (f"{self._base(key)}:snap",), args, _nothing)
 
     def _c_settle(
-        self, key: str, hold_id: str, cost: float, now: float | None, spend: Spend | None
+        self,
+        key: str,
+        hold_id: str,
+        cost: float,
+        now: float | None,
+        spend: Spend | None,
+        counts: Sequence[tuple[str, Spend]] = (),
     ) -> _Call[int]:
         if type(cost) is not float or not 0.0 <= cost < math.inf:
             cost = check_cost(cost)
         when = _time(time.time() if now is None else now)
         keys, window = self._done_keys(key, float(when))
         args: list[str | int] = [_hold_id(hold_id), _micro(cost), when, window]
-        if spend is not None:
-            keys = (*keys, self._spend_key(key, spend))
-            args += [spend.bucket, "" if spend.keep is None else _ms(spend.keep)]
+        if spend is not None or counts:
+            spends = [] if spend is None else [(key, spend)]
+            spends += counts
+            for other, budget in spends:
+                if not self.folds(key, other):
+                    raise ValueError("a spend counted with a settle is in another slot")
+                keys = (*keys, self._spend_key(other, budget))
+                args += [budget.bucket, "" if budget.keep is None else _ms(budget.keep)]
         return _Call("settle", "settle", keys, args, _status)
+
+    def folds(self, key: str, other: str) -> bool:
+        """True when one script may count spend under ``other`` while it
+        settles under ``key`` (``settle(counts=...)``): always on one Redis;
+        on a cluster, only under the same key (one slot)."""
+        return not self._cluster or other == key
 
     def _c_release(self, key: str, hold_id: str) -> _Call[bool]:
         when = _time(time.time())
@@ -709,15 +729,16 @@ class RedisStore:
         """Count ``cost`` in the budget window ``spend`` of ``key``, once per ``op_id``."""
         return self._run(self._c_count(key, spend, cost, op_id))
 
-    def window(self, key: str, spend: Spend) -> float:
-        """What the budget window ``spend`` of ``key`` has spent."""
-        return self._run(self._c_window(key, spend))
+    def window(self, key: str, spend: Spend, known: float | None = None) -> float:
+        """What the budget window ``spend`` of ``key`` has spent (raised to
+        ``known`` first when the store lost part of it)."""
+        return self._run(self._c_window(key, spend, known))
 
     async def acount(self, key: str, spend: Spend, cost: float, op_id: str) -> bool:
         return await self._arun(self._c_count(key, spend, cost, op_id))
 
-    async def awindow(self, key: str, spend: Spend) -> float:
-        return await self._arun(self._c_window(key, spend))
+    async def awindow(self, key: str, spend: Spend, known: float | None = None) -> float:
+        return await self._arun(self._c_window(key, spend, known))
 
     def settle(
         self,
@@ -726,8 +747,11 @@ class RedisStore:
         cost: float,
         now: float | None = None,
         spend: Spend | None = None,
+        counts: Sequence[tuple[str, Spend]] = (),
     ) -> int:
-        return self._run(self._c_settle(key, hold_id, cost, now, spend))
+        """:meth:`Store.settle`; ``counts``: also count the cost in these
+        budget windows (key, window), where :meth:`folds` allows it."""
+        return self._run(self._c_settle(key, hold_id, cost, now, spend, counts))
 
     def release(self, key: str, hold_id: str) -> bool:
         return self._run(self._c_release(key, hold_id))
@@ -800,8 +824,9 @@ class RedisStore:
         cost: float,
         now: float | None = None,
         spend: Spend | None = None,
+        counts: Sequence[tuple[str, Spend]] = (),
     ) -> int:
-        return await self._arun(self._c_settle(key, hold_id, cost, now, spend))
+        return await self._arun(self._c_settle(key, hold_id, cost, now, spend, counts))
 
     async def arelease(self, key: str, hold_id: str) -> bool:
         return await self._arun(self._c_release(key, hold_id))

@@ -1,7 +1,7 @@
 -- Charge a call's real cost and drop its hold, once per id.
--- KEYS: snap, holds, late, done (this window's), done (the window before), [spend]
+-- KEYS: snap, holds, late, done (this window's), done (the window before), spend...
 -- ARGV: id, cost (micro), now (epoch s), window (floor(now / DONE_FOR)),
---       [spend field, spend keep_ms ('' = no expiry)]
+--       then for each spend key: its field, its keep_ms ('' = no expiry)
 -- Returns 1 when the hold was there, 2 when it was not (the cost is charged
 -- all the same: the hold vanished with a flushed or restarted Redis, or the id
 -- is a debit of its own), 0 when this id was settled already (nothing charged).
@@ -10,8 +10,9 @@
 -- at the end of the next one), so that a repeated settle, e.g. one written
 -- back after a timeout that had in fact been applied, charges nothing for at
 -- least DONE_FOR seconds. `holds` keeps in '~' the window whose set has its
--- expiry already. A hold that expired unsettled is found in `late`. `spend`
--- (hash: window bucket -> micro) counts a local budget's spend.
+-- expiry already. A hold that expired unsettled is found in `late`. Each
+-- `spend` (hash: window bucket -> micro) counts a budget's spend (a FixedBudget
+-- the guard keeps, and those inside Tightest): counted once, with the settle.
 
 local holds, id = KEYS[2], ARGV[1]
 local found = redis.call('HMGET', holds, id, '~')
@@ -42,10 +43,11 @@ if ARGV[2] ~= '0' then
             redis.call('PTTL', KEYS[1]) == -1 then
         redis.call('PEXPIRE', KEYS[1], ORPHAN_MS)
     end
-    if KEYS[6] then
-        redis.call('HINCRBY', KEYS[6], ARGV[5], ARGV[2])
-        if ARGV[6] ~= '' then
-            redis.call('PEXPIRE', KEYS[6], ARGV[6])
+    for i = 6, #KEYS do
+        local field, keep = ARGV[2 * i - 7], ARGV[2 * i - 6]
+        redis.call('HINCRBY', KEYS[i], field, ARGV[2])
+        if keep ~= '' then
+            redis.call('PEXPIRE', KEYS[i], keep)
         end
     end
 end
