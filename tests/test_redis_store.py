@@ -903,7 +903,7 @@ def test_threads_beyond_the_lines_go_through_the_pool(store: RedisStore) -> None
     assert not errors
     state = store.read(FP, NOW)
     assert state.debits == 16 * 40 * 0.25 and state.held == 0.0
-    assert store._lines is not None and len(store._lines.lines) <= 8
+    assert store._lines is not None and len(store._lines.lines) <= 4
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")

@@ -898,7 +898,7 @@ async def _aclose(client: Any, lines: _Lines[_ALine] | None) -> None:
 
 L = TypeVar("L", "_Line", "_ALine")
 
-_LINES = 8
+_LINES = 4
 """Lines per client at most: callers beyond (threads, tasks) go through the
 client's pool."""
 
@@ -1106,22 +1106,31 @@ class _ALine:
             await conn.connect()
         reader = conn._reader
         conn._writer.write(packed)  # (sent at once, or buffered by the transport)
-        async with _timeout()(timeout):
-            buf = await reader.read(65536)
-            while True:
-                if not buf:
-                    raise ConnectionResetError("connection closed by the server")
-                try:
-                    reply, end = _resp(buf, 0)
-                except _Incomplete:
+        buf = b""
+        try:
+            async with _timeout()(timeout):
+                while True:
                     more = await reader.read(65536)
                     if not more:
-                        raise ConnectionResetError("connection closed by the server") from None
+                        raise ConnectionResetError("connection closed by the server")
                     buf += more
-                    continue
-                if end != len(buf):
-                    raise ValueError("more than one reply")
-                break
+                    try:
+                        reply, end = _resp(buf, 0)
+                    except _Incomplete:
+                        continue
+                    break
+        except (TimeoutError, asyncio.TimeoutError) as timed_out:
+            # The reply may have come in time, while the loop was busy elsewhere
+            # (a long garbage collection): the timer and the data then wake this
+            # task together, and the timer wins. Then the reply stands.
+            buf += bytes(reader._buffer)
+            try:
+                reply, end = _resp(buf, 0)
+            except (_Incomplete, ValueError):
+                raise timed_out from None
+            reader._buffer.clear()
+        if end != len(buf):
+            raise ValueError("more than one reply")
         if type(reply) is _ErrorReply:
             raise conn._parser.parse_error(reply.text)
         return reply
