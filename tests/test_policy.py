@@ -303,3 +303,21 @@ def test_the_early_allow_never_changes_the_answer(
         want = "allow"
     assert decision.action == want
     assert decision.reason.startswith(f"{headroom:.6g} USD left after this call")
+
+
+def test_decision_built_fast_is_a_whole_immutable_decision() -> None:
+    # (decide() fills a Decision on its slotted base, then makes it a Decision)
+    from creditguard.policy import Decision
+
+    made = decide(Balance(remaining=10.0, unit="USD"), Policy(warn_below=1.0), "m", 0.5)
+    assert type(made) is Decision and made.action == "allow" and made.available == 10.0
+    assert (made.max_tokens, made.runway) == (None, None)
+    with pytest.raises(AttributeError):
+        made.action = "refuse"  # type: ignore[misc]
+
+    class Labelled(Decision):
+        __slots__ = ()
+
+    sub = Labelled("warn", "m", None, "why", max_tokens=5)
+    assert type(sub) is Labelled and sub.max_tokens == 5
+    assert sub == Decision("warn", "m", None, "why", max_tokens=5)

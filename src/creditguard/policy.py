@@ -433,8 +433,8 @@ class Decision(_DecisionSlots):
             _set_runway(decision, runway)
         if estimate is not None:
             _set_estimate(decision, estimate)  # what to hold, when not the call's own estimate
-        if cls is not Decision:
-            decision.__class__ = cls
+        if cls is not Decision:  # (a subclass: Decision's own __setattr__ refuses)
+            object.__setattr__(decision, "__class__", cls)
         return decision
 
     @property
