@@ -307,11 +307,17 @@ def usage_from_body(body: bytes) -> object:
     if at < 0:
         return None
     text = body[at + 7 :].decode("utf-8", "replace")
-    idx = _ws(text, 0)
-    if not text.startswith(":", idx):
-        return None
+    if text.startswith(":"):  # (compact JSON: no whitespace to skip, no call)
+        idx = 1
+    else:
+        idx = _ws(text, 0)
+        if not text.startswith(":", idx):
+            return None
+        idx += 1
+    if text[idx : idx + 1] in _WS_SET:
+        idx = _ws(text, idx)
     try:
-        usage, _ = _SCAN(text, _ws(text, idx + 1))
+        usage, _ = _SCAN(text, idx)
     except (StopIteration, ValueError, RecursionError):
         return None
     return usage if type(usage) is dict else None

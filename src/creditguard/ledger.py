@@ -105,20 +105,6 @@ class _Entry:
         self.resets_at: float | None = None  # when a provider's refusal said it ends
         self.view = snapshot
 
-    def debit(self, cost: float) -> None:
-        """``cost`` more spent locally (the hot path of a settle: one new view)."""
-        self.debits += cost
-        snapshot = self.snapshot
-        if self.exhausted or snapshot.remaining == math.inf:
-            self.update()
-            return
-        used = snapshot.used
-        debits = self.debits
-        # (used and debits are never negative: no max() needed)
-        self.view = snapshot._derived(
-            snapshot.remaining - debits, None if used is None else used + debits
-        )
-
     def update(self) -> None:
         view = self.snapshot.debited(self.debits)
         if self.exhausted and view.remaining > 0:
@@ -756,8 +742,18 @@ class Ledger:
         if not cost:
             return
         entry = self._cache.get(key)  # (an entry too old to serve: debited all the same)
-        if entry is not None:
-            entry.debit(cost)
+        if entry is not None:  # cost more spent locally (the hot path: one new view)
+            entry.debits += cost
+            snapshot = entry.snapshot
+            if entry.exhausted or snapshot.remaining == _INF:
+                entry.update()
+            else:
+                used = snapshot.used
+                debits = entry.debits
+                # (used and debits are never negative: no max() needed)
+                entry.view = snapshot._derived(
+                    snapshot.remaining - debits, None if used is None else used + debits
+                )
         burn = self.burn
         if burn is not None:  # the recent burn rate learns it too
             now = self._timer()

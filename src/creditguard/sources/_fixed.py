@@ -230,6 +230,16 @@ class FixedBudget:
             return  # the shared store counts it (the ledger sends it there)
         bucket_key = self._fingerprint(credential) if self.per_credential else _ALL
         with self._lock:
+            if self.period is None:  # one window for ever: its counts once made
+                counts = self._spent.get(bucket_key)
+                if counts is not None and self._low == 0:
+                    spent = counts.get(0, 0.0) + cost
+                    if not math.isfinite(spent):
+                        raise ValueError("recorded spend would overflow")
+                    counts[0] = spent
+                    if self.per_credential:
+                        self._spent.move_to_end(bucket_key)
+                    return
             window = self.spend_window()
             counts = self._counts(bucket_key, window)
             spent = counts.get(window.bucket, 0.0) + cost
