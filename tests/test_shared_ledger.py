@@ -758,3 +758,51 @@ def test_a_fixed_budget_inside_tightest_is_counted_in_the_store(
     assert d.balance is not None and d.balance.remaining == 1.0
     a.close()
     b.close()
+
+
+def test_holds_whose_admit_or_release_reply_was_lost_are_released(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A script that ran in Redis but whose reply never came back (a timeout)
+    # may have taken a hold (admit) or left one in place (release). Either is
+    # released once the store answers again: before this process reads what
+    # is held, at close, or at its next admit; not left to count against
+    # every process until it expires.
+    from creditguard.stores import StoreError
+
+    source = Source()
+    a, b = guard(redis_server, source), guard(redis_server, source)
+    a.check(credential=KEY)  # the shared snapshot is fresh: admits take the fused path
+    store: Any = a.ledger.store  # type: ignore[attr-defined]
+
+    def lose_the_reply(real: Any) -> Any:
+        def op(*args: Any) -> Any:
+            real(*args)
+            raise StoreError("timeout reading the reply (simulated)")
+
+        return op
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "admit", lose_the_reply(store.admit))
+        r = a.reserve("m", credential=KEY)
+    assert r.decision.allowed  # judged locally meanwhile
+    assert b.ledger.reserved(KEY) == 0.25  # the orphan, seen by another process
+    time.sleep(1.05)  # the store is left alone for a second after a failure
+    a.ledger.reserved(KEY)
+    assert b.ledger.reserved(KEY) == 0.0
+    r.release()
+
+    held = a.reserve("m", credential=KEY)
+    assert b.ledger.reserved(KEY) == 0.25
+
+    def never_arrives(*args: Any) -> Any:
+        raise StoreError("timeout writing the command (simulated)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "release", never_arrives)
+        held.release()
+    assert b.ledger.reserved(KEY) == 0.25  # still held in Redis
+    time.sleep(1.05)
+    a.close()  # a release that may not have happened is made again
+    assert b.ledger.reserved(KEY) == 0.0
+    b.close()

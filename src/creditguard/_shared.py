@@ -250,8 +250,9 @@ class SharedLedger(Ledger):
 
     def _lost(self, op: _Op) -> None:
         """``op`` failed, but may have been applied (a timeout): a hold it may
-        have taken is released once the store answers again."""
-        if op.name == "admit" and op.args[2]:
+        have taken, or failed to release, is released once the store answers
+        again (not left to count against everyone until it expires)."""
+        if (op.name == "admit" and op.args[2]) or op.name == "release":
             self._orphan(op.args[0], op.args[1])
 
     def _fetch_leased(self, step: _Fetch) -> Balance | CreditSourceError:
@@ -366,17 +367,23 @@ class SharedLedger(Ledger):
 
     def _p_upkeep(self) -> Program[None]:
         """Write back what is owed, and say this worker is alive (once a second)."""
-        if self._owed:
-            yield from self._p_flush()
-        if self._orphans:  # holds that timed out being taken, and may have been taken
-            with self._lock:
-                orphans, self._orphans = self._orphans, []
-            for key, token in orphans:
-                yield _Op("release", key, token)
+        yield from self._p_tidy()
         now = time.monotonic()
         if now >= self._beat_due:
             self._beat_due = now + _HEARTBEAT
             self.workers = yield _Op("heartbeat", self._worker, time.time(), _ALIVE_FOR)
+
+    def _p_tidy(self) -> Program[None]:
+        """Write back what is owed, and release the holds that timed out being
+        taken (and may have been taken: the call was judged locally instead)."""
+        if self._owed:
+            yield from self._p_flush()
+        while self._orphans:  # one at a time: a failure puts its own back (_lost)
+            with self._lock:
+                if not self._orphans:
+                    break
+                key, token = self._orphans.pop(0)
+            yield _Op("release", key, token)
 
     def _p_flush(self) -> Program[None]:
         with self._lock:
@@ -970,7 +977,7 @@ class SharedLedger(Ledger):
             self._adjust(hold.key, held=-hold.amount)
         program = self._p_op(_Op("release", hold.key, hold.token))
         if _on_loop():
-            self._later(program)  # a release that fails: the hold expires by itself
+            self._later(program)  # (one that fails is released when the store answers)
             return True
         try:
             self._drive(program)
@@ -986,6 +993,8 @@ class SharedLedger(Ledger):
         key = self.key(credential)
         if self._usable():  # (a sync read, as asked: guarded calls never come here)
             try:
+                if self._owed or self._orphans:  # (what this process owes the store counts)
+                    self._drive(self._p_tidy())
                 return self.store.read(key, time.time()).held
             except StoreError as exc:
                 self._failed(exc)
@@ -1051,9 +1060,9 @@ class SharedLedger(Ledger):
 
     def _flush_now(self) -> None:
         """Write back what is owed now, if the store answers (blocking)."""
-        if self._owed and self._usable():
+        if (self._owed or self._orphans) and self._usable():
             try:
-                self._drive(self._p_flush())
+                self._drive(self._p_tidy())
             except StoreError as exc:
                 self._failed(exc)
         if self._owed:
@@ -1074,9 +1083,9 @@ class SharedLedger(Ledger):
         pending = [task for task in self._background if not task.done()]
         if pending:
             await asyncio.wait(pending, timeout=5.0)
-        if self._owed and self._usable():
+        if (self._owed or self._orphans) and self._usable():
             try:
-                await self._adrive(self._p_flush())
+                await self._adrive(self._p_tidy())
             except StoreError as exc:
                 self._failed(exc)
         aclose = getattr(self.store, "aclose", None)
