@@ -806,3 +806,40 @@ def test_holds_whose_admit_or_release_reply_was_lost_are_released(
     a.close()  # a release that may not have happened is made again
     assert b.ledger.reserved(KEY) == 0.0
     b.close()
+
+
+def test_max_rate_binds_on_the_shared_fast_path(redis_server: RedisServer) -> None:
+    # (the fused read+hold path of a shared store judged on the balance alone:
+    # max_rate and warn_runway never bound there, and decisions had no runway)
+    from creditguard import CreditsExhausted
+
+    class Clock:
+        now = time.monotonic()
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    g = guard(
+        redis_server,
+        Source(1000.0),
+        policy=Policy(max_rate="6/hour"),
+        estimate=0.1,
+        timer=clock,
+        metrics=False,
+    )
+    g.check()  # a fresh shared snapshot: calls take the fused path
+
+    @g
+    def ask(model: str = "m") -> dict[str, Any]:
+        return {"usage": {"cost": 0.1}}
+
+    calls = 0
+    with pytest.raises(CreditsExhausted) as info:
+        for _ in range(200):
+            ask()
+            calls += 1
+            clock.now += 0.5
+    assert "max_rate" in info.value.decision.reason
+    assert 14 <= calls <= 16  # 6/hour over 15 minutes: 1.5 credits of 0.1 calls
+    g.close()

@@ -594,7 +594,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             est = estimator.requested(model)
         decision, held = fast(
             model, credential, est, None, None, True, estimator=estimator
-        ) or hold(model, credential, est, estimator=estimator)
+        ) or hold(model, credential, est, estimator=estimator, fast=False)
         if decision.action != "allow":
             args, kwargs = g.apply(decision, instance, args, kwargs)
         if decision._estimate is not None:

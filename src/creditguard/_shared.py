@@ -49,6 +49,7 @@ from .balance import Balance, check_cost
 from .errors import CreditSourceError
 from .ledger import Hold, Ledger, Lookup, _Entry, _how
 from .policy import Decision, Policy, decide
+from .runway import attach
 from .sources._fixed import FixedBudget
 from .stores import StoreError
 
@@ -793,7 +794,7 @@ class SharedLedger(Ledger):
             return None
 
         def judge(balance: Balance | None, reserved: float) -> Decision:
-            return decide(
+            decision = decide(
                 balance,
                 policy,
                 model,
@@ -802,6 +803,10 @@ class SharedLedger(Ledger):
                 can_rewrite=can_rewrite,
                 estimator=estimator,
             )
+            burn = self.burn  # the burn rate's say (max_rate, warn_runway) and the runway
+            if burn is None or not (policy._steers or key in burn.rates):
+                return decision
+            return attach(decision, policy, burn, key, amount, self._timer(), can_rewrite)
 
         floor = self._floor(seen.balance, policy.refuse_floor)
         if not policy.enforce:

@@ -42,7 +42,7 @@ from ._body import (
 )
 from ._protect import unbilled
 from .costs import MAX_COST, Price, cost_from_usage, merge_usage
-from .policy import Decision, Estimate
+from .policy import Decision, Estimate, Policy
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
@@ -232,7 +232,7 @@ class Plan:
         est = book.estimate(model, self.prompt_tokens, self.max_tokens, guard.estimate)
         if (
             est.per_token == 0.0
-            and guard.policy.unknown_price == "refuse"
+            and guard._policy(self.credential).unknown_price == "refuse"
             and book
             and book.price(model) is None
         ):
@@ -469,7 +469,7 @@ class Core:
             if 0 < len(digits) <= 15 and digits.isascii() and digits.isdigit():
                 plan.limit, plan.limit_field = int(digits), "max_tokens"
                 plan.limit_span = (at + 14, size - 1)
-                plan.clamp = self.guard.policy.clamp_max_tokens
+                plan.clamp = self._policy(plan).clamp_max_tokens
                 return
         # each field is looked for from the end, as the model was (the sampling
         # options follow the messages, which are never decoded; a field the body
@@ -482,9 +482,13 @@ class Core:
             if hit is not None and (n := _whole(hit[0])) is not None:
                 plan.limit, plan.limit_field, plan.limit_span = n, name, hit[1]
                 break
-        plan.clamp = self.guard.policy.clamp_max_tokens and (
+        plan.clamp = self._policy(plan).clamp_max_tokens and (
             plan.limit_field is not None or plan.path.endswith("/chat/completions")
         )
+
+    def _policy(self, plan: Plan) -> Policy:
+        guard = self.guard  # (the guard's own policy unless a route has one)
+        return guard.policy if guard._policy_for is None else guard._policy(plan.credential)
 
     def _limit_span(self, plan: Plan, text: str) -> tuple[int, int] | None:
         """Where the body's output limit sits (for a clamp): read exactly."""
@@ -509,17 +513,15 @@ class Core:
         self.guard.prices.ensure()
         plan.pending = False
         self._estimate(plan, plan.stablecog)
-        plan.pending = False
 
     async def aload_prices(self, plan: Plan) -> None:
         """:meth:`load_prices` without blocking the event loop."""
         await self.guard.prices.aensure()
         plan.pending = False
         self._estimate(plan, plan.stablecog)
-        plan.pending = False
 
     def _unknown_price(self, plan: Plan) -> None:
-        rule = self.guard.policy.unknown_price
+        rule = self.guard._policy(plan.credential).unknown_price
         model = plan.model or "(no model)"
         if rule == "refuse":
             plan.refuse = f"no known price for model {model!r} and unknown_price=refuse"
@@ -751,10 +753,7 @@ class Core:
             # the usual answer: a JSON body whose usage settles the call
             loaded = getattr(response, "_content", None)  # a body already in memory (mocks)
             if isinstance(loaded, bytes):
-                usage = usage_from_body(loaded)
-                if usage is not None and self.guard.events.usage is not None:
-                    self.guard.events.usage(plan.key, plan.model, usage)
-                self.charge(plan, hold, cost_from_usage(usage, plan.price))
+                self._settle_body(plan, hold, loaded, True)
                 return response
             tap = BodyTap(functools.partial(self._settle_body, plan, hold), _encoding(encoding))
             response.stream = self.lib.observed(response.stream, tap, self.guard.ledger)
@@ -1167,6 +1166,7 @@ class SyncShell:
                 refuse_reason=plan.refuse,
                 can_rewrite=plan.can_rewrite,
                 estimator=estimator,
+                fast=False,
             )
         out = core.act(request, plan, decision)
         if decision.action == "refuse" and decision.enforced:

@@ -402,9 +402,7 @@ class BudgetGuard:
         if lookup.error is not None:
             unavailable = f"no usable balance ({lookup.error})"
         stale = lookup.stale
-        policy = self.policy
-        if self._policy_for is not None:
-            policy = self._policy_for(credential) or policy
+        policy = self._policy(credential)
 
         store_down = None
         if lookup.store_down:
@@ -495,11 +493,18 @@ class BudgetGuard:
             judge,
             estimate,
             reserve=hold and self._reserve,
-            floor_of=self.policy.refuse_floor,
+            floor_of=self._policy(credential).refuse_floor,
         )
         if report:
             self._report(decision, lookup.fingerprint)
         return decision, held
+
+    def _policy(self, credential: str | None) -> Policy:
+        """The policy that judges ``credential``'s calls: its own (``ByHost``
+        routes give each host one), else the guard's."""
+        if self._policy_for is not None:
+            return self._policy_for(credential) or self.policy
+        return self.policy
 
     def _report(self, decision: Decision, key: str) -> None:
         """Send a decision to its subscribers: logging, callbacks, alerts, metrics."""
@@ -626,9 +631,7 @@ class BudgetGuard:
             ledger.drain()
         if key is None:
             key = ledger.key(credential)
-        policy = self.policy
-        if self._policy_for is not None:
-            policy = self._policy_for(credential) or policy
+        policy = self.policy if self._policy_for is None else self._policy(credential)
         fast = ledger.admit_fresh(
             key,
             credential,
@@ -661,16 +664,19 @@ class BudgetGuard:
         refuse_reason: str | None = None,
         can_rewrite: bool | Callable[[], bool] = True,
         estimator: Estimator | None = None,
+        fast: bool = True,
     ) -> tuple[Decision, Hold | None]:
         """Decide and hold ``estimate`` for a call about to go out (``key``: the
         credential's fingerprint, when the caller has it already). ``estimator``
         gives downgrade targets their own estimates (a downgrade holds its
-        target's: ``decision.held(estimate)``)."""
-        decided = self._fast(
-            model, credential, estimate, key, refuse_reason, can_rewrite, estimator=estimator
-        )
-        if decided is not None:
-            return decided
+        target's: ``decision.held(estimate)``). Hot callers try :meth:`_fast`
+        first and pass ``fast=False`` when it had no fresh balance."""
+        if fast:
+            decided = self._fast(
+                model, credential, estimate, key, refuse_reason, can_rewrite, estimator=estimator
+            )
+            if decided is not None:
+                return decided
         lookup = self.ledger.get(credential, key)
         return self._admit(
             lookup,
@@ -728,7 +734,7 @@ class BudgetGuard:
             credential,
             first.model,
             estimate,
-            self.policy,
+            self._policy(credential),
             reserve=self._reserve,
             can_rewrite=False,
         )
@@ -746,7 +752,7 @@ class BudgetGuard:
             credential,
             first.model,
             estimate,
-            self.policy,
+            self._policy(credential),
             reserve=self._reserve,
             can_rewrite=False,
         )
@@ -769,7 +775,7 @@ class BudgetGuard:
             f"an SDK retry would cross the refuse floor: {now.reason}",
             first.requested_model,
             now.stale,
-            self.policy.enforce,
+            now.enforced,  # (the credential's own policy decided ``now``)
         )
         self._report(refused, key or "")
         return refused, hold  # (None, unless shadow mode holds a refused call that goes out)

@@ -36,6 +36,7 @@ import httpx
 from .costs import Price, Pricing
 from .errors import ConfigError
 from .policy import Estimate
+from .sources._http import _Borrowed, _BorrowedSync
 
 __all__ = [
     "DEFAULT_OPENROUTER_URL",
@@ -334,32 +335,6 @@ class OpenRouterPrices:
             else httpx.Client(timeout=self.timeout)
         ) as client:
             self._apply(self._read(client.send(self._request())))
-
-
-class _BorrowedSync(httpx.BaseTransport):
-    """A transport lent to a short-lived Client, which must not close it."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self._inner = inner
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        return self._inner.handle_request(request)
-
-    def close(self) -> None:
-        pass
-
-
-class _Borrowed(httpx.AsyncBaseTransport):
-    """A transport lent to a short-lived AsyncClient, which must not close it."""
-
-    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
-        self._inner = inner
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        pass
 
 
 def _openrouter_source(source: object, depth: int = 0) -> Any:

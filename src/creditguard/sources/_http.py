@@ -395,6 +395,19 @@ _timeout_cm: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
 # -- the sources --------------------------------------------------------------
 
 
+class _BorrowedSync(httpx.BaseTransport):
+    """A transport lent to a short-lived Client, which must not close it."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        pass
+
+
 class _Borrowed(httpx.AsyncBaseTransport):
     """A transport lent to a short-lived AsyncClient, which must not close it."""
 
