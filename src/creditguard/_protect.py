@@ -147,11 +147,24 @@ _UNSENT = frozenset(
 )
 
 
+def _retried(exc: BaseException) -> bool:
+    """Was the request behind ``exc``'s response an SDK's retry (Stainless SDKs
+    number their attempts in ``x-stainless-retry-count``)?"""
+    request = getattr(getattr(exc, "response", None), "request", None)
+    headers = getattr(request, "headers", None)
+    try:
+        attempt = headers.get("x-stainless-retry-count") if headers is not None else None
+    except Exception:  # (a response without its request, or odd headers: not known)
+        return False
+    return isinstance(attempt, str) and attempt.strip() not in ("", "0")
+
+
 def unbilled(exc: BaseException) -> bool:
     """Does ``exc`` (or what explicitly caused it) show that the call it ended was not
     billed? Yes when nothing was sent (a connect error, a pool timeout, a
     refusal of creditguard's own) or the provider answered with an error
-    status (an SDK's status error, ``httpx.HTTPStatusError``). Anything else
+    status (an SDK's status error, ``httpx.HTTPStatusError``) to a first
+    attempt (a retry's error says nothing of the attempts before). Anything else
     (a timeout, a cancellation, a dropped connection, an error in the caller's
     own code after the call) may have been billed."""
     seen: BaseException | None = exc
@@ -164,7 +177,9 @@ def unbilled(exc: BaseException) -> bool:
         if status is None:
             status = getattr(getattr(seen, "response", None), "status_code", None)
         if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
-            return True
+            # an SDK's last attempt answered with an error, but an earlier one
+            # (a timeout the SDK retried) may have been billed
+            return not _retried(seen)
         # Only explicit causes (``raise ... from``, as SDKs and httpx wrap
         # their errors) are followed: an implicit context is whatever was being
         # handled, e.g. a connect error a fallback call recovered from before

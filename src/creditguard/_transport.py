@@ -1000,6 +1000,9 @@ class SSETap:
         if isinstance(message, dict):
             merge_usage(self.usage, message.get("usage"))
         merge_usage(self.usage, event.get("usage"))
+        response = event.get("response")  # Responses API: response.completed carries it
+        if isinstance(response, dict):
+            merge_usage(self.usage, response.get("usage"))
 
     def end(self, complete: bool) -> None:
         if self._buffer.startswith(b"data:"):
@@ -1018,6 +1021,11 @@ class SSETap:
             passed = plan.price.of(prompt, self.chars / 4)
             if passed <= MAX_COST:
                 cost = passed if complete or self.finished else max(passed, plan.estimate)
+        elif cost is not None and not (complete or self.finished):
+            # cut short after a usage report that may be partial (Anthropic's
+            # message_start reports input tokens and 1 output token): the
+            # provider may have generated more, so at least the estimate
+            cost = max(cost, plan.estimate)
         # Cut short without a usage report and no price: the estimate (never free).
         self._core.charge(plan, self._hold, cost)
 

@@ -1,0 +1,80 @@
+"""What a streamed call is charged when its usage report is partial, late or
+nested (the transport's SSE tap), and what an SDK retry's error status says."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from creditguard import BudgetGuard, Policy
+from creditguard import httpx as cg
+from creditguard._protect import unbilled
+from creditguard.sources import FixedBudget
+
+PRICING = {"m": {"prompt": 1e-6, "completion": 1e-5}}
+
+
+def _sse(*events: dict[str, object]) -> list[bytes]:
+    return [f"event: x\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+
+
+def _guarded(chunks: list[bytes]) -> tuple[BudgetGuard, httpx.Client]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        def stream() -> Iterator[bytes]:
+            yield from chunks
+
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, content=stream()
+        )
+
+    guard = BudgetGuard(FixedBudget(100.0, period=None), Policy(), pricing=PRICING)
+    client = cg.client(guard, transport=httpx.MockTransport(handler))
+    return guard, client
+
+
+def _spent(guard: BudgetGuard) -> float:
+    balance = guard.check(estimate=0).balance
+    assert balance is not None
+    return 100.0 - balance.remaining
+
+
+def test_a_stream_cut_after_a_partial_usage_report_is_charged_its_estimate() -> None:
+    # Anthropic's message_start reports the input and 1 output token; a stream
+    # stopped after it may have been generated further: at least the estimate
+    chunks = _sse(
+        {"type": "message_start", "message": {"usage": {"input_tokens": 10, "output_tokens": 1}}},
+        *[{"type": "content_block_delta", "delta": {"text": "x" * 100}}] * 20,
+    )
+    guard, client = _guarded(chunks)
+    body = {"model": "m", "max_tokens": 1000, "messages": [{"role": "user", "content": "hi"}]}
+    with client.stream("POST", "https://api.anthropic.com/v1/messages", json=body) as response:
+        next(response.iter_bytes())  # the first event only, then the stream is dropped
+    estimate = len(json.dumps(body)) / 4 * 1e-6 + 1000 * 1e-5
+    assert _spent(guard) >= estimate * 0.99
+    assert guard.ledger.reserved(None) == 0
+
+
+def test_a_responses_stream_is_settled_from_response_completed_usage() -> None:
+    usage = {"input_tokens": 10, "output_tokens": 20_000}
+    chunks = _sse(
+        {"type": "response.output_text.delta", "delta": "ok"},
+        {"type": "response.completed", "response": {"usage": usage}},
+    )
+    guard, client = _guarded(chunks)
+    body = {"model": "m", "input": "hi", "stream": True}
+    with client.stream("POST", "https://api.openai.com/v1/responses", json=body) as response:
+        response.read()
+    assert _spent(guard) == pytest.approx(10 * 1e-6 + 20_000 * 1e-5)
+
+
+@pytest.mark.parametrize(("attempt", "released"), [("0", True), ("2", False), (None, True)])
+def test_an_error_status_releases_only_a_first_attempt(attempt: str | None, released: bool) -> None:
+    # a retry's 503 says nothing of the earlier attempt that timed out (maybe billed)
+    headers = {} if attempt is None else {"x-stainless-retry-count": attempt}
+    request = httpx.Request("POST", "https://api.openai.com/v1/chat/completions", headers=headers)
+    response = httpx.Response(503, request=request)
+    error = httpx.HTTPStatusError("503", request=request, response=response)
+    assert unbilled(error) is released
