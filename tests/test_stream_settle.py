@@ -26,9 +26,7 @@ def _guarded(chunks: list[bytes]) -> tuple[BudgetGuard, httpx.Client]:
         def stream() -> Iterator[bytes]:
             yield from chunks
 
-        return httpx.Response(
-            200, headers={"content-type": "text/event-stream"}, content=stream()
-        )
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=stream())
 
     guard = BudgetGuard(FixedBudget(100.0, period=None), Policy(), pricing=PRICING)
     client = cg.client(guard, transport=httpx.MockTransport(handler))

@@ -182,8 +182,8 @@ class Config:
         parts = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "store" and value is not None:
-                value = _redact_url(value)
+            if f.name in ("store", "base_url") and isinstance(value, str):
+                value = _redact_url(value)  # (a gateway's password, a ?key= query value)
             parts.append(f"{f.name}={value!r}")
         return f"Config({', '.join(parts)})"
 
@@ -450,7 +450,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[Path_, tuple[str, str]]:
             _bad_env(name, path, raw)
         if path in found:
             raise ConfigError(
-                name, _shown(raw), f"one variable per key; {found[path][0]} sets it too"
+                name, _env_shown(raw), f"one variable per key; {found[path][0]} sets it too"
             )
         found[path] = (name, raw)
     return found
@@ -460,7 +460,7 @@ def _bad_env(name: str, parts: Path_, raw: str) -> NoReturn:
     if parts[0] in ("downgrade", "pricing"):
         raise ConfigError(
             name,
-            _shown(raw),
+            _env_shown(raw),
             f"no env var: env overrides of the [creditguard.{parts[0]}] table are not "
             "supported (model names do not fit env var names); set it in the config file "
             "or mapping",
@@ -469,12 +469,12 @@ def _bad_env(name: str, parts: Path_, raw: str) -> NoReturn:
         raise ConfigError(name, _REDACTED, _NO_API_KEY + " (CREDITGUARD_API_KEY_ENV)")
     if parts == ("thresholds",):
         allowed = ", ".join(f"{_ENV_PREFIX}THRESHOLDS__{k.upper()}" for k in _THRESHOLD_KEYS)
-        raise ConfigError(name, _shown(raw), f"one threshold per variable: {allowed}")
+        raise ConfigError(name, _env_shown(raw), f"one threshold per variable: {allowed}")
     known = [_ENV_PREFIX + k.upper() for k in _SCALAR_KEYS]
     known += [f"{_ENV_PREFIX}THRESHOLDS__{k.upper()}" for k in _THRESHOLD_KEYS]
     raise ConfigError(
         name,
-        _shown(raw),
+        _env_shown(raw),
         f"a CREDITGUARD_* variable naming a config key{_suggest(name.upper(), known)}; "
         f"known: {', '.join(known)} (and CREDITGUARD_CONFIG, CREDITGUARD_FINGERPRINT_SECRET)",
     )
@@ -810,6 +810,19 @@ def _misplaced(path: Path_, key: str) -> str:
     if not path and key in _THRESHOLD_KEYS:
         return f"; thresholds go in [creditguard.thresholds] (thresholds.{key})"
     return ""
+
+
+def _env_shown(raw: str) -> str:
+    """A rejected CREDITGUARD_* variable's value for an error: a number or a
+    yes/no word as it is, anything else (a webhook URL, a secret) never."""
+    text = raw.strip()
+    if text.lower() in ("true", "false", "yes", "no", "on", "off", "none", ""):
+        return raw
+    try:
+        float(text)
+    except ValueError:
+        return _REDACTED
+    return raw
 
 
 def _shown(value: object) -> object:

@@ -33,6 +33,7 @@ from typing import Any, Protocol, cast
 
 import httpx
 
+from ._fingerprint import redact
 from .costs import Price, Pricing
 from .errors import ConfigError
 from .policy import Estimate
@@ -174,7 +175,8 @@ class OpenRouterPrices:
                 raise ConfigError(key, value, "a finite number of seconds > 0")
         if async_transport is None and isinstance(transport, httpx.AsyncBaseTransport):
             async_transport = transport
-        self.url = base_url.rstrip("/") + "/models"
+        self.url = base_url.rstrip("/") + "/models"  # (requests only: may hold a password)
+        self.shown = redact(self.url)  # what logs, reprs and describe() show
         self.timeout = float(timeout)
         self.max_age = float(max_age)
         self._transport = transport
@@ -205,7 +207,7 @@ class OpenRouterPrices:
 
     def __repr__(self) -> str:
         state = "not loaded" if self._prices is None else f"{len(self._prices)} models"
-        return f"OpenRouterPrices({self.url!r}, {state})"
+        return f"OpenRouterPrices({self.shown!r}, {state})"
 
     # -- reading (no I/O) ---------------------------------------------------------
 
@@ -245,9 +247,9 @@ class OpenRouterPrices:
             had = self._prices is not None
         log.warning(
             "openrouter price list %s not fetched (%s: %s); %s",
-            self.url,
+            self.shown,
             type(exc).__name__,
-            str(exc)[:200],
+            redact(str(exc))[:200],
             "the last list stays in use" if had else "estimates go on without it",
         )
 
@@ -554,7 +556,7 @@ class PriceBook:
             parts.append(f"pricing ({len(self.pricing.table)} entries)")
         for item in self.lists:
             url = getattr(item, "url", None)
-            parts.append(f"{item.name} ({url})" if url else item.name)
+            parts.append(f"{item.name} ({redact(url)})" if url else item.name)
         return ", ".join(parts) or "none"
 
     # -- loading ------------------------------------------------------------------

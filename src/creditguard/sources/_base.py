@@ -49,9 +49,17 @@ class CreditSource(Protocol):
 
 def as_source_error(exc: Exception, source: object, credential: str | None) -> CreditSourceError:
     """``exc`` raised by an inner ``source`` as a CreditSourceError, the key redacted."""
-    if isinstance(exc, CreditSourceError):
-        return exc
     name = getattr(source, "name", "") or type(source).__name__
+    if isinstance(exc, CreditSourceError):  # (its text may still carry the key: masked)
+        reason = redact(exc.reason, credential)
+        if reason == exc.reason:
+            return exc
+        return CreditSourceError(
+            reason,
+            status_code=exc.status_code,
+            source=exc.source or str(name),
+            misconfigured=exc.misconfigured,
+        )
     return CreditSourceError(redact(describe(exc, credential), credential), source=str(name))
 
 
