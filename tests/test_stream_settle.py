@@ -4,7 +4,7 @@ nested (the transport's SSE tap), and what an SDK retry's error status says."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -76,3 +76,37 @@ def test_an_error_status_releases_only_a_first_attempt(attempt: str | None, rele
     response = httpx.Response(503, request=request)
     error = httpx.HTTPStatusError("503", request=request, response=response)
     assert unbilled(error) is released
+
+
+def test_an_exception_thrown_into_a_guarded_generator_charges_the_call() -> None:
+    # (a consumer's gen.throw(), e.g. inside @contextmanager, ended the stream
+    # without a charge or a release: its hold stayed open until it expired)
+    guard = BudgetGuard(FixedBudget(100.0, period=None), Policy(), estimate=0.5)
+
+    @guard
+    def stream(model: str = "m") -> Iterator[str]:
+        yield "a"
+        yield "b"
+
+    gen = stream()
+    assert next(gen) == "a"
+    with pytest.raises(ValueError):
+        gen.throw(ValueError("the consumer gave up"))
+    assert guard.ledger.reserved(None) == 0
+    assert _spent(guard) == pytest.approx(0.5)
+
+
+async def test_an_exception_thrown_into_a_guarded_async_generator_charges_the_call() -> None:
+    guard = BudgetGuard(FixedBudget(100.0, period=None), Policy(), estimate=0.5)
+
+    @guard
+    async def stream(model: str = "m") -> AsyncIterator[str]:
+        yield "a"
+        yield "b"
+
+    agen = stream()
+    assert await agen.__anext__() == "a"
+    with pytest.raises(ValueError):
+        await agen.athrow(ValueError("the consumer gave up"))
+    assert guard.ledger.reserved(None) == 0
+    assert _spent(guard) == pytest.approx(0.5)

@@ -559,7 +559,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                     finally:
                         CURRENT_CALL.reset(token)
                     yield item
-            except GeneratorExit:  # closed early: a cut stream still costs
+            except BaseException:  # closed early, or thrown into: a cut stream still costs
                 call.charge(None)
                 raise
             finally:
@@ -647,8 +647,8 @@ def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
             finally:
                 CURRENT_CALL.reset(token)
             yield item
-    except GeneratorExit:
-        call.charge(None)
+    except BaseException:  # closed early, or thrown into: a cut stream still costs
+        call.charge(None)  # (a failure of the call itself was settled above: no-op)
         raise
     finally:
         close = getattr(gen, "close", None)
