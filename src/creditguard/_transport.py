@@ -25,12 +25,12 @@ import contextlib
 import functools
 import json
 import logging
+import operator
 import re
 import ssl
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 from ._body import (
@@ -41,7 +41,7 @@ from ._body import (
     usage_from_body,
 )
 from ._protect import unbilled
-from .costs import MAX_COST, Price, cost_from_usage, merge_usage
+from .costs import MAX_COST, Price, _usage_cost, cost_from_usage, merge_usage
 from .policy import Decision, Estimate, Policy
 
 if TYPE_CHECKING:
@@ -174,19 +174,12 @@ class Lib:
         return options
 
 
-@dataclass(slots=True)
 class Plan:
-    """What the transport learned of one request before asking the guard."""
+    """What the transport learned of one request before asking the guard.
 
-    credential: str | None
-    key: str  # the credential's fingerprint (the ledger's key)
-    model: str | None
-    span: tuple[int, int] | None  # where the model's JSON value sits in ``text``
-    text: str | None  # the decoded body, when it was parsed
-    retry_of: Decision | None
-    retry_key: tuple[str, int] | None
-    path: str
-    estimate: float
+    (A plain class: the fields a call rarely sets keep their defaults on the
+    class, so a plan is made with the nine it always has, not twenty-five.)"""
+
     field: str = "model"
     stablecog: bool = False  # Stablecog's create path
     price: Price | None = None
@@ -201,7 +194,31 @@ class Plan:
     limit_field: str | None = None
     limit_span: tuple[int, int] | None = None
     scanned: bool = False  # the output limit was looked for
-    clamp: bool = False
+
+    def __init__(
+        self,
+        credential: str | None,
+        key: str,  # the credential's fingerprint (the ledger's key)
+        model: str | None,
+        span: tuple[int, int] | None,  # where the model's JSON value sits in ``text``
+        text: str | None,  # the decoded body, when it was parsed
+        retry_of: Decision | None,
+        retry_key: tuple[str, int] | None,
+        path: str,
+        estimate: float,
+    ) -> None:
+        self.credential = credential
+        self.key = key
+        self.model = model
+        self.span = span
+        self.text = text
+        self.retry_of = retry_of
+        self.retry_key = retry_key
+        self.path = path
+        self.estimate = estimate
+
+    def __repr__(self) -> str:  # (no credential: a raw key never shows)
+        return f"<Plan POST {self.path} model={self.model!r} estimate={self.estimate:g}>"
 
     @property
     def estimator(self) -> Plan | None:
@@ -218,9 +235,14 @@ class Plan:
     def clampable(self) -> bool:
         """Can the output limit be rewritten (``clamp_max_tokens`` on, a JSON
         body with a limit, or a chat body a limit can be added to)?"""
-        if not self.scanned and self.core is not None:
-            self.core._limit(self)
-        return self.clamp
+        core = self.core
+        if core is None:
+            return False
+        if not self.scanned:
+            core._limit(self)
+        return core._policy(self).clamp_max_tokens and (
+            self.limit_field is not None or self.path.endswith("/chat/completions")
+        )
 
     def __call__(self, model: str) -> Estimate | None:
         """``model``'s own estimate for this call: the same prompt and output
@@ -254,19 +276,18 @@ class Plan:
 
 
 _WANTED = frozenset((b"authorization", b"x-api-key", b"content-encoding", RETRY_HEADER.encode()))
+_NAME_VALUE = operator.itemgetter(1, 2)  # (raw, lowered, value) -> (lowered, value)
 
 
 def _headers(request: Any, lowered_list: bool) -> dict[bytes, bytes]:
-    """The request headers the transport reads, in one pass (one ``Headers.get``
-    costs as much as this whole loop). httpx and httpx2 keep each header as
-    ``(raw name, lowercased name, value)`` in ``Headers._list`` (``lowered_list``:
-    :class:`Lib` checked that once), else the public ``raw`` list is lowercased here."""
-    found: dict[bytes, bytes] = {}
+    """The request headers by lowercased name, the first of each name kept.
+    httpx and httpx2 keep each header as ``(raw name, lowercased name, value)``
+    in ``Headers._list`` (``lowered_list``: :class:`Lib` checked that once): the
+    dict is then built in C, no Python loop (a loop cost 200 bytecodes a
+    request); else the public ``raw`` list is lowercased here."""
     if lowered_list:
-        for _, lowered, value in request.headers._list:
-            if lowered in _WANTED and lowered not in found:
-                found[lowered] = value
-        return found
+        return dict(map(_NAME_VALUE, reversed(request.headers._list)))
+    found: dict[bytes, bytes] = {}
     for name, value in request.headers.raw:
         lowered = name.lower()
         if lowered in _WANTED and lowered not in found:
@@ -386,18 +407,10 @@ class Core:
                 if first is not None:
                     retry_of = first[0]
         plan = Plan(
-            credential,
-            key,
-            model,
-            span,
-            text,
-            retry_of,
-            retry_key,
-            path,
-            self.guard.estimate,
-            field,
-            stablecog,
+            credential, key, model, span, text, retry_of, retry_key, path, self.guard.estimate
         )
+        if stablecog:
+            plan.field, plan.stablecog = field, True
         if first is not None:  # held again as the first attempt was
             plan.estimate, plan.price = first[1], first[2]
         elif stablecog or model is not None:
@@ -452,7 +465,7 @@ class Core:
 
     def _limit(self, plan: Plan) -> None:
         """Read the body's output limit (``max_tokens``, ``max_completion_tokens``
-        or ``max_output_tokens``) and size; may it be clamped?"""
+        or ``max_output_tokens``): its size, name and place."""
         if plan.scanned:
             return
         plan.scanned = True
@@ -469,7 +482,6 @@ class Core:
             if 0 < len(digits) <= 15 and digits.isascii() and digits.isdigit():
                 plan.limit, plan.limit_field = int(digits), "max_tokens"
                 plan.limit_span = (at + 14, size - 1)
-                plan.clamp = self._policy(plan).clamp_max_tokens
                 return
         # each field is looked for from the end, as the model was (the sampling
         # options follow the messages, which are never decoded; a field the body
@@ -481,10 +493,7 @@ class Core:
                 continue
             if hit is not None and (n := _whole(hit[0])) is not None:
                 plan.limit, plan.limit_field, plan.limit_span = n, name, hit[1]
-                break
-        plan.clamp = self._policy(plan).clamp_max_tokens and (
-            plan.limit_field is not None or plan.path.endswith("/chat/completions")
-        )
+                return
 
     def _policy(self, plan: Plan) -> Policy:
         guard = self.guard  # (the guard's own policy unless a route has one)
@@ -578,13 +587,17 @@ class Core:
     def act(self, request: Any, plan: Plan, decision: Decision) -> Any:
         """A refusal response, or the request to forward (rewritten on downgrade;
         in shadow mode, always the request as it came)."""
-        if decision.action == "refuse" and decision.enforced:
+        action = decision.action
+        if action == "allow":
+            downgrade = False
+        elif action == "refuse" and decision.enforced:
             return self.refusal(request, decision)
-        downgrade = (
-            decision.action == "downgrade"
-            and decision.enforced  # (shadow mode: the model as it came)
-            and plan.span is not None
-        )
+        else:
+            downgrade = (
+                action == "downgrade"
+                and decision.enforced  # (shadow mode: the model as it came)
+                and plan.span is not None
+            )
         requested = plan.model
         if downgrade:  # held and settled from here on as the model that runs
             target = cast(str, decision.model)  # a downgrade always names its target
@@ -663,16 +676,19 @@ class Core:
 
     # -- 4. observe and settle -------------------------------------------------
 
-    def charge(self, plan: Plan, hold: Hold | None, cost: float | None) -> None:
+    def charge(
+        self, plan: Plan, hold: Hold | None, cost: float | None, how: str | None = None
+    ) -> None:
         """The call went through: its real cost (or, unknown, its estimate)
-        replaces its hold."""
+        replaces its hold. ``how``: where the cost comes from (None: the
+        provider, or tokens x prices for a :class:`~creditguard.costs.TokenCost`)."""
         if cost is None:
             amount = plan.estimate
+            how = "estimate"
         else:
             amount = cost
             if plan.price is None:  # (a priced model's estimate needs no learning)
                 self.guard._settled(plan.model, cost)
-        how = "estimate" if cost is None else None
         if hold is not None:
             self.guard.ledger.settle(hold, amount, how)
         elif amount:
@@ -724,18 +740,12 @@ class Core:
             label = _UNAVAILABLE  # let through only because no usable balance could be had
         headers = response.headers
         # one pass over the response headers: label it, and read what it is
-        ctype = encoding = b""
         if self.lib.lowered_list:
             items = headers._list
-            labelled = False
-            for _, name, value in items:
-                if name == b"content-type":
-                    ctype = ctype or value
-                elif name == b"content-encoding":
-                    encoding = encoding or value
-                elif name == _LABEL:
-                    labelled = True
-            if labelled:
+            found = dict(map(_NAME_VALUE, reversed(items)))  # (in C: the first of each name)
+            ctype = found.get(b"content-type", b"")
+            encoding = found.get(b"content-encoding", b"")
+            if _LABEL in found:
                 headers["x-creditguard-decision"] = label.decode()
             else:
                 items.append((_LABEL, _LABEL, label))
@@ -837,9 +847,16 @@ class Core:
 
     def _settle_body(self, plan: Plan, hold: Hold | None, body: bytes, complete: bool) -> None:
         usage = usage_from_body(body) if complete else None
-        if usage is not None and self.guard.events.usage is not None:
+        if usage is None:
+            self.charge(plan, hold, None)
+            return
+        if self.guard.events.usage is not None:
             self.guard.events.usage(plan.key, plan.model, usage)
-        self.charge(plan, hold, cost_from_usage(usage, plan.price))
+        found = _usage_cost(usage, None, None, plan.price)  # (cost, where it comes from)
+        if found is None:
+            self.charge(plan, hold, None)
+        else:
+            self.charge(plan, hold, found[0], found[1])
 
 
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a JSON string, in C
@@ -1156,7 +1173,7 @@ class SyncShell:
             )
         else:
             guard = core.guard
-            estimator = plan.estimator
+            estimator = plan if plan.core is not None else None  # (plan.estimator)
             decided = guard._fast(
                 plan.model,
                 plan.credential,
@@ -1209,7 +1226,7 @@ class AsyncShell:
             )
         else:
             guard = core.guard
-            estimator = plan.estimator
+            estimator = plan if plan.core is not None else None  # (plan.estimator)
             decided = guard._fast(
                 plan.model,
                 plan.credential,

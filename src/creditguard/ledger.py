@@ -43,7 +43,7 @@ from ._fingerprint import Fingerprinter, describe, redact
 from .balance import Balance, check_cost
 from .costs import TokenCost
 from .errors import CreditSourceError
-from .policy import Decision, Policy, _set_runway, decide
+from .policy import Decision, Policy, _decision, _set_runway, decide
 from .runway import FOLD, attach, runway_of
 
 if TYPE_CHECKING:
@@ -605,17 +605,26 @@ class Ledger:
                 held = holds.total
             else:
                 held = self._held(key, now)
-            decision = decide(
-                entry.view,
-                policy,
-                model,
-                amount,
-                reserved=held,
-                can_rewrite=can_rewrite,
-                estimator=estimator,
-            )
-            if decision._estimate is not None:  # a downgrade holds its own model's estimate
-                amount = decision.held(amount)
+            view = entry.view
+            remaining = view.remaining
+            available = remaining - held
+            raw = available - amount
+            if raw - policy._quick_top >= 1e-9 and remaining < _INF:  # (decide()'s first step)
+                decision = _decision(
+                    "allow", model, view, (raw, view.unit), model, False, True, available
+                )
+            else:
+                decision = decide(
+                    view,
+                    policy,
+                    model,
+                    amount,
+                    reserved=held,
+                    can_rewrite=can_rewrite,
+                    estimator=estimator,
+                )
+                if decision._estimate is not None:  # a downgrade holds its own model's estimate
+                    amount = decision.held(amount)
             burn = self.burn
             if burn is not None:
                 if policy._steers:

@@ -248,6 +248,9 @@ class Policy:
         init=False, repr=False, compare=False
     )
     _top: float = field(init=False, repr=False, compare=False)  # the highest absolute threshold
+    # a call whose headroom is this far above 0 is a quick allow (see decide();
+    # infinite when no headroom decides at once: shadow mode, a unit, percents)
+    _quick_top: float = field(init=False, repr=False, compare=False)
     _enforcing: Policy = field(init=False, repr=False, compare=False)  # the same, enforced
 
     def __post_init__(self) -> None:
@@ -293,7 +296,10 @@ class Policy:
         object.__setattr__(self, "_needs_total", any(lim and lim.percent for lim in limits))
         absolute = tuple(None if lim is None else lim.value for lim in limits)
         object.__setattr__(self, "_absolute", absolute)
-        object.__setattr__(self, "_top", max((v for v in absolute if v is not None), default=-_INF))
+        top = max((v for v in absolute if v is not None), default=-_INF)
+        object.__setattr__(self, "_top", top)
+        quick = self.enforce and self.unit is None and not self._needs_total
+        object.__setattr__(self, "_quick_top", top if quick else _INF)
         object.__setattr__(self, "_map", _downgrade_map(self.downgrade))
         object.__setattr__(
             self, "_enforcing", self if self.enforce else replace(self, enforce=True)
@@ -601,6 +607,18 @@ def decide(
     ``estimator`` gives each downgrade target's own estimate (None: the same
     ``estimate`` for every model) and says whether the output limit may be clamped.
     """
+    if balance is not None:
+        remaining = balance.remaining
+        available = remaining - reserved
+        raw = available - estimate
+        if raw - policy._quick_top >= 1e-9 and remaining < _INF:
+            # Enforced, no unit to match, no percent, and far enough above
+            # every tier that rounding (below) cannot change the answer: the
+            # usual case, decided at once (the reason rounds). (Ledger.admit_fresh
+            # inlines these four lines: keep them the same.)
+            return _decision(
+                "allow", model, balance, (raw, balance.unit), model, stale, True, available
+            )
     if not policy.enforce:
         decision = decide(
             balance,
@@ -633,12 +651,6 @@ def decide(
     available = remaining - reserved
     raw = available - estimate
     if not policy._needs_total:
-        if raw - policy._top >= 1e-9:
-            # Far enough above every tier that rounding (below) cannot change
-            # the answer: the usual case, decided at once (the reason rounds).
-            return _decision(
-                "allow", model, balance, (raw, balance.unit), model, stale, True, available
-            )
         refuse, down, warn = policy._absolute
     elif balance.total is None:
         return _on_unusable(
