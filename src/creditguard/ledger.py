@@ -632,7 +632,7 @@ class Ledger:
                 else:
                     rate = burn.rates.get(key)
                     if rate is not None:  # (attach(), inlined: the usual case)
-                        snapshot = (rate[0], rate[1], rate[2], rate[3])
+                        snapshot = tuple(rate)
                         _set_runway(decision, (runway_of, snapshot, now, burn.tau, policy))
             if not reserve or amount <= 0 or (decision.action == "refuse" and decision.enforced):
                 return decision, None
