@@ -662,7 +662,7 @@ def test_repr_shows_names_only() -> None:
     text = repr(cfg)
     assert "OPENROUTER_API_KEY" in text
     assert "hunter2" not in text and "xyz" not in text
-    assert "redis://:***@db:6379/0?secret=***" in text
+    assert "redis://:<redacted>@db:6379/0?secret=<redacted>" in text
     assert cfg.store == "redis://:hunter2@db:6379/0?secret=xyz"  # the value itself is intact
 
 

@@ -31,9 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-from .errors import ConfigError, mask
+from .errors import ConfigError, mask, redact
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ class Config:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("store", "base_url") and isinstance(value, str):
-                value = _redact_url(value)  # (a gateway's password, a ?key= query value)
+                value = redact(value)  # (a gateway's password, a ?key= query value)
             parts.append(f"{f.name}={value!r}")
         return f"Config({', '.join(parts)})"
 
@@ -643,7 +643,7 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
         )
         store = r.string(("store",), values["store"], allowed)
         if urlsplit(store).scheme not in _STORE_SCHEMES:
-            r.fail(("store",), _redact_url(store), allowed)
+            r.fail(("store",), store, allowed)  # (masked there)
 
     maxsize = values.get("maxsize", 10_000)
     if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
@@ -828,19 +828,6 @@ def _env_shown(raw: str) -> str:
 def _shown(value: object) -> object:
     """``value`` for an error message, masked when it looks like a credential."""
     return mask(value)
-
-
-def _redact_url(url: str) -> str:
-    """``url`` without a password or secret-like query values (store URLs may hold both)."""
-    try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = netloc.replace(":" + parts.password + "@", ":***@", 1)
-        query = re.sub(r"(?i)((?:secret|password|token|key)[^=&]*)=[^&]*", r"\1=***", parts.query)
-        return urlunsplit(parts._replace(netloc=netloc, query=query))
-    except ValueError:
-        return "<unparseable URL>"
 
 
 def _rolling(period: object) -> bool:

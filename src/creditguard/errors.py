@@ -88,7 +88,9 @@ class ConfigError(CreditGuardError, ValueError):
 
     A value that looks like an API key (``sk-...``, a long token) is kept and
     shown as ``<redacted>``: a key passed by mistake where a setting belongs
-    (``BudgetGuard(estimate="sk-or-v1-...")``) never reaches a message or log.
+    (``BudgetGuard(estimate="sk-or-v1-...")``) never reaches a message or log;
+    secrets inside a value (a URL's password, its ``?key=`` query value) are
+    masked by the same rules as every other text (:func:`redact`).
     """
 
     def __init__(self, key: str, value: object, allowed: str) -> None:
@@ -96,24 +98,53 @@ class ConfigError(CreditGuardError, ValueError):
         if isinstance(raw, str) and value is not raw and len(raw.strip()) >= 4:
             # the text of what is allowed may quote the value ("X is not set"): masked there too
             allowed = allowed.replace(raw.strip(), REDACTED)
-        self.key = key
+        self.key = redact(key)
         self.value = value
-        self.allowed = allowed
-        shown = redact_userinfo(_KEY_IN_TEXT.sub(REDACTED, repr(value)))
-        super().__init__(f"{key} = {shown} is not valid: {allowed}")
+        self.allowed = redact(allowed)
+        shown = redact(repr(value))  # (the repr of any other object, masked by the same rules)
+        super().__init__(f"{self.key} = {shown} is not valid: {self.allowed}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.key, self.value, self.allowed))
 
 
-# -- masking key-like values (the one place) ------------------------------------
+# -- masking secrets (the one place) -------------------------------------------
+#
+# Every text creditguard shows (an error, a repr, a log line, describe()) that
+# may hold something a user or a lower layer wrote goes through redact() or
+# mask(): one set of rules, so a new kind of secret is taught here once.
 
 REDACTED = "<redacted>"
 _KEY_PREFIX = re.compile(r"(?:sk|pk|rk)[-_][A-Za-z0-9]")  # sk-or-v1-..., sk-proj-..., sk-ant-...
 _TOKEN = re.compile(r"[A-Za-z0-9_\-]{24,}")
-# the password of a scheme://user:password@host URL (a base_url or webhook URL)
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@'\"]*):[^/\s@'\"]*@")
 _KEY_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])(?:sk|pk|rk)[-_][A-Za-z0-9][A-Za-z0-9_\-]{6,}")
+_END = r"""[/?#\s'"<>]"""  # what ends a URL's authority (or the URL)
+# scheme://user:password@host: the password runs to the LAST "@" before the
+# host, so an unencoded "@" (or "/", "?", "#") in it is masked whole. A
+# "host:port/" is not a password (a port is digits up to the authority's end).
+_USERINFO = re.compile(
+    rf"""(?i)\b([a-z][a-z0-9+.\-]*://[^\s/?#:'"<>\[\]]*)"""  # scheme://user (an "@" allowed)
+    rf":(?!\d*(?:{_END}|$))"  # ":" not followed by a port
+    r"""[^\s'"<>]*?"""  # the password, as short as ...
+    rf"@(?=[^@\s/?#'\"<>]*(?:{_END}|$))"  # ... leaves an "@" with the host after it
+)
+# scheme://token@host: a user name shaped like a key (a token used as the user)
+_USER_ONLY = re.compile(r"""(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/?#:@'"<>]+)@""")
+# name=value where the name ends in a secret's word: ?key=, api_key=, token=,
+# access_token=, secret=, client_secret=, password=, pwd=, sig=, X-Amz-Signature=, auth=
+_SECRET_NAME = (
+    r"[\w.\-]*?(?:key|token|secret|password|passwd|pass|pwd|sig|signature|credential|auth)"
+)
+_ASSIGNED = re.compile(
+    rf"(?i)(?<![\w.\-])({_SECRET_NAME})=(?!(?:\.\.\.|{REDACTED})(?:[&\s'\"#]|$))[^&\s'\"#<>]+"
+)
+# "api_key": "...", 'x-api-key': '...' (JSON, a dict's repr)
+_QUOTED = re.compile(rf"""(?i)(["'])({_SECRET_NAME})\1(\s*:\s*)(["'])(?!{REDACTED}\4)[^"'\n]+\4""")
+# Authorization: Bearer <token> (also Basic, Key, Token schemes after "Authorization")
+_BEARER = re.compile(
+    r"(?i)(\bbearer\s+|\bauthorization['\"]?\s*[:=]\s*['\"]?(?:[a-z]+\s+)?)"
+    r"(?!" + REDACTED + r")[A-Za-z0-9._~+/\-]{8,}=*"
+)
 
 
 def looks_like_key(text: str) -> bool:
@@ -130,17 +161,48 @@ def looks_like_key(text: str) -> bool:
     )
 
 
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with every secret masked as ``<redacted>``: each of ``secrets``
+    (the keys in play), anything shaped like an API key (``sk-...``), the
+    password of every ``scheme://user:password@host`` URL (an unencoded ``@``
+    in it too) and a key-shaped user name, the value of every secret-named
+    parameter (``key=``, ``api_key=``, ``token=``, ``secret=``, ``password=``,
+    ``sig=``, ... in a query string or in JSON) and bearer tokens."""
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    if "://" in text and "@" in text:
+        text = _USERINFO.sub(r"\1:" + REDACTED + "@", text)
+        text = _USER_ONLY.sub(_user_only, text)
+    if "=" in text:
+        text = _ASSIGNED.sub(r"\1=" + REDACTED, text)
+    if ":" in text:
+        text = _QUOTED.sub(r"\1\2\1\3\4" + REDACTED + r"\4", text)
+    lowered = text.lower()
+    if "bearer" in lowered or "authorization" in lowered:
+        text = _BEARER.sub(r"\1" + REDACTED, text)
+    return _KEY_IN_TEXT.sub(REDACTED, text)
+
+
+def _user_only(match: re.Match[str]) -> str:
+    user = match.group(2)
+    return match.group(1) + REDACTED + "@" if looks_like_key(user) else match.group(0)
+
+
 def mask(value: object, _depth: int = 0) -> object:
-    """``value`` with key-like strings replaced by ``<redacted>`` (in lists,
-    tuples and mappings too, a few levels deep)."""
+    """``value`` with key-like strings replaced by ``<redacted>`` and secrets
+    in other strings masked (:func:`redact`), in lists, tuples and mappings
+    too, a few levels deep."""
     if isinstance(value, str):
-        return REDACTED if looks_like_key(value) else redact_userinfo(value)
+        if looks_like_key(value):
+            return REDACTED
+        masked = redact(value)
+        return value if masked == value else masked
     if _depth >= 4:
         return value
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        masked = [mask(item, _depth + 1) for item in value]
-        if any(a is not b for a, b in zip(masked, value, strict=True)):
-            return type(value)(masked)
+        masked_items = [mask(item, _depth + 1) for item in value]
+        if any(a is not b for a, b in zip(masked_items, value, strict=True)):
+            return type(value)(masked_items)
         return value
     if isinstance(value, Mapping):
         try:
@@ -151,11 +213,3 @@ def mask(value: object, _depth: int = 0) -> object:
             return {mk: mv for _, _, mk, mv in pairs}
         return value
     return value
-
-
-def redact_userinfo(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` URL
-    masked (a gateway's base_url, a webhook URL may carry one)."""
-    if "@" not in text:
-        return text
-    return _USERINFO.sub(r"\1:" + REDACTED + "@", text)
