@@ -41,7 +41,8 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .costs import _COMPLETION_KEYS, _PROMPT_KEYS, _get, _number
@@ -313,6 +314,144 @@ def setup(guard: BudgetGuard, metrics: object) -> None:
     guard.events.subscribe("fetch", exporter.fetched(guard))
 
 
+# -- what is reported: one table, read by every exporter --------------------------
+
+Rows = Callable[[Iterable[Tally]], Iterator[tuple[tuple[Any, ...], float]]]
+"""Reads the tallies: ``(label values, value)`` per series."""
+
+
+def _counted(table: str, kind: str | None = None) -> Rows:
+    """The series of one of the tallies' dicts (``Tally.decisions``, ...),
+    read under each tally's lock; with ``kind``, the series whose first label
+    is ``kind``, without it (the two token counters share ``Tally.tokens``)."""
+
+    def rows(tallies: Iterable[Tally]) -> Iterator[tuple[tuple[Any, ...], float]]:
+        for tally in tallies:
+            with tally.lock:
+                items = list(getattr(tally, table).items())
+            for labels, value in items:
+                if kind is None:
+                    yield labels, value
+                elif labels[0] == kind:
+                    yield labels[1:], value
+
+    return rows
+
+
+def _read(reading: str) -> Rows:
+    """The series of a reading of each tally (``Tally.available()``,
+    ``Tally.holds()``): rows of the value, then the label values."""
+
+    def rows(tallies: Iterable[Tally]) -> Iterator[tuple[tuple[Any, ...], float]]:
+        for tally in tallies:
+            for value, *labels in getattr(tally, reading)():
+                yield tuple(labels), value
+
+    return rows
+
+
+def _dropped(tallies: Iterable[Tally]) -> Iterator[tuple[tuple[Any, ...], float]]:
+    yield (), sum(tally.dropped for tally in tallies)
+
+
+@dataclass(frozen=True, slots=True)
+class Instrument:
+    """One reported metric: its OpenTelemetry name (Prometheus's: dots become
+    underscores), ``kind`` (``"counter"``, ``"gauge"`` or ``"updown"``), unit,
+    description, the names of its labels and how its series are read."""
+
+    name: str
+    kind: str
+    unit: str
+    description: str
+    labels: tuple[str, ...]
+    rows: Rows
+
+
+_CRED = "creditguard.credential"
+_MODEL = "gen_ai.request.model"
+
+INSTRUMENTS: tuple[Instrument, ...] = (
+    Instrument(
+        "creditguard.decisions",
+        "counter",
+        "{decision}",
+        "Calls judged by the guard, by action",
+        ("creditguard.action", _MODEL, "creditguard.source", _CRED),
+        _counted("decisions"),
+    ),
+    Instrument(
+        "creditguard.fail_open",
+        "counter",
+        "{decision}",
+        "Calls allowed with no usable balance (on_source_error=allow)",
+        (_MODEL, _CRED),
+        _counted("fail_open"),
+    ),
+    Instrument(
+        "creditguard.spend",
+        "counter",
+        "",
+        "Credits charged for calls, in the balance's unit",
+        ("creditguard.cost.source", "creditguard.unit", _CRED),
+        _counted("spend"),
+    ),
+    Instrument(
+        "creditguard.balance.available",
+        "gauge",
+        "",
+        "Remaining credits less what calls in flight hold",
+        ("creditguard.unit", "creditguard.source", _CRED),
+        _read("available"),
+    ),
+    Instrument(
+        "creditguard.holds.active",
+        "updown",
+        "{hold}",
+        "Holds of calls in flight",
+        (_CRED,),
+        _read("holds"),
+    ),
+    Instrument(
+        "creditguard.source.errors",
+        "counter",
+        "{error}",
+        "Failed balance refreshes",
+        ("creditguard.source", _CRED),
+        _counted("errors"),
+    ),
+    Instrument(
+        "creditguard.alerts",
+        "counter",
+        "{alert}",
+        "Alert levels crossed",
+        ("creditguard.alert.level", _CRED),
+        _counted("alerts"),
+    ),
+    Instrument(
+        "creditguard.alerts.dropped",
+        "counter",
+        "{alert}",
+        "Alerts the webhook could not deliver",
+        (),
+        _dropped,
+    ),
+    *(
+        Instrument(
+            f"gen_ai.usage.{kind}_tokens",
+            "counter",
+            "{token}",
+            f"{kind.capitalize()} tokens the responses reported",
+            (_MODEL, _CRED),
+            _counted("tokens", kind),
+        )
+        for kind in ("input", "output")
+    ),
+)
+"""Everything reported but the duration histogram, in the order it is
+registered; the OpenTelemetry and Prometheus exporters both read this table."""
+
+
 class _OTel:
     """The instruments of one MeterProvider, reading every guard's tally."""
 
@@ -322,58 +461,17 @@ class _OTel:
         self.tallies: weakref.WeakSet[Tally] = weakref.WeakSet()
         self._observation = Observation
         meter = provider.get_meter("creditguard", _version())
-        meter.create_observable_counter(
-            "creditguard.decisions",
-            [self._decisions],
-            unit="{decision}",
-            description="Calls judged by the guard, by action",
-        )
-        meter.create_observable_counter(
-            "creditguard.fail_open",
-            [self._fail_open],
-            unit="{decision}",
-            description="Calls allowed with no usable balance (on_source_error=allow)",
-        )
-        meter.create_observable_counter(
-            "creditguard.spend",
-            [self._spend],
-            description="Credits charged for calls, in the balance's unit",
-        )
-        meter.create_observable_gauge(
-            "creditguard.balance.available",
-            [self._available],
-            description="Remaining credits less what calls in flight hold",
-        )
-        meter.create_observable_up_down_counter(
-            "creditguard.holds.active",
-            [self._holds],
-            unit="{hold}",
-            description="Holds of calls in flight",
-        )
-        meter.create_observable_counter(
-            "creditguard.source.errors",
-            [self._errors],
-            unit="{error}",
-            description="Failed balance refreshes",
-        )
-        meter.create_observable_counter(
-            "creditguard.alerts",
-            [self._alerts],
-            unit="{alert}",
-            description="Alert levels crossed",
-        )
-        meter.create_observable_counter(
-            "creditguard.alerts.dropped",
-            [self._dropped],
-            unit="{alert}",
-            description="Alerts the webhook could not deliver",
-        )
-        for kind in ("input", "output"):
-            meter.create_observable_counter(
-                f"gen_ai.usage.{kind}_tokens",
-                [self._tokens(kind)],
-                unit="{token}",
-                description=f"{kind.capitalize()} tokens the responses reported",
+        create = {
+            "counter": meter.create_observable_counter,
+            "gauge": meter.create_observable_gauge,
+            "updown": meter.create_observable_up_down_counter,
+        }
+        for item in INSTRUMENTS:
+            create[item.kind](
+                item.name,
+                [self._callback(item)],
+                unit=item.unit,
+                description=item.description,
             )
         self.duration = meter.create_histogram(
             "creditguard.source.duration",
@@ -394,96 +492,15 @@ class _OTel:
 
         return fetched
 
-    def _each(self) -> Iterator[Tally]:
-        return iter(list(self.tallies))
+    def _callback(self, item: Instrument) -> Callable[[Any], Iterable[Any]]:
+        """The observable callback of ``item``: its series across the tallies."""
+        names, rows, obs = item.labels, item.rows, self._observation
 
-    def _tokens(self, kind: str) -> Any:
         def observe(options: Any) -> Iterable[Any]:
-            obs = self._observation
-            for tally in self._each():
-                with tally.lock:
-                    items = [(k, n) for k, n in tally.tokens.items() if k[0] == kind]
-                for (_, model, cred), n in items:
-                    yield obs(n, {"gen_ai.request.model": model, "creditguard.credential": cred})
+            for labels, value in rows(list(self.tallies)):
+                yield obs(value, dict(zip(names, labels, strict=True)))
 
         return observe
-
-    def _decisions(self, options: Any) -> Iterable[Any]:
-        obs = self._observation
-        for tally in self._each():
-            with tally.lock:
-                items = list(tally.decisions.items())
-            for (action, model, source, cred), n in items:
-                yield obs(
-                    n,
-                    {
-                        "creditguard.action": action,
-                        "gen_ai.request.model": model,
-                        "creditguard.source": source,
-                        "creditguard.credential": cred,
-                    },
-                )
-
-    def _fail_open(self, options: Any) -> Iterable[Any]:
-        obs = self._observation
-        for tally in self._each():
-            with tally.lock:
-                items = list(tally.fail_open.items())
-            for (model, cred), n in items:
-                yield obs(n, {"gen_ai.request.model": model, "creditguard.credential": cred})
-
-    def _spend(self, options: Any) -> Iterable[Any]:
-        obs = self._observation
-        for tally in self._each():
-            with tally.lock:
-                items = list(tally.spend.items())
-            for (how, unit, cred), total in items:
-                yield obs(
-                    total,
-                    {
-                        "creditguard.cost.source": how,
-                        "creditguard.unit": unit,
-                        "creditguard.credential": cred,
-                    },
-                )
-
-    def _available(self, options: Any) -> Iterable[Any]:
-        obs = self._observation
-        for tally in self._each():
-            for value, unit, source, cred in tally.available():
-                yield obs(
-                    value,
-                    {
-                        "creditguard.unit": unit,
-                        "creditguard.source": source,
-                        "creditguard.credential": cred,
-                    },
-                )
-
-    def _holds(self, options: Any) -> Iterable[Any]:
-        obs = self._observation
-        for tally in self._each():
-            for count, cred in tally.holds():
-                yield obs(count, {"creditguard.credential": cred})
-
-    def _errors(self, options: Any) -> Iterable[Any]:
-        obs = self._observation
-        for tally in self._each():
-            with tally.lock:
-                items = list(tally.errors.items())
-            for (source, cred), n in items:
-                yield obs(n, {"creditguard.source": source, "creditguard.credential": cred})
-
-    def _alerts(self, options: Any) -> Iterable[Any]:
-        obs = self._observation
-        for tally in self._each():
-            with tally.lock:
-                items = list(tally.alerts.items())
-            for (level, cred), n in items:
-                yield obs(n, {"creditguard.alert.level": level, "creditguard.credential": cred})
-
-    def _dropped(self, options: Any) -> Iterable[Any]:
-        yield self._observation(sum(tally.dropped for tally in self._each()))
 
 
 _exporters: weakref.WeakKeyDictionary[Any, _OTel] = weakref.WeakKeyDictionary()

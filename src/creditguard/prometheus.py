@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .metrics import DURATION_BUCKETS, Tally, tally_of
+from .metrics import DURATION_BUCKETS, INSTRUMENTS, Tally, tally_of
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
@@ -54,98 +54,36 @@ class _Collector:
 
     def collect(self) -> Iterator[Any]:
         tallies = list(self.tallies)
-        decisions = CounterMetricFamily(
-            "creditguard_decisions",
-            "Calls judged by the guard, by action",
-            labels=[
-                "creditguard_action",
-                "gen_ai_request_model",
-                "creditguard_source",
-                "creditguard_credential",
-            ],
-        )
-        fail_open = CounterMetricFamily(
-            "creditguard_fail_open",
-            "Calls allowed with no usable balance (on_source_error=allow)",
-            labels=["gen_ai_request_model", "creditguard_credential"],
-        )
-        spend = CounterMetricFamily(
-            "creditguard_spend",
-            "Credits charged for calls, in the balance's unit",
-            labels=["creditguard_cost_source", "creditguard_unit", "creditguard_credential"],
-        )
-        available = GaugeMetricFamily(
-            "creditguard_balance_available",
-            "Remaining credits less what calls in flight hold",
-            labels=["creditguard_unit", "creditguard_source", "creditguard_credential"],
-        )
-        holds = GaugeMetricFamily(
-            "creditguard_holds_active",
-            "Holds of calls in flight",
-            labels=["creditguard_credential"],
-        )
-        errors = CounterMetricFamily(
-            "creditguard_source_errors",
-            "Failed balance refreshes",
-            labels=["creditguard_source", "creditguard_credential"],
-        )
-        alerts = CounterMetricFamily(
-            "creditguard_alerts",
-            "Alert levels crossed",
-            labels=["creditguard_alert_level", "creditguard_credential"],
-        )
-        tokens = {
-            kind: CounterMetricFamily(
-                f"gen_ai_usage_{kind}_tokens",
-                f"{kind.capitalize()} tokens the responses reported",
-                labels=["gen_ai_request_model", "creditguard_credential"],
+        for item in INSTRUMENTS:  # the table the OpenTelemetry exporter reads too
+            family = (CounterMetricFamily if item.kind == "counter" else GaugeMetricFamily)(
+                _name(item.name), item.description, labels=[_name(n) for n in item.labels]
             )
-            for kind in ("input", "output")
-        }
-        dropped = 0
+            for labels, value in item.rows(tallies):
+                family.add_metric(list(labels), value)
+            yield family
         buckets = [0] * (len(DURATION_BUCKETS) + 1)
         duration_sum = 0.0
         for tally in tallies:
             with tally.lock:
-                rows: tuple[list[tuple[tuple[str, ...], float]], ...] = (
-                    list(tally.decisions.items()),
-                    list(tally.fail_open.items()),
-                    list(tally.spend.items()),
-                    list(tally.errors.items()),
-                    list(tally.alerts.items()),
-                )
-                used = list(tally.tokens.items())
-                dropped += tally.dropped
                 for i, n in enumerate(tally.buckets):
                     buckets[i] += n
                 duration_sum += tally.duration_sum
-            for family, items in zip(
-                (decisions, fail_open, spend, errors, alerts), rows, strict=True
-            ):
-                for labels, value in items:
-                    family.add_metric(list(labels), value)
-            for (kind, model, cred), count in used:
-                tokens[kind].add_metric([model, cred], count)
-            for value, unit, source, cred in tally.available():
-                available.add_metric([unit, source, cred], value)
-            for count, cred in tally.holds():
-                holds.add_metric([cred], count)
-        dropped_family = CounterMetricFamily(
-            "creditguard_alerts_dropped", "Alerts the webhook could not deliver", value=dropped
-        )
         cumulative = []
         running = 0
         for bound, n in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
             running += n
             cumulative.append((_le(bound), running))
-        duration = HistogramMetricFamily(
+        yield HistogramMetricFamily(
             "creditguard_source_duration_seconds",
             "Duration of credits requests",
             buckets=cumulative,
             sum_value=duration_sum,
         )
-        yield from (decisions, fail_open, spend, available, holds, errors)
-        yield from (duration, alerts, dropped_family, *tokens.values())
+
+
+def _name(otel: str) -> str:
+    """The Prometheus name of an OpenTelemetry metric or attribute name."""
+    return otel.replace(".", "_")
 
 
 def _le(bound: float) -> str:
