@@ -1,4 +1,5 @@
-"""Shared pieces of the real-SDK tests (openai, openrouter, langchain-openai).
+"""Shared pieces of the real-SDK tests (openai, openrouter, langchain-openai), and
+the set-up of the fault scenarios (test_faults.py, test_combined_scenarios.py).
 
 Every SDK talks to the loopback :class:`FakeProvider` only. The guard judges each call
 on the balance of the key the call carries (``OpenRouterKey()`` with no key of its
@@ -8,11 +9,15 @@ own), so one fake holds one key per policy tier and a test picks its tier by key
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
 import httpx2
+import openai
+import openai._base_client
 import pytest
 
 import creditguard.httpx2 as cg2
@@ -127,3 +132,129 @@ def assert_exception_hides_key(exc: BaseException) -> None:
     while seen is not None:
         assert_no_secret(str(seen), repr(seen))
         seen = seen.__cause__ or seen.__context__
+
+
+# -- fault scenarios (test_faults.py, test_combined_scenarios.py) ------------------------
+# The budget issue 12 measured: a key limit of 1.00, every call costing 0.01,
+# refuse_below=0.5 and an estimate of 0.01, so however the calls fail the provider may
+# charge at most BOUND. The modules take the fixtures below by importing them.
+
+KEY = "sk-or-v1-FAULTSTESTKEY-0123456789abcdef"
+MODEL = "faults/model"
+SAY_HI = [{"role": "user", "content": "Say hi."}]
+LIMIT, PRICE, FLOOR, ESTIMATE = 1.0, 0.01, 0.5, 0.01
+BOUND = FLOOR + ESTIMATE + 1e-9  # the most the provider may charge: 0.51
+SLOW, QUICK = 0.3, 0.15  # the provider answers after SLOW s; clients give up after QUICK
+STACKS = ["httpx", "httpx2"]
+
+
+@pytest.fixture(name="fake")
+def fault_fake() -> Iterator[FakeProvider]:
+    """A running fake provider billing PRICE per call, KEY limited to LIMIT."""
+    with FakeProvider(default_price=PRICE) as provider:
+        provider.add_key(KEY, limit=LIMIT)
+        yield provider
+
+
+@pytest.fixture(name="stack", params=STACKS)
+def stack_param(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(name="_quick_retries", autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SDKs retry at once, and anthropic reads no key or URL from the environment
+    (autouse in the modules that import it)."""
+    import anthropic  # (not in every venv that imports this module: imported here)
+
+    monkeypatch.setattr(openai._base_client, "INITIAL_RETRY_DELAY", 0.001)
+    monkeypatch.setattr(anthropic.Anthropic, "_calculate_retry_timeout", lambda *a, **k: 0.01)
+    monkeypatch.setattr(anthropic.AsyncAnthropic, "_calculate_retry_timeout", lambda *a, **k: 0.01)
+    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def bounded_guard(fake: FakeProvider, **kwargs: Any) -> BudgetGuard:
+    """A guard on KEY's balance (OpenRouterKey) with refuse_below=FLOOR and
+    estimate=ESTIMATE, polled once (ttl=600): the holds and charges carry the burst.
+    Any BudgetGuard argument (``policy``, ``source``, ``store``, ...) may be given."""
+    kwargs.setdefault("ttl", 600.0)
+    kwargs.setdefault("estimate", ESTIMATE)
+    policy = kwargs.pop("policy", Policy(refuse_below=FLOOR))
+    source = kwargs.pop("source", None) or OpenRouterKey(base_url=fake.openrouter_base_url)
+    return BudgetGuard(source, policy, **kwargs)
+
+
+def sync_openai(fake: FakeProvider, guard: BudgetGuard, stack: str, **kw: Any) -> openai.OpenAI:
+    kw.setdefault("max_retries", 0)
+    kw.setdefault("timeout", 5.0)
+    return openai.OpenAI(
+        base_url=fake.openrouter_base_url, api_key=KEY, http_client=sync_http(guard, stack), **kw
+    )
+
+
+def async_openai(
+    fake: FakeProvider, guard: BudgetGuard, stack: str, **kw: Any
+) -> openai.AsyncOpenAI:
+    kw.setdefault("max_retries", 0)
+    kw.setdefault("timeout", 5.0)
+    return openai.AsyncOpenAI(
+        base_url=fake.openrouter_base_url, api_key=KEY, http_client=async_http(guard, stack), **kw
+    )
+
+
+def spent(fake: FakeProvider) -> float:
+    return fake.key(KEY).usage
+
+
+def settle_down(fake: FakeProvider, wait: float = 0.0) -> None:
+    """Let calls the provider is still answering (slow faults) finish and be billed."""
+    time.sleep(wait)
+    deadline = time.monotonic() + 5.0
+    last, stable = -1.0, 0
+    while time.monotonic() < deadline and stable < 3:
+        now = spent(fake)
+        stable = stable + 1 if now == last else 0
+        last = now
+        time.sleep(0.1)
+
+
+def refused_by_guard(exc: openai.APIStatusError) -> bool:
+    return exc.status_code == 402 and exc.response.headers.get("x-creditguard-decision") == (
+        "refuse"
+    )
+
+
+def in_threads(works: Sequence[Callable[[], None]]) -> None:
+    """Runs each of ``works`` in a thread of its own; any exception fails the test."""
+    errors: list[BaseException] = []
+
+    def run(work: Callable[[], None]) -> None:
+        try:
+            work()
+        except BaseException as exc:  # reported below, not lost in a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in works]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors[:3]
+
+
+def sync_worker(
+    client: openai.OpenAI, refusals: list[int], *, stream: bool = False, calls: int = 20
+) -> None:
+    """Call until the guard refuses (at most ``calls`` calls)."""
+    for _ in range(calls):
+        try:
+            done = client.chat.completions.create(model=MODEL, messages=SAY_HI, stream=stream)
+            if stream:
+                list(done)  # type: ignore[call-overload]
+        except openai.APIStatusError as exc:
+            assert refused_by_guard(exc), exc
+            refusals.append(1)
+            return
+        except (openai.APITimeoutError, openai.APIConnectionError):
+            continue

@@ -11,17 +11,35 @@ import asyncio
 import gc
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import httpx
-import httpx2
 import openai
-import openai._base_client
 import pytest
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401
+from sdk_helpers import (  # the fixtures: fake, stack and the autouse _quick_retries
+    BOUND,
+    ESTIMATE,
+    FLOOR,
+    KEY,
+    LIMIT,
+    MODEL,
+    PRICE,
+    QUICK,
+    SLOW,
+    async_openai,
+    bounded_guard,
+    fault_fake,  # noqa: F401
+    in_threads,
+    quick_retries,  # noqa: F401
+    refused_by_guard,
+    settle_down,
+    spent,
+    stack_param,  # noqa: F401
+    sync_openai,
+    sync_worker,
+)
+from sdk_helpers import SAY_HI as MESSAGES
 
-import creditguard.httpx2 as cg2
 from creditguard import BudgetGuard, CreditsExhausted, Policy
 from creditguard._shared import SharedLedger
 from creditguard.sources import FixedBudget, OpenRouterKey
@@ -29,115 +47,11 @@ from creditguard.testing import FakeProvider
 
 pytest.importorskip("redis")
 
-KEY = "sk-or-v1-COMBINEDTESTKEY-0123456789abcdef"
 SECRET = "combined-secret"
-MODEL = "faults/model"
-MESSAGES = [{"role": "user", "content": "Say hi."}]
-LIMIT, PRICE, FLOOR, ESTIMATE = 1.0, 0.01, 0.5, 0.01
-BOUND = FLOOR + ESTIMATE + 1e-9
-SLOW, QUICK = 0.3, 0.15
-STACKS = ["httpx", "httpx2"]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider(default_price=PRICE) as provider:
-        provider.add_key(KEY, limit=LIMIT)
-        yield provider
-
-
-@pytest.fixture(params=STACKS)
-def stack(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(openai._base_client, "INITIAL_RETRY_DELAY", 0.001)
-
-
-def spent(fake: FakeProvider) -> float:
-    return fake.key(KEY).usage
-
-
-def settle_down(fake: FakeProvider, wait: float = 0.0) -> None:
-    time.sleep(wait)
-    deadline = time.monotonic() + 5.0
-    last, stable = -1.0, 0
-    while time.monotonic() < deadline and stable < 3:
-        now = spent(fake)
-        stable = stable + 1 if now == last else 0
-        last = now
-        time.sleep(0.1)
 
 
 def redis_guard(fake: FakeProvider, redis: RedisServer, **kw: Any) -> BudgetGuard:
-    kw.setdefault("ttl", 600.0)
-    kw.setdefault("estimate", ESTIMATE)
-    policy = kw.pop("policy", Policy(refuse_below=FLOOR))
-    source = kw.pop("source", None) or OpenRouterKey(base_url=fake.openrouter_base_url)
-    return BudgetGuard(source, policy, store=f"{redis.url}?secret={SECRET}", **kw)
-
-
-def sync_openai(fake: FakeProvider, guard: BudgetGuard, stack: str, **kw: Any) -> openai.OpenAI:
-    http: Any
-    if stack == "httpx":
-        http = guard.client(transport=httpx.HTTPTransport(verify=False))
-    else:
-        http = cg2.client(guard, transport=httpx2.HTTPTransport(verify=False))
-    kw.setdefault("max_retries", 0)
-    kw.setdefault("timeout", 5.0)
-    return openai.OpenAI(base_url=fake.openrouter_base_url, api_key=KEY, http_client=http, **kw)
-
-
-def async_openai(
-    fake: FakeProvider, guard: BudgetGuard, stack: str, **kw: Any
-) -> openai.AsyncOpenAI:
-    http: Any
-    if stack == "httpx":
-        http = guard.async_client(transport=httpx.AsyncHTTPTransport(verify=False))
-    else:
-        http = cg2.async_client(guard, transport=httpx2.AsyncHTTPTransport(verify=False))
-    kw.setdefault("max_retries", 0)
-    kw.setdefault("timeout", 5.0)
-    return openai.AsyncOpenAI(
-        base_url=fake.openrouter_base_url, api_key=KEY, http_client=http, **kw
-    )
-
-
-def refused_by_guard(exc: openai.APIStatusError) -> bool:
-    return exc.status_code == 402 and exc.response.headers.get("x-creditguard-decision") == (
-        "refuse"
-    )
-
-
-def sync_worker(client: openai.OpenAI, refusals: list[int]) -> None:
-    for _ in range(30):
-        try:
-            client.chat.completions.create(model=MODEL, messages=MESSAGES)
-        except openai.APIStatusError as exc:
-            assert refused_by_guard(exc), exc
-            refusals.append(1)
-            return
-        except (openai.APITimeoutError, openai.APIConnectionError):
-            continue
-
-
-def in_threads(works: list[Any]) -> None:
-    errors: list[BaseException] = []
-
-    def run(work: Any) -> None:
-        try:
-            work()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(w,)) for w in works]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors[:3]
+    return bounded_guard(fake, store=f"{redis.url}?secret={SECRET}", **kw)
 
 
 # -- 1. two guards on one Redis store, SDK retries after 500s and timeouts ---------------
@@ -154,7 +68,7 @@ def test_two_guards_on_redis_retries_and_timeouts_keep_the_bound(
         sync_openai(fake, a, stack, max_retries=2, timeout=QUICK) as ca,
         sync_openai(fake, b, stack, max_retries=2, timeout=QUICK) as cb,
     ):
-        in_threads([lambda c=c: sync_worker(c, refusals) for c in (ca, cb) * 5])
+        in_threads([lambda c=c: sync_worker(c, refusals, calls=30) for c in (ca, cb) * 5])
     settle_down(fake, SLOW)
     assert refusals
     assert spent(fake) <= BOUND, f"charged {spent(fake):.2f} > {BOUND:.2f}"
@@ -479,13 +393,10 @@ def test_a_settle_at_the_end_of_asyncio_run_reaches_the_store(
 
 
 async def test_anthropic_two_guards_on_a_redis_budget_with_retries_and_timeouts(
-    fake: FakeProvider, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    fake: FakeProvider, redis_server: RedisServer
 ) -> None:
-    import anthropic
+    import anthropic  # (retried at once, no key from the environment: _quick_retries)
 
-    monkeypatch.setattr(anthropic.AsyncAnthropic, "_calculate_retry_timeout", lambda *a, **k: 0.01)
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
     fake.add_key(KEY, credits=10.0)  # the budget below is the bound
     fake.fault("messages", status=500, attempt=0)  # released, retried
     fake.fault("messages", delay=SLOW, attempt=1)  # timed out: charged, retried

@@ -14,136 +14,44 @@ import gc
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
 import httpx
 import httpx2
 import openai
-import openai._base_client
 import pytest
+from sdk_helpers import (  # the fixtures: fake, stack and the autouse _quick_retries
+    BOUND,
+    FLOOR,
+    KEY,
+    LIMIT,
+    MODEL,
+    PRICE,
+    QUICK,
+    SLOW,
+    STACKS,
+    async_openai,
+    bounded_guard,
+    fault_fake,  # noqa: F401
+    in_threads,
+    quick_retries,  # noqa: F401
+    refused_by_guard,
+    settle_down,
+    spent,
+    stack_param,  # noqa: F401
+    sync_openai,
+    sync_worker,
+)
+from sdk_helpers import SAY_HI as MESSAGES
 
 import creditguard.httpx2 as cg2
 from creditguard import BudgetGuard, ConfigError, CreditsExhausted, Policy
 from creditguard.sources import FixedBudget, OpenRouterKey
 from creditguard.testing import FakeProvider
 
-KEY = "sk-or-v1-FAULTSTESTKEY-0123456789abcdef"
-MODEL = "faults/model"
-MESSAGES = [{"role": "user", "content": "Say hi."}]
-LIMIT, PRICE, FLOOR, ESTIMATE = 1.0, 0.01, 0.5, 0.01
-BOUND = FLOOR + ESTIMATE + 1e-9  # the most the provider may charge: 0.51
 WORKERS = 20
-SLOW, QUICK = 0.3, 0.15  # the provider answers after SLOW s; clients give up after QUICK
-STACKS = ["httpx", "httpx2"]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with FakeProvider(default_price=PRICE) as provider:
-        provider.add_key(KEY, limit=LIMIT)
-        yield provider
-
-
-@pytest.fixture(params=STACKS)
-def stack(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture(autouse=True)
-def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(openai._base_client, "INITIAL_RETRY_DELAY", 0.001)
-    monkeypatch.setattr(anthropic.Anthropic, "_calculate_retry_timeout", lambda *a, **k: 0.01)
-    monkeypatch.setattr(anthropic.AsyncAnthropic, "_calculate_retry_timeout", lambda *a, **k: 0.01)
-    for name in ("ANTHROPIC_API_KEY", "ANTHROPIC_AUTH_TOKEN", "ANTHROPIC_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-
-
-def make_guard(fake: FakeProvider, **kwargs: Any) -> BudgetGuard:
-    kwargs.setdefault("ttl", 600.0)  # one poll: the holds and charges carry the burst
-    kwargs.setdefault("estimate", ESTIMATE)
-    policy = kwargs.pop("policy", Policy(refuse_below=FLOOR))
-    source = kwargs.pop("source", None) or OpenRouterKey(base_url=fake.openrouter_base_url)
-    return BudgetGuard(source, policy, **kwargs)
-
-
-def sync_openai(fake: FakeProvider, guard: BudgetGuard, stack: str, **kw: Any) -> openai.OpenAI:
-    if stack == "httpx":
-        http: Any = guard.client(transport=httpx.HTTPTransport(verify=False))
-    else:
-        http = cg2.client(guard, transport=httpx2.HTTPTransport(verify=False))
-    kw.setdefault("max_retries", 0)
-    kw.setdefault("timeout", 5.0)
-    return openai.OpenAI(base_url=fake.openrouter_base_url, api_key=KEY, http_client=http, **kw)
-
-
-def async_openai(
-    fake: FakeProvider, guard: BudgetGuard, stack: str, **kw: Any
-) -> openai.AsyncOpenAI:
-    if stack == "httpx":
-        http: Any = guard.async_client(transport=httpx.AsyncHTTPTransport(verify=False))
-    else:
-        http = cg2.async_client(guard, transport=httpx2.AsyncHTTPTransport(verify=False))
-    kw.setdefault("max_retries", 0)
-    kw.setdefault("timeout", 5.0)
-    return openai.AsyncOpenAI(
-        base_url=fake.openrouter_base_url, api_key=KEY, http_client=http, **kw
-    )
-
-
-def spent(fake: FakeProvider) -> float:
-    return fake.key(KEY).usage
-
-
-def settle_down(fake: FakeProvider, wait: float = 0.0) -> None:
-    """Let calls the provider is still answering (slow faults) finish and be billed."""
-    time.sleep(wait)
-    deadline = time.monotonic() + 5.0
-    last, stable = -1.0, 0
-    while time.monotonic() < deadline and stable < 3:
-        now = spent(fake)
-        stable = stable + 1 if now == last else 0
-        last = now
-        time.sleep(0.1)
-
-
-def refused_by_guard(exc: openai.APIStatusError) -> bool:
-    return exc.status_code == 402 and exc.response.headers.get("x-creditguard-decision") == (
-        "refuse"
-    )
-
-
-def in_threads(n: int, work: Callable[[], None]) -> None:
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            work()
-        except BaseException as exc:  # reported below, not lost in a thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
-    assert not errors, errors[:3]
-
-
-def sync_worker(client: openai.OpenAI, refusals: list[int], *, stream: bool = False) -> None:
-    """Call until the guard refuses (at most 20 calls)."""
-    for _ in range(20):
-        try:
-            done = client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=stream)
-            if stream:
-                list(done)  # type: ignore[call-overload]
-        except openai.APIStatusError as exc:
-            assert refused_by_guard(exc), exc
-            refusals.append(1)
-            return
-        except (openai.APITimeoutError, openai.APIConnectionError):
-            continue
 
 
 async def async_worker(
@@ -184,10 +92,10 @@ def assert_within_bound(
 
 def test_retries_after_500s_keep_the_bound_threads(fake: FakeProvider, stack: str) -> None:
     fake.fault("chat", status=500, attempt=0)  # every first attempt fails once
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     refusals: list[int] = []
     with sync_openai(fake, guard, stack, max_retries=2) as client:
-        in_threads(WORKERS, lambda: sync_worker(client, refusals))
+        in_threads([lambda: sync_worker(client, refusals)] * WORKERS)
     assert_within_bound(fake, guard, refusals, all_sent=True)
     retries = [r for r in fake.requests if r.headers.get("x-stainless-retry-count") == "1"]
     assert len(retries) >= 40  # the 500s really were retried
@@ -196,7 +104,7 @@ def test_retries_after_500s_keep_the_bound_threads(fake: FakeProvider, stack: st
 
 async def test_retries_after_500s_keep_the_bound_tasks(fake: FakeProvider, stack: str) -> None:
     fake.fault("chat", status=500, attempt=0)
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     refusals: list[int] = []
     async with async_openai(fake, guard, stack, max_retries=2) as client:
         await asyncio.gather(*(async_worker(client, refusals) for _ in range(WORKERS)))
@@ -205,7 +113,7 @@ async def test_retries_after_500s_keep_the_bound_tasks(fake: FakeProvider, stack
 
 
 def test_a_retry_that_would_cross_the_floor_is_refused(fake: FakeProvider, stack: str) -> None:
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     fake.fault("chat", status=500, times=1)
     gate = threading.Event()
 
@@ -227,7 +135,7 @@ def test_a_retry_that_would_cross_the_floor_is_refused(fake: FakeProvider, stack
 def test_a_retry_after_a_timed_out_attempt_is_held_and_settled(
     fake: FakeProvider, stack: str
 ) -> None:
-    guard = make_guard(fake, estimate=0.05)
+    guard = bounded_guard(fake, estimate=0.05)
     fake.fault("chat", delay=SLOW, times=1)
     with sync_openai(fake, guard, stack, max_retries=1, timeout=QUICK) as client:
         client.chat.completions.create(model=MODEL, messages=MESSAGES)
@@ -246,10 +154,10 @@ def test_a_retry_after_a_timed_out_attempt_is_held_and_settled(
 
 def test_client_timeouts_keep_the_bound_threads(fake: FakeProvider, stack: str) -> None:
     fake.fault("chat", delay=SLOW)  # the provider answers (and bills) after the client gave up
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     refusals: list[int] = []
     with sync_openai(fake, guard, stack, timeout=QUICK) as client:
-        in_threads(WORKERS, lambda: sync_worker(client, refusals))
+        in_threads([lambda: sync_worker(client, refusals)] * WORKERS)
     settle_down(fake, SLOW)
     assert_within_bound(fake, guard, refusals)
     guard.close()
@@ -257,7 +165,7 @@ def test_client_timeouts_keep_the_bound_threads(fake: FakeProvider, stack: str) 
 
 async def test_client_timeouts_keep_the_bound_tasks(fake: FakeProvider, stack: str) -> None:
     fake.fault("chat", delay=SLOW)
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     refusals: list[int] = []
     async with async_openai(fake, guard, stack, timeout=QUICK) as client:
         await asyncio.gather(*(async_worker(client, refusals) for _ in range(WORKERS)))
@@ -268,7 +176,7 @@ async def test_client_timeouts_keep_the_bound_tasks(fake: FakeProvider, stack: s
 
 async def test_wait_for_cancellations_keep_the_bound(fake: FakeProvider, stack: str) -> None:
     fake.fault("chat", delay=SLOW)
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     refusals: list[int] = []
     async with async_openai(fake, guard, stack) as client:
         await asyncio.gather(
@@ -281,7 +189,9 @@ async def test_wait_for_cancellations_keep_the_bound(fake: FakeProvider, stack: 
 
 async def test_cancelled_decorated_calls_keep_the_bound(fake: FakeProvider) -> None:
     fake.fault("chat", delay=SLOW)
-    guard = make_guard(fake, source=OpenRouterKey(api_key=KEY, base_url=fake.openrouter_base_url))
+    guard = bounded_guard(
+        fake, source=OpenRouterKey(api_key=KEY, base_url=fake.openrouter_base_url)
+    )
     refusals: list[int] = []
     async with openai.AsyncOpenAI(
         base_url=fake.openrouter_base_url, api_key=KEY, max_retries=0, timeout=5.0
@@ -310,7 +220,9 @@ async def test_cancelled_decorated_calls_keep_the_bound(fake: FakeProvider) -> N
 
 def test_timed_out_decorated_calls_keep_the_bound(fake: FakeProvider) -> None:
     fake.fault("chat", delay=SLOW)
-    guard = make_guard(fake, source=OpenRouterKey(api_key=KEY, base_url=fake.openrouter_base_url))
+    guard = bounded_guard(
+        fake, source=OpenRouterKey(api_key=KEY, base_url=fake.openrouter_base_url)
+    )
     refusals: list[int] = []
     with openai.OpenAI(
         base_url=fake.openrouter_base_url, api_key=KEY, max_retries=0, timeout=QUICK
@@ -330,7 +242,7 @@ def test_timed_out_decorated_calls_keep_the_bound(fake: FakeProvider) -> None:
                 except openai.APITimeoutError:
                     continue
 
-        in_threads(WORKERS, worker)
+        in_threads([worker] * WORKERS)
     settle_down(fake, SLOW)
     assert refusals and spent(fake) <= BOUND
     assert guard.ledger.reserved(None) == 0
@@ -367,7 +279,7 @@ def _balance(remaining: float) -> Any:
 
 def _dropped_streams_setup(fake: FakeProvider) -> BudgetGuard:
     # an estimate that makes four abandoned holds refuse the fifth call while they stand
-    return make_guard(fake, estimate=0.12)
+    return bounded_guard(fake, estimate=0.12)
 
 
 def _check_dropped(fake: FakeProvider, guard: BudgetGuard) -> None:
@@ -410,7 +322,7 @@ async def test_streams_dropped_unread_are_charged_async(fake: FakeProvider, stac
 
 def test_a_raw_response_never_read_is_charged(fake: FakeProvider, stack: str) -> None:
     """A plain httpx/httpx2 response opened with stream=True and dropped."""
-    guard = make_guard(fake, estimate=0.2)
+    guard = bounded_guard(fake, estimate=0.2)
     if stack == "httpx":
         http: Any = guard.client(transport=httpx.HTTPTransport(verify=False))
     else:
@@ -447,7 +359,7 @@ CLAUDE_ARGS: dict[str, Any] = {
 def anthropic_setup(fake: FakeProvider) -> tuple[BudgetGuard, FixedBudget]:
     fake.add_key(KEY, credits=10.0)  # the provider's own account is not the bound here
     budget = FixedBudget(LIMIT)
-    guard = make_guard(fake, source=budget)
+    guard = bounded_guard(fake, source=budget)
     fake.fault("messages", status=500, attempt=0)  # every call succeeds on its retry
     return guard, budget
 
@@ -477,7 +389,7 @@ def test_anthropic_middleware_books_calls_that_succeed_on_a_retry(fake: FakeProv
                     refusals.append(1)
                     return
 
-        in_threads(WORKERS, worker)
+        in_threads([worker] * WORKERS)
     check_anthropic(fake, budget, refusals)
     guard.close()
 
@@ -511,7 +423,7 @@ def test_anthropic_middleware_estimates_like_the_transport(fake: FakeProvider) -
     fake.add_key(KEY, credits=10.0)
     prompt, completion = 1e-4, 1e-3
     pricing = {"claude-*": {"prompt": prompt, "completion": completion}}
-    guard = make_guard(fake, source=FixedBudget(10.0), pricing=pricing)
+    guard = bounded_guard(fake, source=FixedBudget(10.0), pricing=pricing)
     fake.fault("messages", delay=0.3, times=1)
     held: list[float] = []
     with anthropic.Anthropic(
@@ -555,7 +467,7 @@ def _openrouter_error(status: int, reason: str | None, source: str, **meta: Any)
 
 
 def test_an_in_flight_budget_402_is_transient(fake: FakeProvider, stack: str) -> None:
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     body = _openrouter_error(402, "in_flight_budget_exhausted", "openrouter_in_flight_budget")
     fake.fault("chat", status=402, body=body, headers={"Retry-After": "3"}, times=1)
     with sync_openai(fake, guard, stack) as client:
@@ -581,7 +493,7 @@ def test_an_in_flight_budget_402_is_transient(fake: FakeProvider, stack: str) ->
 def test_a_budget_refusal_marks_the_credential_exhausted(
     fake: FakeProvider, stack: str, status: int, source: str
 ) -> None:
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     resets = "2030-01-01T00:00:00Z"
     body = _openrouter_error(status, None, source, resets_at=resets)
     fake.fault("chat", status=status, body=body, times=1)
@@ -600,7 +512,7 @@ def test_a_budget_refusal_marks_the_credential_exhausted(
 
 
 def test_a_403_about_something_else_marks_nothing(fake: FakeProvider) -> None:
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     body = _openrouter_error(403, None, "openrouter_moderation")
     fake.fault("chat", status=403, body=body, times=1)
     with sync_openai(fake, guard, "httpx") as client:
@@ -618,7 +530,7 @@ def test_a_403_about_something_else_marks_nothing(fake: FakeProvider) -> None:
 def test_an_absurd_usage_cost_charges_the_estimate(
     fake: FakeProvider, stack: str, cost: str
 ) -> None:
-    guard = make_guard(fake, estimate=0.05)
+    guard = bounded_guard(fake, estimate=0.05)
     body = (
         '{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[],'
         '"usage":{"prompt_tokens":1,"completion_tokens":1,"cost":' + cost + "}}"
@@ -662,7 +574,7 @@ def test_a_huge_cost_given_by_hand_is_a_value_error() -> None:
 def test_a_body_nested_thousands_deep_is_forwarded_unread(
     fake: FakeProvider, stack: str, where: str
 ) -> None:
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     deep = "[" * 100_000 + "]" * 100_000
     if where == "before":
         text = '{"messages":' + deep + ',"model":"' + MODEL + '"}'
@@ -692,7 +604,7 @@ PRICED = {MODEL: {"prompt": 1e-4, "completion": 1e-3}}
 
 def test_a_stream_without_usage_is_charged_what_passed(fake: FakeProvider, stack: str) -> None:
     fake.stream_usage_always = False  # OpenAI's way: usage only when asked
-    guard = make_guard(fake, pricing=PRICED, estimate=0.3)
+    guard = bounded_guard(fake, pricing=PRICED, estimate=0.3)
     with sync_openai(fake, guard, stack) as client:
         chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
     assert all(c.usage is None for c in chunks)
@@ -708,7 +620,7 @@ def test_a_stream_without_usage_is_charged_what_passed(fake: FakeProvider, stack
 
 def test_a_stream_without_usage_and_no_price_is_charged_its_estimate(fake: FakeProvider) -> None:
     fake.stream_usage_always = False
-    guard = make_guard(fake, estimate=0.3)
+    guard = bounded_guard(fake, estimate=0.3)
     with sync_openai(fake, guard, "httpx2") as client:
         list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
     belief = guard.check(credential=KEY, estimate=0).balance
@@ -721,7 +633,7 @@ async def test_stream_usage_asks_for_the_usage(
     fake: FakeProvider, stack: str, options: dict[str, Any] | None
 ) -> None:
     fake.stream_usage_always = False
-    guard = make_guard(fake, stream_usage=True, estimate=0.3)
+    guard = bounded_guard(fake, stream_usage=True, estimate=0.3)
     extra: dict[str, Any] = {} if options is None else {"stream_options": options}
     async with async_openai(fake, guard, stack) as client:
         stream = await client.chat.completions.create(
@@ -737,7 +649,7 @@ async def test_stream_usage_asks_for_the_usage(
 
 
 def test_stream_usage_is_off_by_default(fake: FakeProvider) -> None:
-    guard = make_guard(fake)
+    guard = bounded_guard(fake)
     with sync_openai(fake, guard, "httpx") as client:
         list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
     assert "stream_options" not in fake.requests[-1].json
@@ -827,7 +739,7 @@ def test_anthropic_middleware_refuses_a_retry_that_would_cross_the_floor(
 ) -> None:
     fake.add_key(KEY, credits=10.0)
     budget = FixedBudget(LIMIT)
-    guard = make_guard(fake, source=budget)
+    guard = bounded_guard(fake, source=budget)
     fake.fault("messages", status=500, times=1)
 
     def dried(*_: Any) -> None:  # after the first decision the budget runs down to the floor
