@@ -94,11 +94,21 @@ def test_a_config_error_masks_the_key_name_and_what_is_allowed_too() -> None:
         f"bad request to gw.example: {{'x-api-key': '{QSECRET}'}}",
         f"gw.example refused headers {{'Authorization': 'Bearer {QSECRET}'}}",
         f"gw.example: Authorization: Key {QSECRET}",
+        f"unusable client Client(api_key='{QSECRET}', base_url='https://gw.example')",
     ],
 )
 def test_describe_masks_secrets_a_lower_layer_put_in_its_message(message: str) -> None:
     text = describe(RuntimeError(message))
     assert QSECRET not in text and "gw.example" in text
+
+
+def test_a_config_error_masks_a_key_in_the_repr_of_an_object() -> None:
+    class Client:  # (a model or client object given where a setting belongs)
+        def __repr__(self) -> str:
+            return f"Client(api_key='{QSECRET}', host='gw.example')"
+
+    error = ConfigError("models.fast", Client(), "a LangChain chat model")
+    assert QSECRET not in str(error) and "gw.example" in str(error)
 
 
 @pytest.mark.parametrize(

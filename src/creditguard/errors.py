@@ -135,8 +135,10 @@ _USER_ONLY = re.compile(r"""(?i)\b([a-z][a-z0-9+.\-]*://)([^\s/?#:@'"<>]+)@""")
 _SECRET_NAME = (
     r"[\w.\-]*?(?:key|token|secret|password|passwd|pass|pwd|sig|signature|credential|auth)"
 )
+# (also quoted, as in an object's repr: Client(api_key='...'))
 _ASSIGNED = re.compile(
-    rf"(?i)(?<![\w.\-])({_SECRET_NAME})=(?!(?:\.\.\.|{REDACTED})(?:[&\s'\"#]|$))[^&\s'\"#<>]+"
+    rf"(?i)(?<![\w.\-])({_SECRET_NAME})=(['\"]?)"
+    rf"(?!(?:\.\.\.|{REDACTED})(?:[&\s'\"#]|$))[^&\s'\"#<>]+"
 )
 # "api_key": "...", 'x-api-key': '...' (JSON, a dict's repr)
 _QUOTED = re.compile(rf"""(?i)(["'])({_SECRET_NAME})\1(\s*:\s*)(["'])(?!{REDACTED}\4)[^"'\n]+\4""")
@@ -174,7 +176,7 @@ def redact(text: str, *secrets: str | None) -> str:
         text = _USERINFO.sub(r"\1:" + REDACTED + "@", text)
         text = _USER_ONLY.sub(_user_only, text)
     if "=" in text:
-        text = _ASSIGNED.sub(r"\1=" + REDACTED, text)
+        text = _ASSIGNED.sub(r"\1=\2" + REDACTED, text)
     if ":" in text:
         text = _QUOTED.sub(r"\1\2\1\3\4" + REDACTED + r"\4", text)
     lowered = text.lower()
