@@ -386,6 +386,27 @@ def test_a_retry_is_not_judged_again_and_is_rewritten_the_same(
     assert h.upstream.bodies[0] == h.upstream.bodies[1] != BODY
 
 
+def test_first_attempts_are_remembered_in_bounded_memory(
+    make: Callable[..., Harness],
+) -> None:
+    """Thousands of first attempts: the last thousand stay known to their
+    retries, the memory of them stays bounded (two generations of 1,024)."""
+    h = make(2)
+    transport = h.client._transport
+    core = transport._core
+    for i in range(3000):
+        body = b'{"model": "gpt-4o", "n": %d}' % i
+        h.post(content=body, headers={"x-stainless-retry-count": "0"})
+    assert len(core._retries) + len(core._retries_old) <= 2048
+    judged = len(h.decisions)
+    for i in range(3000 - 1024, 3000):  # the last 1,024: each retry follows its first attempt
+        body = b'{"model": "gpt-4o", "n": %d}' % i
+        h.post(content=body, headers={"x-stainless-retry-count": "1"})
+    assert len(h.decisions) == judged
+    h.post(content=b'{"model": "gpt-4o", "n": 0}', headers={"x-stainless-retry-count": "1"})
+    assert len(h.decisions) == judged + 1  # long forgotten: judged as a new call
+
+
 def test_an_unknown_retry_is_judged(make: Callable[..., Harness]) -> None:
     h = make(2)
     h.post(headers={"x-stainless-retry-count": "3"})

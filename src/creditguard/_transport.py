@@ -73,6 +73,7 @@ _TOKEN_FIELDS_ORDER = ("max_tokens", "max_completion_tokens", "max_output_tokens
 _TOKEN_FIELDS = frozenset(_TOKEN_FIELDS_ORDER)
 _MODEL_FIRST = '{"model":"'
 _MAX_TOKENS_LAST = ',"max_tokens":'
+_RETRIES_KEPT = 1024  # first attempts remembered for retries, per generation
 
 
 # Options that belong to the network transport: given to client(), they build
@@ -374,9 +375,13 @@ class Core:
             guard.source, "host_credential", None
         )
         self.stream_usage = guard.stream_usage
-        # decisions of first attempts, for SDK retries of the same call (bounded,
-        # oldest first out: a retry follows its first attempt within seconds)
+        # decisions of first attempts, for SDK retries of the same call: the
+        # last 1,024 to 2,048 (a retry follows its first attempt within seconds),
+        # in two generations; a full one becomes the old one, the older dropped
+        # whole. (Deleting the oldest key of one dict, next(iter()), scans the
+        # dead slots in front of it: hundreds a call once full.)
         self._retries: dict[tuple[str, int], tuple[Decision, float, Price | None]] = {}
+        self._retries_old: dict[tuple[str, int], tuple[Decision, float, Price | None]] = {}
         self._unpriced: set[str] = set()  # models already warned about
 
     # -- 1. plan -------------------------------------------------------------
@@ -405,7 +410,7 @@ class Core:
         if attempt is not None and text is not None:
             retry_key = (key, hash(text))  # the body's hash is cached on the str
             if attempt.strip() != b"0":
-                first = self._retries.get(retry_key)
+                first = self._retries.get(retry_key) or self._retries_old.get(retry_key)
                 if first is not None:
                     retry_of = first[0]
         plan = Plan(
@@ -610,8 +615,8 @@ class Core:
         if plan.retry_key is not None and plan.retry_of is None:
             retries = self._retries
             retries[plan.retry_key] = (decision, plan.estimate, plan.price)
-            if len(retries) > 1024:
-                del retries[next(iter(retries))]
+            if len(retries) >= _RETRIES_KEPT:
+                self._retries_old, self._retries = retries, {}
         if not downgrade and plan.usage_edit is None:
             return request  # the usual case: forwarded as it came
         edits = [] if plan.usage_edit is None else [plan.usage_edit]
