@@ -684,23 +684,24 @@ class Ledger:
                 how = _how(cost, how)
                 cost = check_cost(cost)
         key = hold.key
-        if self._source_record is None:
+        record = self._source_record
+        if record is None:
             with self._lock:
-                if hold.state != Hold.OPEN:
+                if hold.state:  # (not Hold.OPEN, 0)
                     return False
-                hold.state = Hold.SETTLED
+                hold.state = 1  # Hold.SETTLED
                 holds = self._holds.get(key)
                 if holds is not None:
                     holds.drop(hold)
                 self._debit(key, cost)
         else:
             with self._lock:
-                if hold.state != Hold.OPEN:
+                if hold.state:
                     return False
-                hold.state = Hold.SETTLED  # still held (and counted) until debited below
+                hold.state = 1  # settled, still held (and counted) until debited below
             # A local budget learns the spend first: a refresh racing with us then
             # counts it at worst twice (safe, and the next poll corrects it), never zero.
-            self._source_record(hold.credential if self._per_credential else None, cost)
+            record(hold.credential if self._per_credential else None, cost)
             with self._lock:
                 holds = self._holds.get(key)
                 if holds is not None:
