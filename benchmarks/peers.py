@@ -63,8 +63,9 @@ from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = ("agentarmor", "spendguard", "shekel", "llm-cost-guard", "llm-budget")
-LIBRARIES = ("creditguard-transport", "creditguard-decorator", *PEERS)
+LIBRARIES = ("floor", "creditguard-transport", "creditguard-decorator", *PEERS)
 LABELS = {
+    "floor": "(reference) the least a guard transport does",
     "creditguard-transport": "creditguard, {cg}(guard)",
     "creditguard-decorator": "creditguard, @guard around the SDK call",
 }
@@ -380,7 +381,84 @@ def wire_llm_budget(scene: Scene, budget: float, kwargs: dict[str, Any]) -> Wire
     return Wired(call, None, (BudgetExceeded,), "sync only (its decorator calls the function)")
 
 
+def wire_floor(scene: Scene, budget: float, kwargs: dict[str, Any]) -> Wired:
+    """Not a library: the least any guard transport does per call, for reference
+    (the floor under the ``creditguard.httpx2.client`` row). It reads the
+    request's headers and body for the credential, model and max_tokens, holds
+    prompt + max_tokens at the model's price under a lock (refusing with a 402
+    before sending when over), and settles from the response's usage. No
+    downgrade, no retries, no streams, no labels, no learning, no clock."""
+    import asyncio
+    import threading
+
+    import openai
+
+    http = scene.http
+    lock = threading.Lock()
+    state = {"left": budget}
+    wanted = frozenset((b"authorization", b"x-stainless-retry-count", b"content-encoding"))
+
+    def hold(request: Any) -> float | None:
+        found = {}
+        for _, name, value in request.headers._list:
+            if name in wanted and name not in found:
+                found[name] = value
+        text = request.content.decode()
+        model = text[10 : text.find('"', 10)]
+        limit = int(text[text.rfind(',"max_tokens":') + 14 : -1])
+        price = PRICING[model]
+        estimate = price["prompt"] * len(text) / 4 + price["completion"] * limit
+        with lock:
+            if state["left"] - estimate < 0:
+                return None
+            state["left"] -= estimate
+        return estimate
+
+    def settle(response: Any, estimate: float) -> None:
+        body = response.content
+        at = body.rfind(b'"usage"')
+        usage = json.loads(body[at + 8 : -1])
+        price = PRICING[MODEL]
+        cost = usage["prompt_tokens"] * price["prompt"]
+        cost += usage["completion_tokens"] * price["completion"]
+        with lock:
+            state["left"] += estimate - cost
+
+    refusal = {"error": {"code": 402, "message": "over budget"}}
+
+    class Floor(http.BaseTransport):  # type: ignore[misc, name-defined]
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def handle_request(self, request: Any) -> Any:
+            estimate = hold(request)
+            if estimate is None:
+                return http.Response(402, json=refusal, request=request)
+            response = self.inner.handle_request(request)
+            settle(response, estimate)
+            return response
+
+    class AsyncFloor(http.AsyncBaseTransport):  # type: ignore[misc, name-defined]
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def handle_async_request(self, request: Any) -> Any:
+            estimate = hold(request)
+            if estimate is None:
+                return http.Response(402, json=refusal, request=request)
+            response = await self.inner.handle_async_request(request)
+            settle(response, estimate)
+            return response
+
+    assert asyncio  # (the async side runs under the child's loop)
+    client = scene.client(http.Client(transport=Floor(scene.transport())))
+    aclient = scene.aclient(http.AsyncClient(transport=AsyncFloor(scene.transport(True))))
+    call, acall = _sdk_calls(client, aclient, kwargs)
+    return Wired(call, acall, (openai.APIStatusError,))
+
+
 WIRES = {
+    "floor": wire_floor,
     "creditguard-transport": wire_creditguard_transport,
     "creditguard-decorator": wire_creditguard_decorator,
     "agentarmor": wire_agentarmor,
@@ -841,7 +919,10 @@ def verdicts(tables: dict[str, list[dict]]) -> list[tuple[str, bool | None, str]
             shown = "n/a" if got is None else f"{got:+.1f} us"
             out.append((f"{library} {side} <= {goal:.0f} us ({GOAL_STACK})", ok, shown))
     for side in ("sync", "async"):
-        ours = med("creditguard-transport", side)
+        ours, floor = med("creditguard-transport", side), med("floor", side)
+        if ours is not None and floor is not None:
+            shown = f"{ours - floor:+.1f} us (the floor itself: {floor:+.1f} us)"
+            out.append((f"creditguard transport above the reference floor ({side})", None, shown))
         refusing = [
             (p, med(p, side))
             for p in PEERS
