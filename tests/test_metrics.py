@@ -127,12 +127,14 @@ def test_instruments_and_attributes_after_sdk_calls(
     decisions = got["creditguard.decisions"]
     for attrs, _ in decisions:
         assert set(attrs) == {
+            "creditguard.guard",
             "creditguard.action",
             "gen_ai.request.model",
             "creditguard.source",
             "creditguard.credential",
         }
         assert len(attrs["creditguard.credential"]) == 8
+        assert attrs["creditguard.guard"] == tally_of(guard).name
         assert SECRET not in repr(attrs)
     assert value(decisions, creditguard__action="allow", gen_ai__request__model=EXPENSIVE) == 6
     assert value(decisions, creditguard__action="downgrade") == 1
@@ -157,7 +159,10 @@ def test_instruments_and_attributes_after_sdk_calls(
 
     # one credits request per key, each timed
     (attrs, histogram), *rest = got["creditguard.source.duration"]
-    assert not rest and attrs == {"creditguard.source": "openrouter-key"}
+    assert not rest and attrs == {
+        "creditguard.guard": tally_of(guard).name,
+        "creditguard.source": "openrouter-key",
+    }
     assert histogram.count == 3 and histogram.sum > 0
     assert "creditguard.source.errors" not in got or value(got["creditguard.source.errors"]) == 0
 
@@ -200,9 +205,11 @@ def test_fail_open_and_source_errors_are_counted(
     errors = got["creditguard.source.errors"]
     assert value(errors, creditguard__source="openrouter-key") == 1
     duration_attrs = [a for a, _ in got["creditguard.source.duration"]]
-    assert {"creditguard.source": "openrouter-key", "error.type": "CreditSourceError"} in (
-        duration_attrs
-    )
+    assert {
+        "creditguard.guard": tally_of(guard).name,
+        "creditguard.source": "openrouter-key",
+        "error.type": "CreditSourceError",
+    } in duration_attrs
     # the call went out all the same, and its spend was counted
     assert value(got["creditguard.spend"]) == pytest.approx(0.25)
 
@@ -279,19 +286,21 @@ def test_prometheus_registry_reads_the_same(fake: FakeProvider, guard: BudgetGua
         ) as chunks:
             streamed = [chunk.usage for chunk in chunks if chunk.usage is not None]
     fp = guard.ledger.key(KEYS["allow"])[:8]
+    name = {"creditguard_guard": tally_of(guard).name}
     assert streamed and streamed[-1].completion_tokens > 0
     assert registry.get_sample_value(
         "gen_ai_usage_output_tokens_total",
-        {"gen_ai_request_model": EXPENSIVE, "creditguard_credential": fp},
+        {**name, "gen_ai_request_model": EXPENSIVE, "creditguard_credential": fp},
     ) == pytest.approx(2 * streamed[-1].completion_tokens)
     labels = {
+        **name,
         "creditguard_action": "allow",
         "gen_ai_request_model": EXPENSIVE,
         "creditguard_source": "openrouter-key",
         "creditguard_credential": fp,
     }
     assert registry.get_sample_value("creditguard_decisions_total", labels) == 2
-    spend = {"creditguard_cost_source": "provider", "creditguard_unit": "USD"}
+    spend = {**name, "creditguard_cost_source": "provider", "creditguard_unit": "USD"}
     assert registry.get_sample_value(
         "creditguard_spend_total", {**spend, "creditguard_credential": fp}
     ) == pytest.approx(0.5)
@@ -300,16 +309,20 @@ def test_prometheus_registry_reads_the_same(fake: FakeProvider, guard: BudgetGua
     assert registry.get_sample_value(
         "creditguard_balance_available",
         {
+            **name,
             "creditguard_unit": "USD",
             "creditguard_source": "openrouter-key",
             "creditguard_credential": fp,
         },
     ) == pytest.approx(state.limit - state.usage)
     assert (
-        registry.get_sample_value("creditguard_holds_active", {"creditguard_credential": fp}) == 0
+        registry.get_sample_value(
+            "creditguard_holds_active", {**name, "creditguard_credential": fp}
+        )
+        == 0
     )
-    assert registry.get_sample_value("creditguard_source_duration_seconds_count") == 1
-    assert registry.get_sample_value("creditguard_alerts_dropped_total") == 0
+    assert registry.get_sample_value("creditguard_source_duration_seconds_count", name) == 1
+    assert registry.get_sample_value("creditguard_alerts_dropped_total", name) == 0
 
 
 def test_prometheus_without_otel_metrics(fake: FakeProvider) -> None:
@@ -327,6 +340,7 @@ def test_prometheus_without_otel_metrics(fake: FakeProvider) -> None:
     total = registry.get_sample_value(
         "creditguard_spend_total",
         {
+            "creditguard_guard": tally_of(guard).name,
             "creditguard_cost_source": "provider",
             "creditguard_unit": "USD",
             "creditguard_credential": guard.ledger.key(KEYS["allow"])[:8],

@@ -20,7 +20,7 @@ from ._fingerprint import Fingerprinter
 from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
 from .balance import Balance
 from .costs import Pricing
-from .errors import ConfigError, CreditSourceError
+from .errors import ConfigError, CreditSourceError, looks_like_key
 from .events import DecisionLog, Events, SourceErrorLog, log_refresh
 from .ledger import Hold, Ledger, Lookup
 from .policy import Action, Decision, Estimate, Estimator, Policy, decide
@@ -215,7 +215,9 @@ class BudgetGuard:
     metrics subscribe to. ``metrics``: ``"auto"`` (default: on when the app
     has configured an OpenTelemetry MeterProvider), True (through the global
     MeterProvider, whenever one is set), False, or a MeterProvider; see
-    :mod:`creditguard.metrics`.
+    :mod:`creditguard.metrics`. ``name`` labels the guard's metrics
+    (``creditguard.guard``; default: its source's name, numbered when
+    several unnamed guards share one).
     """
 
     on_decision = _Callback("decision")
@@ -246,6 +248,7 @@ class BudgetGuard:
         on_alert: Callable[[Alert], object] | None = None,
         alert_webhook: str | Webhook | None = None,
         metrics: object = "auto",
+        name: str | None = None,
     ) -> None:
         for method in ("fetch", "afetch"):
             if not callable(getattr(source, method, None)):
@@ -260,6 +263,16 @@ class BudgetGuard:
             raise ConfigError("policy", policy, "a creditguard.Policy")
         if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:
             raise ConfigError("maxsize", maxsize, "a whole number >= 1")
+        if name is not None and (
+            not isinstance(name, str)
+            or not name.strip()
+            or not name.isprintable()
+            or len(name) > 100
+            or looks_like_key(name)
+        ):
+            allowed = "None or a printable name of 1 to 100 characters, not a key (a metrics label)"
+            raise ConfigError("name", name, allowed)
+        self.name = name
         self.source = source
         self.policy = policy
         self.ttl = _number("ttl", ttl, positive=True)

@@ -26,9 +26,19 @@ Instruments (meter ``creditguard``):
 ``gen_ai.usage.output_tokens``                      ``gen_ai.request.model``
 =================================  ===============  ==========================================
 
+Every series carries the guard's name (``creditguard.guard``): several
+guards reporting through one MeterProvider (or one Prometheus registry) keep
+series of their own, even for one credential. The name is
+``BudgetGuard(name=...)``; an unnamed guard takes its source's name
+(``openrouter-key``), numbered (``openrouter-key-2``, ...) while another
+guard of the process holds it. Guards given the same name report as one
+guard: their counters, open holds and request durations add up and their
+``creditguard.balance.available`` is the lowest of theirs (a warning says
+so when the second one is built).
+
 Per-credential series carry the credential's 8-character fingerprint
-(``creditguard.credential``), for the most recently used 100 credentials;
-the rest are added up under ``other``.
+(``creditguard.credential``), for each guard's most recently used 100
+credentials; the rest are added up under ``other``.
 
 A guarded call pays one dict increment under a lock (:class:`Tally`); the
 counters are read from it when the metrics are collected, so the hot path
@@ -37,6 +47,7 @@ never calls into a metrics SDK.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import weakref
@@ -55,7 +66,9 @@ if TYPE_CHECKING:
     from .guard import BudgetGuard
     from .policy import Decision
 
-__all__ = ["MAX_CREDENTIALS", "Tally", "setup", "tally_of"]
+__all__ = ["INSTRUMENTS", "MAX_CREDENTIALS", "Tally", "series", "setup", "tally_of"]
+
+log = logging.getLogger("creditguard")
 
 MAX_CREDENTIALS = 100
 """Credentials with series of their own; the rest aggregate as ``other``."""
@@ -70,6 +83,8 @@ class Tally:
 
     def __init__(self, guard: BudgetGuard, maxsize: int = MAX_CREDENTIALS) -> None:
         self._guard = weakref.ref(guard)
+        self.name = _claim(self, guard)
+        """The ``creditguard.guard`` label of every series of this guard."""
         self.maxsize = maxsize
         self.lock = threading.Lock()
         self.recent: OrderedDict[str, None] = OrderedDict()
@@ -242,6 +257,35 @@ class Tally:
         return out
 
 
+_labels: weakref.WeakKeyDictionary[Tally, str] = weakref.WeakKeyDictionary()
+_labels_lock = threading.Lock()
+
+
+def _claim(tally: Tally, guard: BudgetGuard) -> str:
+    """The guard label of ``tally``: the guard's name; for an unnamed guard its
+    source's name, numbered when a live guard of the process holds it."""
+    name: str | None = getattr(guard, "name", None)
+    with _labels_lock:
+        taken = set(_labels.values())
+        if name is not None:
+            label = name
+            if label in taken:
+                log.warning(
+                    "creditguard: two guards are named %r: their metrics add up (the balance "
+                    "shows the lower); give each guard a name of its own to tell them apart",
+                    name,
+                )
+        else:
+            source = guard.source
+            base = label = str(getattr(source, "name", None) or type(source).__name__)
+            n = 1
+            while label in taken:
+                n += 1
+                label = f"{base}-{n}"
+        _labels[tally] = label
+        return label
+
+
 def _token_counts(usage: object) -> tuple[float, float] | None:
     """(input, output) tokens of a usage report (OpenAI's or Anthropic's names)."""
     if type(usage) is dict:  # the usual case: a decoded JSON body, read at C speed
@@ -311,13 +355,15 @@ def setup(guard: BudgetGuard, metrics: object) -> None:
         exporter = _exporters[meter_provider] = _OTel(meter_provider)
     tally = tally_of(guard)
     exporter.tallies.add(tally)
-    guard.events.subscribe("fetch", exporter.fetched(guard))
+    guard.events.subscribe("fetch", exporter.fetched(guard, tally.name))
 
 
 # -- what is reported: one table, read by every exporter --------------------------
 
 Rows = Callable[[Iterable[Tally]], Iterator[tuple[tuple[Any, ...], float]]]
-"""Reads the tallies: ``(label values, value)`` per series."""
+"""Reads the tallies: ``(label values, value)`` per series, the guard's name
+first; two guards of one name may give the same label values
+(:func:`series` merges them)."""
 
 
 def _counted(table: str, kind: str | None = None) -> Rows:
@@ -329,11 +375,12 @@ def _counted(table: str, kind: str | None = None) -> Rows:
         for tally in tallies:
             with tally.lock:
                 items = list(getattr(tally, table).items())
+            name = tally.name
             for labels, value in items:
                 if kind is None:
-                    yield labels, value
+                    yield (name, *labels), value
                 elif labels[0] == kind:
-                    yield labels[1:], value
+                    yield (name, *labels[1:]), value
 
     return rows
 
@@ -344,21 +391,24 @@ def _read(reading: str) -> Rows:
 
     def rows(tallies: Iterable[Tally]) -> Iterator[tuple[tuple[Any, ...], float]]:
         for tally in tallies:
+            name = tally.name
             for value, *labels in getattr(tally, reading)():
-                yield tuple(labels), value
+                yield (name, *labels), value
 
     return rows
 
 
 def _dropped(tallies: Iterable[Tally]) -> Iterator[tuple[tuple[Any, ...], float]]:
-    yield (), sum(tally.dropped for tally in tallies)
+    for tally in tallies:
+        yield (tally.name,), tally.dropped
 
 
 @dataclass(frozen=True, slots=True)
 class Instrument:
     """One reported metric: its OpenTelemetry name (Prometheus's: dots become
     underscores), ``kind`` (``"counter"``, ``"gauge"`` or ``"updown"``), unit,
-    description, the names of its labels and how its series are read."""
+    description, the names of its labels (``creditguard.guard`` first) and how
+    its series are read."""
 
     name: str
     kind: str
@@ -368,6 +418,7 @@ class Instrument:
     rows: Rows
 
 
+GUARD = "creditguard.guard"
 _CRED = "creditguard.credential"
 _MODEL = "gen_ai.request.model"
 
@@ -377,7 +428,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "counter",
         "{decision}",
         "Calls judged by the guard, by action",
-        ("creditguard.action", _MODEL, "creditguard.source", _CRED),
+        (GUARD, "creditguard.action", _MODEL, "creditguard.source", _CRED),
         _counted("decisions"),
     ),
     Instrument(
@@ -385,7 +436,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "counter",
         "{decision}",
         "Calls allowed with no usable balance (on_source_error=allow)",
-        (_MODEL, _CRED),
+        (GUARD, _MODEL, _CRED),
         _counted("fail_open"),
     ),
     Instrument(
@@ -393,7 +444,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "counter",
         "",
         "Credits charged for calls, in the balance's unit",
-        ("creditguard.cost.source", "creditguard.unit", _CRED),
+        (GUARD, "creditguard.cost.source", "creditguard.unit", _CRED),
         _counted("spend"),
     ),
     Instrument(
@@ -401,7 +452,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "gauge",
         "",
         "Remaining credits less what calls in flight hold",
-        ("creditguard.unit", "creditguard.source", _CRED),
+        (GUARD, "creditguard.unit", "creditguard.source", _CRED),
         _read("available"),
     ),
     Instrument(
@@ -409,7 +460,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "updown",
         "{hold}",
         "Holds of calls in flight",
-        (_CRED,),
+        (GUARD, _CRED),
         _read("holds"),
     ),
     Instrument(
@@ -417,7 +468,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "counter",
         "{error}",
         "Failed balance refreshes",
-        ("creditguard.source", _CRED),
+        (GUARD, "creditguard.source", _CRED),
         _counted("errors"),
     ),
     Instrument(
@@ -425,7 +476,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "counter",
         "{alert}",
         "Alert levels crossed",
-        ("creditguard.alert.level", _CRED),
+        (GUARD, "creditguard.alert.level", _CRED),
         _counted("alerts"),
     ),
     Instrument(
@@ -433,7 +484,7 @@ INSTRUMENTS: tuple[Instrument, ...] = (
         "counter",
         "{alert}",
         "Alerts the webhook could not deliver",
-        (),
+        (GUARD,),
         _dropped,
     ),
     *(
@@ -442,14 +493,32 @@ INSTRUMENTS: tuple[Instrument, ...] = (
             "counter",
             "{token}",
             f"{kind.capitalize()} tokens the responses reported",
-            (_MODEL, _CRED),
+            (GUARD, _MODEL, _CRED),
             _counted("tokens", kind),
         )
         for kind in ("input", "output")
     ),
 )
 """Everything reported but the duration histogram, in the order it is
-registered; the OpenTelemetry and Prometheus exporters both read this table."""
+registered; the OpenTelemetry and Prometheus exporters both read this table
+(through :func:`series`)."""
+
+
+def series(item: Instrument, tallies: Iterable[Tally]) -> dict[tuple[Any, ...], float]:
+    """``item``'s series across ``tallies``, one value per set of label values:
+    guards of one name add up their counters and open holds; a gauge (the
+    balance) is the lowest of theirs, never their sum."""
+    out: dict[tuple[Any, ...], float] = {}
+    lowest = item.kind == "gauge"
+    for labels, value in item.rows(tallies):
+        old = out.get(labels)
+        if old is None:
+            out[labels] = value
+        elif lowest:
+            out[labels] = min(old, value)
+        else:
+            out[labels] = old + value
+    return out
 
 
 class _OTel:
@@ -480,12 +549,12 @@ class _OTel:
             explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
         )
 
-    def fetched(self, guard: BudgetGuard) -> Any:
+    def fetched(self, guard: BudgetGuard, name: str) -> Any:
         source = str(getattr(guard.source, "name", type(guard.source).__name__))
         record = self.duration.record
 
         def fetched(key: str, seconds: float, ok: bool) -> None:
-            attributes = {"creditguard.source": source}
+            attributes = {GUARD: name, "creditguard.source": source}
             if not ok:
                 attributes["error.type"] = "CreditSourceError"
             record(seconds, attributes)
@@ -494,10 +563,10 @@ class _OTel:
 
     def _callback(self, item: Instrument) -> Callable[[Any], Iterable[Any]]:
         """The observable callback of ``item``: its series across the tallies."""
-        names, rows, obs = item.labels, item.rows, self._observation
+        names, obs = item.labels, self._observation
 
         def observe(options: Any) -> Iterable[Any]:
-            for labels, value in rows(list(self.tallies)):
+            for labels, value in series(item, list(self.tallies)).items():
                 yield obs(value, dict(zip(names, labels, strict=True)))
 
         return observe

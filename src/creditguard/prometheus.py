@@ -12,8 +12,11 @@ counters end in ``_total``):
 ``creditguard_alerts_total``, ``creditguard_alerts_dropped_total``,
 ``gen_ai_usage_input_tokens_total``, ``gen_ai_usage_output_tokens_total``.
 
-Several guards may share one registry: their series add up under the same
-names (tell them apart by ``creditguard_source`` and ``creditguard_credential``).
+Several guards may share one registry: every series carries the guard's
+name (``creditguard_guard``, see :mod:`creditguard.metrics`), so each guard
+keeps series of its own, even for one credential; guards given the same name
+report as one (counters added up, the balance the lowest of theirs). No
+scrape ever holds the same series twice.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from .metrics import DURATION_BUCKETS, INSTRUMENTS, Tally, tally_of
+from .metrics import DURATION_BUCKETS, GUARD, INSTRUMENTS, Tally, series, tally_of
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
@@ -58,27 +61,30 @@ class _Collector:
             family = (CounterMetricFamily if item.kind == "counter" else GaugeMetricFamily)(
                 _name(item.name), item.description, labels=[_name(n) for n in item.labels]
             )
-            for labels, value in item.rows(tallies):
+            for labels, value in series(item, tallies).items():
                 family.add_metric(list(labels), value)
             yield family
-        buckets = [0] * (len(DURATION_BUCKETS) + 1)
-        duration_sum = 0.0
+        # the duration histogram, per guard name (guards of one name add up)
+        histograms: dict[str, tuple[list[int], list[float]]] = {}
         for tally in tallies:
+            buckets, total = histograms.setdefault(tally.name, ([0] * len(tally.buckets), [0.0]))
             with tally.lock:
                 for i, n in enumerate(tally.buckets):
                     buckets[i] += n
-                duration_sum += tally.duration_sum
-        cumulative = []
-        running = 0
-        for bound, n in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
-            running += n
-            cumulative.append((_le(bound), running))
-        yield HistogramMetricFamily(
+                total[0] += tally.duration_sum
+        histogram = HistogramMetricFamily(
             "creditguard_source_duration_seconds",
             "Duration of credits requests",
-            buckets=cumulative,
-            sum_value=duration_sum,
+            labels=[_name(GUARD)],
         )
+        for name, (buckets, total) in histograms.items():
+            cumulative = []
+            running = 0
+            for bound, n in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
+                running += n
+                cumulative.append((_le(bound), running))
+            histogram.add_metric([name], cumulative, total[0])
+        yield histogram
 
 
 def _name(otel: str) -> str:
