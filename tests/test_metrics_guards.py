@@ -337,3 +337,21 @@ def test_the_name_is_kept_on_the_guard() -> None:
     guard = BudgetGuard(balance_of(1.0), name="tenant-a", metrics=False)
     assert guard.name == "tenant-a"
     assert BudgetGuard(balance_of(1.0), metrics=False).name is None
+
+
+def test_the_name_from_config_and_its_env_var(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "creditguard.toml"
+    path.write_text(
+        '[creditguard]\nsource = "fixed"\nlimit = 5\nname = "tenant-a"\nmetrics = false\n'
+    )
+    assert BudgetGuard.from_config(path, env=False).name == "tenant-a"
+    assert BudgetGuard.from_config(path, env=False, name="code-wins").name == "code-wins"
+    monkeypatch.setenv("CREDITGUARD_NAME", "tenant-b")
+    assert BudgetGuard.from_config(path).name == "tenant-b"
+    with pytest.raises(ConfigError, match="name"):
+        BudgetGuard.from_config({"source": "fixed", "limit": 5, "name": 7}, env=False)
+    with pytest.raises(ConfigError, match="not a key") as info:
+        BudgetGuard.from_config({"source": "fixed", "limit": 5, "name": KEY}, env=False)
+    assert KEY not in str(info.value)

@@ -103,7 +103,7 @@ _POLICY_KEYS = (
     "min_tokens",
 )
 _OPERATOR_KEYS = ("warn_runway", "alerts", "max_rate")  # Policy fields too (runway, alerts)
-_OBSERVE_KEYS = ("alert_webhook_env", "metrics")  # the guard's: metrics, the alert webhook
+_OBSERVE_KEYS = ("alert_webhook_env", "metrics", "name")  # the guard's: metrics, webhook
 _FIXED_KEYS = ("limit", "period", "per_credential")
 _SCALAR_KEYS = (
     "source",
@@ -177,6 +177,8 @@ class Config:
     pricing_from: str | tuple[str, ...] | None = "auto"
     alert_webhook_env: str | None = None
     metrics: str | bool = "auto"
+    name: str | None = None
+    """The guard's name: the ``creditguard.guard`` label of its metrics."""
 
     def __repr__(self) -> str:
         parts = []
@@ -769,7 +771,7 @@ def _policy(r: _Reader, values: Mapping[str, Any]) -> Policy:
 
 def _observe(r: _Reader, values: Mapping[str, Any]) -> dict[str, Any]:
     """``alert_webhook_env`` (the NAME of the variable holding the webhook URL,
-    which is a secret like a key) and ``metrics``."""
+    which is a secret like a key), ``metrics`` and ``name``."""
     out: dict[str, Any] = {}
     if "alert_webhook_env" in values:
         allowed = (
@@ -785,6 +787,8 @@ def _observe(r: _Reader, values: Mapping[str, Any]) -> dict[str, Any]:
         if metrics not in (True, False, "auto"):
             r.fail(("metrics",), metrics, "true, false or 'auto'")
         out["metrics"] = metrics
+    if "name" in values:  # (the guard checks the rest: length, printable, not a key)
+        out["name"] = r.string(("name",), values["name"], "the guard's name, a string")
     return out
 
 

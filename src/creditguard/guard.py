@@ -47,6 +47,8 @@ _debug = functools.partial(log.isEnabledFor, logging.DEBUG)
 def _observe_options(cfg: Any) -> dict[str, Any]:
     """The guard's arguments for metrics and the alert webhook from a config."""
     options: dict[str, Any] = {"metrics": cfg.metrics}
+    if cfg.name is not None:
+        options["name"] = cfg.name
     if cfg.alert_webhook_env is not None:
         url = os.environ.get(cfg.alert_webhook_env)
         if not url:
