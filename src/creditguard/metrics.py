@@ -271,8 +271,9 @@ def _claim(tally: Tally, guard: BudgetGuard) -> str:
             label = name
             if label in taken:
                 log.warning(
-                    "creditguard: two guards are named %r: their metrics add up (the balance "
-                    "shows the lower); give each guard a name of its own to tell them apart",
+                    "two guards are named %r: where they share a MeterProvider or a registry, "
+                    "their metrics add up (the balance shows the lower of the two); give each "
+                    "guard a name of its own to tell them apart",
                     name,
                 )
         else:
