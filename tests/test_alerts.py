@@ -188,6 +188,17 @@ def test_webhook_posts_a_slack_text_without_any_key(fake: FakeProvider, hook: Ho
     guard.close()
 
 
+async def test_aclose_stops_the_webhook_worker_whatever_the_source() -> None:
+    """A guard over a source with no async close (FixedBudget) stops its alert
+    webhook's worker at aclose() too, as close() does."""
+    from creditguard.sources import FixedBudget
+
+    webhook = Webhook("http://127.0.0.1:9/hook", backoff=0.01)
+    guard = cg.BudgetGuard(FixedBudget(10.0), alert_webhook=webhook)
+    await guard.aclose()
+    assert webhook._closed.is_set()  # (close() was never called by aclose() here)
+
+
 def test_webhook_retries_with_backoff(fake: FakeProvider, hook: Hook) -> None:
     hook.script = ["fail", "fail"]
     webhook = Webhook(hook.url, backoff=0.01, retries=3)

@@ -8,6 +8,7 @@ core (:func:`creditguard.policy.decide`) and one ledger.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import math
@@ -862,11 +863,13 @@ class BudgetGuard:
         self.ledger.close()
 
     async def aclose(self) -> None:
-        """Close the source's HTTP clients, if it has any."""
+        """:meth:`close` for async code: the alert webhook's worker (off the
+        event loop: it may take its timeout to deliver what is queued), the
+        source's HTTP clients and the shared store."""
+        for closer in self._closers:
+            await asyncio.to_thread(closer)
         aclose = getattr(self.source, "aclose", None)
         if callable(aclose):
-            for closer in self._closers:
-                closer()
             await aclose()
         else:
             close = getattr(self.source, "close", None)
