@@ -386,6 +386,26 @@ def test_a_retry_is_not_judged_again_and_is_rewritten_the_same(
     assert h.upstream.bodies[0] == h.upstream.bodies[1] != BODY
 
 
+def test_a_retry_of_a_long_body_follows_its_first_attempt(
+    make: Callable[..., Harness],
+) -> None:
+    """A 60 KB body is known to its retry by its length and ends (the whole
+    of it is not hashed); a body of another length is another call."""
+    h = make(2)
+    message = {"role": "user", "content": "x" * 60_000}
+    body = json.dumps({"model": "gpt-4o", "messages": [message]}).encode()
+    first = h.post(content=body, headers={"x-stainless-retry-count": "0"})
+    assert first.headers["x-creditguard-decision"] == "downgrade"
+    h.source.default = 50
+    h.guard.invalidate(KEY)
+    retry = h.post(content=body, headers={"x-stainless-retry-count": "1"})
+    assert retry.headers["x-creditguard-decision"] == "downgrade"
+    assert len(h.decisions) == 1
+    other = body.replace(b"xxxx", b"xxx", 1)
+    assert h.post(content=other, headers={"x-stainless-retry-count": "1"}).status_code == 200
+    assert len(h.decisions) == 2  # not the same call: judged
+
+
 def test_first_attempts_are_remembered_in_bounded_memory(
     make: Callable[..., Harness],
 ) -> None:
