@@ -152,6 +152,49 @@ def test_dripping_headers_cannot_hold_a_fetch_past_its_timeout(mode: str) -> Non
     assert elapsed < 1 + 1.0
 
 
+async def _timed_afetch(source: Any, release: threading.Event) -> tuple[Any, float]:
+    """afetch timed inside the loop (asyncio.run() then waits for its
+    executor's thread, still in the lookup, until ``release``)."""
+    started = time.monotonic()
+    try:
+        with pytest.raises(CreditSourceError) as info:
+            await source.afetch(None)
+        return info.value, time.monotonic() - started
+    finally:
+        release.set()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_hung_dns_lookup_cannot_hold_a_fetch_past_its_timeout(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No socket timeout bounds the lookup before a connection: a resolver that
+    hangs must not hold the caller (sync: the fetch runs in a worker thread)."""
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def hung(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in ("dns-hangs.test", b"dns-hangs.test"):
+            release.wait(10)  # (the old code waited all of it)
+            raise socket.gaierror(socket.EAI_AGAIN, "temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", hung)
+    source = OpenRouterKey(base_url="http://dns-hangs.test:9/api/v1", api_key=KEY, timeout=0.5)
+
+    try:
+        if mode == "sync":
+            error, elapsed = timed_error(source, mode)
+        else:
+            error, elapsed = asyncio.run(_timed_afetch(source, release))
+    finally:
+        release.set()
+        source.close()
+    assert error.reason == "timeout after 0.5 s (the whole request)"
+    assert elapsed < 0.5 + 1.0
+    assert KEY not in str(error)
+
+
 def test_the_sync_client_keeps_working_after_a_deadline(fake: FakeProvider) -> None:
     with OpenRouterKey(base_url=fake.openrouter_base_url, timeout=1) as source:
         fake.fault("key", drip=0.5, times=1)

@@ -10,9 +10,10 @@ place errors are mapped). ``fetch`` and ``afetch`` only drive the plan, each
 on its own kind of client.
 
 Every fetch has a total deadline of ``timeout`` seconds, whatever the server
-does (a body dripped one byte at a time included): ``afetch`` runs under an
-asyncio timeout; ``fetch`` arms a timer that shuts the fetch's sockets down
-when the deadline passes, and checks the deadline between body chunks. Bodies
+does (a body dripped one byte at a time, a DNS lookup that hangs included):
+``afetch`` runs under an asyncio timeout; ``fetch`` runs in a worker thread
+that the caller waits for until the deadline, then shuts the fetch's sockets
+down (``_Watchdog``); the deadline is checked between body chunks too. Bodies
 are read as a stream and refused past :data:`MAX_BODY` bytes.
 
 A sync ``httpx.Client`` is created lazily, once, and reused (``close()``); it
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import math
 import os
@@ -34,9 +36,9 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Generator, Mapping
+from collections.abc import AsyncIterator, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
 import httpx
 
@@ -64,6 +66,7 @@ MAX_BODY = 1 << 20
 _USER_AGENT = "creditguard"
 _MISSING: Any = object()
 _S = TypeVar("_S", bound="HttpSource")
+_T = TypeVar("_T")
 
 #: What :meth:`HttpSource._plan` is: yields requests, is sent their JSON objects,
 #: returns the balance.
@@ -291,23 +294,55 @@ class _Watchdog:
     """Shuts down the sockets of one sync fetch when its deadline passes.
 
     httpx's timeouts bound each socket operation, not the request: a server
-    sending a byte just before each read timeout holds a caller for ever. The
-    sockets come from httpcore's ``trace`` extension (a connection opened for
-    this fetch) and the response's ``network_stream`` (any connection); each is
-    kept as a duplicate descriptor, so shutting it down after the connection
-    was closed touches nothing else. A shutdown wakes a blocked read at once.
+    sending a byte just before each read timeout holds a caller for ever, and
+    no timeout bounds the DNS lookup before a connection. So a sync fetch runs
+    in a worker thread (:meth:`run`) that the caller waits for until the
+    deadline; then the caller shuts the fetch's sockets down (a blocked read
+    wakes at once) and returns the timeout, leaving a lookup that still hangs
+    to its thread. The sockets come from httpcore's ``trace`` extension (a
+    connection opened for this fetch) and the response's ``network_stream``
+    (any connection); each is kept as a duplicate descriptor, so shutting it
+    down after the connection was closed touches nothing else; one opened
+    after the deadline (a late lookup's) is shut down as it opens.
     """
 
-    __slots__ = ("_lock", "_sockets", "_timer", "fired")
+    __slots__ = ("_lock", "_open", "_sockets", "fired")
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self) -> None:
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
+        self._open = True
         self.fired = False
-        timer = threading.Timer(max(seconds, 0.0), self._fire)
-        timer.daemon = True
-        self._timer: threading.Timer | None = timer
-        timer.start()
+
+    def run(self, work: Callable[[], _T], deadline: float) -> _T:
+        """``work()`` in a worker thread, waited for until ``deadline``
+        (then :class:`_Deadline`); what it returned or raised."""
+        done = threading.Event()
+        outcome: list[tuple[bool, Any]] = []
+
+        def worker() -> None:
+            try:
+                outcome.append((True, work()))
+            except BaseException as exc:  # handed to the caller
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(worker,), name="creditguard-fetch", daemon=True
+        )
+        thread.start()
+        if not done.wait(max(0.0, deadline - time.monotonic())):
+            self.fire()
+            # the shut-down sockets end the worker at once (a hung lookup does not)
+            if not done.wait(_GRACE):
+                raise _Deadline
+        thread.join()
+        ok, value = outcome[0]
+        if ok:
+            return cast(_T, value)
+        raise value
 
     def trace(self, event: str, info: Mapping[str, Any]) -> None:
         if event.endswith(("connect_tcp.complete", "connect_unix_socket.complete")):
@@ -326,16 +361,16 @@ class _Watchdog:
         except (OSError, ValueError):
             return
         with self._lock:
-            if self._timer is None:  # finished meanwhile
+            if self.fired:
+                _shutdown(dup)
+            if not self._open:  # finished meanwhile
                 dup.close()
                 return
             self._sockets.append(dup)
-            if self.fired:
-                _shutdown(dup)
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         with self._lock:
-            if self._timer is None:
+            if not self._open:
                 return
             self.fired = True
             for sock in self._sockets:
@@ -343,14 +378,13 @@ class _Watchdog:
 
     def finish(self) -> None:
         with self._lock:
-            timer, self._timer = self._timer, None
+            self._open = False
             sockets, self._sockets = self._sockets, []
-        if timer is not None:
-            timer.cancel()
-            if timer is not threading.current_thread():
-                timer.join()  # no timer thread outlives its fetch (it wakes at once)
         for sock in sockets:
             sock.close()
+
+
+_GRACE = 0.25  # seconds a fetch's worker gets to end once its sockets are shut down
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -631,9 +665,9 @@ class HttpSource:
         """The balance, fetched now (blocking, at most ``timeout`` seconds)."""
         key = self._key(credential)
         deadline = time.monotonic() + self.timeout
-        watchdog = _Watchdog(self.timeout)
+        watchdog = _Watchdog()
         try:
-            return self._done(self._run(key, watchdog, deadline))
+            return self._done(watchdog.run(lambda: self._run(key, watchdog, deadline), deadline))
         except Exception as exc:
             # a fired deadline: whatever the shut-down sockets made of the answer
             error = self._translate(_Deadline() if watchdog.fired else exc, key)
