@@ -103,7 +103,50 @@ def test_scripts_take_every_key_through_KEYS() -> None:
         text = entry.read_text(encoding="utf-8")
         assert not re.search(r"['\"][^'\"]*:(snap|holds|exp|late|lock)['\"]", text), entry.name
         for call in re.findall(r"redis\.call\('(\w+)', (\w+)", text):
-            assert call[1] in ("KEYS", "holds", "exp", "late", "snap"), (entry.name, call)
+            # (holds, late, spend, done: a local or a shared function's parameter)
+            assert call[1] in ("KEYS", "holds", "late", "spend", "done", "snap"), (entry.name, call)
+        for local in re.findall(r"^local (?:\w+, )*(holds|late|spend|done|snap)\b.*$", text, re.M):
+            assert re.search(rf"^local [^=]*\b{local}\b[^=]*= [^\n]*KEYS\[", text, re.M), (
+                entry.name,
+                local,
+            )
+
+
+def test_shared_lua_functions_get_their_keys_from_KEYS() -> None:
+    """A script calls the shared functions of its prelude with keys from KEYS."""
+    lua = files("creditguard.stores") / "lua"
+    texts = {entry.name: entry.read_text(encoding="utf-8") for entry in lua.iterdir()}
+    shared = {
+        name: (file, params.split(", "))
+        for file, text in texts.items()
+        if file.startswith("_")
+        for name, params in re.findall(r"^local function (\w+)\(([^)]*)\)", text, re.M)
+    }
+    assert {"holds_state", "take_hold", "remember_done", "window_spend"} <= set(shared)
+    used = set()
+    for file, text in texts.items():
+        if file.startswith("_"):
+            continue
+        code = re.sub(r"--[^\n]*", "", text)
+        for call in re.finditer(r"\b(\w+)\(", code):
+            name = call[1]
+            if name not in shared:
+                continue
+            used.add(name)
+            args, depth = [""], 0
+            for char in code[call.end() :]:
+                if char == ")" and depth == 0:
+                    break
+                depth += (char == "(") - (char == ")")
+                if char == "," and depth == 0:
+                    args.append("")
+                else:
+                    args[-1] += char
+            params = shared[name][1]
+            for param, arg in zip(params, [a.strip() for a in args], strict=True):
+                if param in ("holds", "late", "spend", "done"):
+                    assert arg.startswith("KEYS[") or arg in ("holds",), (file, name, param, arg)
+    assert used == set(shared)  # (each shared function is used)
 
 
 def test_a_store_is_a_store(store: RedisStore) -> None:
@@ -834,6 +877,35 @@ def test_a_debit_alone_remembers_its_id_and_expires(store: RedisStore, raw: redi
     assert 1_800_000 <= ttl <= 3_601_000  # as long as the id is remembered, not forever
     store.debit(FP, 1.0, "once")
     assert store.read(FP, NOW).debits == 1.0
+    assert all(raw.pttl(name) > 0 for name in raw.scan_iter())
+
+
+def test_released_ids_are_remembered_and_their_sets_expire(
+    store: RedisStore, raw: redis.Redis
+) -> None:
+    """Release remembers its id in the window's set as settle does (one shared
+    Lua function): a settle of it later charges nothing, and every set expires,
+    whichever of the two marked the window first."""
+    put(store, 10.0)
+    now = time.time()
+    window = int(now // 1800)
+    earlier = (window - 1) * 1800 + 5.0  # a settle in the window before marks that one
+    assert store.reserve(FP, "a", 1.0, 0.0, now, now + 60)
+    assert store.settle(FP, "a", 1.0, now=earlier) == 1
+    for hold in ("b", "c"):  # released now: this window's set, marked once
+        assert store.reserve(FP, hold, 1.0, 0.0, now, now + 60)
+        assert store.release(FP, hold)
+        assert store.settle(FP, hold, 1.0) == 0  # released: a settle charges nothing
+    assert store.reserve(FP, "late", 1.0, 0.0, NOW, NOW + 10)
+    store.read(FP, NOW + 11)  # expired unsettled: in `late`
+    assert store.release(FP, "late")
+    assert not store.release(FP, "late")
+    assert store.settle(FP, "late", 1.0) == 0
+    assert store.read(FP, NOW).debits == 1.0
+    done = f"cg:{{{FP}}}:done:{window}"
+    assert {m.decode() for m in raw.smembers(done)} == {"b", "c", "late"}
+    assert 0 < raw.pttl(done) <= ((window + 2) * 1800 - now) * 1000 + 1000
+    assert raw.pttl(f"cg:{{{FP}}}:done:{window - 1}") > 0
     assert all(raw.pttl(name) > 0 for name in raw.scan_iter())
 
 

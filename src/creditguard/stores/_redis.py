@@ -93,7 +93,15 @@ _SCRIPTS = (
     "count",
     "window",
 )
-_USES_HOLDS_LIB = frozenset({"read", "admit"})
+_PRELUDES = {
+    "read": "_holds",
+    "admit": "_holds",
+    "settle": "_done",
+    "release": "_done",
+    "window": "_window",
+    "budget": "_window",
+}
+"""The shared Lua (``lua/_*.lua``: functions) each script's text starts with."""
 
 _OWN_PARAMS = ("prefix", "timeout")
 _LEDGER_PARAMS = ("secret",)  # the ledger's fingerprint secret: never reaches redis-py
@@ -104,11 +112,13 @@ _CLUSTER = "redis+cluster"
 @functools.cache
 def _script_text(name: str) -> str:
     """The Lua source of script ``name``, read from the package data, after
-    the constants it shares with this module."""
+    the constants it shares with this module and the shared functions it
+    uses (its prelude)."""
     lua = files("creditguard.stores") / "lua"
     text = (lua / f"{name}.lua").read_text(encoding="utf-8")
-    if name in _USES_HOLDS_LIB:
-        text = (lua / "_holds.lua").read_text(encoding="utf-8") + "\n" + text
+    prelude = _PRELUDES.get(name)
+    if prelude is not None:
+        text = (lua / f"{prelude}.lua").read_text(encoding="utf-8") + "\n" + text
     constants = (
         f"local LATE_FOR, DONE_FOR, ORPHAN_MS = {_LATE_FOR!r}, {_DONE_FOR!r}, "
         f"'{math.ceil(_ORPHAN_KEEP * 1000)}'\n"

@@ -4,8 +4,8 @@
 -- A credential's holds live in one hash, `holds`: hold id -> 'amount expiry'
 -- (micro-units, epoch seconds), and '=' -> the sum of the amounts, '<' -> no
 -- hold expires before this (epoch seconds; '1e308': no hold), '^' -> until when
--- the key lives, '~' -> see settle.lua. A hold whose expiry has passed stops
--- counting: purge() moves it to `late` (sorted set: hold id -> expiry) where a
+-- the key lives, '~' -> see _done.lua. A hold whose expiry has passed stops
+-- counting: holds_state() moves it to `late` (sorted set: hold id -> expiry) where a
 -- late settle still finds it, once, for LATE_FOR seconds. It runs only when
 -- '<' says a hold may have expired: once per hold timeout, or as holds expire.
 

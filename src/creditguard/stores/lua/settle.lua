@@ -4,40 +4,23 @@
 --       then for each spend key: its field, its keep_ms ('' = no expiry)
 -- Returns 1 when the hold was there, 2 when it was not (the cost is charged
 -- all the same: the hold vanished with a flushed or restarted Redis, or the id
--- is a debit of its own), 0 when this id was settled already (nothing charged).
+-- is a debit of its own), 0 when this id was settled already (nothing charged:
+-- see _done.lua).
 --
--- Settled ids go to the set `done:<window>` (DONE_FOR seconds each; it expires
--- at the end of the next one), so that a repeated settle, e.g. one written
--- back after a timeout that had in fact been applied, charges nothing for at
--- least DONE_FOR seconds. `holds` keeps in '~' the window whose set has its
--- expiry already. A hold that expired unsettled is found in `late`. Each
--- `spend` (hash: window bucket -> micro) counts a budget's spend (a FixedBudget
--- the guard keeps, and those inside Tightest): counted once, with the settle.
+-- Each `spend` (hash: window bucket -> micro) counts a budget's spend (a
+-- FixedBudget the guard keeps, and those inside Tightest): counted once, with
+-- the settle.
 
 local holds, id = KEYS[2], ARGV[1]
 local found = redis.call('HMGET', holds, id, '~')
-local hold = found[1]
 local status = 1
-if hold then
-    redis.call('HDEL', holds, id)
-    local amount = string.match(hold, '^%d+')
-    if redis.call('HINCRBY', holds, '=', '-' .. amount) < 0 then
-        redis.call('HSET', holds, '=', '0')
-    end
-elseif redis.call('ZREM', KEYS[3], id) == 0 then
+if not take_hold(holds, KEYS[3], id, found[1]) then
     if redis.call('SISMEMBER', KEYS[4], id) == 1 or redis.call('SISMEMBER', KEYS[5], id) == 1 then
         return 0
     end
     status = 2
 end
-redis.call('SADD', KEYS[4], id)
-if found[2] ~= ARGV[4] then
-    local ttl = math.ceil(((tonumber(ARGV[4]) + 2) * DONE_FOR - tonumber(ARGV[3])) * 1000)
-    redis.call('PEXPIRE', KEYS[4], string.format('%d', ttl))
-    if hold then
-        redis.call('HSET', holds, '~', ARGV[4])
-    end
-end
+remember_done(holds, KEYS[4], id, ARGV[3], ARGV[4], found[2], found[1])
 if ARGV[2] ~= '0' then
     if redis.call('HINCRBY', KEYS[1], 'debits', ARGV[2]) == tonumber(ARGV[2]) and
             redis.call('PTTL', KEYS[1]) == -1 then
