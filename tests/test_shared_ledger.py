@@ -843,3 +843,129 @@ def test_max_rate_binds_on_the_shared_fast_path(redis_server: RedisServer) -> No
     assert "max_rate" in info.value.decision.reason
     assert 14 <= calls <= 16  # 6/hour over 15 minutes: 1.5 credits of 0.1 calls
     g.close()
+
+
+# -- per-route state: ByHost routes with policies of their own ---------------------------------
+
+
+def routes(a: Policy, b: Policy, source_a: Any = None) -> Any:
+    from creditguard.sources import ByHost
+
+    return ByHost(
+        {"a.example": source_a or Source(), "b.example": Source()},
+        policies={"a.example": a, "b.example": b},
+    )
+
+
+def test_each_route_takes_its_share_above_its_own_floor_when_the_store_is_down(
+    redis_server: RedisServer,
+) -> None:
+    # (the share was cut above the floor of whichever route an admit had seen
+    # last: b's share above a's floor of 8 was 9 of 10, not 5, so two processes
+    # could spend 18 of b's 10)
+    source = routes(Policy(refuse_below=8.0), Policy(refuse_below=0.0))
+    a, b = source.credential("a.example", KEY), source.credential("b.example", KEY)
+    g, other = guard(redis_server, source), guard(redis_server, source)
+    other.check(credential=b, estimate=0)  # a second worker, alive
+    g.check(credential=b, estimate=0)
+    g.check(credential=a, estimate=0)
+    assert g.ledger.workers == 2  # type: ignore[attr-defined]
+    redis_server.kill()
+    d = g.check(credential=a, estimate=0)  # 8 + (10 - 8) / 2
+    assert d.balance is not None and d.balance.remaining == pytest.approx(9.0)
+    d = g.check(credential=b, estimate=0)  # 0 + 10 / 2
+    assert d.balance is not None and d.balance.remaining == pytest.approx(5.0)
+    assert g.reserve("m", credential=b, estimate=5.0).decision.action == "allow"
+    assert g.reserve("m", credential=b, estimate=0.5).decision.action == "refuse"
+    d = g.check(credential=a, estimate=0)  # (b's calls took nothing of a's share)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(9.0)
+    g.close()
+    other.close()
+
+
+def test_a_share_cut_before_any_admit_is_cut_again_above_the_routes_floor(
+    redis_server: RedisServer,
+) -> None:
+    # A lookup alone (no admit: the floor is the admit's to say) cuts the share
+    # with no floor; the admit that follows cuts it again from the same shared
+    # state, and local spend recorded on the share meanwhile stays.
+    source = routes(Policy(refuse_below=4.0), Policy())
+    a = source.credential("a.example", KEY)
+    g, other = guard(redis_server, source), guard(redis_server, source)
+    other.check(credential=a, estimate=0)
+    g.ledger.get(a)  # seen, never admitted here
+    redis_server.kill()
+    g.ledger.reserved(a)  # finds the store down
+    lookup = g.ledger.get(a)  # the share, floor unknown: 10 / 2
+    assert lookup.balance is not None and lookup.balance.remaining == pytest.approx(5.0)
+    g.ledger.record(a, 0.5)  # spent on the share meanwhile
+    d = g.check(credential=a, estimate=0)  # 4 + (10 - 4) / 2 - 0.5
+    assert d.balance is not None and d.balance.remaining == pytest.approx(6.5)
+    g.close()
+    other.close()
+
+
+def test_a_refresh_inside_an_admit_holds_above_the_routes_own_floor(
+    redis_server: RedisServer,
+) -> None:
+    # (when an admit found no fresh snapshot and refreshed it, it held against
+    # the floor of the route an admit had seen last, here b's, taken while a's
+    # balance was fetched: a's call was refused "by calls in flight elsewhere")
+    from creditguard import CreditSourceError
+
+    class Flaky(Source):
+        """Fails once; the next fetch judges a call on route b meanwhile."""
+
+        def __init__(self) -> None:
+            super().__init__(10.0)
+            self.fails = 1
+            self.meanwhile: Any = None
+
+        def fetch(self, credential: str | None) -> Balance:
+            if self.fails:
+                self.fails -= 1
+                raise CreditSourceError("down a moment", source="test")
+            if self.meanwhile is not None:
+                self.meanwhile()
+            return super().fetch(credential)
+
+    flaky = Flaky()
+    source = routes(Policy(refuse_below=1.0), Policy(refuse_below=8.0), flaky)
+    a, b = source.credential("a.example", KEY), source.credential("b.example", KEY)
+    g = guard(redis_server, source, policy=Policy(error_ttl=0))
+    flaky.meanwhile = lambda: g.check(credential=b, estimate=0)
+    r = g.reserve("m", credential=a, estimate=3.0)  # 10 - 3 >= a's floor of 1
+    assert r.decision.action == "allow", r.decision.reason
+    assert g.ledger.reserved(a) == 3.0
+    r.release()
+    g.close()
+
+
+@pytest.mark.parametrize("default", ["local", "refuse", "allow"])
+def test_each_route_follows_its_own_store_error(redis_server: RedisServer, default: str) -> None:
+    # (the ledger followed the guard's store_error for every route: a route
+    # with "refuse" went on from the local books and allowed, and a route with
+    # "local" under a guard with "refuse" was allowed with no accounting at all)
+    from creditguard.sources import ByHost
+
+    source = ByHost(
+        {host: Source() for host in ("a.example", "b.example", "c.example")},
+        policies={
+            "a.example": Policy(refuse_below=1.0, store_error="refuse"),
+            "b.example": Policy(refuse_below=1.0, store_error="local"),
+            "c.example": Policy(refuse_below=1.0, store_error="allow"),
+        },
+    )
+    a, b, c = (source.credential(f"{x}.example", KEY) for x in "abc")
+    g = guard(redis_server, source, policy=Policy(store_error=default))  # type: ignore[arg-type]
+    for credential in (a, b, c):
+        g.check(credential=credential)
+    redis_server.kill()
+    d = g.check("m", credential=a)
+    assert d.action == "refuse" and "store_error=refuse" in d.reason
+    d = g.check("m", credential=b)  # judged on this process's share of the last state
+    assert d.action == "allow" and "store" not in d.reason
+    assert d.balance is not None and d.balance.remaining == pytest.approx(10.0)
+    d = g.check("m", credential=c)
+    assert d.action == "allow" and "store_error=allow" in d.reason
+    g.close()

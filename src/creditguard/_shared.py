@@ -97,6 +97,8 @@ class _Fetch:
 
 
 Program = Generator[object, Any, T]
+Floor = Callable[[Balance], float | None]
+"""A policy's refuse floor for a balance (``Policy.refuse_floor``)."""
 
 
 class _Owed:
@@ -192,10 +194,15 @@ class SharedLedger(Ledger):
         self._seen: OrderedDict[str, SharedState] = OrderedDict()  # last shared state per key
         self._drift: dict[str, list[float]] = {}  # this process's debits and holds since
         self._known: dict[str, tuple[int, float]] = {}  # budget key -> (bucket, least spend)
-        self._local: set[str] = set()  # keys judged on this process's share (store down)
+        # keys judged on this process's share (store down) -> what it was cut from:
+        # the shared state and the refuse floor (the key's own policy's)
+        self._local: dict[str, tuple[SharedState, Floor | None]] = {}
         self._owed: list[_Owed] = []
         self._orphans: list[tuple[str, str]] = []
-        self._floor_of: Callable[[Balance], float | None] | None = None
+        # sources.ByHost: a policy per route (its store_error); None: the guard's
+        self._policy_for: Callable[[str | None], Policy | None] | None = getattr(
+            source, "policy_for", None
+        )
         self.workers = 1  # workers seen alive at the last heartbeat
         self._worker = uuid.uuid4().hex
         self._beat_due = 0.0
@@ -350,9 +357,10 @@ class SharedLedger(Ledger):
         if not self._outage:
             self._outage = True
             log.warning(
-                "shared store unavailable (%s): store_error=%s until it answers again",
+                "shared store unavailable (%s): store_error=%s%s until it answers again",
                 exc,
                 self.store_error,
+                "" if self._policy_for is None else " (a route's own policy: its own)",
             )
 
     def _recovered(self) -> None:
@@ -616,36 +624,65 @@ class SharedLedger(Ledger):
 
     # -- the store is down: this process's share -------------------------------------
 
-    def _share(self, key: str) -> bool:
+    def _share(self, key: str, floor_of: Floor | None = None) -> bool:
         """Judge ``key`` on this process's share of the last shared headroom:
         the headroom above the refuse floor divided by the workers last seen
-        alive. False when no shared state was seen."""
+        alive. False when no shared state was seen.
+
+        The floor is ``key``'s own policy's (``floor_of``), which only an
+        admit knows: a lookup cuts the share with none, and the admit that
+        follows cuts it again, from the same shared state, with its floor
+        (the spend recorded on the share meanwhile stays)."""
         with self._lock:
-            if key in self._local:
-                return True
-            state = self._last_seen(key)
-            if state is None or state.balance is None:
-                return False
-            balance = state.balance
-            snapshot = balance
-            if not balance.unlimited:
-                headroom = (0.0 if state.exhausted else balance.remaining) - state.debits
-                headroom -= state.held
-                floor = None
-                if self._floor_of is not None:
-                    with contextlib.suppress(Exception):
-                        floor = self._floor_of(balance)
-                floor = floor or 0.0
-                if headroom > floor:
-                    headroom = floor + (headroom - floor) / max(1, self.workers)
-                used = None if balance.total is None else max(0.0, balance.total - headroom)
-                snapshot = balance._derived(headroom, used)
-            self._cache.put(key, _Entry(snapshot, self._timer()))
-            self._local.add(key)
+            cut = self._local.get(key)
+            if cut is not None:
+                state, floor = cut
+                if floor_of is None or floor_of == floor:
+                    return True
+                entry = self._cache.get(key)
+                if entry is not None:
+                    entry.snapshot = self._portion(state, floor_of)
+                    entry.update()
+                    self._local[key] = (state, floor_of)
+                    return True
+            else:
+                seen = self._last_seen(key)
+                if seen is None or seen.balance is None:
+                    return False
+                state = seen
+            self._cache.put(key, _Entry(self._portion(state, floor_of), self._timer()))
+            self._local[key] = (state, floor_of)
             return True
 
+    def _portion(self, state: SharedState, floor_of: Floor | None) -> Balance:
+        """This process's share of ``state``'s headroom above the floor."""
+        balance = state.balance
+        assert balance is not None
+        if balance.unlimited:
+            return balance
+        headroom = (0.0 if state.exhausted else balance.remaining) - state.debits
+        headroom -= state.held
+        floor = None
+        if floor_of is not None:
+            with contextlib.suppress(Exception):
+                floor = floor_of(balance)
+        floor = floor or 0.0
+        if headroom > floor:
+            headroom = floor + (headroom - floor) / max(1, self.workers)
+        used = None if balance.total is None else max(0.0, balance.total - headroom)
+        return balance._derived(headroom, used)
+
+    def _store_error(self, credential: str | None) -> str:
+        """``Policy.store_error`` for ``credential``: its route's own policy
+        (``sources.ByHost``), else the guard's."""
+        if self._policy_for is not None:
+            policy = self._policy_for(credential)
+            if policy is not None:
+                return policy.store_error
+        return self.store_error
+
     def _degraded(self, credential: str | None, key: str) -> Lookup:
-        if self.store_error != "local":
+        if self._store_error(credential) != "local":
             return Lookup(None, fingerprint=key, store_down=True)
         if self._share(key):
             with self._lock:
@@ -655,7 +692,7 @@ class SharedLedger(Ledger):
         return self._local_fetch(Ledger.get(self, credential, key), key)
 
     async def _adegraded(self, credential: str | None, key: str) -> Lookup:
-        if self.store_error != "local":
+        if self._store_error(credential) != "local":
             return Lookup(None, fingerprint=key, store_down=True)
         if self._share(key):
             with self._lock:
@@ -689,11 +726,13 @@ class SharedLedger(Ledger):
         floor: float | None,
         fresh_after: float,
         refresh: bool,
+        floor_of: Floor | None,
     ) -> Program[tuple[Decision, Hold | None] | None]:
         """Read the shared state and hold ``amount`` in one script, then judge
         on what it read. When the snapshot was not fresh enough (gone with a
         flushed Redis, or stale): None, or with ``refresh`` refresh it and
-        hold on what there is then."""
+        hold on what there is then (above ``floor_of``'s floor for it, when
+        there was no balance to take ``floor`` from)."""
         if self._owed or self._orphans or time.monotonic() >= self._beat_due:
             yield from self._p_upkeep()
         token = _new_id()
@@ -706,7 +745,7 @@ class SharedLedger(Ledger):
                 return None
             state, _ = yield from self._p_refresh(credential, key, state)
             if floor is None and state.balance is not None:
-                floor = self._floor(state.balance, self._floor_of)
+                floor = _floor(state.balance, floor_of)
             now = time.time()
             status, state = yield _Op(
                 "admit", key, token, wanted, floor, now, now + self.hold_timeout, None
@@ -760,15 +799,6 @@ class SharedLedger(Ledger):
                 return decision, hold
         return decision, None
 
-    def _floor(
-        self, balance: Balance | None, floor_of: Callable[[Balance], float | None] | None
-    ) -> float | None:
-        if floor_of is not None:
-            self._floor_of = floor_of
-        if balance is None or balance.unlimited or floor_of is None:
-            return None
-        return floor_of(balance)
-
     def admit_fresh(
         self,
         key: str,
@@ -808,11 +838,13 @@ class SharedLedger(Ledger):
                 return decision
             return attach(decision, policy, burn, key, amount, self._timer(), can_rewrite)
 
-        floor = self._floor(seen.balance, policy.refuse_floor)
+        floor = _floor(seen.balance, policy.refuse_floor)
         if not policy.enforce:
             floor = None  # shadow mode: whatever the verdict, the call goes out and is held
         fresh_after = self._fresh_after(now)
-        program = self._p_admit(key, credential, judge, amount, reserve, floor, fresh_after, False)
+        program = self._p_admit(
+            key, credential, judge, amount, reserve, floor, fresh_after, False, None
+        )
         try:
             return self._drive(program)
         except StoreError as exc:
@@ -830,21 +862,19 @@ class SharedLedger(Ledger):
         floor_of: Callable[[Balance], float | None] | None = None,
     ) -> tuple[Decision, Hold | None]:
         if lookup.held is None:  # read locally (the store is down): the local books
-            return super().admit(
-                lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
-            )
-        floor = self._floor(lookup.balance, floor_of)
+            return self._admit_local(lookup, credential, judge, amount, reserve, floor_of)
+        floor = _floor(lookup.balance, floor_of)
         key = lookup.fingerprint
         fresh_after = self._fresh_after(time.time())
-        program = self._p_admit(key, credential, judge, amount, reserve, floor, fresh_after, True)
+        program = self._p_admit(
+            key, credential, judge, amount, reserve, floor, fresh_after, True, floor_of
+        )
         try:
             decided = self._drive(program)
         except StoreError as exc:
             self._failed(exc)
             lookup = self._degraded(credential, key)
-            return super().admit(
-                lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
-            )
+            return self._admit_local(lookup, credential, judge, amount, reserve, floor_of)
         assert decided is not None  # (no freshness condition: never "not fresh")
         return decided
 
@@ -860,23 +890,38 @@ class SharedLedger(Ledger):
     ) -> tuple[Decision, Hold | None]:
         """:meth:`admit` for async code: the store is awaited."""
         if lookup.held is None:
-            return super().admit(
-                lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
-            )
-        floor = self._floor(lookup.balance, floor_of)
+            return self._admit_local(lookup, credential, judge, amount, reserve, floor_of)
+        floor = _floor(lookup.balance, floor_of)
         key = lookup.fingerprint
         fresh_after = self._fresh_after(time.time())
-        program = self._p_admit(key, credential, judge, amount, reserve, floor, fresh_after, True)
+        program = self._p_admit(
+            key, credential, judge, amount, reserve, floor, fresh_after, True, floor_of
+        )
         try:
             decided = await self._adrive(program)
         except StoreError as exc:
             self._failed(exc)
             lookup = await self._adegraded(credential, key)
-            return super().admit(
-                lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
-            )
+            return self._admit_local(lookup, credential, judge, amount, reserve, floor_of)
         assert decided is not None
         return decided
+
+    def _admit_local(
+        self,
+        lookup: Lookup,
+        credential: str | None,
+        judge: Callable[[Balance | None, float], Decision],
+        amount: float,
+        reserve: bool,
+        floor_of: Floor | None,
+    ) -> tuple[Decision, Hold | None]:
+        """Judge and hold on the local books (the store is down); on this
+        process's share of the key's headroom, cut above the key's own floor."""
+        if floor_of is not None and lookup.fingerprint in self._local:
+            self._share(lookup.fingerprint, floor_of)
+        return Ledger.admit(
+            self, lookup, credential, judge, amount, reserve=reserve, floor_of=floor_of
+        )
 
     def _p_settle(
         self,
@@ -1098,6 +1143,13 @@ class SharedLedger(Ledger):
             await aclose()
         else:
             self.store.close()
+
+
+def _floor(balance: Balance | None, floor_of: Floor | None) -> float | None:
+    """The refuse floor of ``balance`` (None: no floor to hold against)."""
+    if balance is None or balance.unlimited or floor_of is None:
+        return None
+    return floor_of(balance)
 
 
 def _on_loop() -> bool:
