@@ -103,8 +103,11 @@ def test_scripts_take_every_key_through_KEYS() -> None:
         text = entry.read_text(encoding="utf-8")
         assert not re.search(r"['\"][^'\"]*:(snap|holds|exp|late|lock)['\"]", text), entry.name
         for call in re.findall(r"redis\.call\('(\w+)', (\w+)", text):
-            # (holds, late, spend, done: a local or a shared function's parameter)
-            assert call[1] in ("KEYS", "holds", "late", "spend", "done", "snap"), (entry.name, call)
+            # (holds, late, spend, done, before: a local or a shared function's parameter)
+            assert call[1] in ("KEYS", "holds", "late", "spend", "done", "before", "snap"), (
+                entry.name,
+                call,
+            )
         for local in re.findall(r"^local (?:\w+, )*(holds|late|spend|done|snap)\b.*$", text, re.M):
             assert re.search(rf"^local [^=]*\b{local}\b[^=]*= [^\n]*KEYS\[", text, re.M), (
                 entry.name,
@@ -122,7 +125,7 @@ def test_shared_lua_functions_get_their_keys_from_KEYS() -> None:
         if file.startswith("_")
         for name, params in re.findall(r"^local function (\w+)\(([^)]*)\)", text, re.M)
     }
-    assert {"holds_state", "take_hold", "remember_done", "window_spend"} <= set(shared)
+    assert {"holds_state", "end_hold", "window_spend"} <= set(shared)
     used = set()
     for file, text in texts.items():
         if file.startswith("_"):
@@ -144,8 +147,8 @@ def test_shared_lua_functions_get_their_keys_from_KEYS() -> None:
                     args[-1] += char
             params = shared[name][1]
             for param, arg in zip(params, [a.strip() for a in args], strict=True):
-                if param in ("holds", "late", "spend", "done"):
-                    assert arg.startswith("KEYS[") or arg in ("holds",), (file, name, param, arg)
+                if param in ("holds", "late", "spend", "done", "before"):
+                    assert arg.startswith("KEYS[") or arg in ("holds", "nil"), (file, name, arg)
     assert used == set(shared)  # (each shared function is used)
 
 

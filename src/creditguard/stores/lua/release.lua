@@ -7,10 +7,4 @@
 -- The id is remembered as settle.lua does (see _done.lua): a settle of it
 -- later charges nothing.
 
-local holds, id = KEYS[2], ARGV[1]
-local found = redis.call('HMGET', holds, id, '~')
-if not take_hold(holds, KEYS[3], id, found[1]) then
-    return 0
-end
-remember_done(holds, KEYS[4], id, ARGV[2], ARGV[3], found[2], found[1])
-return 1
+return end_hold(KEYS[2], KEYS[3], KEYS[4], nil, ARGV[1], ARGV[2], ARGV[3])

@@ -11,16 +11,10 @@
 -- FixedBudget the guard keeps, and those inside Tightest): counted once, with
 -- the settle.
 
-local holds, id = KEYS[2], ARGV[1]
-local found = redis.call('HMGET', holds, id, '~')
-local status = 1
-if not take_hold(holds, KEYS[3], id, found[1]) then
-    if redis.call('SISMEMBER', KEYS[4], id) == 1 or redis.call('SISMEMBER', KEYS[5], id) == 1 then
-        return 0
-    end
-    status = 2
+local status = end_hold(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[3], ARGV[4])
+if status == 0 then
+    return 0
 end
-remember_done(holds, KEYS[4], id, ARGV[3], ARGV[4], found[2], found[1])
 if ARGV[2] ~= '0' then
     if redis.call('HINCRBY', KEYS[1], 'debits', ARGV[2]) == tonumber(ARGV[2]) and
             redis.call('PTTL', KEYS[1]) == -1 then
