@@ -969,3 +969,45 @@ def test_each_route_follows_its_own_store_error(redis_server: RedisServer, defau
     d = g.check("m", credential=c)
     assert d.action == "allow" and "store_error=allow" in d.reason
     g.close()
+
+
+def test_a_fixed_budget_route_is_one_budget_for_processes_and_restarts(
+    redis_server: RedisServer,
+) -> None:
+    # (a FixedBudget routed by ByHost counted spend in each process: the next
+    # refresh put the refresher's own count in the store, and a restart
+    # handed out the whole budget again)
+    from creditguard.sources import ByHost, FixedBudget
+
+    def make() -> tuple[Any, BudgetGuard]:
+        source = ByHost(
+            {
+                "a.example": FixedBudget(10.0, period=None),
+                "b.example": FixedBudget(5.0, period="day", per_credential=True),
+                "c.example": Source(),
+            }
+        )
+        return source, guard(redis_server, source, ttl=0.2, estimate=0.0)
+
+    (source, g1), (_, g2) = make(), make()
+    a, c = source.credential("a.example", KEY), source.credential("c.example", KEY)
+    b1, b2 = source.credential("b.example", KEY), source.credential("b.example", KEY + "2")
+    g1.reserve("m", credential=a, estimate=1.0).settle(6.0)
+    g1.record(1.5, credential=b1)
+    g2.record(2.0, credential=c)  # another route: not this budget's spend
+    time.sleep(0.25)  # past the ttl: g2 refreshes
+    for g in (g2, g1):
+        d = g.check(credential=a)
+        assert d.balance is not None and d.balance.remaining == pytest.approx(4.0)
+        d = g.check(credential=b1)
+        assert d.balance is not None and d.balance.remaining == pytest.approx(3.5)
+        d = g.check(credential=b2)  # per key
+        assert d.balance is not None and d.balance.remaining == pytest.approx(5.0)
+    g1.close()
+    g2.close()
+    _, g3 = make()  # restarted
+    d = g3.check(credential=a)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(4.0)
+    d = g3.check(credential=b1)
+    assert d.balance is not None and d.balance.remaining == pytest.approx(3.5)
+    g3.close()

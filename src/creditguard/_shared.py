@@ -50,6 +50,7 @@ from .errors import CreditSourceError
 from .ledger import Hold, Ledger, Lookup, _Entry, _how
 from .policy import Decision, Policy, decide
 from .runway import attach
+from .sources._byhost import ByHost
 from .sources._fixed import FixedBudget
 from .stores import StoreError
 
@@ -181,6 +182,13 @@ class SharedLedger(Ledger):
         self._budget: FixedBudget | None = source if isinstance(source, FixedBudget) else None
         if self._budget is not None:
             self._source_record = None
+        # sources.ByHost: a FixedBudget route is counted in the store too, under
+        # the keys of the calls routed to it (see _budget_for)
+        self._routes: ByHost | None = None
+        if isinstance(source, ByHost) and any(
+            isinstance(route, FixedBudget) for route in source.sources.values()
+        ):
+            self._routes = source
         # FixedBudgets inside Tightest: counted in the store too (a settle counts
         # its cost in each of their windows; their fetch reads the window there)
         self._nested: list[FixedBudget] = [
@@ -412,7 +420,7 @@ class SharedLedger(Ledger):
         failed keeps its hold's id: written back, it applies once)."""
         if not cost and op_id is None:
             return
-        spend = self._spend()
+        spend = self._spend(credential)
         windows = self._windows()
         with self._lock:
             if op_id is None:
@@ -462,20 +470,36 @@ class SharedLedger(Ledger):
             if len(self._orphans) > self._maxsize:
                 del self._orphans[0]  # (its hold expires by itself)
 
-    def _spend(self) -> Spend | None:
-        return None if self._budget is None else self._budget.spend_window()
+    def _budget_for(self, credential: str | None) -> FixedBudget | None:
+        """The budget the guard keeps itself for ``credential``'s calls,
+        counted in the store under their key: the source when it is a
+        FixedBudget, or under ``sources.ByHost`` the FixedBudget of the route
+        the credential names (its key is per host, and per key only where
+        the budget is). None: the balance comes from elsewhere."""
+        routes = self._routes
+        if routes is None:
+            return self._budget
+        entry = routes._split(credential)[0]
+        route = routes.sources.get("*" if entry is None else entry)
+        return route if isinstance(route, FixedBudget) else None
+
+    def _spend(self, credential: str | None) -> Spend | None:
+        budget = self._budget if self._routes is None else self._budget_for(credential)
+        return None if budget is None else budget.spend_window()
 
     # -- reading and refreshing --------------------------------------------------
 
-    def _fresh(self, state: SharedState, now: float) -> bool:
+    def _fresh(self, state: SharedState, now: float, credential: str | None) -> bool:
         if state.balance is None or now - state.fetched_at >= self.ttl:
             return False
-        return self._budget is None or state.fetched_at >= self._budget.spend_window().start
+        budget = self._budget if self._routes is None else self._budget_for(credential)
+        return budget is None or state.fetched_at >= budget.spend_window().start
 
-    def _fresh_after(self, now: float) -> float:
+    def _fresh_after(self, now: float, credential: str | None) -> float:
         after = now - self.ttl
-        if self._budget is not None:
-            after = max(after, self._budget.spend_window().start)
+        budget = self._budget if self._routes is None else self._budget_for(credential)
+        if budget is not None:
+            after = max(after, budget.spend_window().start)
         return after
 
     def _mirror(self, key: str, state: SharedState) -> None:
@@ -541,12 +565,12 @@ class SharedLedger(Ledger):
         yield from self._p_upkeep()
         with self._lock:
             seen = self._seen.get(key)
-        if seen is not None and self._fresh(seen, time.time()):
+        if seen is not None and self._fresh(seen, time.time(), credential):
             # fresh enough to judge on: the hold script reads the state anew
             return self._lookup(key, seen, None, read=False)
         state = yield _Op("read", key, time.time())
         error = None
-        if not self._fresh(state, time.time()):
+        if not self._fresh(state, time.time(), credential):
             state, error = yield from self._p_refresh(credential, key, state)
         return self._lookup(key, state, error)
 
@@ -560,8 +584,9 @@ class SharedLedger(Ledger):
         if error is not None:  # failed a moment ago here: don't hammer the source
             return state, error
         keep = max(self.ttl, self.max_stale) + self.ttl
-        if self._budget is not None:
-            yield from self._p_recount(key)
+        budget = self._budget_for(credential)
+        if budget is not None:
+            yield from self._p_recount(key, budget)
             state = yield _Op("read", key, time.time())
             if self._on_refresh is not None and state.balance is not None:
                 self._on_refresh(state.balance, key)
@@ -593,7 +618,7 @@ class SharedLedger(Ledger):
                 return state, None  # another worker refreshes: the stale figure stands in
             yield _POLL
             state = yield _Op("read", key, time.time())
-            if self._fresh(state, time.time()):
+            if self._fresh(state, time.time(), credential):
                 return state, None
 
     def get(self, credential: str | None, key: str | None = None) -> Lookup:
@@ -820,7 +845,7 @@ class SharedLedger(Ledger):
         with self._lock:
             seen = self._seen.get(key)
         now = time.time()
-        if seen is None or not self._fresh(seen, now):
+        if seen is None or not self._fresh(seen, now, credential):
             return None
 
         def judge(balance: Balance | None, reserved: float) -> Decision:
@@ -841,7 +866,7 @@ class SharedLedger(Ledger):
         floor = _floor(seen.balance, policy.refuse_floor)
         if not policy.enforce:
             floor = None  # shadow mode: whatever the verdict, the call goes out and is held
-        fresh_after = self._fresh_after(now)
+        fresh_after = self._fresh_after(now, credential)
         program = self._p_admit(
             key, credential, judge, amount, reserve, floor, fresh_after, False, None
         )
@@ -865,7 +890,7 @@ class SharedLedger(Ledger):
             return self._admit_local(lookup, credential, judge, amount, reserve, floor_of)
         floor = _floor(lookup.balance, floor_of)
         key = lookup.fingerprint
-        fresh_after = self._fresh_after(time.time())
+        fresh_after = self._fresh_after(time.time(), credential)
         program = self._p_admit(
             key, credential, judge, amount, reserve, floor, fresh_after, True, floor_of
         )
@@ -893,7 +918,7 @@ class SharedLedger(Ledger):
             return self._admit_local(lookup, credential, judge, amount, reserve, floor_of)
         floor = _floor(lookup.balance, floor_of)
         key = lookup.fingerprint
-        fresh_after = self._fresh_after(time.time())
+        fresh_after = self._fresh_after(time.time(), credential)
         program = self._p_admit(
             key, credential, judge, amount, reserve, floor, fresh_after, True, floor_of
         )
@@ -938,10 +963,11 @@ class SharedLedger(Ledger):
             status: int = yield _Op("settle", key, op_id, cost, None, spend, with_settle)
         else:
             status = yield _Op("settle", key, op_id, cost, None, spend)
-        if status == 2 and hold and self._budget is not None:
+        budget = self._budget_for(credential) if status == 2 and hold else None
+        if budget is not None:
             # the hold had vanished: Redis lost data (flushed, restarted empty);
             # put back the budget's spend this process knows of, right away
-            yield from self._p_recount(key)
+            yield from self._p_recount(key, budget)
         for other, window in apart:  # (once per id, as the settle)
             yield _Op("count", other, window, cost, op_id)
         if with_settle or apart:
@@ -949,11 +975,9 @@ class SharedLedger(Ledger):
                 counter.learn(counter.key(credential), window, None, cost)
         return status
 
-    def _p_recount(self, key: str) -> Program[None]:
+    def _p_recount(self, key: str, budget: FixedBudget) -> Program[None]:
         """Recount a budget kept in the store, never below what this process
         knows its window spent (Redis may have lost it)."""
-        assert self._budget is not None
-        budget = self._budget
         window = budget.spend_window()
         keep = max(self.ttl, self.max_stale) + self.ttl
         with self._lock:
@@ -993,7 +1017,7 @@ class SharedLedger(Ledger):
     ) -> None:
         """Charge ``cost`` in the store under ``op_id``; owed (and written back
         under the same id, so applied once) if the store does not answer."""
-        spend = self._spend()
+        spend = self._spend(credential)
         if spend is not None:  # what this process knows the window has spent, at least
             with self._lock:
                 known = self._known.get(key)
