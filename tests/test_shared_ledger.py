@@ -1011,3 +1011,50 @@ def test_a_fixed_budget_route_is_one_budget_for_processes_and_restarts(
     d = g3.check(credential=b1)
     assert d.balance is not None and d.balance.remaining == pytest.approx(3.5)
     g3.close()
+
+
+def test_a_fixed_budget_inside_a_routes_tightest_is_counted_in_the_store(
+    redis_server: RedisServer,
+) -> None:
+    # (a FixedBudget inside Tightest inside a ByHost route was counted in each
+    # process, and a restart handed it out afresh)
+    from creditguard.sources import ByHost, FixedBudget, Tightest
+
+    def make() -> tuple[Any, BudgetGuard]:
+        source = ByHost(
+            {
+                "a.example": Tightest(Source(100.0), FixedBudget(10.0, period=None)),
+                "b.example": Tightest(
+                    Source(100.0), FixedBudget(5.0, period=None, per_credential=True)
+                ),
+                "c.example": Tightest(Source(100.0), FixedBudget(7.0, period=None)),
+            }
+        )
+        return source, guard(redis_server, source, ttl=0.2, estimate=0.0)
+
+    (source, g1), (_, g2) = make(), make()
+    a1, a2 = source.credential("a.example", KEY), source.credential("a.example", KEY + "2")
+    b1, b2 = source.credential("b.example", KEY), source.credential("b.example", KEY + "2")
+    c = source.credential("c.example", KEY)
+    g1.reserve("m", credential=a1, estimate=1.0).settle(6.0)
+    g2.record(1.5, credential=b1)
+    g2.record(2.0, credential=c)  # another route's budget
+    time.sleep(0.25)  # past the ttl
+
+    def remaining(g: BudgetGuard, credential: str) -> float:
+        d = g.check(credential=credential)
+        assert d.balance is not None
+        return d.balance.remaining
+
+    for g in (g2, g1):
+        assert remaining(g, a1) == pytest.approx(4.0)
+        assert remaining(g, a2) == pytest.approx(4.0)  # one budget for the host
+        assert remaining(g, b1) == pytest.approx(3.5)
+        assert remaining(g, b2) == pytest.approx(5.0)  # per key
+        assert remaining(g, c) == pytest.approx(5.0)
+    g1.close()
+    g2.close()
+    _, g3 = make()  # restarted
+    assert remaining(g3, a1) == pytest.approx(4.0)
+    assert remaining(g3, b1) == pytest.approx(3.5)
+    g3.close()

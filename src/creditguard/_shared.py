@@ -50,7 +50,7 @@ from .errors import CreditSourceError
 from .ledger import Hold, Ledger, Lookup, _Entry, _how
 from .policy import Decision, Policy, decide
 from .runway import attach
-from .sources._byhost import ByHost
+from .sources._byhost import _MARK, _SEP, ByHost
 from .sources._fixed import FixedBudget
 from .stores import StoreError
 
@@ -133,15 +133,36 @@ class _Counter:
     """Counts a FixedBudget nested in Tightest in the shared store (its spend
     goes there with each settle), and remembers the least spend of the
     current window this process knows of: a Redis that lost the count
-    (flushed, restarted empty) gets it back at the next read of the window."""
+    (flushed, restarted empty) gets it back at the next read of the window.
 
-    def __init__(self, ledger: SharedLedger, budget: FixedBudget) -> None:
+    A Tightest may be a ``sources.ByHost`` route (``route``: its entry): the
+    budget then counts the calls routed there only, under the route's keys."""
+
+    def __init__(self, ledger: SharedLedger, budget: FixedBudget, route: str | None = None):
         self._ledger = ledger
         self._budget = budget
+        self._route = route
         self._known: OrderedDict[str, tuple[int, float]] = OrderedDict()
 
     def key(self, credential: str | None) -> str:
-        return self._ledger._fingerprint_of(credential) if self._budget.per_credential else "*"
+        """The store key of the budget ``credential`` (as the budget's fetch
+        gets it) draws down."""
+        per_credential = self._budget.per_credential
+        if self._route is not None:  # (the ledger's key of the route, and of the key if per key)
+            routed = _MARK + self._route + _SEP + ((per_credential and credential) or "")
+            return self._ledger._fingerprint_of(routed)
+        return self._ledger._fingerprint_of(credential) if per_credential else "*"
+
+    def key_of_call(self, credential: str | None) -> str | None:
+        """:meth:`key` for a call made with ``credential`` (as the ledger has
+        it); None when the call is routed elsewhere."""
+        routes = self._ledger._routes
+        if self._route is None or routes is None:
+            return self.key(credential)
+        entry, key = routes._split(credential)
+        if (entry or "*") != self._route:
+            return None
+        return self.key(key)
 
     def _p_spent(self, credential: str | None) -> Program[float]:
         key = self.key(credential)
@@ -183,18 +204,26 @@ class SharedLedger(Ledger):
         if self._budget is not None:
             self._source_record = None
         # sources.ByHost: a FixedBudget route is counted in the store too, under
-        # the keys of the calls routed to it (see _budget_for)
-        self._routes: ByHost | None = None
-        if isinstance(source, ByHost) and any(
-            isinstance(route, FixedBudget) for route in source.sources.values()
-        ):
-            self._routes = source
+        # the keys of the calls routed to it (see _budget_for), and so is one
+        # inside a route's Tightest (see _Counter)
+        self._routes: ByHost | None = source if isinstance(source, ByHost) else None
+        self._routed = self._routes is not None and any(
+            isinstance(route, FixedBudget) for route in self._routes.sources.values()
+        )
         # FixedBudgets inside Tightest: counted in the store too (a settle counts
         # its cost in each of their windows; their fetch reads the window there)
-        self._nested: list[FixedBudget] = [
-            s for s in getattr(source, "sources", ()) if isinstance(s, FixedBudget)
+        nested: list[tuple[FixedBudget, str | None]] = [
+            (s, None) for s in getattr(source, "sources", ()) if isinstance(s, FixedBudget)
         ]
-        self._counters = [_Counter(self, budget) for budget in self._nested]
+        if isinstance(source, ByHost):  # (and inside a route's Tightest: the calls routed there)
+            nested = [
+                (s, entry)
+                for entry, route in source.sources.items()
+                for s in getattr(route, "sources", ())
+                if isinstance(s, FixedBudget)
+            ]
+        self._nested = [budget for budget, _ in nested]
+        self._counters = [_Counter(self, budget, route) for budget, route in nested]
         for budget, counter in zip(self._nested, self._counters, strict=True):
             budget.bind(counter)
         self._down_until = 0.0
@@ -457,7 +486,9 @@ class SharedLedger(Ledger):
         with_settle: list[tuple[str, Spend]] = []
         apart: list[tuple[str, Spend]] = []
         for counter, window in zip(self._counters, windows, strict=True):
-            other = counter.key(credential)
+            other = counter.key_of_call(credential)
+            if other is None:  # (a ByHost route's budget, and the call went elsewhere)
+                continue
             if folds is not None and folds(key, other):
                 with_settle.append((other, window))
             else:
@@ -477,14 +508,14 @@ class SharedLedger(Ledger):
         the credential names (its key is per host, and per key only where
         the budget is). None: the balance comes from elsewhere."""
         routes = self._routes
-        if routes is None:
+        if routes is None or not self._routed:
             return self._budget
-        entry = routes._split(credential)[0]
+        entry, _ = routes._split(credential)
         route = routes.sources.get("*" if entry is None else entry)
         return route if isinstance(route, FixedBudget) else None
 
     def _spend(self, credential: str | None) -> Spend | None:
-        budget = self._budget if self._routes is None else self._budget_for(credential)
+        budget = self._budget_for(credential) if self._routed else self._budget
         return None if budget is None else budget.spend_window()
 
     # -- reading and refreshing --------------------------------------------------
@@ -492,12 +523,12 @@ class SharedLedger(Ledger):
     def _fresh(self, state: SharedState, now: float, credential: str | None) -> bool:
         if state.balance is None or now - state.fetched_at >= self.ttl:
             return False
-        budget = self._budget if self._routes is None else self._budget_for(credential)
+        budget = self._budget_for(credential) if self._routed else self._budget
         return budget is None or state.fetched_at >= budget.spend_window().start
 
     def _fresh_after(self, now: float, credential: str | None) -> float:
         after = now - self.ttl
-        budget = self._budget if self._routes is None else self._budget_for(credential)
+        budget = self._budget_for(credential) if self._routed else self._budget
         if budget is not None:
             after = max(after, budget.spend_window().start)
         return after
@@ -972,7 +1003,9 @@ class SharedLedger(Ledger):
             yield _Op("count", other, window, cost, op_id)
         if with_settle or apart:
             for counter, window in zip(self._counters, windows, strict=True):
-                counter.learn(counter.key(credential), window, None, cost)
+                counted = counter.key_of_call(credential)
+                if counted is not None:
+                    counter.learn(counted, window, None, cost)
         return status
 
     def _p_recount(self, key: str, budget: FixedBudget) -> Program[None]:
