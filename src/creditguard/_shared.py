@@ -210,6 +210,7 @@ class SharedLedger(Ledger):
         self._routed = self._routes is not None and any(
             isinstance(route, FixedBudget) for route in self._routes.sources.values()
         )
+        self._budgets = self._budget is not None or self._routed  # (any: see _budget_for)
         # FixedBudgets inside Tightest: counted in the store too (a settle counts
         # its cost in each of their windows; their fetch reads the window there)
         nested: list[tuple[FixedBudget, str | None]] = [
@@ -515,7 +516,9 @@ class SharedLedger(Ledger):
         return route if isinstance(route, FixedBudget) else None
 
     def _spend(self, credential: str | None) -> Spend | None:
-        budget = self._budget_for(credential) if self._routed else self._budget
+        if not self._budgets:  # (the usual case, on every settle)
+            return None
+        budget = self._budget_for(credential)
         return None if budget is None else budget.spend_window()
 
     # -- reading and refreshing --------------------------------------------------
@@ -523,12 +526,16 @@ class SharedLedger(Ledger):
     def _fresh(self, state: SharedState, now: float, credential: str | None) -> bool:
         if state.balance is None or now - state.fetched_at >= self.ttl:
             return False
-        budget = self._budget_for(credential) if self._routed else self._budget
+        if not self._budgets:
+            return True
+        budget = self._budget_for(credential)
         return budget is None or state.fetched_at >= budget.spend_window().start
 
     def _fresh_after(self, now: float, credential: str | None) -> float:
+        if not self._budgets:
+            return now - self.ttl
         after = now - self.ttl
-        budget = self._budget_for(credential) if self._routed else self._budget
+        budget = self._budget_for(credential)
         if budget is not None:
             after = max(after, budget.spend_window().start)
         return after
