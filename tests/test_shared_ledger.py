@@ -971,8 +971,15 @@ def test_each_route_follows_its_own_store_error(redis_server: RedisServer, defau
     g.close()
 
 
+def on(request: pytest.FixtureRequest, where: str, prefix: str) -> str:
+    """The store URL of a test run on one Redis or on a real cluster."""
+    server = request.getfixturevalue("redis_server" if where == "redis" else "redis_cluster")
+    return f"{server.url}?prefix={prefix}&secret={SECRET}&timeout=0.5"
+
+
+@pytest.mark.parametrize("where", ["redis", "cluster"])
 def test_a_fixed_budget_route_is_one_budget_for_processes_and_restarts(
-    redis_server: RedisServer,
+    request: pytest.FixtureRequest, where: str
 ) -> None:
     # (a FixedBudget routed by ByHost counted spend in each process: the next
     # refresh put the refresher's own count in the store, and a restart
@@ -987,7 +994,9 @@ def test_a_fixed_budget_route_is_one_budget_for_processes_and_restarts(
                 "c.example": Source(),
             }
         )
-        return source, guard(redis_server, source, ttl=0.2, estimate=0.0)
+        return source, BudgetGuard(source, Policy(), store=url, ttl=0.2, estimate=0.0)
+
+    url = on(request, where, "route")
 
     (source, g1), (_, g2) = make(), make()
     a, c = source.credential("a.example", KEY), source.credential("c.example", KEY)
@@ -1013,8 +1022,9 @@ def test_a_fixed_budget_route_is_one_budget_for_processes_and_restarts(
     g3.close()
 
 
+@pytest.mark.parametrize("where", ["redis", "cluster"])
 def test_a_fixed_budget_inside_a_routes_tightest_is_counted_in_the_store(
-    redis_server: RedisServer,
+    request: pytest.FixtureRequest, where: str
 ) -> None:
     # (a FixedBudget inside Tightest inside a ByHost route was counted in each
     # process, and a restart handed it out afresh)
@@ -1030,7 +1040,9 @@ def test_a_fixed_budget_inside_a_routes_tightest_is_counted_in_the_store(
                 "c.example": Tightest(Source(100.0), FixedBudget(7.0, period=None)),
             }
         )
-        return source, guard(redis_server, source, ttl=0.2, estimate=0.0)
+        return source, BudgetGuard(source, Policy(), store=url, ttl=0.2, estimate=0.0)
+
+    url = on(request, where, "tight")
 
     (source, g1), (_, g2) = make(), make()
     a1, a2 = source.credential("a.example", KEY), source.credential("a.example", KEY + "2")
