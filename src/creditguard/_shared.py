@@ -50,7 +50,7 @@ from .errors import CreditSourceError
 from .ledger import Hold, Ledger, Lookup, _Entry, _how
 from .policy import Decision, Policy, decide
 from .runway import attach
-from .sources._byhost import _MARK, _SEP, ByHost
+from .sources._byhost import ByHost, route_of, routed
 from .sources._fixed import FixedBudget
 from .stores import StoreError
 
@@ -149,8 +149,8 @@ class _Counter:
         gets it) draws down."""
         per_credential = self._budget.per_credential
         if self._route is not None:  # (the ledger's key of the route, and of the key if per key)
-            routed = _MARK + self._route + _SEP + ((per_credential and credential) or "")
-            return self._ledger._fingerprint_of(routed)
+            route_key = routed(self._route, (per_credential and credential) or None)
+            return self._ledger._fingerprint_of(route_key)
         return self._ledger._fingerprint_of(credential) if per_credential else "*"
 
     def key_of_call(self, credential: str | None) -> str | None:
@@ -159,7 +159,7 @@ class _Counter:
         routes = self._ledger._routes
         if self._route is None or routes is None:
             return self.key(credential)
-        entry, key = routes._split(credential)
+        entry, key = route_of(credential)
         if (entry or "*") != self._route:
             return None
         return self.key(key)
@@ -511,7 +511,7 @@ class SharedLedger(Ledger):
         routes = self._routes
         if routes is None or not self._routed:
             return self._budget
-        entry, _ = routes._split(credential)
+        entry, _ = route_of(credential)
         route = routes.sources.get("*" if entry is None else entry)
         return route if isinstance(route, FixedBudget) else None
 

@@ -61,6 +61,21 @@ def _with_port(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def routed(entry: str, credential: str | None) -> str:
+    """The ledger's credential of a call to the host ``entry`` carrying
+    ``credential`` (None: the host's one balance)."""
+    return f"{_MARK}{entry}{_SEP}{credential or ''}"
+
+
+def route_of(credential: str | None) -> tuple[str | None, str | None]:
+    """(the host entry a ledger credential names, or None when it names none;
+    the call's own key, or None)."""
+    if credential is None or not credential.startswith(_MARK):
+        return None, credential
+    entry, _, key = credential[len(_MARK) :].partition(_SEP)
+    return entry, key or None
+
+
 def _split_port(name: str) -> tuple[str, int | None]:
     """``"host:port"`` / ``"[v6]:port"`` -> (host, port); a bare host -> (host, None)."""
     if name.startswith("["):
@@ -100,7 +115,7 @@ class ByHost:
     (``"127.0.0.1:8080"``, tried first) or ``"*"`` (any other host, and calls
     that name none) to a credits source. ``policies`` maps some of those hosts
     to a :class:`~creditguard.Policy` of their own (thresholds, downgrade map,
-    ``on_source_error``, ``unit``); the others use the guard's. The guard's
+    ``on_source_error``, ``store_error``, ``unit``); the others use the guard's. The guard's
     ``ttl``, ``max_stale`` and ``error_ttl`` apply to every host.
     """
 
@@ -162,7 +177,7 @@ class ByHost:
         source = self.sources.get(entry)
         if source is not None and not source.per_credential:
             credential = None  # one balance for the host, whatever key a call carries
-        return f"{_MARK}{entry}{_SEP}{credential or ''}"
+        return routed(entry, credential)
 
     def credential(self, host: str, key: str | None = None) -> str:
         """The credential naming ``host`` for ``guard.check(credential=...)``,
@@ -171,13 +186,6 @@ class ByHost:
             return self.host_credential(_ANY, None, key)
         name, port = _split_port(host.strip().lower().rstrip("."))
         return self.host_credential(name, port, key)
-
-    def _split(self, credential: str | None) -> tuple[str | None, str | None]:
-        """(entry or None when no host is named, the call's own key or None)."""
-        if credential is None or not credential.startswith(_MARK):
-            return None, credential
-        entry, _, key = credential[len(_MARK) :].partition(_SEP)
-        return entry, key or None
 
     def _source(self, entry: str | None) -> tuple[CreditSource, str]:
         if entry is None:
@@ -200,16 +208,14 @@ class ByHost:
 
     def policy_for(self, credential: str | None) -> Policy | None:
         """The policy of the host ``credential`` names, or None (the guard's)."""
-        if credential is None or not credential.startswith(_MARK):
-            return self.policies.get(_ANY)
-        entry = credential[len(_MARK) :].partition(_SEP)[0]
-        return self.policies.get(entry)
+        entry, _ = route_of(credential)
+        return self.policies.get(_ANY if entry is None else entry)
 
     # -- the source protocol -----------------------------------------------------
 
     def fetch(self, credential: str | None) -> Balance:
         """The balance of the host ``credential`` names."""
-        entry, key = self._split(credential)
+        entry, key = route_of(credential)
         source, entry = self._source(entry)
         try:
             balance = source.fetch(key if source.per_credential else None)
@@ -222,7 +228,7 @@ class ByHost:
 
     async def afetch(self, credential: str | None) -> Balance:
         """The balance of the host ``credential`` names."""
-        entry, key = self._split(credential)
+        entry, key = route_of(credential)
         source, entry = self._source(entry)
         try:
             balance = await source.afetch(key if source.per_credential else None)
@@ -237,7 +243,7 @@ class ByHost:
 
     def _record(self, credential: str | None, cost: float) -> None:
         """Local spend reaches the source of the call's host, if it keeps any."""
-        entry, key = self._split(credential)
+        entry, key = route_of(credential)
         try:
             source, _ = self._source(entry)
         except CreditSourceError:
