@@ -700,6 +700,12 @@ def test_a_password_holding_a_slash_or_question_mark_is_never_shown(url: str) ->
     store.close()
 
 
+def test_an_at_sign_in_a_query_value_is_no_password() -> None:
+    store = RedisStore("redis://127.0.0.1:6379/0?client_name=me@example", timeout=0.2)
+    assert "redis://127.0.0.1:6379/0" in repr(store) and "redacted" not in repr(store)
+    store.close()
+
+
 def test_repr_has_no_password() -> None:
     store = RedisStore("redis://user:hunter2pw@127.0.0.1:6379/0")
     assert "hunter2pw" not in repr(store) and "user" not in repr(store)

@@ -163,6 +163,14 @@ def looks_like_key(text: str) -> bool:
     )
 
 
+def url_password(url: str) -> str | None:
+    """The password of a ``scheme://user:password@host`` URL as :func:`redact`
+    reads it (an unencoded ``@``, ``/`` or ``?`` in it included); None when
+    the URL has none."""
+    found = _USERINFO.search(url)
+    return None if found is None else url[found.end(1) + 1 : found.end() - 1]
+
+
 def redact(text: str, *secrets: str | None) -> str:
     """``text`` with every secret masked as ``<redacted>``: each of ``secrets``
     (the keys in play), anything shaped like an API key (``sk-...``), the

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..balance import Balance, check_cost
-from ..errors import ConfigError, redact
+from ..errors import ConfigError, redact, url_password
 from ._base import SharedState, Spend, StoreError
 
 if TYPE_CHECKING:
@@ -1317,12 +1317,10 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
 def _describe_url(url: str) -> tuple[str, tuple[str, ...]]:
     """Where ``url`` points, without credentials; and the secrets it holds."""
     parts = urlsplit(url)
-    secrets = {parts.password or ""}
-    # a password holding an unencoded / or ? ends the URL's netloc early: what
-    # the user meant runs to the last @ (the redaction rules of errors.redact)
-    rest = url.partition("://")[2]
-    if "@" in rest:
-        secrets.add(rest.rpartition("@")[0].partition(":")[2])
+    # (a password holding an unencoded / or ? ends the netloc early: the
+    # password meant is the one errors.redact reads, up to the host's @)
+    password = url_password(url)
+    secrets = {parts.password or "", password or ""}
     secrets.update(value for name, value in parse_qsl(parts.query) if name == "password")
     secrets.update([unquote(s) for s in secrets])
     secrets.discard("")
@@ -1337,7 +1335,7 @@ def _describe_url(url: str) -> tuple[str, tuple[str, ...]]:
         except ValueError:
             port = ":?"
         where = f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-    if "@" in rest and "@" not in parts.netloc:  # such a password: read as a path or query
+    if password is not None and "@" not in parts.netloc:  # such a password, read as a path
         where = redact(url, *secrets)
     # longest first, so that a password containing another is masked whole
     return where, tuple(sorted(secrets, key=len, reverse=True))
