@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .balance import Balance, check_cost
 from .errors import CreditSourceError
 from .ledger import Hold, Ledger, Lookup, _Entry, _how
-from .policy import Decision, Policy, decide
+from .policy import Decision, Policy, decide, policy_of
 from .runway import attach
 from .sources._byhost import ByHost, route_of, routed
 from .sources._fixed import FixedBudget
@@ -194,10 +194,10 @@ class _Counter:
 class SharedLedger(Ledger):
     """A :class:`~creditguard.ledger.Ledger` whose state lives in a shared store."""
 
-    def __init__(self, source: Any, store: Store, *, store_error: str = "local", **kw: Any):
+    def __init__(self, source: Any, store: Store, *, policy: Policy | None = None, **kw: Any):
         super().__init__(source, **kw)
         self.store = store
-        self.store_error = store_error
+        self._policy = policy if policy is not None else Policy()  # the guard's
         # A FixedBudget is counted in the store (settles add to its window);
         # its own in-process count is then not used.
         self._budget: FixedBudget | None = source if isinstance(source, FixedBudget) else None
@@ -397,7 +397,7 @@ class SharedLedger(Ledger):
             log.warning(
                 "shared store unavailable (%s): store_error=%s%s until it answers again",
                 exc,
-                self.store_error,
+                self._policy.store_error,
                 "" if self._policy_for is None else " (a route's own policy: its own)",
             )
 
@@ -738,11 +738,7 @@ class SharedLedger(Ledger):
     def _store_error(self, credential: str | None) -> str:
         """``Policy.store_error`` for ``credential``: its route's own policy
         (``sources.ByHost``), else the guard's."""
-        if self._policy_for is not None:
-            policy = self._policy_for(credential)
-            if policy is not None:
-                return policy.store_error
-        return self.store_error
+        return policy_of(self._policy_for, self._policy, credential).store_error
 
     def _degraded(self, credential: str | None, key: str) -> Lookup:
         if self._store_error(credential) != "local":

@@ -24,7 +24,7 @@ from .costs import Pricing
 from .errors import ConfigError, CreditSourceError, looks_like_key
 from .events import DecisionLog, Events, SourceErrorLog, log_refresh
 from .ledger import Hold, Ledger, Lookup
-from .policy import Action, Decision, Estimate, Estimator, Policy, decide
+from .policy import Action, Decision, Estimate, Estimator, Policy, decide, policy_of
 from .prices import PriceBook, price_lists
 from .runway import BurnRates, attach
 
@@ -171,7 +171,7 @@ def _make_ledger(
     return SharedLedger(
         source,
         store,
-        store_error=policy.store_error,
+        policy=policy,
         fingerprint=Fingerprinter(secret),
         **options,
     )
@@ -518,9 +518,7 @@ class BudgetGuard:
     def _policy(self, credential: str | None) -> Policy:
         """The policy that judges ``credential``'s calls: its own (``ByHost``
         routes give each host one), else the guard's."""
-        if self._policy_for is not None:
-            return self._policy_for(credential) or self.policy
-        return self.policy
+        return policy_of(self._policy_for, self.policy, credential)
 
     def _report(self, decision: Decision, key: str) -> None:
         """Send a decision to its subscribers: logging, callbacks, alerts, metrics."""

@@ -546,6 +546,18 @@ class Decision(_DecisionSlots):
         return (Decision, self._fields())
 
 
+def policy_of(
+    policy_for: Callable[[str | None], Policy | None] | None,
+    default: Policy,
+    credential: str | None,
+) -> Policy:
+    """The policy that judges ``credential``'s calls: its route's own
+    (``sources.ByHost``'s ``policy_for``), else ``default`` (the guard's)."""
+    if policy_for is not None:
+        return policy_for(credential) or default
+    return default
+
+
 _new = object.__new__
 
 
