@@ -156,11 +156,10 @@ class _Counter:
     def key_of_call(self, credential: str | None) -> str | None:
         """:meth:`key` for a call made with ``credential`` (as the ledger has
         it); None when the call is routed elsewhere."""
-        routes = self._ledger._routes
-        if self._route is None or routes is None:
+        if self._route is None:
             return self.key(credential)
         entry, key = route_of(credential)
-        if (entry or "*") != self._route:
+        if entry != self._route:
             return None
         return self.key(key)
 
@@ -511,8 +510,7 @@ class SharedLedger(Ledger):
         routes = self._routes
         if routes is None or not self._routed:
             return self._budget
-        entry, _ = route_of(credential)
-        route = routes.sources.get("*" if entry is None else entry)
+        route = routes.sources.get(route_of(credential)[0])
         return route if isinstance(route, FixedBudget) else None
 
     def _spend(self, credential: str | None) -> Spend | None:

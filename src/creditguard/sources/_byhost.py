@@ -67,11 +67,11 @@ def routed(entry: str, credential: str | None) -> str:
     return f"{_MARK}{entry}{_SEP}{credential or ''}"
 
 
-def route_of(credential: str | None) -> tuple[str | None, str | None]:
-    """(the host entry a ledger credential names, or None when it names none;
+def route_of(credential: str | None) -> tuple[str, str | None]:
+    """(the host entry a ledger credential names, ``"*"`` when it names none;
     the call's own key, or None)."""
     if credential is None or not credential.startswith(_MARK):
-        return None, credential
+        return _ANY, credential
     entry, _, key = credential[len(_MARK) :].partition(_SEP)
     return entry, key or None
 
@@ -187,17 +187,15 @@ class ByHost:
         name, port = _split_port(host.strip().lower().rstrip("."))
         return self.host_credential(name, port, key)
 
-    def _source(self, entry: str | None) -> tuple[CreditSource, str]:
-        if entry is None:
-            entry = _ANY
-            if entry not in self.sources:
-                raise CreditSourceError(
-                    "this call names no host, and ByHost judges each call on the host it goes "
-                    "to: name it with credential=by_host.credential(host, key), or add a '*' "
-                    "source",
-                    source=self.name,
-                )
+    def _source(self, entry: str) -> tuple[CreditSource, str]:
         source = self.sources.get(entry)
+        if source is None and entry == _ANY:
+            raise CreditSourceError(
+                "this call names no host, and ByHost judges each call on the host it goes "
+                "to: name it with credential=by_host.credential(host, key), or add a '*' "
+                "source",
+                source=self.name,
+            )
         if source is None:
             raise CreditSourceError(
                 f"no source for host {entry[:100]!r} (hosts: {', '.join(sorted(self.sources))}; "
@@ -208,8 +206,7 @@ class ByHost:
 
     def policy_for(self, credential: str | None) -> Policy | None:
         """The policy of the host ``credential`` names, or None (the guard's)."""
-        entry, _ = route_of(credential)
-        return self.policies.get(_ANY if entry is None else entry)
+        return self.policies.get(route_of(credential)[0])
 
     # -- the source protocol -----------------------------------------------------
 
