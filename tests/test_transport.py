@@ -406,6 +406,50 @@ def test_a_retry_of_a_long_body_follows_its_first_attempt(
     assert len(h.decisions) == 2  # not the same call: judged
 
 
+def test_long_bodies_alike_at_both_ends_are_told_apart_by_model_and_limit(
+    stack: tuple[ModuleType, ModuleType],
+) -> None:
+    """A long system prompt before the model and long tools after the output
+    limit: two calls whose bodies match in length and at both ends, to
+    different models with different limits. The retry of the dear one holds
+    and is charged as its own first attempt, not as the cheap one."""
+    lib, cg = stack
+    system = {"role": "system", "content": "s" * 6000}
+    tools = [{"type": "function", "function": {"name": "f", "description": "d" * 6000}}]
+
+    def body(model: str, limit: int) -> bytes:
+        messages = [system, {"role": "user", "content": "hi"}]
+        doc = {"messages": messages, "model": model, "max_tokens": limit, "tools": tools}
+        return json.dumps(doc).encode()
+
+    pricing = {
+        "cheap-1": {"prompt": 0.0, "completion": 0.0001},
+        "dear-01": {"prompt": 0.0, "completion": 0.01},
+    }
+    guard = BudgetGuard(FixedBudget(100.0), Policy(refuse_below=0), estimate=0.0, pricing=pricing)
+    held: list[float] = []
+
+    def remaining(guard: BudgetGuard) -> float:
+        balance = guard.check(estimate=0).balance
+        assert balance is not None
+        return balance.remaining
+
+    def reply(request: Any) -> Any:
+        held.append(guard.ledger.reserved(None))
+        return lib.Response(200, json={"usage": {"prompt_tokens": 0, "completion_tokens": 4000}})
+
+    cheap, dear = body("cheap-1", 1000), body("dear-01", 4000)
+    assert len(cheap) == len(dear) and cheap != dear
+    with cg.client(guard, transport=lib.MockTransport(reply), base_url="https://x/v1") as c:
+        c.post("/chat/completions", content=dear, headers={"x-stainless-retry-count": "0"})
+        c.post("/chat/completions", content=cheap, headers={"x-stainless-retry-count": "0"})
+        left = remaining(guard)
+        c.post("/chat/completions", content=dear, headers={"x-stainless-retry-count": "1"})
+        after = remaining(guard)
+    assert held == [pytest.approx(40.0), pytest.approx(0.1), pytest.approx(40.0)]
+    assert left - after == pytest.approx(40.0)  # 4,000 tokens at the dear model's price
+
+
 def test_first_attempts_are_remembered_in_bounded_memory(
     make: Callable[..., Harness],
 ) -> None:

@@ -74,6 +74,7 @@ _TOKEN_FIELDS = frozenset(_TOKEN_FIELDS_ORDER)
 _MODEL_FIRST = '{"model":"'
 _MAX_TOKENS_LAST = ',"max_tokens":'
 _RETRIES_KEPT = 1024  # first attempts remembered for retries, per generation
+_RetryKey = tuple[str, int, str | None, int | None]  # see Core._retry_key
 
 
 # Options that belong to the network transport: given to client(), they build
@@ -203,7 +204,7 @@ class Plan:
         span: tuple[int, int] | None,  # where the model's JSON value sits in ``text``
         text: str | None,  # the decoded body, when it was parsed
         retry_of: Decision | None,
-        retry_key: tuple[str, int] | None,
+        retry_key: _RetryKey | None,
         path: str,
         estimate: float,
     ) -> None:
@@ -343,13 +344,12 @@ _RETRY_SAMPLE = 4096  # characters of a long body's each end that identify it fo
 
 
 def _body_hash(text: str) -> int:
-    """What identifies a body for its SDK retries (which resend it as it was):
-    its hash; for a long body, that of its length and its first and last 4,096
-    characters, so the cost stays a few microseconds (a 100 KB prompt hashed
-    whole costs ~50). Two bodies alike in all three hold the same model and
-    output limit for prompts of one length: the same estimate, the same decision."""
-    if len(text) <= 2 * _RETRY_SAMPLE:
-        return hash(text)
+    """A long body's hash for its SDK retries: that of its length and its first
+    and last 4,096 characters, so the cost stays a few microseconds (a 100 KB
+    prompt hashed whole costs ~50). The retry key adds the model and output
+    limit, which may sit between the two ends (a long system prompt before
+    them, long tool definitions after): bodies alike in all of these have the
+    same estimate, whatever else differs in their middles."""
     return hash((len(text), text[:_RETRY_SAMPLE], text[-_RETRY_SAMPLE:]))
 
 
@@ -394,8 +394,8 @@ class Core:
         # in two generations; a full one becomes the old one, the older dropped
         # whole. (Deleting the oldest key of one dict, next(iter()), scans the
         # dead slots in front of it: hundreds a call once full.)
-        self._retries: dict[tuple[str, int], tuple[Decision, float, Price | None]] = {}
-        self._retries_old: dict[tuple[str, int], tuple[Decision, float, Price | None]] = {}
+        self._retries: dict[_RetryKey, tuple[Decision, float, Price | None]] = {}
+        self._retries_old: dict[_RetryKey, tuple[Decision, float, Price | None]] = {}
         self._unpriced: set[str] = set()  # models already warned about
 
     # -- 1. plan -------------------------------------------------------------
@@ -419,17 +419,15 @@ class Core:
         # Stainless SDKs (openai, anthropic) number their attempts: the first
         # attempt's decision is kept so that a retry is neither judged nor
         # counted again, and is rewritten the same way.
-        retry_of = retry_key = first = None
+        plan = Plan(credential, key, model, span, text, None, None, path, self.guard.estimate)
+        first = None
         attempt = headers.get(_RETRY_HEADER_B)
         if attempt is not None and text is not None:
-            retry_key = (key, _body_hash(text))
+            plan.retry_key = retry_key = self._retry_key(plan, text)
             if attempt.strip() != b"0":
                 first = self._retries.get(retry_key) or self._retries_old.get(retry_key)
                 if first is not None:
-                    retry_of = first[0]
-        plan = Plan(
-            credential, key, model, span, text, retry_of, retry_key, path, self.guard.estimate
-        )
+                    plan.retry_of = first[0]
         if stablecog:
             plan.field, plan.stablecog = field, True
         if first is not None:  # held again as the first attempt was
@@ -439,6 +437,16 @@ class Core:
         if self.stream_usage and text is not None and path.endswith("/chat/completions"):
             plan.usage_edit = _stream_usage_edit(text)
         return plan
+
+    def _retry_key(self, plan: Plan, text: str) -> _RetryKey:
+        """What identifies a call for its SDK retries (which resend its body as
+        it was): its key, its body's hash, and for a long body (hashed by its
+        length and ends only: :func:`_body_hash`) its model and output limit
+        too, wherever they sit in it: what its estimate and decision depend on."""
+        if len(text) <= 2 * _RETRY_SAMPLE:
+            return plan.key, hash(text), None, None
+        self._limit(plan)
+        return plan.key, _body_hash(text), plan.model, plan.limit
 
     def _estimate(self, plan: Plan, stablecog: bool) -> None:
         """What to hold for this call: Stablecog's ``num_outputs`` credits; else
