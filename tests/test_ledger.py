@@ -662,3 +662,41 @@ def test_fingerprints_are_memoised_without_keeping_the_key() -> None:
         fp(f"sk-{i}")
     assert len(memo) <= _MEMO_SIZE  # bounded
     assert fp(KEY_A) == want
+
+
+def test_a_source_record_that_raises_never_loses_the_debit(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A local budget of one's own whose record() raises (its database down):
+    the billed call is debited and its hold dropped all the same, and the
+    settle does not raise into the caller."""
+    from creditguard import BudgetGuard, Policy
+
+    class Tracked:
+        name = "mine"
+        per_credential = False
+        fail = False
+
+        def fetch(self, credential: str | None) -> Balance:
+            return Balance(10.0, source="mine")
+
+        async def afetch(self, credential: str | None) -> Balance:
+            return self.fetch(credential)
+
+        def record(self, credential: str | None, cost: float) -> None:
+            if self.fail:
+                raise RuntimeError("db down")
+
+    source = Tracked()
+    guard = BudgetGuard(source, Policy(refuse_below=0), estimate=1.0, metrics=False)
+    reservation = guard.reserve("m")
+    source.fail = True
+    with caplog.at_level("ERROR", logger="creditguard"):
+        reservation.settle(5.0)
+    assert guard.ledger.reserved(None) == 0.0
+    balance = guard.check(estimate=0).balance
+    assert balance is not None and balance.remaining == 5.0
+    assert any("record() failed" in r.getMessage() for r in caplog.records)
+    guard.ledger.record(None, 1.0)  # a record without a hold too
+    balance = guard.check(estimate=0).balance
+    assert balance is not None and balance.remaining == 4.0

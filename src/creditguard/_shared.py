@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .balance import Balance, check_cost
 from .errors import CreditSourceError
-from .ledger import Hold, Ledger, Lookup, _Entry, _how
+from .ledger import Hold, Ledger, Lookup, _Entry, _how, _record_failed
 from .policy import Decision, Policy, decide, policy_of
 from .runway import attach
 from .sources._byhost import ByHost, route_of, routed
@@ -1041,7 +1041,10 @@ class SharedLedger(Ledger):
             self._debit(hold.key, cost)  # the local mirror follows, for a fallback
             self._adjust(hold.key, cost, -hold.amount)
         if self._source_record is not None:
-            self._source_record(self._fetch_for(hold.credential), cost)
+            try:
+                self._source_record(self._fetch_for(hold.credential), cost)
+            except Exception:  # (billed: counted all the same)
+                _record_failed()
         self._send(hold.key, hold.token, cost, self._fetch_for(hold.credential), hold=True)
         self._spent(hold.key, cost, how)
         return True
@@ -1130,7 +1133,10 @@ class SharedLedger(Ledger):
         how = _how(cost, how)
         cost = check_cost(cost)
         if self._source_record is not None:
-            self._source_record(self._fetch_for(credential), cost)
+            try:
+                self._source_record(self._fetch_for(credential), cost)
+            except Exception:  # (billed: counted all the same)
+                _record_failed()
         key = self.key(credential)
         with self._lock:  # the local mirror follows, for a fallback
             self._debit(key, cost)

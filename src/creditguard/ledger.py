@@ -245,6 +245,13 @@ class _Holds:
         self.next_expiry = min((h.expires for h in self.items), default=math.inf)
 
 
+def _record_failed() -> None:
+    """A source's ``record()`` raised while a billed call's spend was settled:
+    logged, never raised (the spend is debited and counted all the same; the
+    source's own count misses it until its next fetch)."""
+    log.exception("the source's record() failed: the spend is debited all the same")
+
+
 class Ledger:
     """Cached balances per credential; see the module docstring."""
 
@@ -701,7 +708,10 @@ class Ledger:
                 hold.state = 1  # settled, still held (and counted) until debited below
             # A local budget learns the spend first: a refresh racing with us then
             # counts it at worst twice (safe, and the next poll corrects it), never zero.
-            record(hold.credential if self._per_credential else None, cost)
+            try:
+                record(hold.credential if self._per_credential else None, cost)
+            except Exception:  # (the call was billed: it is debited all the same)
+                _record_failed()
             with self._lock:
                 holds = self._holds.get(key)
                 if holds is not None:
@@ -779,7 +789,10 @@ class Ledger:
         how = _how(cost, how)
         cost = check_cost(cost)
         if self._source_record is not None:
-            self._source_record(self._fetch_for(credential), cost)
+            try:
+                self._source_record(self._fetch_for(credential), cost)
+            except Exception:
+                _record_failed()
         key = self.key(credential)
         with self._lock:
             self._debit(key, cost)
