@@ -325,12 +325,26 @@ def test_a_collected_guards_series_go_away(reader: InMemoryMetricReader) -> None
     keep.close()
 
 
-@pytest.mark.parametrize("bad", ["", " ", "a\nb", "x" * 101, 5, b"tenant", KEY])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        " ",
+        "a\nb",
+        "x" * 101,
+        5,
+        b"tenant",
+        KEY,
+        f"team {KEY}",  # a key inside a name
+        "billing https://admin:hunter22@gw.example",  # a password inside a name
+    ],
+)
 def test_a_bad_guard_name_is_a_config_error(bad: object) -> None:
     with pytest.raises(ConfigError, match="name") as info:
         BudgetGuard(balance_of(1.0), name=bad, metrics=False)  # type: ignore[arg-type]
     assert "100 characters, not a key" in str(info.value)
     assert KEY not in str(info.value)  # a key given as a name is never shown
+    assert "hunter22" not in str(info.value)
 
 
 def test_the_name_is_kept_on_the_guard() -> None:

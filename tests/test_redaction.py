@@ -149,3 +149,16 @@ def test_cli_status_never_prints_a_gateway_password(
     text = captured.out + captured.err
     assert "base_url=" in text  # the source was shown
     assert TAIL not in text and PASSWORD not in text and key not in text
+
+
+@pytest.mark.parametrize("password", ["pa ss XYZword", "pa'ssXYZ", 'pa"ssXYZ', "pa<ssXYZ"])
+def test_a_store_password_holding_a_space_or_a_quote_is_masked(password: str) -> None:
+    """A config field known to be one URL: its password is masked whatever it
+    holds (in free text a space or a quote would end the URL)."""
+    from creditguard.config import load_config
+
+    config = load_config({"source": "fixed", "limit": 1, "store": f"redis://:{password}@h/0"})
+    assert "XYZ" not in repr(config)
+    with pytest.raises(ConfigError) as info:
+        load_config({"source": "fixed", "limit": 1, "store": f"rediz://:{password}@h/0"})
+    assert "XYZ" not in str(info.value)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, mask, redact
+from .errors import ConfigError, mask, redact_url
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -185,7 +185,7 @@ class Config:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name in ("store", "base_url") and isinstance(value, str):
-                value = redact(value)  # (a gateway's password, a ?key= query value)
+                value = redact_url(value)  # (a gateway's password, a ?key= query value)
             parts.append(f"{f.name}={value!r}")
         return f"Config({', '.join(parts)})"
 
@@ -645,7 +645,7 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
         )
         store = r.string(("store",), values["store"], allowed)
         if urlsplit(store).scheme not in _STORE_SCHEMES:
-            r.fail(("store",), store, allowed)  # (masked there)
+            r.fail(("store",), redact_url(store), allowed)
 
     maxsize = values.get("maxsize", 10_000)
     if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 1:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from .policy import Decision
@@ -169,6 +170,17 @@ def url_password(url: str) -> str | None:
     the URL has none."""
     found = _USERINFO.search(url)
     return None if found is None else url[found.end(1) + 1 : found.end() - 1]
+
+
+def redact_url(url: str) -> str:
+    """``url`` (the whole text one URL) shown safely: :func:`redact`, and its
+    password masked whatever it holds (a space, a quote or ``<`` end a URL in
+    free text, not here)."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # (a netloc urlsplit refuses: what redact() reads then)
+        password = None
+    return redact(url, password, url_password(url))
 
 
 def redact(text: str, *secrets: str | None) -> str:

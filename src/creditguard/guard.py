@@ -21,7 +21,7 @@ from ._fingerprint import Fingerprinter
 from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
 from .balance import Balance
 from .costs import Pricing
-from .errors import ConfigError, CreditSourceError, looks_like_key
+from .errors import ConfigError, CreditSourceError, looks_like_key, redact
 from .events import DecisionLog, Events, SourceErrorLog, log_refresh
 from .ledger import Hold, Ledger, Lookup
 from .policy import Action, Decision, Estimate, Estimator, Policy, decide, policy_of
@@ -272,6 +272,7 @@ class BudgetGuard:
             or not name.isprintable()
             or len(name) > 100
             or looks_like_key(name)
+            or redact(name) != name  # (one holding a key, a password, a token)
         ):
             allowed = "None or a printable name of 1 to 100 characters, not a key (a metrics label)"
             raise ConfigError("name", name, allowed)
