@@ -55,6 +55,28 @@ def test_a_stream_cut_after_a_partial_usage_report_is_charged_its_estimate() -> 
     assert guard.ledger.reserved(None) == 0
 
 
+def test_a_stream_settle_says_where_its_cost_came_from() -> None:
+    """The spend event (metrics' creditguard.cost.source) names the source of
+    a streamed call's cost: tokens x prices from its usage or its characters,
+    the estimate when cut short; never "provider" for a figure worked out here."""
+    seen: list[str] = []
+    chunks = _sse(*[{"type": "content_block_delta", "delta": {"text": "x" * 100}}] * 3)
+    guard, client = _guarded(chunks)
+    guard.events.subscribe("spend", lambda key, cost, how: seen.append(how))
+    body = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+    with client.stream("POST", "https://api.anthropic.com/v1/messages", json=body) as response:
+        response.read()  # no usage report: its characters at the model's prices
+    long = {**body, "max_tokens": 1000}
+    with client.stream("POST", "https://api.anthropic.com/v1/messages", json=long) as response:
+        next(response.iter_bytes())  # cut short: at least its estimate
+    usage = {"type": "message_delta", "usage": {"input_tokens": 5, "output_tokens": 7}}
+    guard2, client2 = _guarded(_sse(usage))
+    guard2.events.subscribe("spend", lambda key, cost, how: seen.append(how))
+    with client2.stream("POST", "https://api.anthropic.com/v1/messages", json=body) as response:
+        response.read()  # its usage x prices
+    assert seen == ["tokens", "estimate", "tokens"]
+
+
 def test_a_responses_stream_is_settled_from_response_completed_usage() -> None:
     usage = {"input_tokens": 10, "output_tokens": 20_000}
     chunks = _sse(

@@ -40,7 +40,7 @@ from ._body import (
     usage_from_body,
 )
 from ._protect import unbilled
-from .costs import MAX_COST, Price, _usage_cost, cost_from_usage, merge_usage
+from .costs import MAX_COST, Price, _usage_cost, merge_usage
 from .policy import Decision, Estimate, Policy
 
 if TYPE_CHECKING:
@@ -179,7 +179,7 @@ class Plan:
     """What the transport learned of one request before asking the guard.
 
     (A plain class: the fields a call rarely sets keep their defaults on the
-    class, so a plan is made with the nine it always has, not twenty-five.)"""
+    class, so a plan is made with the nine it always has, not all twenty-two.)"""
 
     field: str = "model"
     stablecog: bool = False  # Stablecog's create path
@@ -1064,7 +1064,8 @@ class SSETap:
         emit = self._core.guard.events.usage
         if self.usage and emit is not None:
             emit(plan.key, plan.model, self.usage)
-        cost = cost_from_usage(self.usage, plan.price) if self.usage else None
+        found = _usage_cost(self.usage, None, None, plan.price) if self.usage else None
+        cost, how = (None, None) if found is None else found
         if cost is None and plan.price is not None and self.chars >= 0:
             # No usage report: what passed (output characters / 4 at the
             # completion price) plus the prompt; a stream cut short costs at
@@ -1072,14 +1073,17 @@ class SSETap:
             prompt = len(plan.text) / 4 if plan.text is not None else 0.0
             passed = plan.price.of(prompt, self.chars / 4)
             if passed <= MAX_COST:
-                cost = passed if complete or self.finished else max(passed, plan.estimate)
-        elif cost is not None and not (complete or self.finished):
+                if complete or self.finished or passed >= plan.estimate:
+                    cost, how = passed, "tokens"
+                else:
+                    cost, how = plan.estimate, "estimate"
+        elif cost is not None and not (complete or self.finished) and cost < plan.estimate:
             # cut short after a usage report that may be partial (Anthropic's
             # message_start reports input tokens and 1 output token): the
             # provider may have generated more, so at least the estimate
-            cost = max(cost, plan.estimate)
+            cost, how = plan.estimate, "estimate"
         # Cut short without a usage report and no price: the estimate (never free).
-        self._core.charge(plan, self._hold, cost)
+        self._core.charge(plan, self._hold, cost, how)
 
 
 def _output_chars(event: dict[str, Any]) -> int:

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from .guard import BudgetGuard
     from .policy import Decision
 
-__all__ = ["INSTRUMENTS", "MAX_CREDENTIALS", "Tally", "series", "setup", "tally_of"]
+__all__ = ["MAX_CREDENTIALS", "Tally", "setup", "tally_of"]  # (INSTRUMENTS, series: the exporters')
 
 log = logging.getLogger("creditguard")
 

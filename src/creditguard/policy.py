@@ -247,9 +247,9 @@ class Policy:
     _absolute: tuple[float | None, float | None, float | None] = field(
         init=False, repr=False, compare=False
     )
-    _top: float = field(init=False, repr=False, compare=False)  # the highest absolute threshold
-    # a call whose headroom is this far above 0 is a quick allow (see decide();
-    # infinite when no headroom decides at once: shadow mode, a unit, percents)
+    # a call whose headroom is this far above 0 is a quick allow: the highest
+    # absolute threshold (see decide(); infinite when no headroom decides at
+    # once: shadow mode, a unit, percents)
     _quick_top: float = field(init=False, repr=False, compare=False)
     _enforcing: Policy = field(init=False, repr=False, compare=False)  # the same, enforced
 
@@ -297,7 +297,6 @@ class Policy:
         absolute = tuple(None if lim is None else lim.value for lim in limits)
         object.__setattr__(self, "_absolute", absolute)
         top = max((v for v in absolute if v is not None), default=-_INF)
-        object.__setattr__(self, "_top", top)
         quick = self.enforce and self.unit is None and not self._needs_total
         object.__setattr__(self, "_quick_top", top if quick else _INF)
         object.__setattr__(self, "_map", _downgrade_map(self.downgrade))
