@@ -1070,3 +1070,48 @@ def test_a_fixed_budget_inside_a_routes_tightest_is_counted_in_the_store(
     assert remaining(g3, a1) == pytest.approx(4.0)
     assert remaining(g3, b1) == pytest.approx(3.5)
     g3.close()
+
+
+# -- one balance, one key: sources.ByHost over the store --------------------------
+
+
+def _remaining(guard: BudgetGuard, credential: str | None) -> float:
+    balance = guard.check(credential=credential, estimate=0).balance
+    assert balance is not None
+    return balance.remaining
+
+
+def test_a_star_route_budget_is_one_budget_however_a_call_names_it(
+    redis_server: RedisServer,
+) -> None:
+    """A '*' FixedBudget route: a call naming its host through the transport, a
+    plain key (check, reserve, the decorator) and no credential at all draw on
+    one count in the store (each had a count of its own: 14 spent of 10)."""
+    from creditguard.sources import ByHost, FixedBudget
+
+    source = ByHost({"*": FixedBudget(10.0, period=None)})
+    url = f"{redis_server.url}?secret=s&timeout=0.5"
+    g = BudgetGuard(source, Policy(refuse_below=0), store=url, estimate=0.0)
+    named = source.credential("*", "sk-or-v1-STAR0000000000000000000001")
+    g.reserve("m", credential=named, estimate=1.0).settle(6.0)
+    assert _remaining(g, "sk-or-v1-STAR0000000000000000000001") == pytest.approx(4.0)
+    assert _remaining(g, "sk-or-v1-STAR0000000000000000000002") == pytest.approx(4.0)
+    g.reserve("m", estimate=1.0).settle(4.0)  # names nothing: the '*' route too
+    assert _remaining(g, named) == pytest.approx(0.0)
+    assert _remaining(g, None) == pytest.approx(0.0)
+    g.close()
+
+
+def test_one_budget_object_for_two_hosts_is_one_cap(redis_server: RedisServer) -> None:
+    from creditguard.sources import ByHost, FixedBudget
+
+    budget = FixedBudget(10.0, period=None)
+    source = ByHost({"api.openai.com": budget, "api.anthropic.com": budget})
+    url = f"{redis_server.url}?secret=s&timeout=0.5"
+    g = BudgetGuard(source, Policy(refuse_below=0), store=url, estimate=0.0)
+    a, b = source.credential("api.openai.com"), source.credential("api.anthropic.com")
+    g.reserve("m", credential=a, estimate=1.0).settle(8.0)
+    g.reserve("m", credential=b, estimate=1.0).settle(8.0)
+    assert _remaining(g, a) == pytest.approx(-6.0)
+    assert _remaining(g, b) == pytest.approx(-6.0)
+    g.close()

@@ -286,6 +286,12 @@ class Ledger:
         self._timer = timer
         self._fingerprint = fingerprint or Fingerprinter()
         self._fingerprint_of = self._fingerprint.__call__  # (a bound method: a cheaper call)
+        # sources.ByHost: every call judged on one balance gets one key, however
+        # it names its host (a plain key or none: the '*' route's)
+        canonical = getattr(source, "ledger_credential", None)
+        if callable(canonical):
+            fingerprint_of = self._fingerprint_of
+            self._fingerprint_of = lambda credential: fingerprint_of(canonical(credential))
         self._per_credential = bool(getattr(source, "per_credential", True))
         self._cache = _Entries(maxsize, max(ttl, max_stale))
         self._errors: TTLCache[str, CreditSourceError] = TTLCache(

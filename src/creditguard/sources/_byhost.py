@@ -152,6 +152,10 @@ class ByHost:
             rules[name] = policy
         self.sources: Mapping[str, CreditSource] = table
         self.policies: Mapping[str, Policy] = rules
+        # each host's balance is its source's: hosts sharing one source object
+        # (one FixedBudget for two providers) share the first one's ledger entry
+        first: dict[int, str] = {}
+        self._same = {name: first.setdefault(id(source), name) for name, source in table.items()}
         if any(callable(getattr(s, "record", None)) for s in table.values()):
             # only then: the ledger takes a slower settle path for sources that record
             self.record: Callable[[str | None, float], None] = self._record
@@ -178,6 +182,17 @@ class ByHost:
         if source is not None and not source.per_credential:
             credential = None  # one balance for the host, whatever key a call carries
         return routed(entry, credential)
+
+    def ledger_credential(self, credential: str | None) -> str | None:
+        """What the ledger keys ``credential``'s balance by: every call judged on
+        one balance gets one key (its host's, or the '*' route for a call that
+        names none; the first host of a shared source object; the call's key
+        only where that source judges per key). None: no source judges it."""
+        entry, key = route_of(credential)
+        source = self.sources.get(entry)
+        if source is None:
+            return credential
+        return routed(self._same[entry], key if source.per_credential else None)
 
     def credential(self, host: str, key: str | None = None) -> str:
         """The credential naming ``host`` for ``guard.check(credential=...)``,
