@@ -162,3 +162,17 @@ def test_a_store_password_holding_a_space_or_a_quote_is_masked(password: str) ->
     with pytest.raises(ConfigError) as info:
         load_config({"source": "fixed", "limit": 1, "store": f"rediz://:{password}@h/0"})
     assert "XYZ" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["redis://user:p@ss#w0rdXYZ@127.0.0.1/0", "redis://:[SecretXYZ]@127.0.0.1/0"]
+)
+def test_a_store_url_password_holding_a_hash_or_brackets_is_masked(url: str) -> None:
+    """A # ends a URL's netloc early, and [...] makes urlsplit raise: either way
+    the guard's ConfigError shows no part of the password."""
+    from creditguard import BudgetGuard
+    from creditguard.sources import FixedBudget
+
+    with pytest.raises(ConfigError) as info:
+        BudgetGuard(FixedBudget(1.0), store=url)
+    assert "XYZ" not in str(info.value)

@@ -180,7 +180,10 @@ def redact_url(url: str) -> str:
         password = urlsplit(url).password
     except ValueError:  # (a netloc urlsplit refuses: what redact() reads then)
         password = None
-    return redact(url, password, url_password(url))
+    # up to the last @ too, unless a query holds it (a # or / in a password)
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    whole = userinfo.partition(":")[2] if "?" not in userinfo else None
+    return redact(url, password, url_password(url), whole)
 
 
 def redact(text: str, *secrets: str | None) -> str:

@@ -21,7 +21,7 @@ from ._fingerprint import Fingerprinter
 from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
 from .balance import Balance
 from .costs import Pricing
-from .errors import ConfigError, CreditSourceError, looks_like_key, redact
+from .errors import ConfigError, CreditSourceError, looks_like_key, redact, redact_url
 from .events import DecisionLog, Events, SourceErrorLog, log_refresh
 from .ledger import Hold, Ledger, Lookup
 from .policy import Action, Decision, Estimate, Estimator, Policy, decide, policy_of
@@ -142,11 +142,12 @@ def _make_ledger(
 
     shown: object = store
     if isinstance(store, str):
-        parts = urlsplit(store)
-        shown = parts._replace(netloc=parts.hostname or "", query="").geturl()
-        if parts.scheme == "redis+cluster":
-            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2], query="").geturl()
-        elif parts.scheme not in ("redis", "rediss", "unix"):
+        shown = redact_url(store)  # (the password whatever it holds, and ?secret=)
+        try:
+            parts = urlsplit(store)
+        except ValueError:  # (a netloc it refuses, e.g. a password holding [...])
+            raise ConfigError("store", shown, "a redis:// URL (a password %-encoded)") from None
+        if parts.scheme not in ("redis", "rediss", "unix", "redis+cluster"):
             raise ConfigError(
                 "store",
                 shown,
