@@ -385,44 +385,46 @@ def wire_floor(scene: Scene, budget: float, kwargs: dict[str, Any]) -> Wired:
     """Not a library: the least any guard transport does per call, for reference
     (the floor under the ``creditguard.httpx2.client`` row). It reads the
     request's headers and body for the credential, model and max_tokens, holds
-    prompt + max_tokens at the model's price under a lock (refusing with a 402
-    before sending when over), and settles from the response's usage. No
-    downgrade, no retries, no streams, no labels, no learning, no clock."""
-    import asyncio
+    prompt + max_tokens at the model's price from the credential's budget under
+    a lock (refusing with a 402 before sending when over), and settles from the
+    response's usage. No downgrade, no retries, no streams, no labels, no
+    learning, no clock."""
     import threading
 
     import openai
 
     http = scene.http
     lock = threading.Lock()
-    state = {"left": budget}
+    left: dict[bytes, float] = {}
     wanted = frozenset((b"authorization", b"x-stainless-retry-count", b"content-encoding"))
 
-    def hold(request: Any) -> float | None:
+    def hold(request: Any) -> tuple[bytes, str, float] | None:
         found = {}
         for _, name, value in request.headers._list:
             if name in wanted and name not in found:
                 found[name] = value
+        credential = found.get(b"authorization", b"")
         text = request.content.decode()
         model = text[10 : text.find('"', 10)]
         limit = int(text[text.rfind(',"max_tokens":') + 14 : -1])
         price = PRICING[model]
         estimate = price["prompt"] * len(text) / 4 + price["completion"] * limit
         with lock:
-            if state["left"] - estimate < 0:
+            remaining = left.get(credential, budget)
+            if remaining - estimate < 0:
                 return None
-            state["left"] -= estimate
-        return estimate
+            left[credential] = remaining - estimate
+        return credential, model, estimate
 
-    def settle(response: Any, estimate: float) -> None:
+    def settle(response: Any, held: tuple[bytes, str, float]) -> None:
+        credential, model, estimate = held
         body = response.content
-        at = body.rfind(b'"usage"')
-        usage = json.loads(body[at + 8 : -1])
-        price = PRICING[MODEL]
+        usage = json.loads(body[body.rfind(b'"usage"') + 8 : -1])
+        price = PRICING[model]
         cost = usage["prompt_tokens"] * price["prompt"]
         cost += usage["completion_tokens"] * price["completion"]
         with lock:
-            state["left"] += estimate - cost
+            left[credential] += estimate - cost
 
     refusal = {"error": {"code": 402, "message": "over budget"}}
 
@@ -431,11 +433,11 @@ def wire_floor(scene: Scene, budget: float, kwargs: dict[str, Any]) -> Wired:
             self.inner = inner
 
         def handle_request(self, request: Any) -> Any:
-            estimate = hold(request)
-            if estimate is None:
+            held = hold(request)
+            if held is None:
                 return http.Response(402, json=refusal, request=request)
             response = self.inner.handle_request(request)
-            settle(response, estimate)
+            settle(response, held)
             return response
 
     class AsyncFloor(http.AsyncBaseTransport):  # type: ignore[misc, name-defined]
@@ -443,14 +445,13 @@ def wire_floor(scene: Scene, budget: float, kwargs: dict[str, Any]) -> Wired:
             self.inner = inner
 
         async def handle_async_request(self, request: Any) -> Any:
-            estimate = hold(request)
-            if estimate is None:
+            held = hold(request)
+            if held is None:
                 return http.Response(402, json=refusal, request=request)
             response = await self.inner.handle_async_request(request)
-            settle(response, estimate)
+            settle(response, held)
             return response
 
-    assert asyncio  # (the async side runs under the child's loop)
     client = scene.client(http.Client(transport=Floor(scene.transport())))
     aclient = scene.aclient(http.AsyncClient(transport=AsyncFloor(scene.transport(True))))
     call, acall = _sdk_calls(client, aclient, kwargs)
