@@ -240,6 +240,7 @@ def in_threads(works: Sequence[Callable[[], None]]) -> None:
         t.start()
     for t in threads:
         t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a worker still runs after 60 s"
     assert not errors, errors[:3]
 
 
