@@ -185,6 +185,9 @@ class _Flight:
         self.timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
 
 
+_OPEN, _SETTLED, _RELEASED = 0, 1, 2  # a hold's states (Hold.OPEN ...; module names: hot reads)
+
+
 class Hold:
     """Credits held for one call in flight (a reservation).
 
@@ -196,7 +199,7 @@ class Hold:
 
     __slots__ = ("amount", "credential", "expires", "key", "state", "token")
 
-    OPEN, SETTLED, RELEASED = 0, 1, 2
+    OPEN, SETTLED, RELEASED = _OPEN, _SETTLED, _RELEASED
 
     def __init__(
         self,
@@ -574,7 +577,7 @@ class Ledger:
         hold.credential = credential
         hold.amount = amount
         hold.expires = now + self.hold_timeout
-        hold.state = 0  # Hold.OPEN
+        hold.state = _OPEN
         hold.token = None
         holds = self._holds.get(key)
         if holds is None:
@@ -700,18 +703,18 @@ class Ledger:
         record = self._source_record
         if record is None:
             with self._lock:
-                if hold.state:  # (not Hold.OPEN, 0)
+                if hold.state != _OPEN:
                     return False
-                hold.state = 1  # Hold.SETTLED
+                hold.state = _SETTLED
                 holds = self._holds.get(key)
                 if holds is not None:
                     holds.drop(hold)
                 self._debit(key, cost)
         else:
             with self._lock:
-                if hold.state:
+                if hold.state != _OPEN:
                     return False
-                hold.state = 1  # settled, still held (and counted) until debited below
+                hold.state = _SETTLED  # still held (and counted) until debited below
             # A local budget learns the spend first: a refresh racing with us then
             # counts it at worst twice (safe, and the next poll corrects it), never zero.
             try:
