@@ -39,10 +39,10 @@ from typing import TYPE_CHECKING
 
 from cachetools import TTLCache
 
-from ._fingerprint import Fingerprinter, describe, redact
+from ._fingerprint import Fingerprinter, describe
 from .balance import Balance, check_cost
 from .costs import TokenCost
-from .errors import CreditSourceError
+from .errors import CreditSourceError, redact
 from .policy import Decision, Policy, _decision, _set_runway, decide
 from .runway import FOLD, attach, runway_of
 

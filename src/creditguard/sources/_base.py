@@ -7,9 +7,9 @@ import logging
 from collections.abc import Iterable
 from typing import Any, Protocol, runtime_checkable
 
-from .._fingerprint import describe, redact
+from .._fingerprint import describe
 from ..balance import Balance
-from ..errors import CreditSourceError
+from ..errors import CreditSourceError, redact
 
 __all__ = ["CreditSource", "aclose_all", "as_source_error", "close_all", "describe", "logger"]
 

@@ -10,9 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from .._fingerprint import redact
 from ..balance import Balance
-from ..errors import ConfigError, CreditSourceError
+from ..errors import ConfigError, CreditSourceError, redact
 from ._base import describe, logger
 
 __all__ = ["CallableSource"]

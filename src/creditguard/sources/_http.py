@@ -42,9 +42,8 @@ from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
 import httpx
 
-from .._fingerprint import redact
 from ..balance import Balance
-from ..errors import ConfigError, CreditSourceError
+from ..errors import ConfigError, CreditSourceError, redact
 from ._base import describe, logger
 
 __all__ = [
