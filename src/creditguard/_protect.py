@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import operator
 import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -21,6 +22,7 @@ import wrapt
 
 from .costs import _KINDS, _MAPPING, _kind_of, _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
+from .prices import CallEstimator
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
@@ -316,7 +318,12 @@ class Call(Reservation):
                     usage = usage_of(result)
                 else:
                     usage = getattr(result, "usage", None)
-            found = None if usage is None else _usage_cost(usage, guard.prices, model)
+            if usage is None:
+                found = price = None
+            else:  # (a model in ``pricing``: its price at hand, nothing to learn)
+                book = guard.prices
+                price = book.pinned.get(model) if model is not None else None
+                found = _usage_cost(usage, book, model, price)
         except Exception:  # (a result that breaks when read: the call still costs)
             log.warning(
                 "the usage of a guarded call's %s result could not be read: its estimate "
@@ -324,7 +331,7 @@ class Call(Reservation):
                 type(result).__name__,
                 exc_info=True,
             )
-            usage = found = None
+            usage = found = price = None
         if usage is not None:
             emit = guard.events.usage
             if emit is not None:
@@ -333,7 +340,8 @@ class Call(Reservation):
             if not self._done:
                 self._done = True
                 cost, how = found
-                guard._settled(model, cost)
+                if price is None:
+                    guard._settled(model, cost)
                 # (a plain float, and where it came from: the ledger's fast path)
                 if self._hold is not None:
                     guard.ledger.settle(self._hold, cost, how)
@@ -356,6 +364,10 @@ _PROMPT_ARGS = ("messages", "prompt", "input")
 _LIMIT_ARGS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _MAX_LIMIT = 2**53  # an absurd output limit is held as this (a float still)
 _UNSET: Any = object()  # (an argument not passed by keyword)
+_new: Any = object.__new__
+_content = operator.methodcaller("get", "content")
+_DICTS = frozenset((dict,))
+_STRS = frozenset((str,))
 
 
 def _chars(value: object) -> int | None:
@@ -391,6 +403,7 @@ class Guarded:
     and the two pure steps around the guard's decision."""
 
     __slots__ = (
+        "book",
         "credential",
         "estimate",
         "estimator",
@@ -401,7 +414,6 @@ class Guarded:
         "messages",
         "model",
         "shift",
-        "sized",
     )
 
     def __init__(
@@ -427,10 +439,8 @@ class Guarded:
             if credential_arg is None
             else ArgSpec(raw, credential_arg, what="credential_arg", required=True)
         )
+        self.book = guard.prices
         self.learned = guard.prices.default
-        from .guard import CallEstimator  # (guard imports this module)
-
-        self.sized = CallEstimator
         # A function that carries the request itself (``messages``/``prompt``/
         # ``input`` and an output limit, as ``client.chat.completions.create``
         # does) is priced per call like a transported request; else (no output
@@ -446,11 +456,12 @@ class Guarded:
 
     def prepare(
         self, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[str | None, str | None, float, Any]:
+    ) -> tuple[str | None, str | None, float | None, Any]:
         """The call's model, credential, estimate and estimator. The estimate
         is fixed when the decorator was given one; priced from the call's own
         prompt and output limit when it carries them; else the model's learned
-        estimate or the guard's."""
+        estimate or the guard's. The estimate is None when the call wants a
+        price list loaded first (then ``estimator.requested(model)`` gives it)."""
         # Each argument is read by keyword first (a dict read: SDK calls pass
         # keywords), else from its position or default (ArgSpec.get). A spec's
         # keyword is None when it cannot be passed by keyword: never found.
@@ -471,20 +482,21 @@ class Guarded:
                 credential = None
         if self.fixed:
             return model, credential, self.estimate, self.estimator
+        book = self.book
         if self.messages:  # (only when an output limit may come too)
             chars = None
             for spec in self.messages:
                 value = kwargs.get(spec.keyword, _UNSET)  # type: ignore[arg-type]
                 if value is _UNSET:
                     value = spec.get(bound, args, kwargs) if args else spec.default
-                if type(value) is list:  # chat messages: the usual ones sized inline
-                    chars = 0
-                    for item in value:
-                        content = item.get("content") if type(item) is dict else None
-                        if type(content) is not str:
-                            chars = _chars(value)  # (any other shape)
-                            break
-                        chars += len(content) + 8  # the role and the message's framing
+                # chat messages, the usual ones ({"role", "content": "..."}) sized
+                # in C: each content's length and 8 for the role and the framing
+                if type(value) is list and _DICTS.issuperset(map(type, value)):
+                    contents = [*map(_content, value)]
+                    if _STRS.issuperset(map(type, contents)):
+                        chars = sum(map(len, contents)) + 8 * len(contents)
+                    else:
+                        chars = _chars(value)  # (any other shape)
                 else:
                     chars = _chars(value)
                 if chars is not None:
@@ -498,8 +510,32 @@ class Guarded:
                         type(value) is int or (isinstance(value, int) and type(value) is not bool)
                     ) and value >= 0:
                         # (a prompt alone does not say what the call may cost)
-                        estimator = self.sized(self.guard, None, chars, min(value, _MAX_LIMIT))
+                        limit = min(value, _MAX_LIMIT)
+                        tokens = chars / 4
+                        # CallEstimator(guard, None, chars, limit), its checks done
+                        estimator = _new(CallEstimator)
+                        estimator._book = book
+                        estimator._default = self.estimate
+                        estimator._fixed = None
+                        estimator._prompt_tokens = tokens
+                        estimator.max_tokens = limit
+                        price = book.pinned.get(model) if model is not None else None
+                        if price is not None:  # in ``pricing``: book.estimate(), inline
+                            prompt = price.prompt * tokens if tokens else 0.0
+                            return model, credential, prompt + price.completion * limit, estimator
+                        if estimator.wants_prices(model):
+                            return model, credential, None, estimator
                         return model, credential, estimator.requested(model), estimator
+        if model is not None:  # book.default(), inline for a cached percentile
+            learned = book.learned._p90.get(model)
+            if learned is not None:
+                estimate = self.estimate
+                return (
+                    model,
+                    credential,
+                    learned if learned > estimate else estimate,
+                    self.estimator,
+                )
         return model, credential, self.learned(model, self.estimate), self.estimator
 
     def apply(
@@ -526,7 +562,6 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
     fast, hold, ahold, prepare = guard._fast, guard._hold, guard._ahold, g.prepare
     set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
     prices = guard.prices
-    plain = g.estimator  # (only a call sized from its arguments may want a price list)
 
     if inspect.isasyncgenfunction(raw):
 
@@ -534,7 +569,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential, est, estimator = prepare(instance, args, kwargs)
-            if estimator is not plain and estimator.wants_prices(model):
+            if est is None:  # (a price list to load first)
                 await prices.aensure()
                 est = estimator.requested(model)
             decision, held = fast(
@@ -574,7 +609,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             model, credential, est, estimator = prepare(instance, args, kwargs)
-            if estimator is not plain and estimator.wants_prices(model):
+            if est is None:  # (a price list to load first)
                 await prices.aensure()
                 est = estimator.requested(model)
             decision, held = fast(
@@ -604,7 +639,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
         model, credential, est, estimator = prepare(instance, args, kwargs)
-        if estimator is not plain and estimator.wants_prices(model):
+        if est is None:  # (a price list to load first)
             prices.ensure()
             est = estimator.requested(model)
         decision, held = fast(

@@ -24,8 +24,8 @@ from .costs import Pricing
 from .errors import ConfigError, CreditSourceError, looks_like_key, redact, redact_url
 from .events import DecisionLog, Events, SourceErrorLog, log_refresh
 from .ledger import Hold, Ledger, Lookup
-from .policy import Action, Decision, Estimate, Estimator, Policy, decide, policy_of
-from .prices import PriceBook, price_lists
+from .policy import Action, Decision, Estimator, Policy, decide, policy_of
+from .prices import CallEstimator, PriceBook, price_lists
 from .runway import BurnRates, attach
 
 if TYPE_CHECKING:
@@ -949,58 +949,3 @@ class BudgetGuard:
     def __call__(self, fn: F) -> F:
         """``@guard``: :meth:`protect` with its defaults."""
         return self.protect(fn)
-
-
-class CallEstimator:
-    """Each model's own estimate for one call that is not read from an HTTP
-    body (the decorator, :meth:`BudgetGuard.reserve`, framework hooks): a fixed
-    ``estimate`` when one is given; else the prompt (``prompt_chars``, ~4 a
-    token) and ``max_tokens`` at the model's price when both the size and a
-    price are known; else the learned or default estimate."""
-
-    __slots__ = ("_book", "_default", "_fixed", "_prompt_tokens", "clampable", "max_tokens")
-
-    def __init__(
-        self,
-        guard: BudgetGuard,
-        estimate: float | None,
-        prompt_chars: int | None = None,
-        max_tokens: int | None = None,
-    ) -> None:
-        self._fixed = None if estimate is None else _number("estimate", estimate)
-        self._book = guard.prices
-        self._default = guard.estimate
-        if prompt_chars is not None and (
-            isinstance(prompt_chars, bool) or not isinstance(prompt_chars, int) or prompt_chars < 0
-        ):
-            raise ConfigError("prompt_chars", prompt_chars, "None or a whole number >= 0")
-        if max_tokens is not None and (
-            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
-        ):
-            raise ConfigError("max_tokens", max_tokens, "None or a whole number >= 0")
-        self._prompt_tokens = None if prompt_chars is None else prompt_chars / 4
-        self.max_tokens = max_tokens
-        self.clampable = False  # only a transport can rewrite a body's output limit
-
-    def wants_prices(self, model: str | None) -> bool:
-        """Would this call use a price list that is not loaded yet?"""
-        return (
-            self._fixed is None
-            and self._prompt_tokens is not None
-            and model is not None
-            and self._book.pending()
-            and not self._book.in_pricing(model)
-        )
-
-    def __call__(self, model: str) -> Estimate | None:
-        if self._fixed is not None:
-            return Estimate(self._fixed)
-        return self._book.estimate(model, self._prompt_tokens, self.max_tokens, self._default)
-
-    def requested(self, model: str | None) -> float:
-        """The estimate of the model the call asks for."""
-        if self._fixed is not None:
-            return self._fixed
-        if model is None:
-            return self._default
-        return self._book.estimate(model, self._prompt_tokens, self.max_tokens, self._default).total

@@ -29,7 +29,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import httpx
 
@@ -39,8 +39,12 @@ from .errors import ConfigError
 from .policy import Estimate
 from .sources._http import _Borrowed, _BorrowedSync
 
+if TYPE_CHECKING:
+    from .guard import BudgetGuard
+
 __all__ = [
     "DEFAULT_OPENROUTER_URL",
+    "CallEstimator",
     "GenaiPrices",
     "Learned",
     "OpenRouterPrices",
@@ -56,6 +60,7 @@ DAY = 86_400.0
 RETRY_AFTER = 60.0  # seconds a failed list is left alone before it is fetched again
 MAX_LIST_BODY = 32 * 1024 * 1024
 _MEMO_SIZE = 4096
+_HUGE = 2**1000  # (a module constant: the compiler does not fold a power this large)
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 _DATED = re.compile(r"(-20[0-9]{2}-[01][0-9]-[0-3][0-9]|-20[0-9]{6}|@20[0-9]{6}|-[0-9]{4})\Z")
 
@@ -540,6 +545,10 @@ class PriceBook:
         self.learned = Learned()
         self._timer = timer
         self._memo: dict[str, tuple[Price | None, str]] = {}
+        # the models priced by the ``pricing`` mapping: their price never changes
+        # (the mapping always wins, whatever a list loads), so hot callers read
+        # it here with one dict lookup, and skip the lists and learning for them
+        self.pinned: dict[str, Price] = {}
         self._next = 0.0 if self.lists else math.inf
         self.any = bool(pricing) or bool(self.lists)  # read on every call: an attribute
         self._versions: tuple[bool, ...] = tuple(False for _ in self.lists)
@@ -641,6 +650,10 @@ class PriceBook:
         if len(self._memo) >= _MEMO_SIZE:
             self._memo.clear()
         self._memo[model] = found
+        if found[1] == "pricing":
+            if len(self.pinned) >= _MEMO_SIZE:
+                self.pinned.clear()
+            self.pinned[model] = cast(Price, found[0])
         if found[0] is not None:
             log.debug("price of %s from %s: %s", model, found[1], found[0])
         return found
@@ -721,3 +734,79 @@ def price_lists(pricing_from: object, source: object) -> tuple[PriceList, ...]:
     if len(set(names)) != len(names):
         raise ConfigError("pricing_from", pricing_from, "each price list once")
     return tuple(result)
+
+
+# -- one call's estimates -----------------------------------------------------------
+
+
+def _estimate_value(value: object) -> float:
+    """A fixed ``estimate``: a finite number >= 0 (as the guard's own)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _HUGE:
+        value = math.inf  # (an int too large for a float: refused below, not OverflowError)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ConfigError("estimate", value, "a finite number >= 0")
+    return float(value)
+
+
+class CallEstimator:
+    """Each model's own estimate for one call that is not read from an HTTP
+    body (the decorator, :meth:`BudgetGuard.reserve`, framework hooks): a fixed
+    ``estimate`` when one is given; else the prompt (``prompt_chars``, ~4 a
+    token) and ``max_tokens`` at the model's price when both the size and a
+    price are known; else the learned or default estimate.
+
+    (The decorator makes one per sized call without ``__init__``, its
+    arguments checked already: see :meth:`Guarded.prepare`.)"""
+
+    __slots__ = ("_book", "_default", "_fixed", "_prompt_tokens", "max_tokens")
+
+    clampable: ClassVar[bool] = False  # only a transport can rewrite a body's output limit
+
+    def __init__(
+        self,
+        guard: BudgetGuard,
+        estimate: float | None,
+        prompt_chars: int | None = None,
+        max_tokens: int | None = None,
+    ) -> None:
+        self._fixed = None if estimate is None else _estimate_value(estimate)
+        self._book: PriceBook = guard.prices
+        self._default = guard.estimate
+        if prompt_chars is not None and (
+            isinstance(prompt_chars, bool) or not isinstance(prompt_chars, int) or prompt_chars < 0
+        ):
+            raise ConfigError("prompt_chars", prompt_chars, "None or a whole number >= 0")
+        if max_tokens is not None and (
+            isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0
+        ):
+            raise ConfigError("max_tokens", max_tokens, "None or a whole number >= 0")
+        self._prompt_tokens = None if prompt_chars is None else prompt_chars / 4
+        self.max_tokens = max_tokens
+
+    def wants_prices(self, model: str | None) -> bool:
+        """Would this call use a price list that is not loaded yet?"""
+        return (
+            self._fixed is None
+            and self._prompt_tokens is not None
+            and model is not None
+            and self._book.pending()
+            and not self._book.in_pricing(model)
+        )
+
+    def __call__(self, model: str) -> Estimate | None:
+        if self._fixed is not None:
+            return Estimate(self._fixed)
+        return self._book.estimate(model, self._prompt_tokens, self.max_tokens, self._default)
+
+    def requested(self, model: str | None) -> float:
+        """The estimate of the model the call asks for."""
+        if self._fixed is not None:
+            return self._fixed
+        if model is None:
+            return self._default
+        return self._book.estimate(model, self._prompt_tokens, self.max_tokens, self._default).total
