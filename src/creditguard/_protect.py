@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from .costs import _KINDS, _MAPPING, _kind_of, _usage_cost, usage_of
+from .costs import _KINDS, _MAPPING, MAX_COST, _kind_of, _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
 from .prices import CallEstimator
 
@@ -323,7 +323,11 @@ class Call(Reservation):
             else:  # (a model in ``pricing``: its price at hand, nothing to learn)
                 book = guard.prices
                 price = book.pinned.get(model) if model is not None else None
-                found = _usage_cost(usage, book, model, price)
+                cost = usage.get("cost") if type(usage) is dict else None
+                if type(cost) is float and 0.0 <= cost <= MAX_COST:
+                    found = cost, "provider"  # (a decoded JSON body's: _usage_cost() inline)
+                else:
+                    found = _usage_cost(usage, book, model, price)
         except Exception:  # (a result that breaks when read: the call still costs)
             log.warning(
                 "the usage of a guarded call's %s result could not be read: its estimate "
@@ -527,7 +531,10 @@ class Guarded:
                             return model, credential, None, estimator
                         return model, credential, estimator.requested(model), estimator
         if model is not None:  # book.default(), inline for a cached percentile
-            learned = book.learned._p90.get(model)
+            window = book.learned.windows.get(model)
+            if window is None:  # nothing learned
+                return model, credential, self.estimate, self.estimator
+            learned = window.p90
             if learned is not None:
                 estimate = self.estimate
                 return (

@@ -60,6 +60,7 @@ DAY = 86_400.0
 RETRY_AFTER = 60.0  # seconds a failed list is left alone before it is fetched again
 MAX_LIST_BODY = 32 * 1024 * 1024
 _MEMO_SIZE = 4096
+_INF = math.inf
 _HUGE = 2**1000  # (a module constant: the compiler does not fold a power this large)
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 _DATED = re.compile(r"(-20[0-9]{2}-[01][0-9]-[0-3][0-9]|-20[0-9]{6}|@20[0-9]{6}|-[0-9]{4})\Z")
@@ -465,65 +466,80 @@ class GenaiPrices:
 # -- learned estimates ------------------------------------------------------------
 
 
+class Window(deque[float]):
+    """One model's last settled costs, their cached 90th percentile (None: to
+    be computed when next read), how many settles came since it was, and after
+    how many it is recomputed anyway (``every``)."""
+
+    __slots__ = ("every", "p90", "since")
+
+    def __init__(self, size: int) -> None:
+        super().__init__((), size)
+        self.p90: float | None = None
+        self.since = 0
+        self.every = 10
+
+
 class Learned:
     """The last ``size`` settled costs of each model (at most ``models`` models,
-    the earliest learned dropped first) and their 90th percentile."""
+    the earliest learned dropped first) and their 90th percentile.
+    ``windows`` (read-only) holds each model's :class:`Window`."""
 
-    __slots__ = ("_lock", "_models", "_p90", "_recent", "_since", "size")
+    __slots__ = ("_lock", "_models", "size", "windows")
 
     def __init__(self, size: int = 100, models: int = 1024) -> None:
         self.size = size
         self._models = models
-        self._recent: dict[str, deque[float]] = {}
-        self._p90: dict[str, float] = {}
-        self._since: dict[str, int] = {}  # settles since the percentile was computed
+        self.windows: dict[str, Window] = {}
         self._lock = threading.Lock()
 
+    def _window(self, model: str) -> Window:
+        with self._lock:
+            window = self.windows.get(model)
+            if window is None:
+                while len(self.windows) >= self._models:  # the earliest learned go first
+                    del self.windows[next(iter(self.windows))]
+                window = self.windows[model] = Window(self.size)
+            return window
+
     def add(self, model: str, cost: float) -> None:
-        if not (cost >= 0.0 and cost < math.inf):
+        if not (cost >= 0.0 and cost < _INF):
             return
-        recent = self._recent.get(model)
-        if recent is None:
-            with self._lock:
-                recent = self._recent.get(model)
-                if recent is None:
-                    while len(self._recent) >= self._models:  # the earliest learned go first
-                        dropped = next(iter(self._recent))
-                        del self._recent[dropped]
-                        self._p90.pop(dropped, None)
-                        self._since.pop(dropped, None)
-                    recent = self._recent[model] = deque(maxlen=self.size)
-        recent.append(cost)  # (atomic: settles on other threads need no lock)
-        cached = self._p90.get(model)
+        window = self.windows.get(model)
+        if window is None:
+            window = self._window(model)
+        window.append(cost)  # (atomic: settles on other threads need no lock)
+        cached = window.p90
         if cached is None:
             return  # computed when next read
-        # the percentile is recomputed (a sort) when it may have moved: while few
-        # costs are known, when this one is above it, else every 10th settle
-        # (every 50th once the window is full: one cost moves it by a rank at most)
-        since = self._since.get(model, 0) + 1
-        if cost > cached or since >= (50 if len(recent) == self.size else 10):
-            self._p90.pop(model, None)
+        # the percentile is recomputed (a sort) when it may have moved: when this
+        # cost is above it, else every 10th settle (every 50th once the window
+        # was full when it was computed: one cost moves it by a rank at most)
+        since = window.since + 1
+        if cost > cached or since >= window.every:
+            window.p90 = None
             since = 0
-        self._since[model] = since
+        window.since = since
 
     def p90(self, model: str) -> float | None:
         """The 90th percentile (nearest rank) of ``model``'s recent costs."""
-        cached = self._p90.get(model)
+        window = self.windows.get(model)
+        if window is None:  # nothing learned (no lock taken)
+            return None
+        cached = window.p90
         if cached is not None:
             return cached
-        if model not in self._recent:  # nothing learned (no lock taken)
-            return None
         with self._lock:
-            recent = self._recent.get(model)
-            if not recent:
+            if not window:
                 return None
-            ordered = sorted(recent)
+            ordered = sorted(window)
             value = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
-            self._p90[model] = value
+            window.p90 = value
+            window.every = 50 if len(ordered) == self.size else 10
             return value
 
     def __len__(self) -> int:
-        return len(self._recent)
+        return len(self.windows)
 
 
 # -- the book ---------------------------------------------------------------------
@@ -670,7 +686,10 @@ class PriceBook:
         percentile of its recent settled costs when higher than ``estimate``."""
         if model is None:
             return estimate
-        learned = self.learned._p90.get(model)  # the usual read: a cached percentile
+        window = self.learned.windows.get(model)
+        if window is None:  # nothing learned
+            return estimate
+        learned = window.p90  # the usual read: a cached percentile
         if learned is None:
             learned = self.learned.p90(model)
         return estimate if learned is None or learned <= estimate else learned
