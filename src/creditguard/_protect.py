@@ -221,6 +221,8 @@ class Reservation:
         credential: str | None,
         estimate: float,
     ) -> None:
+        # (wrap()'s sync and async drivers make their Calls without this
+        # __init__, a third of the cost: a slot added here is set there too)
         self._guard = guard
         self.decision = decision
         self._hold = hold
@@ -626,7 +628,13 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                 args, kwargs = g.apply(decision, instance, args, kwargs)
             if decision._estimate is not None:
                 est = decision.held(est)
-            call = Call(guard, decision, held, credential, est)
+            call = _new(Call)  # Call(guard, decision, held, credential, est), inline
+            call._guard = guard
+            call.decision = decision
+            call._hold = held
+            call._credential = credential
+            call.estimate = est
+            call._done = call.reported = False  # (an enforced refusal raised in apply())
             token = set_call(call)
             try:
                 result = await wrapped(*args, **kwargs)
@@ -656,7 +664,13 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             args, kwargs = g.apply(decision, instance, args, kwargs)
         if decision._estimate is not None:
             est = decision.held(est)
-        call = Call(guard, decision, held, credential, est)
+        call = _new(Call)  # Call(guard, decision, held, credential, est), inline
+        call._guard = guard
+        call.decision = decision
+        call._hold = held
+        call._credential = credential
+        call.estimate = est
+        call._done = call.reported = False  # (an enforced refusal raised in apply())
         token = set_call(call)
         try:
             result = wrapped(*args, **kwargs)
