@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import operator
 import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -371,9 +370,6 @@ _LIMIT_ARGS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _MAX_LIMIT = 2**53  # an absurd output limit is held as this (a float still)
 _UNSET: Any = object()  # (an argument not passed by keyword)
 _new: Any = object.__new__
-_content = operator.methodcaller("get", "content")
-_DICTS = frozenset((dict,))
-_STRS = frozenset((str,))
 
 
 def _chars(value: object) -> int | None:
@@ -495,14 +491,14 @@ class Guarded:
                 value = kwargs.get(spec.keyword, _UNSET)  # type: ignore[arg-type]
                 if value is _UNSET:
                     value = spec.get(bound, args, kwargs) if args else spec.default
-                # chat messages, the usual ones ({"role", "content": "..."}) sized
-                # in C: each content's length and 8 for the role and the framing
-                if type(value) is list and _DICTS.issuperset(map(type, value)):
-                    contents = [*map(_content, value)]
-                    if _STRS.issuperset(map(type, contents)):
-                        chars = sum(map(len, contents)) + 8 * len(contents)
-                    else:
-                        chars = _chars(value)  # (any other shape)
+                if type(value) is list:  # chat messages: the usual ones sized inline
+                    chars = 8 * len(value)  # the role and the message's framing
+                    for item in value:
+                        content = item.get("content") if type(item) is dict else None
+                        if type(content) is not str:
+                            chars = _chars(value)  # (any other shape)
+                            break
+                        chars += len(content)
                 else:
                     chars = _chars(value)
                 if chars is not None:
