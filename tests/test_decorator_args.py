@@ -12,6 +12,7 @@ import pytest
 
 from creditguard import BudgetGuard, Policy
 from creditguard._protect import _MAX_LIMIT, ArgSpec, Guarded, _chars
+from creditguard.costs import Price
 from creditguard.guard import CallEstimator
 from creditguard.sources import FixedBudget
 
@@ -113,7 +114,8 @@ def test_a_call_is_read_as_the_general_reading_reads_it(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     g = Guarded(_guard(), create, "model", None, None, explicit=False)
-    assert read(g, None, args, kwargs) == reference(g, None, args, kwargs)
+    first = read(g, None, args, kwargs)  # (a priced model: looked up, then pinned)
+    assert first == reference(g, None, args, kwargs) == read(g, None, args, kwargs)
 
 
 def test_what_a_call_is_read_as() -> None:
@@ -243,3 +245,75 @@ def test_an_argument_spec_reads_the_way_a_call_binds() -> None:
     extra = ArgSpec(f, "d", what="x", required=False)  # only through **kw
     assert extra.usable and not extra.found and extra.keyword == "d"
     assert extra.get(False, (), {"d": 4}) == 4
+
+
+class _Pending:
+    """A price list that always wants loading and knows every model."""
+
+    name = "pending"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def lookup(self, model: str) -> Price | None:
+        self.calls += 1
+        return Price(1.0, 1.0)
+
+    def next_due(self) -> float:
+        self.calls += 1
+        return 0.0
+
+    def loaded(self) -> bool:
+        return False
+
+    def load(self) -> None:
+        self.calls += 1
+
+    async def aload(self) -> None:
+        self.calls += 1
+
+
+async def test_a_model_in_pricing_reads_no_clock_and_no_list_per_call() -> None:
+    # (every sized call of a model in ``pricing`` asked the book whether a list
+    # wanted loading, a clock read, and then whether the model was in
+    # ``pricing``, four calls: with genai-prices installed and never needed, a
+    # list stays unloaded, so this ran on every call for ever)
+    listed = _Pending()
+    guard = BudgetGuard(
+        FixedBudget(100.0, period=None),
+        Policy(),
+        estimate=0.05,
+        pricing=PRICING,
+        pricing_from=[listed],
+    )
+    kwargs = {"model": "priced", "messages": MESSAGES, "max_tokens": 100}
+    chars = sum(len(m["content"]) + 8 for m in MESSAGES)
+    want = CallEstimator(guard, None, chars, 100).requested("priced")
+    assert want == pytest.approx(chars / 4 * 1e-6 + 100 * 4e-6)
+
+    def answer(**kwargs: Any) -> dict[str, Any]:
+        return {"usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+
+    async def aanswer(**kwargs: Any) -> dict[str, Any]:
+        return answer()
+
+    guarded, aguarded = guard(answer), guard(aanswer)
+    guarded(**kwargs)  # (the first looks the model up: in ``pricing``)
+    reads = 0
+
+    def clock() -> float:
+        nonlocal reads
+        reads += 1
+        return 0.0
+
+    guard.prices._timer = clock
+    listed.calls = 0
+    g = Guarded(guard, create, "model", None, None, explicit=False)
+    for _ in range(3):
+        guarded(**kwargs)
+        await aguarded(**kwargs)
+        assert g.prepare(None, (), kwargs)[2] == want
+    assert (reads, listed.calls) == (0, 0)
+    balance = guard.check("priced").balance  # each call charged its tokens x its price
+    assert balance is not None
+    assert balance.remaining == pytest.approx(100.0 - 7 * (10e-6 + 5 * 4e-6))
