@@ -5,6 +5,7 @@ what the general reading gives, whatever shape the call has."""
 
 from __future__ import annotations
 
+import math
 from types import SimpleNamespace
 from typing import Any
 
@@ -317,3 +318,57 @@ async def test_a_model_in_pricing_reads_no_clock_and_no_list_per_call() -> None:
     balance = guard.check("priced").balance  # each call charged its tokens x its price
     assert balance is not None
     assert balance.remaining == pytest.approx(100.0 - 7 * (10e-6 + 5 * 4e-6))
+
+
+class _Listed:
+    """A price list of one model, loaded when asked."""
+
+    name = "listed"
+
+    def __init__(self) -> None:
+        self.prices: dict[str, Price] | None = None
+
+    def lookup(self, model: str) -> Price | None:
+        return None if self.prices is None else self.prices.get(model)
+
+    def next_due(self) -> float:
+        return math.inf if self.prices is not None else 0.0
+
+    def loaded(self) -> bool:
+        return self.prices is not None
+
+    def load(self) -> None:
+        self.prices = {"listed": Price(2e-6, 8e-6)}
+
+    async def aload(self) -> None:
+        self.load()
+
+
+def test_a_call_is_priced_as_the_book_prices_it_pinned_listed_or_learned() -> None:
+    listed = _Listed()
+    guard = BudgetGuard(
+        FixedBudget(100.0, period=None),
+        Policy(),
+        estimate=0.05,
+        pricing=PRICING,
+        pricing_from=[listed],
+    )
+    g = Guarded(guard, create, "model", None, None, explicit=False)
+    kwargs = {"model": "listed", "messages": MESSAGES, "max_tokens": 100}
+    chars = sum(len(m["content"]) + 8 for m in MESSAGES)
+
+    def requested(model: str | None) -> float:
+        return CallEstimator(guard, None, chars, 100).requested(model)
+
+    # the list is not loaded: the call says so (the driver loads it, then asks again)
+    _, _, est, estimator = g.prepare(None, (), kwargs)
+    assert est is None and estimator.wants_prices("listed")
+    assert g.prepare(None, (), {**kwargs, "model": "priced"})[2] == requested("priced")
+    guard.prices.ensure()
+    assert estimator.requested("listed") == pytest.approx(chars / 4 * 2e-6 + 100 * 8e-6)
+    guard.prices.learn("unpriced", 0.5)
+    for name in ("listed", "priced", "unpriced", "other", None):
+        for _ in range(2):  # (looked up, then memoised or pinned)
+            assert g.prepare(None, (), {**kwargs, "model": name})[2] == requested(name)
+    assert g.prepare(None, (), {**kwargs, "model": "unpriced"})[2] == 0.5
+    assert g.prepare(None, (), {**kwargs, "model": "other"})[2] == 0.05

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
 import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -369,6 +370,7 @@ _PROMPT_ARGS = ("messages", "prompt", "input")
 _LIMIT_ARGS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _MAX_LIMIT = 2**53  # an absurd output limit is held as this (a float still)
 _UNSET: Any = object()  # (an argument not passed by keyword)
+_INF = math.inf
 _new: Any = object.__new__
 
 
@@ -521,13 +523,25 @@ class Guarded:
                         estimator._fixed = None
                         estimator._prompt_tokens = tokens
                         estimator.max_tokens = limit
-                        price = book.pinned.get(model) if model is not None else None
-                        if price is not None:  # in ``pricing``: book.estimate(), inline
+                        # estimator.requested(model), inline: a model in ``pricing``
+                        # has its price pinned; else a list may want loading first
+                        # (estimator.wants_prices()), and its price is memoised
+                        price = None
+                        if model is not None:
+                            price = book.pinned.get(model)
+                            if price is None:
+                                if (
+                                    book._next != _INF
+                                    and book.pending()
+                                    and not book.in_pricing(model)
+                                ):
+                                    return model, credential, None, estimator
+                                hit = book._memo.get(model)
+                                price = hit[0] if hit is not None else book.price(model)
+                        if price is not None:  # book.estimate()'s sum
                             prompt = price.prompt * tokens if tokens else 0.0
                             return model, credential, prompt + price.completion * limit, estimator
-                        if estimator.wants_prices(model):
-                            return model, credential, None, estimator
-                        return model, credential, estimator.requested(model), estimator
+                        return model, credential, book.default(model, self.estimate), estimator
         if model is not None:  # book.default(), inline for a cached percentile
             window = book.learned.windows.get(model)
             if window is None:  # nothing learned

@@ -676,10 +676,14 @@ class PriceBook:
 
     def price(self, model: str | None) -> Price | None:
         """The per-token price of ``model``, or None."""
-        return self.lookup(model)[0]
+        hit = self._memo.get(model) if model is not None else None  # (lookup()'s memo, inline)
+        return (hit if hit is not None else self.lookup(model))[0]
 
     def in_pricing(self, model: str | None) -> bool:
-        return model is not None and self.lookup(model)[1] == "pricing"
+        if model is None:
+            return False
+        hit = self._memo.get(model)
+        return (hit if hit is not None else self.lookup(model))[1] == "pricing"
 
     def default(self, model: str | None, estimate: float) -> float:
         """What a call to ``model`` holds when no price is known: the 90th
@@ -700,7 +704,10 @@ class PriceBook:
         """One call's estimate for ``model``: the prompt and ``limit`` output
         tokens at its price; no limit: the prompt and ``default``; no price
         (or no prompt known): the learned estimate or ``default``."""
-        price = self.price(model) if prompt_tokens is not None else None
+        if prompt_tokens is None:
+            return Estimate(self.default(model, default))
+        hit = self._memo.get(model)  # (price(), inline)
+        price = (hit if hit is not None else self.lookup(model))[0]
         if price is None:
             return Estimate(self.default(model, default))
         prompt = price.prompt * prompt_tokens if prompt_tokens else 0.0
