@@ -221,7 +221,7 @@ class Reservation:
         credential: str | None,
         estimate: float,
     ) -> None:
-        # (wrap()'s sync and async drivers make their Calls without this
+        # (wrap()'s drivers make their Calls with _new_call(), without this
         # __init__, a third of the cost: a slot added here is set there too)
         self._guard = guard
         self.decision = decision
@@ -324,7 +324,7 @@ class Call(Reservation):
                 found = price = None
             else:  # (a model in ``pricing``: its price at hand, nothing to learn)
                 book = guard.prices
-                price = book.pinned.get(model) if model is not None else None
+                price = book._pinned.get(model) if model is not None else None
                 cost = usage.get("cost") if type(usage) is dict else None
                 if type(cost) is float and 0.0 <= cost <= MAX_COST:
                     found = cost, "provider"  # (a decoded JSON body's: _usage_cost() inline)
@@ -528,7 +528,7 @@ class Guarded:
                         # (estimator.wants_prices()), and its price is memoised
                         price = None
                         if model is not None:
-                            price = book.pinned.get(model)
+                            price = book._pinned.get(model)
                             if price is None:
                                 if (
                                     book._next != _INF
@@ -543,7 +543,7 @@ class Guarded:
                             return model, credential, prompt + price.completion * limit, estimator
                         return model, credential, book.default(model, self.estimate), estimator
         if model is not None:  # book.default(), inline for a cached percentile
-            window = book.learned.windows.get(model)
+            window = book.learned._windows.get(model)
             if window is None:  # nothing learned
                 return model, credential, self.estimate, self.estimator
             learned = window.p90
@@ -598,7 +598,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                 args, kwargs = g.apply(decision, instance, args, kwargs)
             if decision._estimate is not None:
                 est = decision.held(est)
-            call = Call(guard, decision, held, credential, est)
+            call = _new_call(guard, decision, held, credential, est)
             agen = wrapped(*args, **kwargs)
             try:
                 while True:
@@ -638,13 +638,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                 args, kwargs = g.apply(decision, instance, args, kwargs)
             if decision._estimate is not None:
                 est = decision.held(est)
-            call = _new(Call)  # Call(guard, decision, held, credential, est), inline
-            call._guard = guard
-            call.decision = decision
-            call._hold = held
-            call._credential = credential
-            call.estimate = est
-            call._done = call.reported = False  # (an enforced refusal raised in apply())
+            call = _new_call(guard, decision, held, credential, est)
             token = set_call(call)
             try:
                 result = await wrapped(*args, **kwargs)
@@ -674,13 +668,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             args, kwargs = g.apply(decision, instance, args, kwargs)
         if decision._estimate is not None:
             est = decision.held(est)
-        call = _new(Call)  # Call(guard, decision, held, credential, est), inline
-        call._guard = guard
-        call.decision = decision
-        call._hold = held
-        call._credential = credential
-        call.estimate = est
-        call._done = call.reported = False  # (an enforced refusal raised in apply())
+        call = _new_call(guard, decision, held, credential, est)
         token = set_call(call)
         try:
             result = wrapped(*args, **kwargs)
@@ -695,6 +683,22 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         return result
 
     return wrapt.decorator(sync_wrapper)(fn)
+
+
+def _new_call(
+    guard: BudgetGuard, decision: Decision, held: Hold | None, credential: str | None, est: float
+) -> Call:
+    """``Call(guard, decision, held, credential, est)`` for wrap()'s drivers,
+    without the type call and the ``__init__`` frame (~900 instructions a
+    call). Not done: an enforced refusal was raised in ``apply()`` already."""
+    call: Call = _new(Call)
+    call._guard = guard
+    call.decision = decision
+    call._hold = held
+    call._credential = credential
+    call.estimate = est
+    call._done = call.reported = False
+    return call
 
 
 def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:

@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_OPENROUTER_URL",
-    "CallEstimator",
     "GenaiPrices",
     "Learned",
     "OpenRouterPrices",
@@ -466,7 +465,7 @@ class GenaiPrices:
 # -- learned estimates ------------------------------------------------------------
 
 
-class Window(deque[float]):
+class _Window(deque[float]):
     """One model's last settled costs, their cached 90th percentile (None: to
     be computed when next read), how many settles came since it was, and after
     how many it is recomputed anyway (``every``)."""
@@ -483,29 +482,29 @@ class Window(deque[float]):
 class Learned:
     """The last ``size`` settled costs of each model (at most ``models`` models,
     the earliest learned dropped first) and their 90th percentile.
-    ``windows`` (read-only) holds each model's :class:`Window`."""
+    ``_windows`` holds each model's window (read inline by the decorator)."""
 
-    __slots__ = ("_lock", "_models", "size", "windows")
+    __slots__ = ("_lock", "_models", "_windows", "size")
 
     def __init__(self, size: int = 100, models: int = 1024) -> None:
         self.size = size
         self._models = models
-        self.windows: dict[str, Window] = {}
+        self._windows: dict[str, _Window] = {}
         self._lock = threading.Lock()
 
-    def _window(self, model: str) -> Window:
+    def _window(self, model: str) -> _Window:
         with self._lock:
-            window = self.windows.get(model)
+            window = self._windows.get(model)
             if window is None:
-                while len(self.windows) >= self._models:  # the earliest learned go first
-                    del self.windows[next(iter(self.windows))]
-                window = self.windows[model] = Window(self.size)
+                while len(self._windows) >= self._models:  # the earliest learned go first
+                    del self._windows[next(iter(self._windows))]
+                window = self._windows[model] = _Window(self.size)
             return window
 
     def add(self, model: str, cost: float) -> None:
         if not (cost >= 0.0 and cost < _INF):
             return
-        window = self.windows.get(model)
+        window = self._windows.get(model)
         if window is None:
             window = self._window(model)
         window.append(cost)  # (atomic: settles on other threads need no lock)
@@ -523,7 +522,7 @@ class Learned:
 
     def p90(self, model: str) -> float | None:
         """The 90th percentile (nearest rank) of ``model``'s recent costs."""
-        window = self.windows.get(model)
+        window = self._windows.get(model)
         if window is None:  # nothing learned (no lock taken)
             return None
         cached = window.p90
@@ -539,7 +538,7 @@ class Learned:
             return value
 
     def __len__(self) -> int:
-        return len(self.windows)
+        return len(self._windows)
 
 
 # -- the book ---------------------------------------------------------------------
@@ -564,7 +563,7 @@ class PriceBook:
         # the models priced by the ``pricing`` mapping: their price never changes
         # (the mapping always wins, whatever a list loads), so hot callers read
         # it here with one dict lookup, and skip the lists and learning for them
-        self.pinned: dict[str, Price] = {}
+        self._pinned: dict[str, Price] = {}
         self._next = 0.0 if self.lists else math.inf
         self.any = bool(pricing) or bool(self.lists)  # read on every call: an attribute
         self._versions: tuple[bool, ...] = tuple(False for _ in self.lists)
@@ -667,9 +666,9 @@ class PriceBook:
             self._memo.clear()
         self._memo[model] = found
         if found[1] == "pricing":
-            if len(self.pinned) >= _MEMO_SIZE:
-                self.pinned.clear()
-            self.pinned[model] = cast(Price, found[0])
+            if len(self._pinned) >= _MEMO_SIZE:
+                self._pinned.clear()
+            self._pinned[model] = cast(Price, found[0])
         if found[0] is not None:
             log.debug("price of %s from %s: %s", model, found[1], found[0])
         return found
@@ -690,7 +689,7 @@ class PriceBook:
         percentile of its recent settled costs when higher than ``estimate``."""
         if model is None:
             return estimate
-        window = self.learned.windows.get(model)
+        window = self.learned._windows.get(model)
         if window is None:  # nothing learned
             return estimate
         learned = window.p90  # the usual read: a cached percentile
