@@ -405,8 +405,13 @@ def wire_floor(scene: Scene, budget: float, kwargs: dict[str, Any]) -> Wired:
                 found[name] = value
         credential = found.get(b"authorization", b"")
         text = request.content.decode()
-        model = text[10 : text.find('"', 10)]
-        limit = int(text[text.rfind(',"max_tokens":') + 14 : -1])
+        at = text.rfind('"model":"') + 9  # (openai 3.x writes it first, 2.x after the messages)
+        model = text[at : text.find('"', at)]
+        at = text.rfind('"max_tokens":') + 13
+        end = at
+        while text[end].isdigit():
+            end += 1
+        limit = int(text[at:end])
         price = PRICING[model]
         estimate = price["prompt"] * len(text) / 4 + price["completion"] * limit
         with lock:
