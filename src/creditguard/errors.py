@@ -14,6 +14,7 @@ and anything taken from a lower layer is redacted first.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -238,3 +239,23 @@ def mask(value: object, _depth: int = 0) -> object:
             return {mk: mv for _, _, mk, mv in pairs}
         return value
     return value
+
+
+_HUGE = 2**1000  # (a module constant: the compiler does not fold a power this large)
+
+
+def finite_number(key: str, value: object, *, positive: bool = False) -> float:
+    """``value`` as a float when it is a finite number >= 0 (> 0 with
+    ``positive``), else a :class:`ConfigError` naming ``key``."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _HUGE:
+        value = math.inf  # (an int too large for a float: refused below, not OverflowError)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+        or (positive and value == 0)
+    ):
+        allowed = "a finite number > 0" if positive else "a finite number >= 0"
+        raise ConfigError(key, value, allowed)
+    return float(value)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -21,7 +20,14 @@ from ._fingerprint import Fingerprinter
 from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
 from .balance import Balance
 from .costs import Pricing
-from .errors import ConfigError, CreditSourceError, looks_like_key, redact, redact_url
+from .errors import (
+    ConfigError,
+    CreditSourceError,
+    finite_number,
+    looks_like_key,
+    redact,
+    redact_url,
+)
 from .events import DecisionLog, Events, SourceErrorLog, log_refresh
 from .ledger import Hold, Ledger, Lookup
 from .policy import Action, Decision, Estimator, Policy, decide, policy_of
@@ -38,7 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["BudgetGuard", "Reservation"]
 
 log = logging.getLogger("creditguard")
-_HUGE = 2**1000  # (a module constant: the compiler does not fold a power this large)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -110,19 +115,7 @@ class _Unset:
 _UNSET = _Unset()
 
 
-def _number(key: str, value: object, *, positive: bool = False) -> float:
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _HUGE:
-        value = math.inf  # (an int too large for a float: refused below, not OverflowError)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-        or (positive and value == 0)
-    ):
-        allowed = "a finite number > 0" if positive else "a finite number >= 0"
-        raise ConfigError(key, value, allowed)
-    return float(value)
+_number = finite_number  # (the guard's arguments are checked as config values are)
 
 
 def _make_ledger(

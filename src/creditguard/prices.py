@@ -35,7 +35,7 @@ import httpx
 
 from ._fingerprint import redact
 from .costs import Price, Pricing
-from .errors import ConfigError
+from .errors import ConfigError, finite_number
 from .policy import Estimate
 from .sources._http import _Borrowed, _BorrowedSync
 
@@ -60,7 +60,6 @@ RETRY_AFTER = 60.0  # seconds a failed list is left alone before it is fetched a
 MAX_LIST_BODY = 32 * 1024 * 1024
 _MEMO_SIZE = 4096
 _INF = math.inf
-_HUGE = 2**1000  # (a module constant: the compiler does not fold a power this large)
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?\Z")
 _DATED = re.compile(r"(-20[0-9]{2}-[01][0-9]-[0-3][0-9]|-20[0-9]{6}|@20[0-9]{6}|-[0-9]{4})\Z")
 
@@ -764,20 +763,6 @@ def price_lists(pricing_from: object, source: object) -> tuple[PriceList, ...]:
 # -- one call's estimates -----------------------------------------------------------
 
 
-def _estimate_value(value: object) -> float:
-    """A fixed ``estimate``: a finite number >= 0 (as the guard's own)."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _HUGE:
-        value = math.inf  # (an int too large for a float: refused below, not OverflowError)
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ConfigError("estimate", value, "a finite number >= 0")
-    return float(value)
-
-
 class CallEstimator:
     """Each model's own estimate for one call that is not read from an HTTP
     body (the decorator, :meth:`BudgetGuard.reserve`, framework hooks): a fixed
@@ -799,7 +784,7 @@ class CallEstimator:
         prompt_chars: int | None = None,
         max_tokens: int | None = None,
     ) -> None:
-        self._fixed = None if estimate is None else _estimate_value(estimate)
+        self._fixed = None if estimate is None else finite_number("estimate", estimate)
         self._book: PriceBook = guard.prices
         self._default = guard.estimate
         if prompt_chars is not None and (
