@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
 import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -22,7 +21,7 @@ import wrapt
 
 from .costs import _KINDS, _MAPPING, MAX_COST, _kind_of, _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
-from .prices import CallEstimator
+from .prices import sized_estimate
 
 if TYPE_CHECKING:
     from .guard import BudgetGuard
@@ -370,7 +369,6 @@ _PROMPT_ARGS = ("messages", "prompt", "input")
 _LIMIT_ARGS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 _MAX_LIMIT = 2**53  # an absurd output limit is held as this (a float still)
 _UNSET: Any = object()  # (an argument not passed by keyword)
-_INF = math.inf
 _new: Any = object.__new__
 
 
@@ -514,47 +512,10 @@ class Guarded:
                         type(value) is int or (isinstance(value, int) and type(value) is not bool)
                     ) and value >= 0:
                         # (a prompt alone does not say what the call may cost)
-                        limit = min(value, _MAX_LIMIT)
-                        tokens = chars / 4
-                        # CallEstimator(guard, None, chars, limit), its checks done
-                        estimator = _new(CallEstimator)
-                        estimator._book = book
-                        estimator._default = self.estimate
-                        estimator._fixed = None
-                        estimator._prompt_tokens = tokens
-                        estimator.max_tokens = limit
-                        # estimator.requested(model), inline: a model in ``pricing``
-                        # has its price pinned; else a list may want loading first
-                        # (estimator.wants_prices()), and its price is memoised
-                        price = None
-                        if model is not None:
-                            price = book._pinned.get(model)
-                            if price is None:
-                                if (
-                                    book._next != _INF
-                                    and book.pending()
-                                    and not book.in_pricing(model)
-                                ):
-                                    return model, credential, None, estimator
-                                hit = book._memo.get(model)
-                                price = hit[0] if hit is not None else book.price(model)
-                        if price is not None:  # book.estimate()'s sum
-                            prompt = price.prompt * tokens if tokens else 0.0
-                            return model, credential, prompt + price.completion * limit, estimator
-                        return model, credential, book.default(model, self.estimate), estimator
-        if model is not None:  # book.default(), inline for a cached percentile
-            window = book.learned._windows.get(model)
-            if window is None:  # nothing learned
-                return model, credential, self.estimate, self.estimator
-            learned = window.p90
-            if learned is not None:
-                estimate = self.estimate
-                return (
-                    model,
-                    credential,
-                    learned if learned > estimate else estimate,
-                    self.estimator,
-                )
+                        estimator, est = sized_estimate(
+                            book, self.estimate, chars / 4, min(value, _MAX_LIMIT), model
+                        )
+                        return model, credential, est, estimator
         return model, credential, self.learned(model, self.estimate), self.estimator
 
     def apply(

@@ -820,3 +820,35 @@ class CallEstimator:
         if model is None:
             return self._default
         return self._book.estimate(model, self._prompt_tokens, self.max_tokens, self._default).total
+
+
+def sized_estimate(
+    book: PriceBook, default: float, prompt_tokens: float, limit: int, model: str | None
+) -> tuple[CallEstimator, float | None]:
+    """The estimator of a call sized from its arguments (the decorator checked
+    them: made without ``__init__``), and ``estimator.requested(model)`` read
+    the short way: a model priced by ``pricing`` from its pinned price, one
+    dict read; else None when a price list must be loaded first
+    (``wants_prices``), else from the memo. (Once a decorated call, so inline:
+    :meth:`PriceBook.estimate`'s sum, kept the same.)"""
+    estimator: CallEstimator = _new(CallEstimator)
+    estimator._book = book
+    estimator._default = default
+    estimator._fixed = None
+    estimator._prompt_tokens = prompt_tokens
+    estimator.max_tokens = limit
+    price = None
+    if model is not None:
+        price = book._pinned.get(model)
+        if price is None:
+            if book._next != math.inf and book.pending() and not book.in_pricing(model):
+                return estimator, None
+            hit = book._memo.get(model)
+            price = (hit if hit is not None else book.lookup(model))[0]
+    if price is None:
+        return estimator, book.default(model, default)
+    prompt = price.prompt * prompt_tokens if prompt_tokens else 0.0
+    return estimator, prompt + price.completion * limit
+
+
+_new = object.__new__
