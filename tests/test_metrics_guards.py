@@ -20,6 +20,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from test_metrics import points
 
 import creditguard.prometheus as cgp
 from creditguard import Balance, BudgetGuard, ConfigError
@@ -29,21 +30,6 @@ from creditguard.sources import CallableSource, FixedBudget
 KEY = "sk-test-shared-credential-0001"
 GUARD = "creditguard.guard"
 CRED = "creditguard.credential"
-
-
-def points(reader: InMemoryMetricReader) -> dict[str, list[tuple[dict[str, Any], Any]]]:
-    """Every metric's data points: name -> [(attributes, value or histogram point)]."""
-    data = reader.get_metrics_data()
-    assert data is not None
-    out: dict[str, list[tuple[dict[str, Any], Any]]] = {}
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            for metric in sm.metrics:
-                out[metric.name] = [
-                    (dict(p.attributes or {}), getattr(p, "value", p))
-                    for p in metric.data.data_points
-                ]
-    return out
 
 
 def by_guard(rows: list[tuple[dict[str, Any], Any]], **match: str) -> dict[str, float]:
