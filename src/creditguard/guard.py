@@ -639,7 +639,7 @@ class BudgetGuard:
         if ledger._pending:  # settles a finalizer asked for: they count first
             ledger.drain()
         if key is None:
-            key = ledger.key(credential)
+            key = ledger._key_of_none if credential is None else ledger.key(credential)
         policy = self.policy if self._policy_for is None else self._policy(credential)
         fast = ledger.admit_fresh(
             key,

@@ -296,6 +296,7 @@ class Ledger:
             fingerprint_of = self._fingerprint_of
             self._fingerprint_of = lambda credential: fingerprint_of(canonical(credential))
         self._per_credential = bool(getattr(source, "per_credential", True))
+        self._key_of_none = self.key(None)  # (the key of calls that carry none: hot)
         self._cache = _Entries(maxsize, max(ttl, max_stale))
         self._errors: TTLCache[str, CreditSourceError] = TTLCache(
             maxsize, ttl=max(error_ttl, 1e-9), timer=timer
