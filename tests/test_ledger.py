@@ -700,3 +700,31 @@ def test_a_source_record_that_raises_never_loses_the_debit(
     guard.ledger.record(None, 1.0)  # a record without a hold too
     balance = guard.check(estimate=0).balance
     assert balance is not None and balance.remaining == 4.0
+
+
+def test_a_failed_record_is_logged_without_the_credential(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """record() is given the raw credential: what it raises is logged redacted."""
+    from creditguard import BudgetGuard, Policy
+
+    key = "sk-or-v1-RECORDLEAK000000000000000000"
+
+    class Tracked:
+        name = "mine"
+        per_credential = True
+
+        def fetch(self, credential: str | None) -> Balance:
+            return Balance(10.0, source="mine")
+
+        async def afetch(self, credential: str | None) -> Balance:
+            return self.fetch(credential)
+
+        def record(self, credential: str | None, cost: float) -> None:
+            raise RuntimeError(f"no row for {credential}")
+
+    guard = BudgetGuard(Tracked(), Policy(refuse_below=0), estimate=1.0, metrics=False)
+    with caplog.at_level("DEBUG", logger="creditguard"):
+        guard.reserve("m", credential=key).settle(2.0)
+    assert "record() failed" in caplog.text
+    assert key not in caplog.text

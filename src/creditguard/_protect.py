@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from ._fingerprint import describe
 from .costs import _KINDS, _MAPPING, MAX_COST, _kind_of, _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
 from .prices import sized_estimate
@@ -329,12 +330,12 @@ class Call(Reservation):
                     found = cost, "provider"  # (a decoded JSON body's: _usage_cost() inline)
                 else:
                     found = _usage_cost(usage, book, model, price)
-        except Exception:  # (a result that breaks when read: the call still costs)
+        except Exception as exc:  # (a result that breaks when read: the call still costs)
             log.warning(
                 "the usage of a guarded call's %s result could not be read: its estimate "
-                "is charged",
+                "is charged (%s)",
                 type(result).__name__,
-                exc_info=True,
+                describe(exc, self._credential),
             )
             usage = found = price = None
         if usage is not None:

@@ -1043,8 +1043,8 @@ class SharedLedger(Ledger):
         if self._source_record is not None:
             try:
                 self._source_record(self._fetch_for(hold.credential), cost)
-            except Exception:  # (billed: counted all the same)
-                _record_failed()
+            except Exception as exc:  # (billed: counted all the same)
+                _record_failed(exc, hold.credential)
         self._send(hold.key, hold.token, cost, self._fetch_for(hold.credential), hold=True)
         self._spent(hold.key, cost, how)
         return True
@@ -1135,8 +1135,8 @@ class SharedLedger(Ledger):
         if self._source_record is not None:
             try:
                 self._source_record(self._fetch_for(credential), cost)
-            except Exception:  # (billed: counted all the same)
-                _record_failed()
+            except Exception as exc:  # (billed: counted all the same)
+                _record_failed(exc, credential)
         key = self.key(credential)
         with self._lock:  # the local mirror follows, for a fallback
             self._debit(key, cost)

@@ -248,11 +248,15 @@ class _Holds:
         self.next_expiry = min((h.expires for h in self.items), default=math.inf)
 
 
-def _record_failed() -> None:
+def _record_failed(exc: BaseException, credential: str | None) -> None:
     """A source's ``record()`` raised while a billed call's spend was settled:
     logged, never raised (the spend is debited and counted all the same; the
-    source's own count misses it until its next fetch)."""
-    log.exception("the source's record() failed: the spend is debited all the same")
+    source's own count misses it until its next fetch). Its text only, redacted:
+    ``record()`` was given the raw credential, and may have put it in there."""
+    log.error(
+        "the source's record() failed (%s): the spend is debited all the same",
+        describe(exc, credential),
+    )
 
 
 class Ledger:
@@ -720,8 +724,8 @@ class Ledger:
             # counts it at worst twice (safe, and the next poll corrects it), never zero.
             try:
                 record(hold.credential if self._per_credential else None, cost)
-            except Exception:  # (the call was billed: it is debited all the same)
-                _record_failed()
+            except Exception as exc:  # (the call was billed: it is debited all the same)
+                _record_failed(exc, hold.credential)
             with self._lock:
                 holds = self._holds.get(key)
                 if holds is not None:
@@ -801,8 +805,8 @@ class Ledger:
         if self._source_record is not None:
             try:
                 self._source_record(self._fetch_for(credential), cost)
-            except Exception:
-                _record_failed()
+            except Exception as exc:
+                _record_failed(exc, credential)
         key = self.key(credential)
         with self._lock:
             self._debit(key, cost)
