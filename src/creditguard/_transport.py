@@ -611,6 +611,21 @@ class Core:
             return _skip(request, f"{field!r} is {type(value).__name__}, not a string")
         return value, span, text
 
+    # -- 2. decide (the shells: sync or async when the balance must be looked up)
+
+    def fast(self, plan: Plan) -> tuple[Decision, Hold | None] | None:
+        """The decision and hold from a fresh cached balance, at once (sync and
+        async alike: nothing to wait for); None: the shell looks it up."""
+        return self.guard._fast(
+            plan.model,
+            plan.credential,
+            plan.estimate,
+            plan.key,
+            plan.refuse,
+            plan.can_rewrite,
+            estimator=plan if plan.core is not None else None,  # (plan.estimator)
+        )
+
     # -- 3. act --------------------------------------------------------------
 
     def act(self, request: Any, plan: Plan, decision: Decision) -> Any:
@@ -1211,25 +1226,14 @@ class SyncShell:
                 plan.retry_of, plan.credential, plan.estimate, key=plan.key
             )
         else:
-            guard = core.guard
-            estimator = plan if plan.core is not None else None  # (plan.estimator)
-            decided = guard._fast(
-                plan.model,
-                plan.credential,
-                plan.estimate,
-                plan.key,
-                plan.refuse,
-                plan.can_rewrite,
-                estimator=estimator,
-            )
-            decision, hold = decided or guard._hold(
+            decision, hold = core.fast(plan) or core.guard._hold(
                 plan.model,
                 plan.credential,
                 plan.estimate,
                 key=plan.key,
                 refuse_reason=plan.refuse,
                 can_rewrite=plan.can_rewrite,
-                estimator=estimator,
+                estimator=plan.estimator,
                 fast=False,
             )
         out = core.act(request, plan, decision)
@@ -1264,26 +1268,15 @@ class AsyncShell:
                 plan.retry_of, plan.credential, plan.estimate, key=plan.key
             )
         else:
-            guard = core.guard
-            estimator = plan if plan.core is not None else None  # (plan.estimator)
-            decided = guard._fast(
-                plan.model,
-                plan.credential,
-                plan.estimate,
-                plan.key,
-                plan.refuse,
-                plan.can_rewrite,
-                estimator=estimator,
-            )
-            decision, hold = decided or await guard._ahold(
+            decision, hold = core.fast(plan) or await core.guard._ahold(
                 plan.model,
                 plan.credential,
                 plan.estimate,
                 key=plan.key,
                 refuse_reason=plan.refuse,
                 can_rewrite=plan.can_rewrite,
+                estimator=plan.estimator,
                 fast=False,
-                estimator=estimator,
             )
         out = core.act(request, plan, decision)
         if decision.action == "refuse" and decision.enforced:
