@@ -187,7 +187,7 @@ class ByHost:
         """What the ledger keys ``credential``'s balance by: every call judged on
         one balance gets one key (its host's, or the '*' route for a call that
         names none; the first host of a shared source object; the call's key
-        only where that source judges per key). None: no source judges it."""
+        only where that source judges per key). One no source judges is kept as it is."""
         entry, key = route_of(credential)
         source = self.sources.get(entry)
         if source is None:
