@@ -96,7 +96,17 @@ def test_concurrent_guards_never_hold_past_the_floor(redis_server: RedisServer) 
 
 def test_one_refresh_for_all_guards(redis_server: RedisServer) -> None:
     source = Source(delay=0.2)
-    guards = [guard(redis_server, source) for _ in range(4)]
+    # (a store op past its timeout would rightly fall back to a local fetch:
+    # a loaded machine must not fail this test that way)
+    guards = [
+        BudgetGuard(
+            source,
+            Policy(refuse_below=1.0),
+            estimate=0.25,
+            store=f"{redis_server.url}?secret={SECRET}&timeout=2",
+        )
+        for _ in range(4)
+    ]
     threads = [
         threading.Thread(target=g.check, kwargs={"credential": KEY})
         for g in guards
@@ -109,6 +119,35 @@ def test_one_refresh_for_all_guards(redis_server: RedisServer) -> None:
     assert source.calls == 1
     for g in guards:
         g.close()
+
+
+def test_a_lease_taken_after_another_refresh_does_not_fetch_again(
+    redis_server: RedisServer,
+) -> None:
+    """A worker that read the stale snapshot, then took the lease only after
+    another worker had refreshed and let it go, reads the fresh one (it used
+    to fetch a second time)."""
+    source = Source()
+    a, b = guard(redis_server, source), guard(redis_server, source)
+    refreshed = threading.Event()
+    try_lock = b.ledger.store.try_lock  # type: ignore[attr-defined]
+
+    def late_try_lock(*args: Any) -> bool:
+        refreshed.wait(5)  # b has read the stale snapshot; a refreshes meanwhile
+        return try_lock(*args)
+
+    b.ledger.store.try_lock = late_try_lock  # type: ignore[attr-defined]
+    seen: list[Any] = []
+    worker = threading.Thread(target=lambda: seen.append(b.check(credential=KEY)))
+    worker.start()
+    time.sleep(0.1)
+    assert a.check(credential=KEY).balance.remaining == 10  # type: ignore[union-attr]
+    refreshed.set()
+    worker.join()
+    assert seen[0].balance.remaining == 10
+    assert source.calls == 1
+    a.close()
+    b.close()
 
 
 async def test_async_checks_share_too(redis_server: RedisServer) -> None:

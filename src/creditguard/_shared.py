@@ -631,6 +631,13 @@ class SharedLedger(Ledger):
         while True:
             token = uuid.uuid4().hex
             leased = yield _Op("try_lock", key, token, _LEASE)
+            if leased:
+                # another worker may have refreshed and let go of the lease
+                # between this one's read and its lease: then don't fetch again
+                state = yield _Op("read", key, time.time())
+                if self._fresh(state, time.time(), credential):
+                    yield _Op("unlock", key, token)
+                    return state, None
             if leased or time.monotonic() >= deadline:
                 # (past the wait, a caller with nothing to serve fetches itself)
                 result = yield _Fetch(credential, key, token if leased else None)
