@@ -1062,6 +1062,41 @@ def test_a_fixed_budget_route_is_one_budget_for_processes_and_restarts(
 
 
 @pytest.mark.parametrize("where", ["redis", "cluster"])
+@pytest.mark.parametrize("per_credential", [False, True])
+def test_two_budgets_of_one_period_in_a_tightest_count_apart(
+    request: pytest.FixtureRequest, where: str, per_credential: bool
+) -> None:
+    # (both counted in one hash of the store, each spend was counted twice
+    # in each: 4 spent left 2 of 10 and 12 of 20)
+    from creditguard.sources import FixedBudget, Tightest
+
+    def make() -> tuple[BudgetGuard, FixedBudget, FixedBudget]:
+        low = FixedBudget(10.0, period="day", per_credential=per_credential)
+        high = FixedBudget(20.0, period="day", per_credential=per_credential)
+        other = FixedBudget(30.0, period="week", per_credential=per_credential)
+        g = BudgetGuard(
+            Tightest(Source(100.0), low, high, other),
+            Policy(refuse_below=0.0),
+            estimate=1.0,
+            store=url,
+        )
+        return g, low, high
+
+    url = on(request, where, f"apart{int(per_credential)}")  # (one cluster per module)
+
+    a, low, high = make()
+    a.reserve("m", credential=KEY).settle(4.0)
+    assert low.fetch(KEY).remaining == 6.0
+    assert high.fetch(KEY).remaining == 16.0
+    a.close()
+    b, low, high = make()  # another process: the same two counts
+    assert (low.fetch(KEY).remaining, high.fetch(KEY).remaining) == (6.0, 16.0)
+    d = b.check("m", credential=KEY, estimate=0)
+    assert d.balance is not None and d.balance.remaining == 6.0
+    b.close()
+
+
+@pytest.mark.parametrize("where", ["redis", "cluster"])
 def test_a_fixed_budget_inside_a_routes_tightest_is_counted_in_the_store(
     request: pytest.FixtureRequest, where: str
 ) -> None:

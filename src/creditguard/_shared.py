@@ -138,11 +138,28 @@ class _Counter:
     A Tightest may be a ``sources.ByHost`` route (``route``: its entry): the
     budget then counts the calls routed there only, under the route's keys."""
 
-    def __init__(self, ledger: SharedLedger, budget: FixedBudget, route: str | None = None):
+    def __init__(
+        self, ledger: SharedLedger, budget: FixedBudget, route: str | None = None, nth: int = 0
+    ):
         self._ledger = ledger
         self._budget = budget
         self._route = route
+        # the nth budget of one Tightest (or route) with this one's period and
+        # per_credential counts under a name of its own, not in the first's
+        self._nth = nth
+        self._renamed: tuple[Spend, Spend] | None = None
         self._known: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def window(self) -> Spend:
+        """The budget's current window, as counted in the store."""
+        window = self._budget.spend_window()
+        if not self._nth:
+            return window
+        renamed = self._renamed
+        if renamed is None or renamed[0] is not window:
+            name = f"{window.name}#{self._nth + 1}"
+            renamed = self._renamed = (window, replace(window, name=name))
+        return renamed[1]
 
     def key(self, credential: str | None) -> str:
         """The store key of the budget ``credential`` (as the budget's fetch
@@ -165,7 +182,7 @@ class _Counter:
 
     def _p_spent(self, credential: str | None) -> Program[float]:
         key = self.key(credential)
-        window = self._budget.spend_window()
+        window = self.window()
         with self._ledger._lock:
             known = self._known.get(key)
         least = known[1] if known is not None and known[0] == window.bucket else None
@@ -223,7 +240,14 @@ class SharedLedger(Ledger):
                 if isinstance(s, FixedBudget)
             ]
         self._nested = [budget for budget, _ in nested]
-        self._counters = [_Counter(self, budget, route) for budget, route in nested]
+        # (two budgets of one period in one Tightest count apart: see _Counter)
+        alike: dict[tuple[str | None, bool, str | None], list[FixedBudget]] = {}
+        self._counters = []
+        for budget, route in nested:
+            seen = alike.setdefault((route, budget.per_credential, budget.period), [])
+            if budget not in seen:
+                seen.append(budget)
+            self._counters.append(_Counter(self, budget, route, seen.index(budget)))
         for budget, counter in zip(self._nested, self._counters, strict=True):
             budget.bind(counter)
         self._down_until = 0.0
@@ -471,7 +495,7 @@ class SharedLedger(Ledger):
             self._owed.append(_Owed(key, op_id, cost, spend, credential, windows, False))
 
     def _windows(self) -> tuple[Spend, ...]:
-        return tuple(budget.spend_window() for budget in self._nested)
+        return tuple(counter.window() for counter in self._counters)
 
     def _counts(
         self, key: str, credential: str | None, cost: float, windows: tuple[Spend, ...]
