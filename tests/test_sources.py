@@ -340,6 +340,21 @@ def test_stablecog_negative_remaining_is_valid(make: Callable[..., Any]) -> None
             id="budget-without-remaining",
         ),
         pytest.param(
+            # (the older /auth/key answer: no limit_remaining; it read as unlimited)
+            {"limit": 10, "usage": 6},
+            4.0,
+            10.0,
+            6.0,
+            id="limit-without-remaining",
+        ),
+        pytest.param(
+            {"limit": 10, "usage": 9, "limit_reset": "daily", "usage_daily": 3},
+            7.0,
+            10.0,
+            3.0,
+            id="reset-limit-without-remaining",
+        ),
+        pytest.param(
             {"limit": 5, "limit_remaining": -0.5, "usage": 5.5},
             -0.5,
             5.0,
@@ -685,6 +700,16 @@ OPENROUTER_KEY_FAULTS = [
     ({"data": {"limit_remaining": False}}, "data.limit_remaining is a boolean"),
     (b'{"data": {"limit_remaining": 1e400}}', "data.limit_remaining is not a finite number"),
     ({"data": {"usage": -1}}, "data.usage is negative"),
+    # (a cap whose remaining amount cannot be known read as unlimited)
+    ({"data": {"limit": 10}}, "data.limit_remaining is missing, and so is the usage"),
+    (
+        {"data": {"limit": 10, "usage": 1, "limit_reset": "weekly"}},
+        "data.usage_weekly",
+    ),
+    (
+        {"data": {"limit": None, "effective_budget": {"limit_usd": 5}}},
+        "data.effective_budget.remaining_usd is missing",
+    ),
     ({"data": {"usage": [1]}}, "data.usage is an array"),
     ({"data": {"effective_budget": "x"}}, "data.effective_budget is a string"),
     ({"data": {"effective_budget": [1]}}, "data.effective_budget is an array"),

@@ -497,6 +497,12 @@ class HttpSource:
     ) -> None:
         if api_key is not None and not isinstance(api_key, str):
             raise ConfigError("api_key", f"<{type(api_key).__name__}>", "a string or None")
+        if api_key is not None and not api_key.strip():
+            # api_key=os.environ.get("MGMT", "") with MGMT unset: loud now, not a silent
+            # switch to each call's key (which /credits refuses: a fail-open guard)
+            raise ConfigError(
+                "api_key", "<not shown>", "a non-empty key, or None to use each call's key"
+            )
         if api_key_env is not None and (
             not isinstance(api_key_env, str) or not _ENV_NAME.fullmatch(api_key_env)
         ):
@@ -527,7 +533,7 @@ class HttpSource:
             raise ConfigError("timeout", timeout, "a finite number of seconds > 0")
         if async_transport is None and isinstance(transport, httpx.AsyncBaseTransport):
             async_transport = transport
-        self._api_key = (api_key.strip() or None) if api_key is not None else None
+        self._api_key = api_key.strip() if api_key is not None else None
         self._api_key_env = api_key_env
         self.base_url = base_url
         self.timeout = float(timeout)
