@@ -198,7 +198,16 @@ def test_non_generation_requests_pass_untouched(
 
 
 @pytest.mark.parametrize(
-    "path", ["/chat/completions", "/completions", "/responses", "/messages", "/images/generations"]
+    "path",
+    [
+        "/chat/completions",
+        "/completions",
+        "/responses",
+        "/messages",
+        "/images/generations",
+        "/chat/completions/",  # (providers serve it the same: it passed unjudged)
+        "/v1/messages//",
+    ],
 )
 def test_every_generation_path_is_judged(make: Callable[..., Harness], path: str) -> None:
     h = make(2)

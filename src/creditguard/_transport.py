@@ -406,7 +406,10 @@ class Core:
             return None
         path: str = request.url.path  # (public: a private read bought 2k instructions of ~180k)
         if not path.endswith(self.paths):
-            return None
+            # (a trailing slash is served the same by providers: judged the same)
+            if not path.endswith("/") or not path.rstrip("/").endswith(self.paths):
+                return None
+            path = path.rstrip("/")
         headers = _headers(request, self.lib.lowered_list)
         credential = _bearer(headers) if self.per_credential else None
         if self.by_host is not None:
