@@ -1189,3 +1189,29 @@ def test_one_budget_object_for_two_hosts_is_one_cap(redis_server: RedisServer) -
     assert _remaining(g, a) == pytest.approx(-6.0)
     assert _remaining(g, b) == pytest.approx(-6.0)
     g.close()
+
+
+def test_a_cost_past_max_cost_reaching_the_shared_ledger_is_held_at_the_cap(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # (1e300 in micro-units overflowed the store's counter: the script failed,
+    # the process went to its local share and the spend was dropped)
+    from creditguard.sources import FixedBudget
+
+    def make() -> BudgetGuard:
+        return BudgetGuard(
+            FixedBudget(1e10, unit="credits"),
+            Policy(),
+            store=f"{redis_server.url}?secret={SECRET}",
+        )
+
+    a = make()
+    a.ledger.record(None, 1e300)
+    r = a.reserve("m", estimate=1.0)
+    a.ledger.settle(r._hold, 1e300)  # type: ignore[arg-type]
+    b = make()  # another process sees both, at the cap
+    assert b.check("m").available == pytest.approx(1e10 - 2e9)
+    assert "shared store unavailable" not in caplog.text
+    assert "not believable" in caplog.text
+    a.close()
+    b.close()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from ._fingerprint import describe
+from .balance import call_cost
 from .costs import _KINDS, _MAPPING, MAX_COST, _kind_of, _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
 from .prices import sized_estimate
@@ -232,9 +233,13 @@ class Reservation:
         self.reported = False  # a decorated call's code recorded its own cost
 
     def settle(self, cost: float | None = None) -> None:
-        """The call went through and cost ``cost`` (None: its estimate). Once."""
+        """The call went through and cost ``cost`` (None: its estimate). Once.
+        A cost that is not a finite number from 0 to :data:`~creditguard.balance.MAX_COST`
+        is a ConfigError, and the reservation stays open."""
         if self._done:
             return
+        if cost is not None and (type(cost) is not float or not 0.0 <= cost <= MAX_COST):
+            call_cost(cost)  # (raises for a bad one, before anything is charged)
         self._done = True
         if cost is None:
             self._book(self.estimate, "estimate")

@@ -45,9 +45,9 @@ from dataclasses import replace
 from random import getrandbits
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .balance import Balance, check_cost
+from .balance import Balance
 from .errors import CreditSourceError
-from .ledger import Hold, Ledger, Lookup, _Entry, _how, _record_failed
+from .ledger import Hold, Ledger, Lookup, _charge, _Entry, _how, _record_failed
 from .policy import Decision, Policy, decide, policy_of
 from .runway import attach
 from .sources._byhost import ByHost, route_of, routed
@@ -1059,12 +1059,12 @@ class SharedLedger(Ledger):
     def settle(self, hold: Hold, cost: float, how: str | None = None) -> bool:
         how = _how(cost, how)
         if hold.token is None:  # held on the local books (the store was down)
-            cost = check_cost(cost)
+            cost = _charge(cost)
             settled = super().settle(hold, cost, how)
             if settled:
                 self._owe(hold.key, cost, self._fetch_for(hold.credential))
             return settled
-        cost = check_cost(cost)
+        cost = _charge(cost)
         with self._lock:
             if hold.state != Hold.OPEN:
                 return False
@@ -1162,7 +1162,7 @@ class SharedLedger(Ledger):
 
     def record(self, credential: str | None, cost: float, how: str | None = None) -> None:
         how = _how(cost, how)
-        cost = check_cost(cost)
+        cost = _charge(cost)
         if self._source_record is not None:
             try:
                 self._source_record(self._fetch_for(credential), cost)

@@ -6,7 +6,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Balance", "check_cost", "normal_unit"]
+from .errors import ConfigError
+
+__all__ = ["MAX_COST", "Balance", "call_cost", "check_cost", "normal_unit"]
+
+MAX_COST = 1e9
+"""A call's cost above this (in the balance's unit) is not believed: a provider
+reporting ``usage.cost`` of 1e300, or token counts that multiply past it, is
+logged and the call's estimate is charged instead; ``record()`` and
+``settle()`` refuse it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,19 +109,36 @@ _INF = math.inf
 
 
 def check_cost(cost: object) -> float:
-    """``cost`` as a float, or ValueError: a cost is a finite number >= 0."""
+    """``cost`` as a float, or ConfigError (a ValueError): a cost is a finite
+    number >= 0."""
     if type(cost) is float and 0.0 <= cost < _INF:  # the usual case
         return cost
     if isinstance(cost, int) and not isinstance(cost, bool) and cost > _HUGE:
-        cost = math.inf  # (too large for a float: ValueError below, not OverflowError)
+        cost = math.inf  # (too large for a float: refused below, not OverflowError)
     if (
         isinstance(cost, bool)
         or not isinstance(cost, (int, float))
         or not math.isfinite(cost)
         or cost < 0
     ):
-        raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
+        raise ConfigError("cost", cost, "a finite number >= 0")
     return float(cost)
+
+
+def call_cost(cost: object) -> float:
+    """A call's cost as ``record()`` and ``settle()`` take it: :func:`check_cost`,
+    and at most :data:`MAX_COST` (ConfigError, before anything is charged)."""
+    if type(cost) is float and 0.0 <= cost <= MAX_COST:  # the usual case
+        return cost
+    cost = check_cost(cost)
+    if cost > MAX_COST:
+        raise ConfigError(
+            "cost",
+            cost,
+            f"a finite number >= 0 and at most {MAX_COST:g} (a call's cost above it is "
+            "not believed: a tokens or units mix-up?)",
+        )
+    return cost
 
 
 def normal_unit(unit: str) -> str:

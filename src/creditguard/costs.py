@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ._globmap import GlobMap
+from .balance import MAX_COST
 from .errors import ConfigError
 
 __all__ = [
@@ -30,10 +31,6 @@ __all__ = [
 ]
 
 _INF = math.inf
-MAX_COST = 1e9
-"""A call's cost above this (in the balance's unit) is not believed: a provider
-reporting ``usage.cost`` of 1e300, or token counts that multiply past it, is
-logged and the call's estimate is charged instead."""
 
 log = logging.getLogger("creditguard")
 

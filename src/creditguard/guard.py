@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._fingerprint import Fingerprinter
 from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
-from .balance import Balance
+from .balance import MAX_COST, Balance, call_cost
 from .costs import Pricing
 from .errors import (
     ConfigError,
@@ -797,6 +797,8 @@ class BudgetGuard:
         and the decorator then knows the call reported its cost: its estimate
         is not charged on top.
         """
+        if type(cost) is not float or not 0.0 <= cost <= MAX_COST:
+            call_cost(cost)  # (ConfigError for a bad one, before anything is charged)
         call = CURRENT_CALL.get()
         if call is not None and call._guard is not self:
             call = None

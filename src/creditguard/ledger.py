@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 from cachetools import TTLCache
 
 from ._fingerprint import Fingerprinter, describe
-from .balance import Balance, check_cost
+from .balance import MAX_COST, Balance, check_cost
 from .costs import TokenCost
 from .errors import CreditSourceError, redact
 from .policy import Decision, Policy, _decision, _set_runway, decide
@@ -697,13 +697,13 @@ class Ledger:
         settled or released before (nothing is charged twice). ``how``: where
         the cost comes from, for the spend event (None: the provider's figure,
         or tokens x prices for a :class:`~creditguard.costs.TokenCost`)."""
-        if type(cost) is not float or not 0.0 <= cost < _INF:
-            if type(cost) is TokenCost and 0.0 <= cost < _INF:  # (tokens x prices: usual)
+        if type(cost) is not float or not 0.0 <= cost <= MAX_COST:
+            if type(cost) is TokenCost and 0.0 <= cost <= MAX_COST:  # (tokens x prices: usual)
                 how = how or "tokens"
                 cost = float(cost)
             else:
                 how = _how(cost, how)
-                cost = check_cost(cost)
+                cost = _charge(cost)
         key = hold.key
         record = self._source_record
         if record is None:
@@ -801,7 +801,7 @@ class Ledger:
         """Debit ``cost`` from the cached balance of ``credential`` (a local
         budget source learns it first, for the reason given in :meth:`settle`)."""
         how = _how(cost, how)
-        cost = check_cost(cost)
+        cost = _charge(cost)
         if self._source_record is not None:
             try:
                 self._source_record(self._fetch_for(credential), cost)
@@ -894,6 +894,17 @@ class Ledger:
     def __len__(self) -> int:
         with self._lock:
             return len(self._cache)
+
+
+def _charge(cost: object) -> float:
+    """A cost the ledger charges: :func:`check_cost`, held at :data:`MAX_COST`
+    (a figure past it would break the store's counters and lose the spend;
+    ``record()``/``settle()`` refuse it before it gets here)."""
+    cost = check_cost(cost)
+    if cost > MAX_COST:
+        log.warning("a cost of %.6g is not believable: %g is charged", cost, MAX_COST)
+        return MAX_COST
+    return cost
 
 
 def _how(cost: object, how: str | None) -> str:
