@@ -17,15 +17,17 @@ import pytest
 from test_sources import GENERIC_FAULTS, Recorder, assert_no_key, reply
 
 import creditguard as cg
-from creditguard import Balance, ConfigError, CreditSourceError
+from creditguard import Balance, BudgetGuard, ConfigError, CreditSourceError, Policy
 from creditguard.config import load_config
 from creditguard.sources import (
+    ByHost,
     DeepSeekBalance,
     FalBalance,
     MoonshotBalance,
     NovitaBalance,
     OpenRouterKey,
     StabilityBalance,
+    Tightest,
     VercelGatewayCredits,
 )
 from creditguard.sources._deepseek import parse_deepseek
@@ -603,6 +605,33 @@ def test_config_unit_picks_deepseeks_entry_and_asserts_the_policys() -> None:
     with pytest.raises(ConfigError) as info:
         load_config({"unit": ""}, env=False)
     assert "unit" in str(info.value)
+
+
+def test_a_guards_policy_unit_picks_deepseeks_entry_from_python_too(
+    make: Callable[..., Any],
+) -> None:
+    # (the config path passed it; BudgetGuard(DeepSeekBalance(), Policy(unit="CNY"))
+    # read the USD entry, found the unit wrong and failed open on every call)
+    body = _infos(("CNY", "110.00"), ("USD", "5.25"))
+    source = make(DeepSeekBalance, reply(body=body), api_key=KEY)
+    guard = BudgetGuard(source, Policy(unit="CNY", refuse_below=200.0))
+    d = guard.check("deepseek-chat")
+    assert d.balance is not None and (d.balance.remaining, d.balance.unit) == (110.0, "CNY")
+    assert d.action == "refuse"  # judged on the CNY entry: not failed open
+    chosen = make(DeepSeekBalance, reply(body=body), api_key=KEY, unit="USD")
+    BudgetGuard(chosen, Policy(unit="CNY"))
+    assert chosen.unit == "USD"  # a unit the source was given stays
+    routed = make(DeepSeekBalance, reply(body=body), api_key=KEY)
+    tight = make(DeepSeekBalance, reply(body=body), api_key=KEY)
+    BudgetGuard(
+        ByHost(
+            {"api.deepseek.com": routed, "*": Tightest(tight)},
+            policies={"api.deepseek.com": Policy(unit="CNY")},
+        ),
+        Policy(unit="USD"),
+    )
+    assert (routed.unit, tight.unit) == ("CNY", "USD")  # the route's own policy, else the guard's
+    guard.close()
 
 
 # -- units -------------------------------------------------------------------------------

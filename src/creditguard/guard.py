@@ -33,6 +33,7 @@ from .ledger import Hold, Ledger, Lookup
 from .policy import Action, Decision, Estimator, Policy, decide, policy_of
 from .prices import CallEstimator, PriceBook, price_lists
 from .runway import BurnRates, attach
+from .sources._base import prefer_units
 
 if TYPE_CHECKING:
     import httpx
@@ -271,6 +272,7 @@ class BudgetGuard:
             allowed = "None or a printable name of 1 to 100 characters, not a key (a metrics label)"
             raise ConfigError("name", name, allowed)
         self.name = name
+        prefer_units(source, policy.unit)  # (a DeepSeekBalance reads the policy's currency)
         self.source = source
         self.policy = policy
         self.ttl = _number("ttl", ttl, positive=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from .._fingerprint import describe
@@ -83,3 +83,21 @@ async def aclose_all(sources: Iterable[object]) -> None:
             close: Any = getattr(source, "close", None)
             if callable(close):
                 close()
+
+
+def prefer_units(source: object, unit: str | None) -> None:
+    """Tell every source under ``source`` that reports several currencies
+    (``prefer_unit``) which one its guard judges in: ``unit`` (the policy's),
+    or under ``ByHost`` the unit of the route's own policy, where it has one."""
+    prefer = getattr(source, "prefer_unit", None)
+    if prefer is not None and unit is not None:
+        prefer(unit)
+    inner = getattr(source, "sources", ())
+    if isinstance(inner, Mapping):
+        policies = getattr(source, "policies", {})
+        for entry, route in inner.items():
+            policy = policies.get(entry)
+            prefer_units(route, unit if policy is None else policy.unit)
+    else:
+        for each in inner:
+            prefer_units(each, unit)

@@ -64,7 +64,8 @@ class DeepSeekBalance(HttpSource):
 
     Works with an ordinary API key. DeepSeek reports one balance per currency
     (CNY, USD): ``unit`` picks one (an account without it is an error), else
-    USD, else the first. ``base_url`` is the SDK's (``/v1`` or not).
+    the guard's ``Policy(unit=...)``, else USD, else the first. ``base_url``
+    is the SDK's (``/v1`` or not).
     """
 
     name = "deepseek"
@@ -94,6 +95,12 @@ class DeepSeekBalance(HttpSource):
             async_transport=async_transport,
         )
         self.unit = None if unit is None else normal_unit(unit)
+
+    def prefer_unit(self, unit: str) -> None:
+        """A guard judging in ``unit`` (``Policy(unit=...)``) reads that
+        currency's entry, when ``unit=`` chose none (the first such guard's)."""
+        if self.unit is None:
+            self.unit = normal_unit(unit)
 
     def _parse(self, doc: dict[str, Any], fetched_at: float) -> Balance:
         return parse_deepseek(doc, unit=self.unit, fetched_at=fetched_at)
