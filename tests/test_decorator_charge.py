@@ -156,7 +156,9 @@ async def test_async_calls_are_charged_the_same_way() -> None:
     assert spends == [
         (pytest.approx(140e-6), "tokens"),
         (0.125, "provider"),
-        (ESTIMATE, "estimate"),
+        # (a call of a priced model with no output limit holds at least what
+        # its calls cost: the 90th percentile of 140e-6 and 0.125)
+        (0.125, "estimate"),
     ]
 
 
@@ -171,3 +173,40 @@ def test_a_call_that_records_its_own_cost_is_charged_only_that() -> None:
     ask("priced")
     assert spends == [(0.75, "provider")]
     assert guard.ledger.reserved(None) == 0
+
+
+async def test_an_sdk_async_method_under_a_sync_decorator_is_held_until_awaited() -> None:
+    # openai's and anthropic's async methods are sync functions (their argument
+    # checks) returning a coroutine: the decorator saw a sync function, charged
+    # the estimate at once and let the call run unheld and unread
+    import asyncio
+
+    guard, spends, _ = guard_with_spends()
+    gate = asyncio.Event()
+    held: list[float] = []
+
+    async def _create(model: str, cost: float) -> Any:
+        held.append(guard.ledger.reserved(None))
+        await gate.wait()
+        return completion(cost=cost)
+
+    def create(model: str, cost: float) -> Any:  # (a plain def: no __wrapped__ to follow)
+        return _create(model, cost)
+
+    ask = guard(create)
+    first = asyncio.ensure_future(ask("priced", 0.5))
+    await asyncio.sleep(0)
+    assert held == [ESTIMATE] and spends == []  # held while it runs, nothing charged yet
+    gate.set()
+    assert (await first).usage.cost == 0.5
+    assert spends == [(0.5, "provider")] and guard.ledger.reserved(None) == 0
+    # the next calls go the async way from the start (no blocking hold on the loop)
+    assert (await ask("priced", 0.25)).usage.cost == 0.25
+    gate.clear()
+    cut = asyncio.ensure_future(ask("priced", 9.0))
+    await asyncio.sleep(0)
+    cut.cancel()  # cancelled in flight: it may have been billed
+    with pytest.raises(asyncio.CancelledError):
+        await cut
+    assert spends[1] == (0.25, "provider")
+    assert spends[2][1] == "estimate" and guard.ledger.reserved(None) == 0

@@ -142,16 +142,20 @@ def test_estimate_order_price_then_learned_then_default() -> None:
     assert book.estimate("cheap", 1000, 100, 0.01).total == 0.01  # never below the estimate
 
 
-def test_a_priced_model_settled_before_its_first_lookup_is_not_learned() -> None:
-    # (learn() only looked at the lookup memo: a priced model whose cost came
-    # in before any estimate had looked its price up was learned, and its next
-    # estimate without a prompt size held that cost instead of the default)
+def test_a_priced_model_with_no_output_limit_holds_what_its_calls_cost() -> None:
+    # (a priced model was never learned: a call with no output limit held its
+    # prompt plus the 0.01 default for good, however much its calls cost;
+    # 50 concurrent $0.12 calls then spent $6 of $1 as in round 1)
     book = PriceBook(Pricing({"priced": {"prompt": 1e-6, "completion": 1e-5}}))
-    book.learn("priced", 0.5)
-    assert len(book.learned) == 0
-    assert book.estimate("priced", None, None, 0.05).total == 0.05
+    assert book.estimate("priced", 1000, None, 0.01).total == pytest.approx(0.011)
+    for _ in range(5):
+        book.learn("priced", 0.12)
+    assert book.estimate("priced", 1000, None, 0.01).total == 0.12  # (the p90 of its costs)
+    assert book.estimate("priced", None, None, 0.01).total == 0.12  # (no prompt size either)
+    # a price and an output limit bound the call: its own figure, learned or not
+    assert book.estimate("priced", 1000, 100, 0.01).total == pytest.approx(0.002)
     book.learn("unpriced", 0.5)
-    assert len(book.learned) == 1
+    assert book.estimate("unpriced", 1000, 100, 0.01).total == 0.5
 
 
 # -- OpenRouter's list on the source's host ----------------------------------------------

@@ -139,6 +139,46 @@ async def test_no_price_list_at_all_a_second_burst_is_held_at_learned_costs(
     assert guard.prices.learned.p90("gpt-4o") == pytest.approx(COST, rel=0.01)
 
 
+@pytest.mark.parametrize("surface", ["transport", "decorator"])
+async def test_a_priced_model_called_with_no_output_limit_is_held_at_learned_costs(
+    fake: FakeProvider, stack: str, surface: str
+) -> None:
+    # (a priced model was never learned: a call with no max_tokens held its
+    # prompt plus the blind 0.01 for good, and every burst spent ~$6 of $1)
+    fake.unbounded_tokens = COMPLETION_TOKENS  # the answers run long: $0.12 each
+    guard = BudgetGuard(
+        FixedBudget(BUDGET),
+        FLOOR,
+        pricing={"gpt-4o": {"prompt": PRICE[0], "completion": PRICE[1]}},
+        pricing_from=None,
+    )
+    if surface == "transport":
+        client = _client(fake, guard, stack, fake.openai_base_url)
+        create = client.chat.completions.create
+    else:
+        client = openai.AsyncOpenAI(
+            base_url=fake.openai_base_url, api_key=KEY, max_retries=0,
+            http_client=httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport()),
+        )  # fmt: skip
+        create = guard(client.chat.completions.create)
+
+    async def one() -> str:
+        try:
+            await create(model="gpt-4o", messages=_messages())  # no output limit
+        except (openai.APIStatusError, cg.CreditsExhausted):
+            return "refused"
+        return "ok"
+
+    async with client:
+        first = [await one(), await one()]  # held at prompt + 0.01: learned at 0.12
+        assert first == ["ok", "ok"]
+        second = await asyncio.gather(*(one() for _ in range(BURST)))
+    spent = _spent(fake)
+    assert spent == pytest.approx(COST * (2 + second.count("ok")), rel=0.01)
+    assert spent <= BUDGET + COST + 1e-9
+    assert second.count("ok") >= 5  # the budget is used, not refused wholesale
+
+
 async def test_without_any_estimate_a_burst_overspends(fake: FakeProvider) -> None:
     """The control: the same burst with no price and nothing learned yet spends
     far past the budget (what every guard without holds worth the name does)."""

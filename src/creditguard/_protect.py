@@ -13,8 +13,9 @@ import functools
 import inspect
 import logging
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextvars import ContextVar
+from types import CoroutineType as _Coroutine
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -351,8 +352,7 @@ class Call(Reservation):
             if not self._done:
                 self._done = True
                 cost, how = found
-                if price is None:
-                    guard._settled(model, cost)
+                guard._settled(model, cost)  # (priced too: for its calls with no limit)
                 # (a plain float, and where it came from: the ledger's fast path)
                 if self._hold is not None:
                     guard.ledger.settle(self._hold, cost, how)
@@ -589,41 +589,47 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
 
         return wrapt.decorator(agen_wrapper)(fn)
 
+    async def async_wrapper(
+        wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        model, credential, est, estimator = prepare(instance, args, kwargs)
+        if est is None:  # (a price list to load first)
+            await prices.aensure()
+            est = estimator.requested(model)
+        decision, held = fast(
+            model, credential, est, None, None, True, estimator=estimator
+        ) or await ahold(model, credential, est, fast=False, estimator=estimator)
+        if decision.action != "allow":
+            args, kwargs = g.apply(decision, instance, args, kwargs)
+        if decision._estimate is not None:
+            est = decision.held(est)
+        call = _new_call(guard, decision, held, credential, est)
+        token = set_call(call)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:  # cancelled, timed out: maybe billed
+            call._fail(exc)
+            raise
+        finally:
+            reset_call(token)
+        call.charge(result)
+        return result
+
     if inspect.iscoroutinefunction(raw):
-
-        async def async_wrapper(
-            wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            model, credential, est, estimator = prepare(instance, args, kwargs)
-            if est is None:  # (a price list to load first)
-                await prices.aensure()
-                est = estimator.requested(model)
-            decision, held = fast(
-                model, credential, est, None, None, True, estimator=estimator
-            ) or await ahold(model, credential, est, fast=False, estimator=estimator)
-            if decision.action != "allow":
-                args, kwargs = g.apply(decision, instance, args, kwargs)
-            if decision._estimate is not None:
-                est = decision.held(est)
-            call = _new_call(guard, decision, held, credential, est)
-            token = set_call(call)
-            try:
-                result = await wrapped(*args, **kwargs)
-            except BaseException as exc:  # cancelled, timed out: maybe billed
-                call._fail(exc)
-                raise
-            finally:
-                reset_call(token)
-            call.charge(result)
-            return result
-
         return wrapt.decorator(async_wrapper)(fn)
 
     generator = inspect.isgeneratorfunction(raw)
+    # a sync function that returns a coroutine (an SDK's async method under a
+    # sync decorator, as openai's and anthropic's are): once seen, its calls
+    # are judged, held and charged as the async ones are, when awaited
+    coroutines = False
 
     def sync_wrapper(
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
+        nonlocal coroutines
+        if coroutines:
+            return async_wrapper(wrapped, instance, args, kwargs)
         model, credential, est, estimator = prepare(instance, args, kwargs)
         if est is None:  # (a price list to load first)
             prices.ensure()
@@ -646,10 +652,28 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             reset_call(token)
         if generator:
             return _charged(call, result)
+        if type(result) is _Coroutine:  # (held until it is done: charged then)
+            coroutines = True
+            return _awaited(call, result)
         call.charge(result)
         return result
 
     return wrapt.decorator(sync_wrapper)(fn)
+
+
+async def _awaited(call: Call, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """The coroutine a guarded sync function returned, charged when it is done
+    (its call runs when it is awaited, not before)."""
+    token = CURRENT_CALL.set(call)
+    try:
+        result = await coroutine
+    except BaseException as exc:  # cancelled, timed out: maybe billed
+        call._fail(exc)
+        raise
+    finally:
+        CURRENT_CALL.reset(token)
+    call.charge(result)
+    return result
 
 
 def _new_call(

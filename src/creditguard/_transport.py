@@ -483,13 +483,14 @@ class Core:
                 else:
                     self._unknown_price(plan)
             return
-        if text is None:
+        if text is None:  # (the body unread: what this model's calls cost, else the estimate)
+            plan.estimate = book.default(model, guard.estimate)
             return
         prompt = plan.prompt_tokens or 0.0
         self._limit(plan)
         limit = plan.limit
-        if limit is None:
-            plan.estimate = price.prompt * prompt + guard.estimate
+        if limit is None:  # an unbounded output: at least what this model's calls cost
+            plan.estimate = book.default(model, price.prompt * prompt + guard.estimate)
         else:
             plan.estimate = price.prompt * prompt + price.completion * limit
         if not plan.estimate <= MAX_COST:  # absurd limits or prices: held at the cap
@@ -734,7 +735,7 @@ class Core:
             how = "estimate"
         else:
             amount = cost
-            if plan.price is None:  # (a priced model's estimate needs no learning)
+            if plan.price is None or plan.limit is None:  # (a price and a limit bound it)
                 self.guard._settled(plan.model, cost)
         if hold is not None:
             self.guard.ledger.settle(hold, amount, how)

@@ -684,8 +684,9 @@ class PriceBook:
         return (hit if hit is not None else self.lookup(model))[1] == "pricing"
 
     def default(self, model: str | None, estimate: float) -> float:
-        """What a call to ``model`` holds when no price is known: the 90th
-        percentile of its recent settled costs when higher than ``estimate``."""
+        """What a call to ``model`` holds when its price does not bound it (no
+        price known, or no output limit): the 90th percentile of its recent
+        settled costs when higher than ``estimate``."""
         if model is None:
             return estimate
         window = self.learned._windows.get(model)
@@ -709,19 +710,17 @@ class PriceBook:
         if price is None:
             return Estimate(self.default(model, default))
         prompt = price.prompt * prompt_tokens if prompt_tokens else 0.0
-        if limit is None:
-            return Estimate(prompt + default, prompt, price.completion)
+        if limit is None:  # the output is not bounded: at least what its calls cost
+            return Estimate(self.default(model, prompt + default), prompt, price.completion)
         return Estimate(prompt + price.completion * limit, prompt, price.completion)
 
     def learn(self, model: str | None, cost: float) -> None:
         """A call to ``model`` settled at ``cost`` (as the provider or its usage
-        told): the learned estimate follows it."""
-        if model is None:
-            return
-        hit = self._memo.get(model)
-        if (hit[0] if hit is not None else self.price(model)) is not None:
-            return  # priced: what it cost is not needed to estimate it
-        self.learned.add(model, cost)
+        told): the learned estimate follows it. A priced model learns too: a
+        call of it with no output limit holds at least what its calls cost
+        (its price says nothing of an unbounded output)."""
+        if model is not None:
+            self.learned.add(model, cost)
 
 
 def price_lists(pricing_from: object, source: object) -> tuple[PriceList, ...]:

@@ -242,6 +242,8 @@ class FakeProvider(CostReports):
         self.stream_gate: threading.Event | None = None
         #: the assistant's answer text (split into ``stream_chunks`` pieces when streaming)
         self.reply_text = "This is a fake reply."
+        #: the completion tokens a priced chat answer with no output limit runs to
+        self.unbounded_tokens = 16
         #: the currency DeepSeek and fal balances are reported in
         self.currency = "USD"
         #: a streamed chat answer ends with a usage chunk: always (OpenRouter), or only
@@ -695,7 +697,7 @@ class FakeProvider(CostReports):
             limit = _int_or_none(body.get("max_tokens"))
             if limit is None:
                 limit = _int_or_none(body.get("max_completion_tokens"))
-            m = max(0, limit if limit is not None else 16)
+            m = max(0, limit if limit is not None else self.unbounded_tokens)
         settled = self._settle_call("chat", incoming, model, (n, m))
         if isinstance(settled, Reply):
             return settled
