@@ -790,3 +790,85 @@ def test_anthropic_middleware_refuses_a_retry_that_would_cross_the_floor(
     assert fake.count("messages") == 1  # the retry never reached the provider
     assert guard.ledger.reserved(None) == 0
     guard.close()
+
+
+class _TimeoutThenRefused(httpx.BaseTransport):
+    """The first attempt times out reading (sent: maybe billed); the SDK's
+    retry cannot connect (nothing sent)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.headers.get("x-stainless-retry-count", "0") == "0":
+            raise httpx.ReadTimeout("read timed out", request=request)
+        raise httpx.ConnectError("connection refused", request=request)
+
+
+@pytest.mark.parametrize("surface", ["decorator", "reserve"])
+def test_a_retry_that_cannot_connect_after_a_timed_out_attempt_is_charged(surface: str) -> None:
+    # (the connect error of the last attempt read as "nothing was sent": the
+    # hold was released, though the first attempt may have been billed)
+    client = openai.OpenAI(
+        base_url="http://127.0.0.1:9/v1",
+        api_key="sk-test-not-a-real-key",
+        http_client=httpx.Client(transport=_TimeoutThenRefused()),
+        max_retries=1,
+    )
+    guard = BudgetGuard(FixedBudget(1.0), Policy(refuse_below=0.1), estimate=0.2)
+
+    def call() -> Any:
+        return client.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+    with pytest.raises(openai.APIConnectionError):
+        if surface == "decorator":
+            guard(call)()
+        else:
+            with guard.reserve(MODEL):
+                call()
+    assert guard.check(MODEL).available == pytest.approx(0.8)  # the estimate, charged
+    assert guard.ledger.reserved(None) == 0
+    # a first attempt that cannot connect was not sent: released, as before
+    with pytest.raises(httpx.ConnectError), guard.reserve(MODEL):
+        raise httpx.ConnectError("refused", request=httpx.Request("POST", "http://x"))
+    assert guard.check(MODEL).available == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (402, b'{"error":{"code":402,"message":"Insufficient credits"}}'),
+        (403, b'{"error":{"code":403,"message":"Key limit exceeded","metadata":'
+              b'{"limit_source":"key_limit"}}}'),
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("surface", ["decorator", "reserve"])
+def test_a_providers_refusal_for_credits_marks_the_key_exhausted_on_every_surface(
+    fake: FakeProvider, surface: str, status: int, body: bytes
+) -> None:
+    # (the transport did; a decorated call or a reservation let the next calls
+    # through on the cached figure until the next poll)
+    key = "sk-or-v1-refused-000000000000000000000"
+    fake.add_key(key, limit=10.0)
+    guard = BudgetGuard(OpenRouterKey(base_url=fake.openrouter_base_url), Policy(refuse_below=1.0))
+    client = openai.OpenAI(base_url=fake.openrouter_base_url, api_key=key, max_retries=0)
+
+    def call() -> Any:
+        return client.chat.completions.create(model=MODEL, messages=MESSAGES)
+
+    fake.fault("chat", status=status, body=body, times=1)
+    with pytest.raises(openai.APIStatusError):
+        if surface == "decorator":
+            guard.protect(credential_arg="k")(lambda k: call())(key)
+        else:
+            with guard.reserve(MODEL, credential=key):
+                call()
+    d = guard.check(MODEL, credential=key)
+    assert d.action == "refuse" and d.available is not None and d.available <= 0
+    # a 403 that is not about credits (a moderation refusal) marks nothing
+    other = "sk-or-v1-moderated-0000000000000000000"
+    fake.add_key(other, limit=10.0)
+    fake.fault("chat", status=403, body=b'{"error":{"message":"flagged by moderation"}}')
+    with pytest.raises(openai.APIStatusError), guard.reserve(MODEL, credential=other):
+        openai.OpenAI(
+            base_url=fake.openrouter_base_url, api_key=other, max_retries=0
+        ).chat.completions.create(model=MODEL, messages=MESSAGES)
+    assert guard.check(MODEL, credential=other).action == "allow"
+    guard.close()

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from ._fingerprint import describe
+from ._refusal import refusal_of, refused
 from .balance import call_cost
 from .costs import _KINDS, _MAPPING, MAX_COST, _kind_of, _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
@@ -152,9 +153,15 @@ _UNSENT = frozenset(
 
 
 def _retried(exc: BaseException) -> bool:
-    """Was the request behind ``exc``'s response an SDK's retry (Stainless SDKs
-    number their attempts in ``x-stainless-retry-count``)?"""
-    request = getattr(getattr(exc, "response", None), "request", None)
+    """Was the request behind ``exc`` (its own, as httpx's errors carry it, or
+    its response's) an SDK's retry (Stainless SDKs number their attempts in
+    ``x-stainless-retry-count``)?"""
+    try:
+        request = getattr(exc, "request", None)  # (httpx raises when it has none)
+    except Exception:
+        request = None
+    if request is None:
+        request = getattr(getattr(exc, "response", None), "request", None)
     headers = getattr(request, "headers", None)
     try:
         attempt = headers.get("x-stainless-retry-count") if headers is not None else None
@@ -167,8 +174,9 @@ def unbilled(exc: BaseException) -> bool:
     """Does ``exc`` (or what explicitly caused it) show that the call it ended was not
     billed? Yes when nothing was sent (a connect error, a pool timeout, a
     refusal of creditguard's own) or the provider answered with an error
-    status (an SDK's status error, ``httpx.HTTPStatusError``) to a first
-    attempt (a retry's error says nothing of the attempts before). Anything else
+    status (an SDK's status error, ``httpx.HTTPStatusError``), each of a first
+    attempt (a retry's error says nothing of the attempts before: one that
+    timed out may have been billed). Anything else
     (a timeout, a cancellation, a dropped connection, an error in the caller's
     own code after the call) may have been billed."""
     seen: BaseException | None = exc
@@ -176,7 +184,7 @@ def unbilled(exc: BaseException) -> bool:
         if seen is None:
             break
         if any(cls.__name__ in _UNSENT for cls in type(seen).__mro__):
-            return True
+            return not _retried(seen)
         status = getattr(seen, "status_code", None)
         if status is None:
             status = getattr(getattr(seen, "response", None), "status_code", None)
@@ -266,11 +274,15 @@ class Reservation:
 
     def _fail(self, exc: BaseException) -> None:
         """The call raised ``exc``: released if it was not billed, else its
-        estimate is charged (see the class docstring)."""
+        estimate is charged (see the class docstring). A provider's refusal
+        for lack of credits marks the credential exhausted, as the transport does."""
         if unbilled(exc):
             self.release()
         else:
             self.settle()
+        refusal = refusal_of(exc)
+        if refusal is not None:
+            refused(self._guard.ledger, self._credential, *refusal)
 
     def __enter__(self) -> Reservation:
         return self

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import json
 import logging
-import re
 import ssl
 import zlib
 from collections import deque
@@ -40,6 +39,7 @@ from ._body import (
     usage_from_body,
 )
 from ._protect import unbilled
+from ._refusal import refused
 from .costs import MAX_COST, Price, _usage_cost, merge_usage
 from .policy import Decision, Estimate, Policy
 
@@ -66,7 +66,6 @@ MAX_PARSED_BODY = 16 * 1024 * 1024
 MAX_OBSERVED_BODY = 64 * 1024  # the end of a JSON body kept to read its usage
 RETRY_HEADER = "x-stainless-retry-count"
 _RETRY_HEADER_B = RETRY_HEADER.encode()
-_BUDGET_WORDS = re.compile(rb"budget|limit|credit", re.IGNORECASE)
 STABLECOG_OUTPUTS = 2  # Stablecog's default num_outputs
 _STABLECOG_FIELDS = frozenset(("num_outputs",))
 _TOKEN_FIELDS_ORDER = ("max_tokens", "max_completion_tokens", "max_output_tokens")
@@ -827,21 +826,12 @@ class Core:
         on_body: Callable[[bytes, bool], None] | None = None
         if not 200 <= status < 300:
             self.release(hold)  # no charge for a call the provider turned down
-            if status in (402, 403):
+            if status in (402, 403) or (
+                status == 400 and (stablecog or plan.path.endswith("/messages"))
+            ):
 
                 def on_body(body: bytes, complete: bool) -> None:
-                    self._refused(credential, status, body)
-
-            elif status == 400 and (stablecog or plan.path.endswith("/messages")):
-
-                def on_body(body: bytes, complete: bool) -> None:
-                    lowered = body.lower()
-                    if (
-                        b"insufficient_credits" in lowered
-                        or b"credit balance is too low" in lowered
-                    ):
-                        log.warning("provider is out of credits: credential marked exhausted")
-                        ledger.mark_exhausted(credential)
+                    refused(ledger, credential, status, body)
 
             else:
                 return response
@@ -870,35 +860,6 @@ class Core:
         self._stream(response, BodyTap(on_body, _encoding(encoding)))
         return response
 
-    def _refused(self, credential: str | None, status: int, body: bytes) -> None:
-        """A provider's 402 or 403, read precisely (OpenRouter's ``error.metadata``):
-        an in-flight budget full for a moment is transient (the response goes
-        back as it came, ``Retry-After`` and all); a 402, or a 403 naming a key
-        limit, credits, a guardrail or a workspace budget, marks the credential
-        exhausted, until ``metadata.resets_at`` when the provider says."""
-        metadata = _error_metadata(body)
-        reason = metadata.get("reason")
-        source = metadata.get("limit_source")
-        if reason == "in_flight_budget_exhausted" or source == "openrouter_in_flight_budget":
-            log.info("provider answered %d: in-flight budget full for now (transient)", status)
-            return
-        if status == 403:
-            if isinstance(source, str):
-                if not _LIMIT_SOURCES.search(source):
-                    return
-            elif not _BUDGET_WORDS.search(body):
-                return
-        ledger = self.guard.ledger
-        log.warning(
-            "provider answered %d (%s): credential marked exhausted",
-            status,
-            source if isinstance(source, str) else "out of credits",
-        )
-        ledger.mark_exhausted(credential)
-        resets_at = _timestamp(metadata.get("resets_at"))
-        if resets_at is not None:
-            ledger.note_resets_at(credential, resets_at)
-
     def _settle_body(self, plan: Plan, hold: Hold | None, body: bytes, complete: bool) -> None:
         usage = usage_from_body(body) if complete else None
         if usage is None:
@@ -914,7 +875,6 @@ class Core:
 
 
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # a JSON string, in C
-_LIMIT_SOURCES = re.compile(r"key_limit|credit|guardrail|workspace|budget", re.IGNORECASE)
 _USAGE_MEMBER = ',"stream_options":{"include_usage":true}'
 _STREAM_FIELDS = frozenset(("stream", "stream_options"))
 
@@ -939,38 +899,6 @@ def _stream_usage_edit(text: str) -> tuple[int, int, str] | None:
         return None
     merged = json.dumps({**value, "include_usage": True}, separators=(",", ":"))
     return start, stop, merged
-
-
-def _error_metadata(body: bytes) -> dict[str, Any]:
-    """``error.metadata`` of an OpenRouter error body ({} when there is none)."""
-    try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        return {}
-    error = doc.get("error") if isinstance(doc, dict) else None
-    metadata = error.get("metadata") if isinstance(error, dict) else None
-    return metadata if isinstance(metadata, dict) else {}
-
-
-def _timestamp(value: object) -> float | None:
-    """Unix seconds from a number or an ISO 8601 string (None if neither)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-        return number if 0 < number < 1e11 else None
-    if isinstance(value, str):
-        from datetime import datetime, timezone
-
-        try:
-            when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        return when.timestamp()
-    return None
 
 
 _LABEL = b"x-creditguard-decision"

@@ -6,6 +6,7 @@ import math
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from .._refusal import timestamp
 from ..balance import Balance
 from ._http import BadResponse, HttpSource, get_number, get_object, get_string
 
@@ -41,7 +42,9 @@ def parse_key(doc: dict[str, Any], *, fetched_at: float = 0.0) -> Balance:
     cap of its own): a body without ``limit`` is not the documented JSON, and a
     renamed field must never read as "unlimited". The remaining amount is the tighter of the key's
     ``limit_remaining`` and ``effective_budget.remaining_usd``, where present;
-    with neither the key has no cap of its own (``math.inf``). A key limit that
+    with neither the key has no cap of its own (``math.inf``). A ``limit`` with
+    no ``limit_remaining`` leaves ``limit`` minus the usage it counts (as the
+    older ``/auth/key`` answered); a budget without ``remaining_usd`` is an error. A key limit that
     resets (``limit_reset``: daily, weekly, monthly) reports that period's
     usage (``usage_daily`` ...) as ``used`` and its next reset as
     ``resets_at``; a binding budget its own ``resets_at``. Unknown fields are
@@ -67,12 +70,27 @@ def parse_key(doc: dict[str, Any], *, fetched_at: float = 0.0) -> Balance:
 
     if "limit" not in data:  # (after the type checks: a wrong type says so first)
         raise BadResponse("data.limit is missing (null means no cap of its own)")
+    period = limit_reset if limit_reset in _PERIODS else None
+    if limit is not None and limit_remaining is None:
+        # a capped key whose answer lacks limit_remaining: what the cap leaves
+        # of the usage it counts (never "unlimited")
+        counted = usage if period is None else period_usage[period]
+        if counted is None:
+            raise BadResponse(
+                "data.limit is set but data.limit_remaining is missing, and so is the "
+                f"usage it counts (data.{'usage' if period is None else 'usage_' + period})"
+            )
+        limit_remaining = limit - counted
+    if budget is not None and "remaining_usd" not in budget:
+        raise BadResponse(
+            "data.effective_budget.remaining_usd is missing (null means no budget; "
+            "a renamed field must never read as unlimited)"
+        )
     remaining, total, used, resets_at = math.inf, None, usage, None
     if limit_remaining is not None and (
         budget_remaining is None or limit_remaining <= budget_remaining
     ):
         remaining, total = limit_remaining, limit
-        period = limit_reset if limit_reset in _PERIODS else None
         if period is not None:
             # the limit counts this period's usage and resets at its end
             resets_at = next_reset(period, fetched_at)
@@ -81,7 +99,7 @@ def parse_key(doc: dict[str, Any], *, fetched_at: float = 0.0) -> Balance:
     elif budget_remaining is not None:
         assert budget is not None
         remaining, total = budget_remaining, budget_total
-        resets_at = _timestamp(budget.get("resets_at"))
+        resets_at = timestamp(budget.get("resets_at"))
     return Balance(
         remaining=remaining,
         total=total,
@@ -110,32 +128,6 @@ def next_reset(period: str, now: float) -> float:
     else:
         start = (today.replace(day=1) + timedelta(days=32)).replace(day=1)
     return start.timestamp()
-
-
-def _timestamp(value: object) -> float | None:
-    """A reset time given as Unix seconds or an ISO 8601 string (read leniently:
-    anything else is None)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:
-            return None
-        return number if math.isfinite(number) and number >= 0 else None
-    if isinstance(value, str) and 0 < len(value) <= 64:
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        try:
-            when = datetime.fromisoformat(text)
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        try:
-            return when.timestamp()
-        except (OverflowError, OSError, ValueError):
-            return None
-    return None
 
 
 def _budget_total(budget: dict[str, Any]) -> float | None:
