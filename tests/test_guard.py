@@ -559,3 +559,52 @@ def test_an_error_raised_while_handling_an_unsent_one_is_still_charged() -> None
             raise RuntimeError("APIConnectionError") from exc
     except RuntimeError as wrapped:
         assert unbilled(wrapped)
+
+
+class _Down:
+    """A provider's balance endpoint that is down until ``up`` is set."""
+
+    name = "provider"
+    per_credential = False
+
+    def __init__(self) -> None:
+        self.up = False
+
+    def fetch(self, credential: str | None) -> Balance:
+        if not self.up:
+            raise CreditSourceError("HTTP 503 from the provider", status_code=503)
+        return Balance(100.0, source="provider")
+
+    async def afetch(self, credential: str | None) -> Balance:
+        return self.fetch(credential)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_a_local_budget_in_tightest_binds_while_another_source_is_down(mode: str) -> None:
+    # (Tightest raised the provider's error and the guard had no balance at all:
+    # on_source_error="allow" let $3.00 through a $1.00 FixedBudget)
+    from creditguard.sources import FixedBudget, Tightest
+
+    down = _Down()
+    budget = FixedBudget(1.0)
+    guard = BudgetGuard(Tightest(down, budget), Policy(refuse_below=0.0), estimate=0.3)
+
+    async def reserve() -> cg.Reservation:
+        return guard.reserve("m") if mode == "sync" else await guard.areserve("m")
+
+    actions = []
+    for _ in range(5):
+        r = await reserve()
+        actions.append(r.decision.action)
+        r.settle(0.3) if r.decision.action == "allow" else r.release()
+    assert actions == ["allow", "allow", "allow", "refuse", "refuse"]  # 0.9 of 1.0
+    assert budget.spent(None) == pytest.approx(0.9)
+    d = guard.check("m", estimate=0.0)
+    assert d.stale and d.balance is not None and d.balance.source == "fixed"
+    with pytest.raises(CreditSourceError) as info:
+        Tightest(down, budget).fetch(None)
+    assert info.value.partial is not None and info.value.partial.remaining == pytest.approx(0.1)
+    # every source failing: nothing to judge on; on_source_error decides as before
+    alone = BudgetGuard(Tightest(_Down()), Policy(refuse_below=0.0, on_source_error="refuse"))
+    assert alone.check("m").action == "refuse"
+    guard.close()

@@ -17,6 +17,7 @@ from redis_server import (  # noqa: F401  (the fixtures)
     redis_server_fixture,
 )
 
+import creditguard as cg
 from creditguard import Balance, BudgetGuard, ConfigError, Policy, Reservation
 from creditguard._shared import SharedLedger
 from creditguard.testing import FakeProvider
@@ -1213,5 +1214,41 @@ def test_a_cost_past_max_cost_reaching_the_shared_ledger_is_held_at_the_cap(
     assert b.check("m").available == pytest.approx(1e10 - 2e9)
     assert "shared store unavailable" not in caplog.text
     assert "not believable" in caplog.text
+    a.close()
+    b.close()
+
+
+def test_a_local_budget_in_tightest_binds_over_redis_while_another_source_is_down(
+    redis_server: RedisServer,
+) -> None:
+    # (the provider's error left no balance: every process failed open past the
+    # FixedBudget counted in the store)
+    from creditguard.sources import FixedBudget, Tightest
+
+    class Down:
+        name = "provider"
+        per_credential = False
+
+        def fetch(self, credential: str | None) -> Balance:
+            raise cg.CreditSourceError("HTTP 503 from the provider", status_code=503)
+
+        async def afetch(self, credential: str | None) -> Balance:
+            return self.fetch(credential)
+
+    def make() -> BudgetGuard:
+        return BudgetGuard(
+            Tightest(Down(), FixedBudget(1.0)),
+            Policy(refuse_below=0.0),
+            estimate=0.3,
+            store=f"{redis_server.url}?secret={SECRET}",
+        )
+
+    a, b = make(), make()
+    actions = []
+    for i in range(5):
+        r = (a, b)[i % 2].reserve("m")
+        actions.append(r.decision.action)
+        r.settle(0.3) if r.decision.action == "allow" else r.release()
+    assert actions == ["allow", "allow", "allow", "refuse", "refuse"]
     a.close()
     b.close()

@@ -675,6 +675,8 @@ class SharedLedger(Ledger):
                     return state, None
                 if leased:
                     yield _Op("unlock", key, token)
+                if result.partial is not None:  # (Tightest: the sources that answered)
+                    state = yield from self._p_partial(key, state, result.partial, keep)
                 if self.error_ttl > 0:
                     with self._lock:
                         self._errors[key] = result
@@ -687,6 +689,18 @@ class SharedLedger(Ledger):
             state = yield _Op("read", key, time.time())
             if self._fresh(state, time.time(), credential):
                 return state, None
+
+    def _p_partial(
+        self, key: str, state: SharedState, partial: Balance, keep: float
+    ) -> Program[SharedState]:
+        """What the sources that answered leave stands in as a stale snapshot
+        (as :meth:`Ledger._partial`), unless the last one leaves less."""
+        view = self._view(state)
+        if view is not None and view.remaining <= partial.remaining:
+            return state
+        yield _Op("put", key, partial, time.time() - self.ttl, state.debits, keep)
+        state = yield _Op("read", key, time.time())
+        return state
 
     def get(self, credential: str | None, key: str | None = None) -> Lookup:
         if key is None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
+    from .balance import Balance
     from .policy import Decision
 
 __all__ = ["ConfigError", "CreditGuardError", "CreditSourceError", "CreditsExhausted"]
@@ -51,7 +52,10 @@ class CreditSourceError(CreditGuardError):
     ``reason`` a short description, ``source`` the source's name.
     ``misconfigured`` is True when only the operator can fix it: the credits
     endpoint refused the source's *own* key (401/403), so every refresh will
-    fail the same way until the key or its permissions change.
+    fail the same way until the key or its permissions change. ``partial`` is
+    what the sources that did answer leave, when only some did (``Tightest``):
+    the guard judges on it as on a stale balance, so that a local budget binds
+    while a provider's endpoint is down.
     """
 
     def __init__(
@@ -61,11 +65,13 @@ class CreditSourceError(CreditGuardError):
         status_code: int | None = None,
         source: str = "",
         misconfigured: bool = False,
+        partial: Balance | None = None,
     ) -> None:
         self.reason = reason
         self.status_code = status_code
         self.source = source
         self.misconfigured = misconfigured
+        self.partial = partial
         where = f"{source}: " if source else ""
         status = f" (HTTP {status_code})" if status_code is not None else ""
         super().__init__(f"{where}{reason}{status}")
@@ -73,15 +79,23 @@ class CreditSourceError(CreditGuardError):
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             _rebuild_source_error,
-            (self.reason, self.status_code, self.source, self.misconfigured),
+            (self.reason, self.status_code, self.source, self.misconfigured, self.partial),
         )
 
 
 def _rebuild_source_error(
-    reason: str, status_code: int | None, source: str, misconfigured: bool = False
+    reason: str,
+    status_code: int | None,
+    source: str,
+    misconfigured: bool = False,
+    partial: Balance | None = None,
 ) -> CreditSourceError:
     return CreditSourceError(
-        reason, status_code=status_code, source=source, misconfigured=misconfigured
+        reason,
+        status_code=status_code,
+        source=source,
+        misconfigured=misconfigured,
+        partial=partial,
     )
 
 

@@ -395,6 +395,8 @@ class Ledger:
             else:
                 if remember and self.error_ttl > 0:
                     self._errors[key] = result
+                if result.partial is not None:
+                    self._partial(key, flight, result.partial, now)
                 stale = self._stale(key, now)
                 outcome = Lookup(stale.view if stale else None, True, result, key)
             if self._flights.get(key) is flight:
@@ -421,6 +423,21 @@ class Ledger:
             self._on_error(result, key)
         return outcome
 
+    def _partial(self, key: str, flight: _Flight, partial: Balance, now: float) -> None:
+        """Some of the sources answered (``Tightest``, one failing): what they
+        leave stands in as a stale balance (judged on within ``max_stale``, the
+        failing one retried after ``error_ttl``), unless the last good balance
+        leaves less (lock held)."""
+        current = self._cache.live(key, now)
+        if current is not None and current.view.remaining <= partial.remaining:
+            return
+        entry = _Entry(partial, now - self.ttl)  # (stale from the start)
+        if current is not None:  # carry what was recorded meanwhile
+            entry.debits = max(0.0, current.debits - flight.base_debits)
+            entry.exhausted = current.exhausted and not flight.base_exhausted
+            entry.update()
+        self._cache.put(key, entry)
+
     def _fetch_for(self, credential: str | None) -> str | None:
         return credential if self._per_credential else None
 
@@ -430,11 +447,13 @@ class Ledger:
         callbacks long after the fetch)."""
         name = str(getattr(self.source, "name", type(self.source).__name__))
         if isinstance(exc, CreditSourceError):
+            partial = getattr(exc, "partial", None)
             return CreditSourceError(
                 redact(exc.reason, credential),
                 status_code=exc.status_code,
                 source=redact(exc.source, credential) or name,
                 misconfigured=exc.misconfigured,
+                partial=partial if isinstance(partial, Balance) else None,
             )
         if isinstance(exc, asyncio.CancelledError):
             return CreditSourceError("the balance refresh was cancelled", source=name)

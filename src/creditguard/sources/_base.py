@@ -59,6 +59,7 @@ def as_source_error(exc: Exception, source: object, credential: str | None) -> C
             status_code=exc.status_code,
             source=exc.source or str(name),
             misconfigured=exc.misconfigured,
+            partial=exc.partial,
         )
     return CreditSourceError(redact(describe(exc, credential), credential), source=str(name))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import replace
 from typing import Any
 
@@ -20,9 +21,12 @@ class Tightest:
     the account's credits, a local budget). ``Tightest`` fetches them all and
     returns the binding one unchanged, so :attr:`Balance.source` names the
     source that binds (ties: the first given). If any source fails, its
-    :class:`~creditguard.CreditSourceError` is raised: a partial answer could
-    overstate what is left; so is one when the limited balances are in
-    different units (USD and CNY cannot be compared). ``record`` reaches every source that has one.
+    :class:`~creditguard.CreditSourceError` is raised, since a partial answer
+    could overstate what is left; the error's ``partial`` carries the tightest
+    of the sources that answered, which the guard judges on as on a stale
+    balance (a local budget keeps binding while a provider is down). So is one
+    when the limited balances are in different units (USD and CNY cannot be
+    compared). ``record`` reaches every source that has one.
     """
 
     name = "tightest"
@@ -41,15 +45,16 @@ class Tightest:
     def fetch(self, credential: str | None) -> Balance:
         """Fetches every source in turn; the tightest balance."""
         balances: list[tuple[CreditSource, Balance]] = []
+        error: CreditSourceError | None = None
         for source in self.sources:
             try:
                 balances.append((source, source.fetch(credential)))
             except Exception as exc:
-                error = as_source_error(exc, source, credential)
-                break
-        else:
+                if error is None:  # (the others still asked: they may bind)
+                    error = as_source_error(exc, source, credential)
+        if error is None:
             return self._pick(balances)
-        raise error from None
+        raise self._partly(error, balances) from None
 
     async def afetch(self, credential: str | None) -> Balance:
         """Fetches every source concurrently; the tightest balance."""
@@ -57,16 +62,27 @@ class Tightest:
             *(source.afetch(credential) for source in self.sources), return_exceptions=True
         )
         balances: list[tuple[CreditSource, Balance]] = []
+        error: CreditSourceError | None = None
         for source, result in zip(self.sources, results, strict=True):
             if isinstance(result, Exception):
-                error = as_source_error(result, source, credential)
-                break
+                if error is None:
+                    error = as_source_error(result, source, credential)
+                continue
             if isinstance(result, BaseException):  # cancelled, interrupted
                 raise result
             balances.append((source, result))
-        else:
+        if error is None:
             return self._pick(balances)
-        raise error from None
+        raise self._partly(error, balances) from None
+
+    def _partly(
+        self, error: CreditSourceError, balances: list[tuple[CreditSource, Balance]]
+    ) -> CreditSourceError:
+        """``error``, carrying the tightest balance of the sources that answered."""
+        if balances:
+            with contextlib.suppress(CreditSourceError):  # (different units: none)
+                error.partial = self._pick(balances)
+        return error
 
     def _pick(self, balances: list[tuple[CreditSource, Balance]]) -> Balance:
         units = {b.unit: b.source or s.name for s, b in balances if not b.unlimited}
