@@ -132,3 +132,51 @@ async def test_an_exception_thrown_into_a_guarded_async_generator_charges_the_ca
         await agen.athrow(ValueError("the consumer gave up"))
     assert guard.ledger.reserved(None) == 0
     assert _spent(guard) == pytest.approx(0.5)
+
+
+def _encoded(coding: str, chunks: list[bytes]) -> tuple[BudgetGuard, httpx.Client]:
+    import gzip
+    import zlib
+
+    whole = b"".join(chunks)
+    if coding == "gzip":
+        data = gzip.compress(whole)
+    elif coding == "deflate":
+        data = zlib.compress(whole)
+    else:  # br: not decoded here (nor by httpx without brotli)
+        data = b"\x00not brotli"
+    parts = [data[i : i + 7] for i in range(0, len(data), 7)]  # split anywhere
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": coding}
+        return httpx.Response(200, headers=headers, content=iter(parts))
+
+    guard = BudgetGuard(FixedBudget(100.0, period=None), Policy(), pricing=PRICING)
+    return guard, cg.client(guard, transport=httpx.MockTransport(handler))
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_event_stream_is_read_for_its_usage(coding: str) -> None:
+    # (a gateway compressing text/event-stream: the tap read no event and a
+    # priced stream was charged its prompt only, $0.00006 for a $0.50 call)
+    usage = {"prompt_tokens": 10, "completion_tokens": 5000, "cost": 0.5}
+    chunks = _sse(
+        {"choices": [{"index": 0, "delta": {"content": "Hel"}}]},
+        {"choices": [], "usage": usage},
+    )
+    guard, client = _encoded(coding, [*chunks, b"data: [DONE]\n\n"])
+    body = {"model": "m", "max_tokens": 8000, "stream": True, "messages": []}
+    with client.stream("POST", "https://openrouter.ai/api/v1/chat/completions", json=body) as r:
+        r.read()
+    assert _spent(guard) == pytest.approx(0.5)
+    assert guard.ledger.reserved(None) == 0
+
+
+def test_an_event_stream_in_an_encoding_not_read_here_is_charged_its_estimate() -> None:
+    guard, client = _encoded("br", [])
+    body = {"model": "m", "max_tokens": 8000, "stream": True, "messages": []}
+    with client.stream("POST", "https://openrouter.ai/api/v1/chat/completions", json=body) as r:
+        for _ in r.iter_raw():
+            pass
+    estimate = len(json.dumps(body)) / 4 * 1e-6 + 8000 * 1e-5
+    assert _spent(guard) == pytest.approx(estimate, rel=0.05)  # (was its prompt only)

@@ -852,8 +852,11 @@ class Core:
 
         else:  # an event stream
             sse = SSETap(self, plan, hold)
-            if _encoding(encoding) != "identity":
-                sse.disabled = True
+            coding = _encoding(encoding)
+            if coding != "identity":  # (a gateway that compresses event streams)
+                sse._decoder = _decoder(coding)
+                if sse._decoder is None:  # br, zstd: not read here, charged its estimate
+                    sse.give_up()
             self._stream(response, sse)
             return response
 
@@ -936,15 +939,24 @@ class BodyTap:
         self._parts.clear()
         encoding = self._encoding
         if encoding not in ("identity", ""):
-            if self._trimmed or not complete:
+            decoder = None if self._trimmed or not complete else _decoder(encoding)
+            if decoder is None:  # (br, zstd: not decoded here)
                 body, complete = b"", False
-            elif encoding in ("gzip", "x-gzip"):
-                body = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(body)
-            elif encoding == "deflate":
-                body = zlib.decompressobj().decompress(body)
-            else:  # br, zstd: not decoded here
-                body, complete = b"", False
+            else:
+                try:  # (at most what is observed of a plain body: no inflating bomb)
+                    body = decoder.decompress(body, MAX_OBSERVED_BODY)
+                except zlib.error:
+                    body, complete = b"", False
         self._on_body(body, complete)
+
+
+def _decoder(encoding: str) -> Any:
+    """A zlib decompressor for a gzip or deflate Content-Encoding, else None."""
+    if encoding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if encoding == "deflate":
+        return zlib.decompressobj()
+    return None
 
 
 class SSETap:
@@ -953,22 +965,52 @@ class SSETap:
     data event before ``[DONE]``; Anthropic: message_start, then message_delta),
     and settles the call when the stream ends or is closed."""
 
-    __slots__ = ("_buffer", "_core", "_hold", "_plan", "chars", "disabled", "finished", "usage")
+    __slots__ = (
+        "_buffer",
+        "_core",
+        "_decoder",
+        "_hold",
+        "_plan",
+        "chars",
+        "disabled",
+        "finished",
+        "usage",
+    )
 
     def __init__(self, core: Core, plan: Plan, hold: Hold | None) -> None:
         self._core = core
         self._plan = plan
         self._hold = hold
         self._buffer = b""
+        self._decoder: Any = None  # a compressed stream's (gzip, deflate)
         self.usage: dict[str, Any] = {}
         self.disabled = False
         self.finished = False  # the stream's last event passed (SDKs stop reading there)
         # output characters seen (counted only when a price can turn them into a cost)
         self.chars = 0 if plan.price is not None else -1
 
+    def give_up(self) -> None:
+        """The stream cannot be read (an encoding not decoded here, a broken
+        one): nothing it carries is counted, and it is charged its estimate."""
+        self.disabled = True
+        self.usage = {}
+        self.chars = -1
+
     def feed(self, chunk: bytes) -> None:
         if self.disabled:
             return
+        decoder = self._decoder
+        if decoder is not None:
+            try:  # (in pieces of at most what is observed of a plain body)
+                self._lines(decoder.decompress(chunk, MAX_OBSERVED_BODY))
+                while decoder.unconsumed_tail and not self.disabled:
+                    self._lines(decoder.decompress(decoder.unconsumed_tail, MAX_OBSERVED_BODY))
+            except zlib.error:
+                self.give_up()
+            return
+        self._lines(chunk)
+
+    def _lines(self, chunk: bytes) -> None:
         data = self._buffer + chunk
         lines = data.split(b"\n")
         self._buffer = lines.pop()
