@@ -2,8 +2,9 @@
 
 Each chat call is judged on what the calling key's DeepSeek account has left
 (``GET /user/balance``), in the account's currency. ``Policy(unit="USD")`` says the
-thresholds are dollars: a balance reported in yuan is then never compared with them
-(the call is handled by ``on_source_error`` and the reason names both units).
+thresholds are dollars, and the source reads the account's USD entry: an account that
+reports yuan only has none, its balance is never compared with them (the call is
+handled by ``on_source_error``, and the reason says which currency was missing).
 
 Offline: the script starts a fake provider on 127.0.0.1 that answers DeepSeek's balance
 endpoint and spends the account on each chat call. Run: ``python examples/deepseek_balance.py``

@@ -67,7 +67,7 @@ EXPECTED: dict[str, list[str]] = {
         "$ 0.30 left: refused, HTTP 402: ",
         "CNY 10.00 left: refused, HTTP 402: ",
         "no usable credit balance could be had",
-        "why: the deepseek balance is in CNY and the policy's thresholds are in USD",
+        "why: no usable balance (deepseek: no USD balance (balance_infos has CNY)",
         "the provider was asked for the balance 4 times and served 2 chat calls",
     ],
     "config_file.py": [
@@ -84,14 +84,16 @@ EXPECTED: dict[str, list[str]] = {
     "several_providers.py": [
         "api.openai.com  allow -> model gpt-4o",
         "openrouter.ai   allow -> model openai/gpt-4o",
-        "api.openai.com  refused, HTTP 402",
-        "OpenAI's report shows $0.00 so far; the guard counts $0.80 spent, $0.20 left",
-        "OpenAI's report shows $0.80; the guard counts $0.80 spent (not twice)",
+        # (the second $0.40 OpenAI call would leave $0.20, under the $0.25 floor: the
+        # guard holds what gpt-4o's calls cost, not the blind estimate)
+        "api.openai.com  refused, HTTP 402\napi.openai.com  refused, HTTP 402",
+        "OpenAI's report shows $0.00 so far; the guard counts $0.40 spent, $0.60 left",
+        "OpenAI's report shows $0.40; the guard counts $0.40 spent (not twice)",
     ],
     "alerts_webhook.py": [
         "  on_alert: below 50% with $0.75 available",
         "  on_alert: below 20% with $0.25 available",
-        "call 8: allowed",
+        "call 8: refused, HTTP 402",  # (a 0.25 call would leave less than the 0.10 floor)
         "topped up to $4.00",
         "  on_alert: below 50% with $1.75 available",
         "the webhook received 3 alerts:",
@@ -101,7 +103,7 @@ EXPECTED: dict[str, list[str]] = {
         "call 4: decided downgrade enforced=false -> sent as openai/gpt-4o",
         "call 5: decided refuse    enforced=false -> sent as openai/gpt-4o",
         "the provider saw 5 chat requests, all openai/gpt-4o",
-        "otel creditguard.decisions: allow=2, downgrade=1, refuse=1, warn=1",
+        "otel creditguard.decisions: allow=1, downgrade=2, refuse=1, warn=1",
         "otel creditguard.spend: provider=2",
         "prometheus: 4 creditguard_decisions_total series, e.g.",
     ],

@@ -576,23 +576,23 @@ def test_guard_with_a_lagging_report(fake: FakeProvider, stack: str) -> None:
         assert fake.reported_cost() == 0.0  # the provider does not show them yet
         now[0] += 60.0  # past the ttl: a fresh fetch
         assert guard.check("gpt-4o").balance.remaining == pytest.approx(0.25)  # type: ignore[union-attr]
-        # the fourth call (0.25 would leave 0.0 < 0.1) is allowed on the estimate 0, the fifth
-        # judged after it settled: refused without reaching the provider
-        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        # the fourth call is held at what gpt-4o's calls cost (0.25, learned: the
+        # estimate is 0 and the call sets no output limit), which would leave
+        # 0.0 < 0.1: refused without reaching the provider
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(
                 model="gpt-4o", messages=[{"role": "user", "content": "x"}]
             )
         assert info.value.status_code == 402
-        assert fake.count("chat") == 4
+        assert fake.count("chat") == 3
         now[0] += 60.0
-        assert guard.check().balance.remaining == pytest.approx(0.0)  # type: ignore[union-attr]
-        fake.cost_lag = 0.0  # the report shows all four calls
+        assert guard.check().balance.remaining == pytest.approx(0.25)  # type: ignore[union-attr]
+        fake.cost_lag = 0.0  # the report shows all three calls
         now[0] += 60.0
         balance = guard.check().balance
         assert balance is not None
-        assert balance.remaining == pytest.approx(0.0)  # 1.0 - 4 x 0.25, not twice
-        assert fake.reported_cost() == pytest.approx(1.0)
+        assert balance.remaining == pytest.approx(0.25)  # 1.0 - 3 x 0.25, not twice
+        assert fake.reported_cost() == pytest.approx(0.75)
         assert source._unshown.pending == 0.0
     guard.close()
     assert_no_secret(repr(guard), repr(source))
