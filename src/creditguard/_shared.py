@@ -1235,6 +1235,13 @@ class SharedLedger(Ledger):
         self._flush_now()
         self.store.close()
 
+    def _at_exit(self) -> None:
+        """The interpreter exits: run the settles still queued and write back
+        what is owed (a store closed already has nothing of its own to do)."""
+        with contextlib.suppress(StoreError):
+            self.drain()
+            self._flush_now()
+
     async def aclose(self) -> None:
         """Let the store writes started from async code finish, write back
         what is owed, then close."""

@@ -27,11 +27,13 @@ A call whose balance is cached and fresh (nearly every call) takes neither:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import math
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -756,11 +758,18 @@ class Ledger:
         return True
 
     def defer(self, settle: Callable[[], object]) -> None:
-        """Run ``settle`` at the next call that consults the ledger. For
-        finalizers: the garbage collector may run one on any thread at any
-        allocation, even while that thread holds this ledger's lock (or waits
-        on a shared store), so a finalizer never settles in place."""
+        """Run ``settle`` at the next call that consults the ledger, or when
+        the interpreter exits, whichever comes first. For finalizers: the
+        garbage collector may run one on any thread at any allocation, even
+        while that thread holds this ledger's lock (or waits on a shared
+        store), so a finalizer never settles in place."""
         self._pending.append(settle)
+        if self not in _DEFERRING:  # (a process that exits next must not lose it)
+            _DEFERRING.add(self)
+
+    def _at_exit(self) -> None:
+        """The interpreter exits: run the settles still queued."""
+        self.drain()
 
     def drain(self) -> None:
         """Run the settles :meth:`defer` queued (each once, whoever gets it)."""
@@ -924,6 +933,19 @@ def _charge(cost: object) -> float:
         log.warning("a cost of %.6g is not believable: %g is charged", cost, MAX_COST)
         return MAX_COST
     return cost
+
+
+_DEFERRING: weakref.WeakSet[Ledger] = weakref.WeakSet()
+"""Ledgers a finalizer deferred a settle to: drained at exit."""
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    for ledger in list(_DEFERRING):
+        try:
+            ledger._at_exit()
+        except Exception:  # (at exit: logged, never raised)
+            log.exception("settling what a dropped call owed at exit failed")
 
 
 def _how(cost: object, how: str | None) -> str:
