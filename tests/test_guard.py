@@ -608,3 +608,33 @@ async def test_a_local_budget_in_tightest_binds_while_another_source_is_down(mod
     alone = BudgetGuard(Tightest(_Down()), Policy(refuse_below=0.0, on_source_error="refuse"))
     assert alone.check("m").action == "refuse"
     guard.close()
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["plain", "in-tightest"])
+def test_guards_over_one_fixed_budget_in_one_process_see_each_others_spend(
+    nested: bool,
+) -> None:
+    # (each guard served its own cached snapshot, blind to the other's spend:
+    # $2.00 of a $1.00 organisation budget; found by the faults helper)
+    from creditguard.sources import FixedBudget, Tightest
+
+    org = FixedBudget(1.0)
+
+    def team_guard() -> BudgetGuard:
+        source: Any = Tightest(FixedBudget(5.0), org) if nested else org
+        return BudgetGuard(source, Policy(refuse_below=0), estimate=0.1, pricing_from=None)
+
+    a, b = team_guard(), team_guard()
+    assert a.check("m").action == b.check("m").action == "allow"  # both have looked
+    spent = 0.0
+    for guard in [a] * 6 + [b] * 12:
+        with guard.reserve("m") as call:
+            if call.decision.action == "allow":
+                call.settle(0.1)
+                spent += 0.1
+    assert spent == pytest.approx(1.0) and org.spent(None) == pytest.approx(1.0)
+    assert a.check("m").available == pytest.approx(0.0)  # a sees b's spend too
+    alone = BudgetGuard(FixedBudget(1.0), Policy(refuse_below=0), estimate=0.1)
+    alone.record(0.5)  # (a guard with a budget of its own is told nothing)
+    assert a.check("m").available == pytest.approx(0.0)
+    assert alone.check("m").available == pytest.approx(0.5)

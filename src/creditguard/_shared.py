@@ -269,6 +269,9 @@ class SharedLedger(Ledger):
         self._beat_due = 0.0
         self._background: set[asyncio.Task[Any]] = set()
 
+    def _join_budgets(self) -> None:
+        """(A budget kept in the shared store is counted there, by every guard.)"""
+
     # -- the drivers -------------------------------------------------------------
 
     def _drive(self, program: Program[T]) -> T:

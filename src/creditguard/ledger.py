@@ -47,6 +47,8 @@ from .costs import TokenCost
 from .errors import CreditSourceError, redact
 from .policy import Decision, Policy, _decision, _set_runway, decide
 from .runway import FOLD, attach, runway_of
+from .sources._base import members
+from .sources._fixed import FixedBudget
 
 if TYPE_CHECKING:
     from .events import Events
@@ -316,6 +318,38 @@ class Ledger:
         self._source_record: Callable[[str | None, float], None] | None = (
             record if callable(record) else None
         )
+        self._join_budgets()
+
+    def _join_budgets(self) -> None:
+        """Guards in one process over one ``FixedBudget`` (each alone, or in
+        their ``Tightest``) tell each other what they record: each debits its
+        cached balance by the others' spend as by its own, instead of serving
+        its own snapshot, blind to theirs, until its next fetch."""
+        budgets = [s for s in members(self.source) if isinstance(s, FixedBudget)]
+        record = self._source_record
+        if not budgets or record is None:
+            return
+        for budget in budgets:
+            budget._ledgers.add(self)
+            if len(budget._ledgers) > 1:
+                budget._shared = True
+
+        def record_and_tell(credential: str | None, cost: float) -> None:
+            record(credential, cost)
+            for budget in budgets:
+                if budget._shared:  # (another guard joined: each told once)
+                    others = {o for b in budgets for o in list(b._ledgers) if o is not self}
+                    for other in others:
+                        other._foreign(credential, cost)
+                    return
+
+        self._source_record = record_and_tell
+
+    def _foreign(self, credential: str | None, cost: float) -> None:
+        """Another guard over a budget of this one's recorded ``cost``."""
+        key = self.key(credential)
+        with self._lock:
+            self._debit(key, cost)
 
     # -- keys ---------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from .._fingerprint import describe
@@ -102,3 +102,11 @@ def prefer_units(source: object, unit: str | None) -> None:
     else:
         for each in inner:
             prefer_units(each, unit)
+
+
+def members(source: object) -> Iterator[object]:
+    """``source`` and every source under it (``Tightest``'s, ``ByHost``'s routes)."""
+    yield source
+    inner = getattr(source, "sources", ())
+    for each in inner.values() if isinstance(inner, Mapping) else inner:
+        yield from members(each)

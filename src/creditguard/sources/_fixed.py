@@ -6,6 +6,7 @@ import math
 import re
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
@@ -136,6 +137,10 @@ class FixedBudget:
         self._spent: OrderedDict[str, dict[int, float]] = OrderedDict()
         self._low = -math.inf  # the oldest bucket of the window last counted
         self._counter: Any = None  # a shared store counting the spend instead (see bind)
+        # the ledgers of the guards over this budget in this process (more than
+        # one: each tells the others what it records, see Ledger._join_budgets)
+        self._ledgers: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._shared = False
         self._never: Spend | None = None  # the one window of period=None
         self._last: tuple[float, float, Spend] | None = None  # (start, end, window)
 
