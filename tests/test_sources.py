@@ -1423,3 +1423,26 @@ def test_a_hex_key_given_as_api_key_env_is_not_echoed(cls: Any) -> None:
     with pytest.raises(ConfigError) as spend:
         sources_pkg.OpenAISpend(5.0, api_key_env=key)
     assert key not in str(spend.value)
+
+
+@pytest.mark.parametrize(
+    "cls",
+    [
+        sources_pkg.OpenRouterCredits,
+        sources_pkg.OpenRouterKey,
+        sources_pkg.StablecogCredits,
+        sources_pkg.DeepSeekBalance,
+        sources_pkg.MoonshotBalance,
+        sources_pkg.VercelGatewayCredits,
+    ],
+)
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_blank_api_key_is_a_config_error_not_the_calls_key(cls: Any, blank: str) -> None:
+    # OpenRouterCredits(api_key=os.environ.get("MGMT", "")) with MGMT unset used to ask
+    # /credits with each call's own key (403 there), and the guard failed open
+    with pytest.raises(ConfigError) as info:
+        cls(api_key=blank)
+    assert info.value.key == "api_key"
+    assert "non-empty key, or None" in info.value.allowed
+    assert repr(blank) not in str(info.value)
+    cls(api_key=None).close()  # None still means "each call's key"
