@@ -176,3 +176,28 @@ def test_a_store_url_password_holding_a_hash_or_brackets_is_masked(url: str) -> 
     with pytest.raises(ConfigError) as info:
         BudgetGuard(FixedBudget(1.0), store=url)
     assert "XYZ" not in str(info.value)
+
+
+def test_help_text_after_a_secret_name_is_not_masked(monkeypatch: pytest.MonkeyPatch) -> None:
+    # "name=" followed by the sentence's own punctuation, None or <not shown> is not a
+    # secret: the masking turned help into "pass api_key=<redacted> the key a call ..."
+    from creditguard import BudgetGuard
+    from creditguard.errors import redact as redact_text
+    from creditguard.sources import FixedBudget, OpenAISpend
+
+    monkeypatch.delenv("CREDITGUARD_FINGERPRINT_SECRET", raising=False)
+    with pytest.raises(ConfigError) as store:
+        BudgetGuard(FixedBudget(10), store="redis://127.0.0.1:1/0")
+    assert "fingerprint_secret=, or $CREDITGUARD_FINGERPRINT_SECRET" in str(store.value)
+    monkeypatch.delenv("OPENAI_ADMIN_KEY", raising=False)
+    with pytest.raises(ConfigError) as spend:
+        OpenAISpend(5.0)
+    assert "pass api_key=; the key a call carries is never used" in str(spend.value)
+    assert "api_key=None (the call's credential)" in repr(OpenRouterKey())
+    for text in ("api_key=<not shown>", "api_key='<not shown>'", "(or token=)", "key=None"):
+        assert redact_text(text) == text
+    # a real value after the same names is still masked, whatever follows it
+    for value in ("sk-or-v1-0123456789abcdef", "hunter2x", "Nonesuch42", "abc;def"):
+        for text in (f"api_key={value}, or", f"secret={value}; the", f"(token={value})"):
+            masked = redact_text(text)
+            assert value not in masked and "<redacted>" in masked, masked

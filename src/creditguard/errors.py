@@ -152,9 +152,11 @@ _SECRET_NAME = (
     r"[\w.\-]*?(?:key|token|secret|password|passwd|pass|pwd|sig|signature|credential|auth)"
 )
 # (also quoted, as in an object's repr: Client(api_key='...'))
+# Not a secret: a value that is punctuation of the sentence ("pass api_key=, or ...",
+# "api_key=; the ...", "(... token=)") or None ("api_key=None (the call's credential)").
 _ASSIGNED = re.compile(
     rf"(?i)(?<![\w.\-])({_SECRET_NAME})=(['\"]?)"
-    rf"(?!(?:\.\.\.|{REDACTED})(?:[&\s'\"#]|$))[^&\s'\"#<>]+"
+    rf"(?!(?:\.\.\.|{REDACTED}|None)(?:[&\s'\"#),;]|$))(?![,;)])[^&\s'\"#<>]+"
 )
 # "api_key": "...", 'x-api-key': '...' (JSON, a dict's repr)
 _QUOTED = re.compile(rf"""(?i)(["'])({_SECRET_NAME})\1(\s*:\s*)(["'])(?!{REDACTED}\4)[^"'\n]+\4""")
