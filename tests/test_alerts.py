@@ -297,3 +297,27 @@ def test_config_names_the_webhook_variable(
         )
     with pytest.raises(cg.ConfigError, match="metrics"):
         cg.load_config({"source": "openrouter-key", "metrics": "sometimes"}, env=False)
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("not a url", "it has no scheme"),
+        (f"hooks.example/services/{SECRET}", "it has no scheme"),
+        (f"ftp://hooks.example/services/{SECRET}", "its scheme is 'ftp'"),
+        (f"http:///services/{SECRET}", "an http:// URL with a host; this one has none"),
+        ("http://[hooks.example/x", "does not parse"),
+    ],
+)
+def test_a_refused_webhook_url_says_it_is_hidden_and_names_its_scheme(url: str, says: str) -> None:
+    # "not a url" was reported as alert_webhook = '://': neither the value nor a reason
+    with pytest.raises(cg.ConfigError) as info:
+        Webhook(url)
+    text = str(info.value)
+    assert "'://'" not in text
+    assert "not shown: a webhook URL may hold a secret" in text
+    assert says in text and "http://" in text
+    assert_no_secret(text)
+    with pytest.raises(cg.ConfigError) as typed:
+        Webhook(5)  # type: ignore[arg-type]
+    assert "<int>" in str(typed.value)

@@ -135,6 +135,19 @@ def _where(url: str) -> str:
         return "(unparsable URL)"
 
 
+_HIDDEN = "<not shown: a webhook URL may hold a secret>"
+
+
+def _scheme(url: str) -> str:
+    """What scheme a refused webhook URL has, for its error (never the rest of it)."""
+    scheme = urlsplit(url).scheme
+    if not scheme:
+        return "it has no scheme (write it as https://host/path)"
+    if scheme and len(scheme) <= 12 and scheme.isalpha():
+        return f"its scheme is {scheme!r}"
+    return "its scheme is not http or https"
+
+
 class Webhook:
     """Posts alerts to ``url`` from a background thread (see the module docstring).
 
@@ -154,11 +167,25 @@ class Webhook:
         maxsize: int = 100,
         transport: Any = None,
     ) -> None:
-        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https"):
-            shown = _where(url) if isinstance(url, str) else url
-            raise ConfigError("alert_webhook", shown, "an http:// or https:// URL")
-        if not urlsplit(url).hostname:
-            raise ConfigError("alert_webhook", _where(url), "a URL with a host")
+        if not isinstance(url, str):
+            raise ConfigError(
+                "alert_webhook", f"<{type(url).__name__}>", "an http:// or https:// URL (a str)"
+            )
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+        except ValueError:  # (a netloc it refuses, e.g. an unclosed "[")
+            raise ConfigError(
+                "alert_webhook", _HIDDEN, "an http:// or https:// URL; this one does not parse"
+            ) from None
+        if parts.scheme not in ("http", "https"):
+            raise ConfigError(
+                "alert_webhook", _HIDDEN, f"an http:// or https:// URL; {_scheme(url)}"
+            )
+        if not host:
+            raise ConfigError(
+                "alert_webhook", _HIDDEN, f"an {parts.scheme}:// URL with a host; this one has none"
+            )
         self.url = url
         self.where = _where(url)
         self.timeout = timeout
