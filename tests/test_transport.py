@@ -694,3 +694,60 @@ def test_paths_must_be_a_list_of_suffixes(paths: object) -> None:
     guard = BudgetGuard(FixedBudget(1.0), Policy(refuse_below=0.5))
     with pytest.raises(ConfigError, match="paths"):
         guard.client(transport=httpx.MockTransport(lambda r: httpx.Response(200)), paths=paths)
+
+
+def test_an_httpx_client_and_an_httpx2_transport_do_not_mix(
+    stack: tuple[ModuleType, ModuleType],
+) -> None:
+    # mixing the stacks failed as a bare AssertionError inside the client, or (an
+    # httpx2 inner under creditguard.httpx) was accepted and failed at the first call
+    lib, cg = stack
+    other_lib, other_cg = (httpx2, cg2) if lib is httpx else (httpx, cg1)
+    upstream = Upstream(lib)
+    guard = BudgetGuard(Source(50), POLICY, estimate=0.0)
+    for make in (
+        lambda: cg.GuardTransport(guard, inner=other_lib.MockTransport(upstream)),
+        lambda: cg.AsyncGuardTransport(guard, inner=other_lib.MockTransport(upstream)),
+        lambda: cg.GuardTransport(guard, inner=other_cg.GuardTransport(guard)),
+        lambda: cg.client(guard, transport=other_lib.HTTPTransport()),
+    ):
+        with pytest.raises(ConfigError) as info:
+            make()
+        assert info.value.key == "inner"
+        assert f"creditguard.{other_lib.__name__}." in info.value.allowed
+    with pytest.raises(ConfigError, match="handle_async_request"):
+        cg.AsyncGuardTransport(guard, inner=object())
+    # a transport of the app's own may serve both libraries: taken (HostRouter does)
+    from creditguard.testing import HostRouter
+
+    cg.GuardTransport(guard, inner=HostRouter({})).close()
+    # a client of the other library: a TypeError naming the transport to use, before
+    # anything is judged or sent; the right client goes on as before
+    name = other_lib.__name__
+    with (
+        other_lib.Client(
+            transport=cg.GuardTransport(guard, inner=lib.MockTransport(upstream))
+        ) as wrong,
+        pytest.raises(TypeError, match=rf"creditguard\.{name}\.GuardTransport"),
+    ):
+        wrong.post("https://llm.test/v1/chat/completions", content=BODY)
+    assert upstream.requests == []
+    transport = cg.GuardTransport(guard, inner=lib.MockTransport(upstream))
+    with lib.Client(transport=transport) as right:
+        for _ in range(2):
+            assert right.post("https://llm.test/v1/chat/completions", content=BODY).is_success
+    assert "handle_request" not in vars(transport)  # checked once: later calls go straight
+
+
+async def test_an_async_client_of_the_other_library_gets_a_clear_type_error(
+    stack: tuple[ModuleType, ModuleType],
+) -> None:
+    lib, cg = stack
+    other_lib = httpx2 if lib is httpx else httpx
+    upstream = Upstream(lib)
+    guard = BudgetGuard(Source(50), POLICY, estimate=0.0)
+    transport = cg.AsyncGuardTransport(guard, inner=lib.MockTransport(upstream))
+    async with other_lib.AsyncClient(transport=transport) as wrong:
+        with pytest.raises(TypeError, match=rf"{other_lib.__name__}\.async_client\(guard\)"):
+            await wrong.post("https://llm.test/v1/chat/completions", content=BODY)
+    assert upstream.requests == []

@@ -41,6 +41,7 @@ from ._body import (
 from ._protect import unbilled
 from ._refusal import refused
 from .costs import MAX_COST, Price, _usage_cost, merge_usage
+from .errors import ConfigError
 from .policy import Decision, Estimate, Policy
 
 if TYPE_CHECKING:
@@ -109,6 +110,53 @@ class Lib:
         # LLM calls are slow: openai's own default timeout, unless told otherwise.
         self.timeout = module.Timeout(timeout=600.0, connect=5.0)
         self._ssl_context: ssl.SSLContext | None = None
+
+    def inner(self, inner: Any, *, sync: bool, transport: str) -> Any:
+        """``inner`` checked for the guard transport ``transport`` of this library
+        (None: the network): a transport of the other library (httpx / httpx2)
+        cannot serve this one's requests, and is refused when the guard transport
+        is built rather than failing later as a bare AssertionError."""
+        if inner is None:
+            return self.network(sync=sync)
+        other = "httpx2" if self.name == "httpx" else "httpx"
+        base = "BaseTransport" if sync else "AsyncBaseTransport"
+        # a transport class of the other library (or of creditguard's adapter for it);
+        # one of the app's own may serve both (creditguard.testing.HostRouter does)
+        home = type(inner).__module__
+        if home.partition(".")[0] == other or home == f"creditguard.{other}":
+            raise ConfigError(
+                "inner",
+                f"<{other}.{type(inner).__name__}>",
+                f"an {self.name}.{base}: creditguard.{self.name}.{transport} serves "
+                f"{self.name} clients; for {other} transports and clients use "
+                f"creditguard.{other}.{transport}",
+            )
+        method = "handle_request" if sync else "handle_async_request"
+        if not callable(getattr(inner, method, None)):
+            raise ConfigError(
+                "inner",
+                f"<{type(inner).__name__}>",
+                f"None or an {self.name}.{base} (with {method}()) for "
+                f"creditguard.{self.name}.{transport}",
+            )
+        return inner
+
+    def check_request(self, request: object, transport: str) -> None:
+        """Raise TypeError unless ``request`` is this library's: an httpx2
+        client cannot use creditguard.httpx's transport, nor the reverse."""
+        if isinstance(request, self.Request):
+            return
+        other = type(request).__module__.partition(".")[0]
+        if other in ("httpx", "httpx2") and other != self.name:
+            raise TypeError(
+                f"creditguard.{self.name}.{transport} got an {other}.Request: an {other} "
+                f"client needs creditguard.{other}.{transport} (or creditguard.{other}."
+                f"{'async_client' if 'Async' in transport else 'client'}(guard))"
+            )
+        raise TypeError(
+            f"creditguard.{self.name}.{transport} takes {self.name}.Request objects "
+            f"(from an {self.name} client), not {type(request).__name__}"
+        )
 
     def ssl_context(self) -> ssl.SSLContext:
         """One TLS context for every default transport: loading the CA bundle
@@ -376,8 +424,6 @@ class Core:
         # (a bare string is not a list of paths: tuple() would make it its characters)
         self.paths = () if isinstance(paths, (str, bytes)) else tuple(paths)
         if not self.paths or not all(isinstance(p, str) and p for p in self.paths):
-            from .errors import ConfigError
-
             raise ConfigError(
                 "paths", paths, "a list of non-empty path suffixes such as ['/chat/completions']"
             )
@@ -1223,6 +1269,16 @@ class SyncShell:
     def close(self) -> None:
         self._inner.close()
 
+    def _check_first_request(self) -> None:
+        """Check the first request's library (see :meth:`Lib.check_request`);
+        later ones, from the same client, go to ``handle_request`` unchecked."""
+        self.__dict__["handle_request"] = self._first_request
+
+    def _first_request(self, request: Any) -> Any:
+        self._core.lib.check_request(request, type(self).__name__)
+        self.__dict__.pop("handle_request", None)
+        return self.handle_request(request)
+
 
 class AsyncShell:
     """``handle_async_request`` of a guard transport."""
@@ -1264,3 +1320,12 @@ class AsyncShell:
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+    def _check_first_request(self) -> None:
+        """As :meth:`SyncShell._check_first_request`."""
+        self.__dict__["handle_async_request"] = self._first_request
+
+    async def _first_request(self, request: Any) -> Any:
+        self._core.lib.check_request(request, type(self).__name__)
+        self.__dict__.pop("handle_async_request", None)
+        return await self.handle_async_request(request)

@@ -46,7 +46,8 @@ class GuardTransport(SyncShell, httpx2.BaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = inner if inner is not None else _LIB.network(sync=True)
+        self._inner = _LIB.inner(inner, sync=True, transport="GuardTransport")
+        self._check_first_request()
 
     if TYPE_CHECKING:  # (SyncShell's, typed; no wrapper at run time)
 
@@ -64,7 +65,8 @@ class AsyncGuardTransport(AsyncShell, httpx2.AsyncBaseTransport):
         paths: Iterable[str] = DEFAULT_PATHS,
     ) -> None:
         self._core = Core(guard, _LIB, paths)
-        self._inner = inner if inner is not None else _LIB.network(sync=False)
+        self._inner = _LIB.inner(inner, sync=False, transport="AsyncGuardTransport")
+        self._check_first_request()
 
     if TYPE_CHECKING:
 
