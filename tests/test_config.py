@@ -187,7 +187,7 @@ def test_none_values_in_a_mapping_count_as_absent() -> None:
 
 
 def test_input_of_the_wrong_type() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigError, match="a path to a TOML file"):
         load_config(42, environ=NO_ENV)  # type: ignore[arg-type]
 
 
@@ -816,3 +816,14 @@ def test_build_module_function_errors(
     assert (info.value.key, info.value.value) == ("source", source)
     assert allowed in info.value.allowed
     assert "config from mapping" in info.value.allowed
+
+
+@pytest.mark.parametrize("bad", [5, 2.5, b"creditguard.toml", ["creditguard.toml"]])
+def test_from_config_of_the_wrong_type_is_a_config_error(bad: object) -> None:
+    # BudgetGuard.from_config(5) raised a bare TypeError
+    from creditguard import BudgetGuard
+
+    with pytest.raises(ConfigError) as info:
+        BudgetGuard.from_config(bad, env=False)  # type: ignore[arg-type]
+    assert info.value.key == "config"
+    assert "a path to a TOML file" in info.value.allowed and "a mapping" in info.value.allowed

@@ -88,7 +88,7 @@ def test_a_raising_subscriber_is_logged_and_the_others_still_run(
 
 
 def test_unknown_kinds_are_refused() -> None:
-    with pytest.raises(ValueError, match="unknown event kind"):
+    with pytest.raises(ValueError, match="an event kind: one of decision, "):
         Events().subscribe("decisions", print)
     assert "decision=1" in repr(guard_of().events)
 
@@ -108,3 +108,17 @@ def test_callbacks_can_be_set_replaced_and_removed() -> None:
     assert second == ["allow"]
     with pytest.raises(cg.ConfigError, match="on_alert"):
         guard.on_alert = "page me"  # type: ignore[assignment]
+
+
+def test_a_bad_subscription_is_a_config_error_naming_the_kinds() -> None:
+    # events.subscribe("settle") raised a bare ValueError; a handler that is not
+    # callable was taken and failed at the first event
+    events = Events()
+    for kind in ("settle", 5, None):
+        with pytest.raises(cg.ConfigError) as info:
+            events.subscribe(kind, print)  # type: ignore[arg-type]
+        assert info.value.key == "kind" and all(k in info.value.allowed for k in KINDS)
+    with pytest.raises(cg.ConfigError) as handler:
+        events.subscribe("decision", "print")  # type: ignore[arg-type]
+    assert handler.value.key == "handler" and "callable" in handler.value.allowed
+    assert events.decision is None  # nothing half-subscribed

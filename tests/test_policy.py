@@ -321,3 +321,12 @@ def test_decision_built_fast_is_a_whole_immutable_decision() -> None:
     sub = Labelled("warn", "m", None, "why", max_tokens=5)
     assert type(sub) is Labelled and sub.max_tokens == 5
     assert sub == Decision("warn", "m", None, "why", max_tokens=5)
+
+
+def test_decide_with_something_else_than_a_policy_is_a_config_error() -> None:
+    # decide(policy={...}) raised AttributeError from deep inside
+    for policy in ({"refuse_below": 1.0}, None, "refuse"):
+        for balance in (Balance(5.0), None):
+            with pytest.raises(ConfigError) as info:
+                decide(balance, policy, "m", 0.1)  # type: ignore[arg-type]
+            assert info.value.key == "policy" and "creditguard.Policy" in info.value.allowed

@@ -751,3 +751,14 @@ async def test_an_async_client_of_the_other_library_gets_a_clear_type_error(
         with pytest.raises(TypeError, match=rf"{other_lib.__name__}\.async_client\(guard\)"):
             await wrong.post("https://llm.test/v1/chat/completions", content=BODY)
     assert upstream.requests == []
+
+
+def test_a_guard_transport_of_something_else_than_a_guard_is_a_config_error(
+    stack: tuple[ModuleType, ModuleType],
+) -> None:
+    # GuardTransport(5) raised AttributeError ('int' object has no attribute 'source')
+    _, cg = stack
+    for make in (cg.GuardTransport, cg.AsyncGuardTransport, cg.client, cg.async_client):
+        with pytest.raises(ConfigError) as info:
+            make(5)
+        assert info.value.key == "guard" and "BudgetGuard" in info.value.allowed

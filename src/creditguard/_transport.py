@@ -419,6 +419,10 @@ class Core:
     """Everything a guard transport does that is not I/O."""
 
     def __init__(self, guard: BudgetGuard, lib: Lib, paths: Iterable[str] = DEFAULT_PATHS):
+        from .guard import BudgetGuard
+
+        if not isinstance(guard, BudgetGuard):
+            raise ConfigError("guard", guard, "a creditguard.BudgetGuard")
         self.guard = guard
         self.lib = lib
         # (a bare string is not a list of paths: tuple() would make it its characters)

@@ -320,8 +320,10 @@ def load_config(
     elif isinstance(source, (str, os.PathLike)):
         table, origin = _from_file(base / Path(source).expanduser())
     else:
-        raise TypeError(
-            f"load_config() takes a path, a mapping or None, not {type(source).__name__}"
+        raise ConfigError(
+            "config",
+            f"<{type(source).__name__}>",
+            "a path to a TOML file (str or os.PathLike), a mapping, or None to discover one",
         )
     overrides = _env_overrides(environ) if env else {}
     names = {path: name for path, (name, _) in overrides.items()}

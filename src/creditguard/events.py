@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigError
+
 if TYPE_CHECKING:
     from .policy import Decision
 
@@ -98,8 +100,10 @@ class Events:
         """Call ``handler`` on each event of ``kind``; returns the unsubscriber.
         A ``decision`` subscriber with ``every=False`` is spared the quiet allows
         (the usual case, kept cheap) unless another subscriber wants them."""
-        if kind not in self._subs:
-            raise ValueError(f"unknown event kind {kind!r}: one of {', '.join(KINDS)}")
+        if not isinstance(kind, str) or kind not in self._subs:
+            raise ConfigError("kind", kind, f"an event kind: one of {', '.join(KINDS)}")
+        if not callable(handler):
+            raise ConfigError("handler", handler, f"a callable taking a {kind} event")
         self._subs[kind].append(handler)
         if kind == "decision" and every:
             self._every.add(handler)

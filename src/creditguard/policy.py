@@ -618,6 +618,8 @@ def decide(
     ``estimator`` gives each downgrade target's own estimate (None: the same
     ``estimate`` for every model) and says whether the output limit may be clamped.
     """
+    if not isinstance(policy, Policy):
+        raise ConfigError("policy", policy, "a creditguard.Policy (Policy(...) builds one)")
     if balance is not None:
         remaining = balance.remaining
         available = remaining - reserved
