@@ -638,3 +638,44 @@ def test_guards_over_one_fixed_budget_in_one_process_see_each_others_spend(
     alone.record(0.5)  # (a guard with a budget of its own is told nothing)
     assert a.check("m").available == pytest.approx(0.0)
     assert alone.check("m").available == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("key", ["reserve", "stream_usage"])
+@pytest.mark.parametrize("value", ["no", "false", 0, 1, None])
+def test_flags_of_the_guard_take_only_true_or_false(key: str, value: object) -> None:
+    # bool("no") and bool("false") are True: BudgetGuard(reserve="no") held every call
+    from creditguard.sources import FixedBudget
+
+    with pytest.raises(cg.ConfigError) as info:
+        BudgetGuard(FixedBudget(10), **{key: value})
+    assert info.value.key == key and info.value.allowed == "True or False"
+    guard = BudgetGuard(FixedBudget(10), **{key: False})
+    assert (guard._reserve if key == "reserve" else guard.stream_usage) is False
+
+
+async def test_check_and_reserve_refuse_a_model_or_credential_of_the_wrong_kind() -> None:
+    # check(model=5), check("") and credential=5 were taken (a credential that is no
+    # str fingerprinted or failed deep inside); the credential's value is never shown
+    from creditguard.sources import FixedBudget
+
+    guard = BudgetGuard(FixedBudget(10, per_credential=True))
+    secret = b"sk-or-v1-BYTESKEY000000000000000"
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"model": 5}, "model"),
+        ({"model": ""}, "model"),
+        ({"model": ["gpt-4o"]}, "model"),
+        ({"model": "m", "credential": 5}, "credential"),
+        ({"model": "m", "credential": secret}, "credential"),
+    ]
+    for kwargs, key in bad:
+        for call in (guard.check, guard.reserve):
+            with pytest.raises(cg.ConfigError) as info:
+                call(**kwargs)
+            assert info.value.key == key
+            assert "BYTESKEY" not in str(info.value)
+        for acall in (guard.acheck, guard.areserve):
+            with pytest.raises(cg.ConfigError) as ainfo:
+                await acall(**kwargs)
+            assert ainfo.value.key == key
+    assert guard.ledger.reserved(None) == 0.0  # nothing held by a refused argument
+    assert guard.check(None).action == "allow" and guard.check("m", credential=KEY).model == "m"

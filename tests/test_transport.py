@@ -762,3 +762,17 @@ def test_a_guard_transport_of_something_else_than_a_guard_is_a_config_error(
         with pytest.raises(ConfigError) as info:
             make(5)
         assert info.value.key == "guard" and "BudgetGuard" in info.value.allowed
+
+
+@pytest.mark.parametrize("paths", [["chat"], ["/chat/completions", "responses"], "/chat", [""], []])
+def test_paths_must_be_suffixes_starting_with_a_slash(
+    stack: tuple[ModuleType, ModuleType], paths: Any
+) -> None:
+    # paths=["chat"] was taken: it matched "/v1/groupchat" and every path ending in "chat"
+    _, cg = stack
+    guard = BudgetGuard(Source(50), POLICY)
+    for make in (cg.GuardTransport, cg.AsyncGuardTransport):
+        with pytest.raises(ConfigError) as info:
+            make(guard, paths=paths)
+        assert info.value.key == "paths" and "starting with '/'" in info.value.allowed
+    cg.GuardTransport(guard, paths=("/generate",)).close()

@@ -425,12 +425,13 @@ class Core:
             raise ConfigError("guard", guard, "a creditguard.BudgetGuard")
         self.guard = guard
         self.lib = lib
+        allowed = "a list of path suffixes starting with '/', such as ['/chat/completions']"
         # (a bare string is not a list of paths: tuple() would make it its characters)
-        self.paths = () if isinstance(paths, (str, bytes)) else tuple(paths)
-        if not self.paths or not all(isinstance(p, str) and p for p in self.paths):
-            raise ConfigError(
-                "paths", paths, "a list of non-empty path suffixes such as ['/chat/completions']"
-            )
+        if isinstance(paths, (str, bytes)) or not isinstance(paths, Iterable):
+            raise ConfigError("paths", paths, allowed)
+        self.paths = tuple(paths)
+        if not self.paths or not all(isinstance(p, str) and p[:1] == "/" for p in self.paths):
+            raise ConfigError("paths", paths, allowed)
         self.per_credential = bool(getattr(guard.source, "per_credential", True))
         self.stablecog = getattr(guard.source, "name", "") == "stablecog"
         # sources.ByHost: the ledger's credential names the host a call goes to

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast, overload
 
 from ._fingerprint import Fingerprinter
 from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
@@ -117,6 +117,24 @@ _UNSET = _Unset()
 
 
 _number = finite_number  # (the guard's arguments are checked as config values are)
+
+
+def _flag(key: str, value: object) -> bool:
+    """A True/False argument: ``"false"`` or ``0`` is not taken for one."""
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "True or False")
+    return value
+
+
+def _bad_call(model: object, credential: object) -> NoReturn:
+    """The error of :meth:`BudgetGuard.check` / :meth:`~BudgetGuard.reserve`
+    given a ``model`` or ``credential`` of the wrong kind (the credential is
+    never shown: a key given as bytes is still a key)."""
+    if not (credential is None or isinstance(credential, str)):
+        raise ConfigError(
+            "credential", f"<{type(credential).__name__}>", "the call's API key (a str), or None"
+        )
+    raise ConfigError("model", model, "a model name (a non-empty str), or None")
 
 
 def _make_ledger(
@@ -290,8 +308,8 @@ class BudgetGuard:
             self.estimate,
         )
         # ask streaming chat calls for their usage (stream_options.include_usage)
-        self.stream_usage = bool(stream_usage)
-        self._reserve = bool(reserve)
+        self.stream_usage = _flag("stream_usage", stream_usage)
+        self._reserve = _flag("reserve", reserve)
         self.events = events = Events()
         events.subscribe("decision", DecisionLog(self.ttl), every=False)
         events.subscribe("refresh", log_refresh)
@@ -538,6 +556,10 @@ class BudgetGuard:
         callers wait) when missing or older than ``ttl``. Nothing is held: the
         decorator and the transports hold the estimate while their call runs.
         """
+        if not (model is None or (isinstance(model, str) and model)) or not (
+            credential is None or isinstance(credential, str)
+        ):
+            _bad_call(model, credential)  # (inline: what a good call costs is two tests)
         est = self._estimate(estimate, model)
         key = self.ledger.key(credential)
         estimator = self._estimator(estimate)
@@ -557,6 +579,10 @@ class BudgetGuard:
         estimate: float | None = None,
     ) -> Decision:
         """:meth:`check` for async code: never blocks the event loop."""
+        if not (model is None or (isinstance(model, str) and model)) or not (
+            credential is None or isinstance(credential, str)
+        ):
+            _bad_call(model, credential)  # (inline: what a good call costs is two tests)
         est = self._estimate(estimate, model)
         key = self.ledger.key(credential)
         estimator = self._estimator(estimate)
@@ -592,6 +618,10 @@ class BudgetGuard:
         Without ``estimate``, giving the prompt's size (``prompt_chars``) and the
         call's output limit (``max_tokens``) lets the guard price the call (and
         each downgrade target) from its price lists."""
+        if not (model is None or (isinstance(model, str) and model)) or not (
+            credential is None or isinstance(credential, str)
+        ):
+            _bad_call(model, credential)  # (inline: what a good call costs is two tests)
         estimator = self._estimator(estimate, prompt_chars, max_tokens)
         if estimator.wants_prices(model):
             self.prices.ensure()
@@ -611,6 +641,10 @@ class BudgetGuard:
         max_tokens: int | None = None,
     ) -> Reservation:
         """:meth:`reserve` for async code."""
+        if not (model is None or (isinstance(model, str) and model)) or not (
+            credential is None or isinstance(credential, str)
+        ):
+            _bad_call(model, credential)  # (inline: what a good call costs is two tests)
         estimator = self._estimator(estimate, prompt_chars, max_tokens)
         if estimator.wants_prices(model):
             await self.prices.aensure()
