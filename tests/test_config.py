@@ -827,3 +827,44 @@ def test_from_config_of_the_wrong_type_is_a_config_error(bad: object) -> None:
         BudgetGuard.from_config(bad, env=False)  # type: ignore[arg-type]
     assert info.value.key == "config"
     assert "a path to a TOML file" in info.value.allowed and "a mapping" in info.value.allowed
+
+
+def test_reserve_hold_timeout_and_refresh_timeout_are_config_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # DESIGN's config keys reserve, hold_timeout and refresh_timeout were refused as
+    # unknown keys; they reach the guard, from a file's table and from the environment
+    from creditguard import BudgetGuard
+
+    table = {"source": "fixed", "limit": 5, "reserve": False, "hold_timeout": 120}
+    guard = BudgetGuard.from_config({**table, "refresh_timeout": 4}, env=False)
+    assert guard._reserve is False
+    assert guard.ledger.hold_timeout == 120.0 and guard.ledger.refresh_timeout == 4.0
+    defaults = BudgetGuard.from_config({"source": "fixed", "limit": 5}, env=False)
+    assert defaults._reserve is True  # not given: the guard's own defaults
+    assert defaults.ledger.hold_timeout == 900.0 and defaults.ledger.refresh_timeout == 30.0
+    monkeypatch.setenv("CREDITGUARD_RESERVE", "false")
+    monkeypatch.setenv("CREDITGUARD_HOLD_TIMEOUT", "60")
+    monkeypatch.setenv("CREDITGUARD_REFRESH_TIMEOUT", "2.5")
+    from_env = BudgetGuard.from_config({"source": "fixed", "limit": 5})
+    assert from_env._reserve is False
+    assert from_env.ledger.hold_timeout == 60.0 and from_env.ledger.refresh_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("reserve", "no"),
+        ("reserve", 0),
+        ("hold_timeout", 0),
+        ("hold_timeout", -5),
+        ("hold_timeout", "900"),
+        ("refresh_timeout", math.inf),
+        ("refresh_timeout", True),
+    ],
+)
+def test_bad_hold_settings_are_refused_by_the_guards_own_rules(key: str, value: object) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config({"source": "fixed", "limit": 5, key: value}, environ=NO_ENV)
+    assert info.value.key == key and "config from mapping" in info.value.allowed
+    assert ("True or False" if key == "reserve" else "> 0") in info.value.allowed

@@ -116,3 +116,13 @@ def test_install_names_extras_that_exist() -> None:
     for package in ("integrations/langchain", "integrations/litellm"):
         if package in _section("Install"):
             assert (ROOT / package / "pyproject.toml").exists()
+
+
+def test_the_keys_the_design_names_are_listed_and_loaded() -> None:
+    # DESIGN names these config keys; reserve, hold_timeout and refresh_timeout were
+    # missing from the loader and from the table
+    named = ["unknown_price", "limit", "period", "per_credential", "reserve", "hold_timeout"]
+    named += ["refresh_timeout", "enforce", "clamp_max_tokens", "alerts"]
+    rows = _reference_keys()
+    for key in named:
+        assert key in config._KEYS and key in rows, key

@@ -104,6 +104,7 @@ _POLICY_KEYS = (
 )
 _OPERATOR_KEYS = ("warn_runway", "alerts", "max_rate")  # Policy fields too (runway, alerts)
 _OBSERVE_KEYS = ("alert_webhook_env", "metrics", "name")  # the guard's: metrics, webhook
+_HOLD_KEYS = ("reserve", "hold_timeout", "refresh_timeout")  # the guard's: holds, refreshes
 _FIXED_KEYS = ("limit", "period", "per_credential")
 _SCALAR_KEYS = (
     "source",
@@ -120,6 +121,7 @@ _SCALAR_KEYS = (
     *_POLICY_KEYS,
     *_OPERATOR_KEYS,
     *_OBSERVE_KEYS,
+    *_HOLD_KEYS,
 )
 _TABLE_KEYS = ("thresholds", "downgrade", "pricing")
 _KEYS = (*_SCALAR_KEYS, *_TABLE_KEYS)
@@ -179,6 +181,12 @@ class Config:
     metrics: str | bool = "auto"
     name: str | None = None
     """The guard's name: the ``creditguard.guard`` label of its metrics."""
+    reserve: bool | None = None
+    """Hold each call's estimate while it runs (None: the guard's default, true)."""
+    hold_timeout: float | None = None
+    """Seconds after which a hold stops counting by itself (None: the guard's default)."""
+    refresh_timeout: float | None = None
+    """Seconds a caller waits for a balance refresh (None: the guard's default)."""
 
     def __repr__(self) -> str:
         parts = []
@@ -687,6 +695,7 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
         budget=budget,
         pricing_from=_pricing_from(r, values.get("pricing_from", "auto")),
         **_observe(r, values),
+        **_holds(r, values),
     )
 
 
@@ -792,6 +801,18 @@ def _observe(r: _Reader, values: Mapping[str, Any]) -> dict[str, Any]:
     if "name" in values:  # (the guard checks the rest: length, printable, not a key)
         out["name"] = r.string(("name",), values["name"], "the guard's name, a string")
     return out
+
+
+def _holds(r: _Reader, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``reserve``, ``hold_timeout`` and ``refresh_timeout``: BudgetGuard's
+    arguments, checked by the guard's own rules (named as config keys here)."""
+    from .guard import check_hold_options
+
+    given = {key: values[key] for key in _HOLD_KEYS if key in values}
+    try:
+        return check_hold_options(**given)
+    except ConfigError as exc:
+        r.fail((exc.key,), given[exc.key], exc.allowed)
 
 
 # -- small helpers -------------------------------------------------------------

@@ -126,6 +126,16 @@ def _flag(key: str, value: object) -> bool:
     return value
 
 
+def check_hold_options(**options: object) -> dict[str, Any]:
+    """``reserve`` (True or False), ``hold_timeout`` and ``refresh_timeout``
+    (seconds > 0) as the guard takes them, for those given; else ConfigError.
+    (The config loader checks its keys of the same names with this.)"""
+    checked: dict[str, Any] = {}
+    for key, value in options.items():
+        checked[key] = _flag(key, value) if key == "reserve" else _number(key, value, positive=True)
+    return checked
+
+
 def _bad_call(model: object, credential: object) -> NoReturn:
     """The error of :meth:`BudgetGuard.check` / :meth:`~BudgetGuard.reserve`
     given a ``model`` or ``credential`` of the wrong kind (the credential is
@@ -309,7 +319,10 @@ class BudgetGuard:
         )
         # ask streaming chat calls for their usage (stream_options.include_usage)
         self.stream_usage = _flag("stream_usage", stream_usage)
-        self._reserve = _flag("reserve", reserve)
+        holds = check_hold_options(
+            reserve=reserve, hold_timeout=hold_timeout, refresh_timeout=refresh_timeout
+        )
+        self._reserve: bool = holds["reserve"]
         self.events = events = Events()
         events.subscribe("decision", DecisionLog(self.ttl), every=False)
         events.subscribe("refresh", log_refresh)
@@ -325,8 +338,8 @@ class BudgetGuard:
             max_stale=policy.max_stale,
             error_ttl=policy.error_ttl,
             maxsize=maxsize,
-            refresh_timeout=_number("refresh_timeout", refresh_timeout, positive=True),
-            hold_timeout=_number("hold_timeout", hold_timeout, positive=True),
+            refresh_timeout=holds["refresh_timeout"],
+            hold_timeout=holds["hold_timeout"],
             on_refresh=self._refreshed,
             on_error=self._source_failed,
             events=events,
@@ -386,6 +399,9 @@ class BudgetGuard:
             "maxsize": cfg.maxsize,
             **_observe_options(cfg),
         }
+        for key in ("reserve", "hold_timeout", "refresh_timeout"):
+            if getattr(cfg, key) is not None:  # (None: the constructor's default)
+                options[key] = getattr(cfg, key)
         options.update(kwargs)  # what the code says wins over the file
         source = options.pop("source", None) or cfg.build_source()
         policy = options.pop("policy", None) or cfg.policy
