@@ -1110,3 +1110,50 @@ def test_a_settle_counts_budgets_only_where_one_script_may(redis_server: RedisSe
     with pytest.raises(ValueError):
         cluster.settle(FP, "h", 0.5, counts=[("*", day)])
     cluster.close()
+
+
+@pytest.mark.parametrize("make", [RedisStore, RedisStore.from_url])
+def test_an_unknown_query_parameter_is_a_config_error_listing_the_allowed(
+    make: Callable[[str], RedisStore],
+) -> None:
+    # redis://...?prefx=cg reached redis-py, whose TypeError came at the first command
+    url = "redis://:hunter2pw@127.0.0.1:6379/0?prefx=cg&secret=abcdefabcdef"
+    with pytest.raises(ConfigError) as info:
+        make(url)
+    text = str(info.value)
+    assert info.value.key == "store" and "'prefx' (did you mean 'prefix'?)" in text
+    assert "allowed: prefix, timeout, secret, db" in text and "client_name" in text
+    assert "hunter2pw" not in text and "abcdefabcdef" not in text
+    # the rest of an unencoded "?" in a password reads as a query: never shown
+    with pytest.raises(ConfigError) as hidden:
+        make("redis://:pa?ss99word=x@127.0.0.1:6379/0")
+    assert "ss99word" not in str(hidden.value) and "%3F" in str(hidden.value)
+    make("redis://127.0.0.1:6379/0?db=2&client_name=me").close()  # redis-py's own: taken
+
+
+def test_a_unix_socket_store_url_reaches_redis(tmp_path: Path) -> None:
+    # unix:///path lost its "//" on the way to redis-py, which refused every unix:// URL
+    from redis_server import redis_server_binary
+
+    sock = tmp_path / "r.sock"
+    server = subprocess.Popen(
+        [redis_server_binary(), "--port", "0", "--unixsocket", str(sock), "--save", ""],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(500):
+            if sock.exists():
+                break
+            time.sleep(0.01)
+        store = RedisStore.from_url(f"unix://{sock}?prefix=u&secret=xyz&db=1")
+        assert store.prefix == "u" and f"unix://{sock}" in repr(store)
+        store.debit(FP, 1.0)
+        raw = redis.Redis(unix_socket_path=str(sock), db=1)
+        assert any(k.decode().startswith(f"u:{{{FP}}}:") for k in raw.scan_iter())
+        raw.close()
+        store.close()
+    finally:
+        server.terminate()
+        server.wait(10)

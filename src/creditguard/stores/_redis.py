@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import functools
 import hashlib
 import math
@@ -105,6 +106,26 @@ _PRELUDES = {
 
 _OWN_PARAMS = ("prefix", "timeout")
 _LEDGER_PARAMS = ("secret",)  # the ledger's fingerprint secret: never reaches redis-py
+# what redis-py takes from a URL's query that the store can live with (not its own
+# socket timeouts or retries: ?timeout= sets both, and a retried write may apply twice)
+_REDIS_PARAMS = (
+    "db",
+    "username",
+    "password",
+    "client_name",
+    "protocol",
+    "health_check_interval",
+    "max_connections",
+    "socket_keepalive",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_ca_path",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+    "ssl_min_version",
+    "ssl_ciphers",
+)
 _INSTALL = "RedisStore needs redis-py: pip install 'creditguard[redis]'"
 _CLUSTER = "redis+cluster"
 
@@ -189,6 +210,7 @@ class RedisStore:
             import redis
         except ImportError as exc:
             raise ImportError(_INSTALL) from exc
+        _check_params(url)
         url, params = _split_url(url)
         self._where, self._secrets = _describe_url(url)
         for name in _OWN_PARAMS:
@@ -256,6 +278,7 @@ class RedisStore:
         """A store from a URL: ``?prefix=`` and ``?timeout=`` configure the
         store, ``?secret=`` (the ledger's fingerprint secret) is dropped, any
         other query parameter goes to redis-py."""
+        _check_params(url)
         clean, params = _split_url(url)
         options: dict[str, Any] = {}
         if "prefix" in params:
@@ -1311,7 +1334,36 @@ def _split_url(url: str) -> tuple[str, dict[str, str]]:
             ours[name] = value
         elif name not in _LEDGER_PARAMS:
             theirs.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(theirs))), ours
+    clean = urlunsplit(parts._replace(query=urlencode(theirs)))
+    if parts.scheme == "unix" and not parts.netloc and url.startswith("unix://"):
+        clean = "unix://" + clean[len("unix:") :]  # (urlunsplit drops the // redis-py needs)
+    return clean, ours
+
+
+def _check_params(url: str) -> None:
+    """Refuse a query parameter neither the store nor redis-py takes (a typo
+    like ``?prefx=`` failed later as redis-py's TypeError). Its name is shown
+    only when it is a plain name that is no part of the password (an unencoded
+    ``?`` in a password makes the rest of it read as a query)."""
+    if not isinstance(url, str) or url.startswith(_CLUSTER):  # (checked with its nodes)
+        return
+    allowed = (*_OWN_PARAMS, *_LEDGER_PARAMS, *_REDIS_PARAMS)
+    for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if name not in allowed:
+            where, secrets = _describe_url(url)
+            shown = (
+                "a parameter (its name not shown: it may be part of a password; "
+                "write a '?' in a password as %3F)"
+            )
+            if name.isidentifier() and len(name) <= 40 and not any(name in s for s in secrets):
+                close = difflib.get_close_matches(name, allowed, n=1)
+                shown = repr(name) + (f" (did you mean {close[0]!r}?)" if close else "")
+            raise ConfigError(
+                "store",
+                where,
+                f"a URL whose query parameters are ones the store or redis-py takes; "
+                f"{shown} is not one; allowed: {', '.join(allowed)}",
+            )
 
 
 def _describe_url(url: str) -> tuple[str, tuple[str, ...]]:
