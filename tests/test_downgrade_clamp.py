@@ -350,3 +350,23 @@ def test_shared_store_downgrades_when_only_the_cheaper_model_fits(redis_server: 
         assert [r.json["model"] for r in fake.requests if r.endpoint == "chat"] == [MID, MID]
     finally:
         guard.close()
+
+
+def test_the_clamp_and_downgrade_reasons_say_what_the_asked_call_and_the_fix_leave() -> None:
+    # "0.5 USD left after this call is below refuse_below 0.5; max_tokens clamped to 5000":
+    # the figure was what the clamp leaves, said to be below the floor it clears
+    policy = Policy(refuse_below=0.5, clamp_max_tokens=True, min_tokens=256)
+    est = Fixed({BIG: 1.0}, max_tokens=10_000, per_token=1e-4)  # no prompt cost
+    clamped = decide(bal(1.0), policy, BIG, 1.0, estimator=est)
+    assert clamped.max_tokens == 5_000
+    assert clamped.reason == (
+        "0 USD left after this call is below refuse_below 0.5; max_tokens clamped to 5000 "
+        "(asked 10000) for 'big', which leaves 0.5 USD, not below refuse_below (min_tokens 256)"
+    )
+    # the same contradiction on a downgrade at the refuse tier
+    down = Policy(refuse_below=0.5, downgrade={BIG: SMALL})
+    d = decide(bal(1.0), down, BIG, 0.9, estimator=Fixed({BIG: 0.9, SMALL: 0.2}))
+    assert d.reason == (
+        "0.1 USD left after this call is below refuse_below 0.5; 'big' -> 'small', "
+        "which leaves 0.8 USD, not below refuse_below"
+    )

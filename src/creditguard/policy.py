@@ -735,8 +735,8 @@ def _downgrade(
             if hops > 1:
                 path += f" ({hops} hops: the nearer targets do not fit)"
             elif refusing:
-                path += " (fits above refuse_below)"
-            reason = (after, balance.unit, *why[2:4], path) if refusing else (*why, path)
+                path += f", which leaves {_fmt(after)} {balance.unit}, not below refuse_below"
+            reason = (*why, path)  # (the headroom as asked, then what the target leaves)
             return Decision(
                 "downgrade",
                 target,
@@ -775,9 +775,10 @@ def _downgrade(
                 f"; max_tokens clamped to {tokens}"
                 + (f" (asked {asked})" if asked is not None else "")
                 + (f" and {model!r} -> {name!r}" if name != model else f" for {model!r}")
-                + f" to stay above refuse_below (min_tokens {policy.min_tokens})"
+                + f", which leaves {_fmt(after)} {balance.unit}, not below refuse_below"
+                + f" (min_tokens {policy.min_tokens})"
             )
-            reason = (after, balance.unit, *why[2:4], text)
+            reason = (*why, text)  # (the headroom the asked limit leaves, then the clamp's)
             return Decision(
                 "downgrade",
                 name,
