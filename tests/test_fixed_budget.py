@@ -98,3 +98,40 @@ def test_a_rolling_budget_guards_calls() -> None:
     assert guard.reserve("m").decision.action == "refuse"  # 0.4 held + 0.4 spent + 0.4
     clock.now += timedelta(hours=1, minutes=3)
     assert guard.check("m").action == "allow"
+
+
+def _utc(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+
+
+def test_a_fixed_budgets_balance_says_when_it_resets() -> None:
+    # FixedBudget balances carried resets_at=None although the period's end is known
+    clock = Clock()
+    clock.now = datetime(2026, 12, 5, 16, 20, 10, tzinfo=timezone.utc)  # a Saturday
+    ends = {
+        "day": datetime(2026, 12, 6, tzinfo=timezone.utc),
+        "week": datetime(2026, 12, 7, tzinfo=timezone.utc),  # Monday
+        "month": datetime(2027, 1, 1, tzinfo=timezone.utc),  # across the year
+        "1h": datetime(2026, 12, 5, 16, 22, tzinfo=timezone.utc),  # the 2-minute slice ends
+        "15m": datetime(2026, 12, 5, 16, 20, 30, tzinfo=timezone.utc),  # 30 s slices
+    }
+    for period, end in ends.items():
+        budget = FixedBudget(10, period=period, clock=clock)
+        assert _utc(budget.fetch(None).resets_at) == end, period
+        guard = BudgetGuard(budget, Policy(refuse_below=1))
+        with guard.reserve("m") as held:
+            held.settle(2.0)
+        balance = guard.check("m").balance
+        assert balance is not None and _utc(balance.resets_at) == end, period
+    assert FixedBudget(10, period=None, clock=clock).fetch(None).resets_at is None
+    # a rolling window's moves on with its slices
+    rolling = FixedBudget(10, period="1h", clock=clock)
+    clock.now += timedelta(minutes=2)
+    assert _utc(rolling.fetch(None).resets_at) == datetime(2026, 12, 5, 16, 24, tzinfo=timezone.utc)
+
+
+def test_the_decision_docstring_says_each_thing_once() -> None:
+    from creditguard import Decision
+
+    doc = Decision.__doc__ or ""
+    assert doc.count("one human sentence") == 1 and doc.count("none could be had") == 1

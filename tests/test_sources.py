@@ -1286,6 +1286,7 @@ def test_tightest_picks_the_least_remaining(mode: str) -> None:
         unit="USD",
         fetched_at=balance.fetched_at,
         source="fixed",
+        resets_at=budget.resets_at(),  # (the 1st of next month, UTC)
     )
 
 

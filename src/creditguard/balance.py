@@ -26,7 +26,8 @@ class Balance:
     ``fetched_at`` is wall-clock time (``time.time()``) of the fetch;
     ``source`` names the source the figure came from. ``unit`` is the
     provider's (``"USD"``, ``"CNY"``, ``"credits"``). ``resets_at`` is when the
-    limit behind ``remaining`` resets (Unix seconds), where the provider says so.
+    limit behind ``remaining`` resets (Unix seconds), where the provider says so
+    (a :class:`~creditguard.sources.FixedBudget`: when its period ends).
     """
 
     remaining: float

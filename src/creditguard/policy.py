@@ -392,7 +392,6 @@ class Decision(_DecisionSlots):
     (None when none could be had); ``reason`` one human sentence. ``enforced``
     is False in shadow mode (``Policy(enforce=False)``): the call goes ahead as
     asked whatever was decided, and :attr:`applied` says what is carried out.
-    (None when none could be had); ``reason`` one human sentence.
     ``available`` is what was left before this call: the remaining balance
     less what calls in flight hold (None without a balance); ``max_tokens``
     the output limit the call was clamped to (None: not clamped); ``runway``

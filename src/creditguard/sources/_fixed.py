@@ -270,7 +270,8 @@ class FixedBudget:
         return self.balance(spent)
 
     def balance(self, spent: float) -> Balance:
-        """The balance of this budget once ``spent`` is spent."""
+        """The balance of this budget once ``spent`` is spent; its
+        ``resets_at`` is :meth:`resets_at`."""
         return Balance(
             remaining=self.limit - spent,
             total=self.limit,
@@ -278,7 +279,17 @@ class FixedBudget:
             unit=self.unit,
             fetched_at=time.time(),
             source=self.name,
+            resets_at=self.resets_at(),
         )
+
+    def resets_at(self) -> float | None:
+        """When the current calendar period ends (Unix seconds: the next 00:00
+        UTC, Monday or 1st); for a rolling window, when its oldest counted slice
+        leaves it (the spend in that slice stops counting: the next moment the
+        balance can rise by itself); None when the budget never resets."""
+        if self.period is None:
+            return None
+        return self._window_at(self._clock())[1]
 
     async def afetch(self, credential: str | None) -> Balance:
         """Same as :meth:`fetch` (no I/O, unless bound to a shared store)."""
