@@ -180,3 +180,50 @@ def test_an_event_stream_in_an_encoding_not_read_here_is_charged_its_estimate() 
             pass
     estimate = len(json.dumps(body)) / 4 * 1e-6 + 8000 * 1e-5
     assert _spent(guard) == pytest.approx(estimate, rel=0.05)  # (was its prompt only)
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_compressed_json_body_larger_than_what_is_kept_is_read_for_its_usage(
+    coding: str,
+) -> None:
+    # (the first version inflated only the first 64 KiB, and the usage that ends
+    # an OpenAI body was never read: a long answer was charged its estimate)
+    import gzip
+    import zlib
+
+    answer = {"choices": [{"message": {"content": "x" * 130_000}}], "usage": {"cost": 0.9}}
+    whole = json.dumps(answer).encode()
+    data = gzip.compress(whole) if coding == "gzip" else zlib.compress(whole)
+    parts = [data[i : i + 4096] for i in range(0, len(data), 4096)]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "application/json", "content-encoding": coding}
+        return httpx.Response(200, headers=headers, content=iter(parts))
+
+    guard = BudgetGuard(FixedBudget(100.0, period=None), Policy(), pricing=PRICING)
+    client = cg.client(guard, transport=httpx.MockTransport(handler))
+    body = {"model": "unpriced", "messages": []}
+    with client.stream("POST", "https://openrouter.ai/api/v1/chat/completions", json=body) as r:
+        r.read()
+    assert _spent(guard) == pytest.approx(0.9)
+
+
+def test_a_compressed_event_stream_of_two_gzip_members_is_charged_its_estimate() -> None:
+    # (only the first member was read: a $0.50 stream was charged its prompt)
+    import gzip
+
+    usage = {"prompt_tokens": 10, "completion_tokens": 5000, "cost": 0.5}
+    first = gzip.compress(b"".join(_sse({"choices": [{"index": 0, "delta": {"content": "Hi"}}]})))
+    second = gzip.compress(b"".join(_sse({"choices": [], "usage": usage})) + b"data: [DONE]\n\n")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+        return httpx.Response(200, headers=headers, content=iter([first + second]))
+
+    guard = BudgetGuard(FixedBudget(100.0, period=None), Policy(), pricing=PRICING)
+    client = cg.client(guard, transport=httpx.MockTransport(handler))
+    body = {"model": "m", "max_tokens": 8000, "stream": True, "messages": []}
+    with client.stream("POST", "https://openrouter.ai/api/v1/chat/completions", json=body) as r:
+        for _ in r.iter_raw():
+            pass
+    assert _spent(guard) >= 8000 * 1e-5  # at least its estimate, not its prompt

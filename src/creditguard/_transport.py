@@ -869,7 +869,7 @@ class Core:
             if isinstance(loaded, bytes):
                 self._settle_body(plan, hold, loaded, True)
                 return response
-            tap = BodyTap(functools.partial(self._settle_body, plan, hold), _encoding(encoding))
+            tap = body_tap(functools.partial(self._settle_body, plan, hold), _encoding(encoding))
             response.stream = self.lib.observed(response.stream, tap, self.guard.ledger)
             return response
         credential = plan.credential
@@ -902,16 +902,15 @@ class Core:
                     self.charge(plan, hold, None)
 
         else:  # an event stream
-            sse = SSETap(self, plan, hold)
             coding = _encoding(encoding)
-            if coding != "identity":  # (a gateway that compresses event streams)
-                sse._decoder = _decoder(coding)
-                if sse._decoder is None:  # br, zstd: not read here, charged its estimate
-                    sse.give_up()
+            if coding == "identity":
+                sse = SSETap(self, plan, hold)
+            else:  # (a gateway that compresses event streams)
+                sse = _DecodingSSETap(self, plan, hold, _decoder(coding))
             self._stream(response, sse)
             return response
 
-        self._stream(response, BodyTap(on_body, _encoding(encoding)))
+        self._stream(response, body_tap(on_body, _encoding(encoding)))
         return response
 
     def _settle_body(self, plan: Plan, hold: Hold | None, body: bytes, complete: bool) -> None:
@@ -988,17 +987,51 @@ class BodyTap:
     def end(self, complete: bool) -> None:
         body = b"".join(self._parts)
         self._parts.clear()
-        encoding = self._encoding
-        if encoding not in ("identity", ""):
-            decoder = None if self._trimmed or not complete else _decoder(encoding)
-            if decoder is None:  # (br, zstd: not decoded here)
-                body, complete = b"", False
-            else:
-                try:  # (at most what is observed of a plain body: no inflating bomb)
-                    body = decoder.decompress(body, MAX_OBSERVED_BODY)
-                except zlib.error:
-                    body, complete = b"", False
         self._on_body(body, complete)
+
+
+class _DecodingBodyTap(BodyTap):
+    """A :class:`BodyTap` of a compressed body: inflated as it passes, in
+    pieces, keeping the end of what it inflates to (as of a plain body);
+    unreadable (an encoding not decoded here, a broken one, more than
+    ``MAX_PARSED_BODY`` inflated) it hands over nothing."""
+
+    __slots__ = ("_decoder", "_inflated")
+
+    def __init__(self, on_body: Callable[[bytes, bool], None], encoding: str) -> None:
+        super().__init__(on_body, encoding)
+        self._decoder: Any = _decoder(encoding)
+        self._inflated = 0
+
+    def feed(self, chunk: bytes) -> None:
+        decoder = self._decoder
+        if decoder is None:
+            return
+        try:
+            for data in _inflate(decoder, chunk):
+                self._inflated += len(data)
+                if self._inflated > MAX_PARSED_BODY:  # (a bomb, or more than is parsed)
+                    raise zlib.error("too large")
+                BodyTap.feed(self, data)
+        except zlib.error:
+            self._decoder = None
+            self._parts.clear()
+
+    def end(self, complete: bool) -> None:
+        decoder = self._decoder
+        if decoder is None or not decoder.eof or decoder.unused_data:
+            # (unread, cut short, or more than one gzip member: not read here)
+            self._parts.clear()
+            self._on_body(b"", False)
+            return
+        BodyTap.end(self, complete)
+
+
+def body_tap(on_body: Callable[[bytes, bool], None], encoding: str) -> BodyTap:
+    """The tap of a body in ``encoding`` (a Content-Encoding, lowercased)."""
+    if encoding in ("identity", ""):
+        return BodyTap(on_body, encoding)
+    return _DecodingBodyTap(on_body, encoding)
 
 
 def _decoder(encoding: str) -> Any:
@@ -1010,30 +1043,31 @@ def _decoder(encoding: str) -> Any:
     return None
 
 
+def _inflate(decoder: Any, chunk: bytes) -> Iterator[bytes]:
+    """What ``chunk`` inflates to, in pieces of at most ``MAX_OBSERVED_BODY``
+    (zlib.error for a broken stream, or data past the end of a gzip member)."""
+    if decoder.eof:
+        raise zlib.error("data after the end of the compressed stream")
+    yield decoder.decompress(chunk, MAX_OBSERVED_BODY)
+    while decoder.unconsumed_tail:
+        yield decoder.decompress(decoder.unconsumed_tail, MAX_OBSERVED_BODY)
+    if decoder.unused_data:  # (a second gzip member: not read here)
+        raise zlib.error("more than one compressed member")
+
+
 class SSETap:
     """Watches server-sent events pass: reassembles lines split across chunks,
     skips comments, keeps the usage the provider reports (OpenRouter: the last
     data event before ``[DONE]``; Anthropic: message_start, then message_delta),
     and settles the call when the stream ends or is closed."""
 
-    __slots__ = (
-        "_buffer",
-        "_core",
-        "_decoder",
-        "_hold",
-        "_plan",
-        "chars",
-        "disabled",
-        "finished",
-        "usage",
-    )
+    __slots__ = ("_buffer", "_core", "_hold", "_plan", "chars", "disabled", "finished", "usage")
 
     def __init__(self, core: Core, plan: Plan, hold: Hold | None) -> None:
         self._core = core
         self._plan = plan
         self._hold = hold
         self._buffer = b""
-        self._decoder: Any = None  # a compressed stream's (gzip, deflate)
         self.usage: dict[str, Any] = {}
         self.disabled = False
         self.finished = False  # the stream's last event passed (SDKs stop reading there)
@@ -1050,18 +1084,6 @@ class SSETap:
     def feed(self, chunk: bytes) -> None:
         if self.disabled:
             return
-        decoder = self._decoder
-        if decoder is not None:
-            try:  # (in pieces of at most what is observed of a plain body)
-                self._lines(decoder.decompress(chunk, MAX_OBSERVED_BODY))
-                while decoder.unconsumed_tail and not self.disabled:
-                    self._lines(decoder.decompress(decoder.unconsumed_tail, MAX_OBSERVED_BODY))
-            except zlib.error:
-                self.give_up()
-            return
-        self._lines(chunk)
-
-    def _lines(self, chunk: bytes) -> None:
         data = self._buffer + chunk
         lines = data.split(b"\n")
         self._buffer = lines.pop()
@@ -1124,6 +1146,29 @@ class SSETap:
             cost, how = plan.estimate, "estimate"
         # Cut short without a usage report and no price: the estimate (never free).
         self._core.charge(plan, self._hold, cost, how)
+
+
+class _DecodingSSETap(SSETap):
+    """An :class:`SSETap` of a compressed event stream (gzip, deflate): each
+    chunk inflated as it passes, in pieces; one that cannot be read (an
+    encoding not decoded here, a broken stream) is charged its estimate."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, core: Core, plan: Plan, hold: Hold | None, decoder: Any) -> None:
+        super().__init__(core, plan, hold)
+        self._decoder = decoder
+        if decoder is None:  # (br, zstd: not read here)
+            self.give_up()
+
+    def feed(self, chunk: bytes) -> None:
+        if self.disabled:
+            return
+        try:
+            for data in _inflate(self._decoder, chunk):
+                SSETap.feed(self, data)
+        except zlib.error:
+            self.give_up()
 
 
 def _output_chars(event: dict[str, Any]) -> int:
