@@ -600,7 +600,7 @@ async def test_a_local_budget_in_tightest_binds_while_another_source_is_down(mod
     assert actions == ["allow", "allow", "allow", "refuse", "refuse"]  # 0.9 of 1.0
     assert budget.spent(None) == pytest.approx(0.9)
     d = guard.check("m", estimate=0.0)
-    assert d.stale and d.balance is not None and d.balance.source == "fixed"
+    assert d.stale and d.balance is not None and d.balance.source == "fixed (partial)"
     with pytest.raises(CreditSourceError) as info:
         Tightest(down, budget).fetch(None)
     assert info.value.partial is not None and info.value.partial.remaining == pytest.approx(0.1)
@@ -679,3 +679,47 @@ async def test_check_and_reserve_refuse_a_model_or_credential_of_the_wrong_kind(
             assert ainfo.value.key == key
     assert guard.ledger.reserved(None) == 0.0  # nothing held by a refused argument
     assert guard.check(None).action == "allow" and guard.check("m", credential=KEY).model == "m"
+
+
+def test_a_tightest_partial_balance_under_refuse_and_over_a_long_outage() -> None:
+    # (the money reviewer: a partial balance allowed calls an operator set to
+    # fail closed; an unlimited partial allowed everything; and the partial
+    # aged out after max_stale, leaving error_ttl gaps of fail-open calls)
+    from creditguard.sources import FixedBudget, Tightest
+
+    class Unlimited:
+        name = "uncapped"
+        per_credential = False
+
+        def fetch(self, credential: str | None) -> Balance:
+            return Balance(float("inf"), source="uncapped")
+
+        async def afetch(self, credential: str | None) -> Balance:
+            return self.fetch(credential)
+
+    closed = BudgetGuard(
+        Tightest(_Down(), FixedBudget(100.0)), Policy(on_source_error="refuse"), estimate=0.1
+    )
+    assert closed.check("m").action == "refuse"  # as before: fail closed
+    with pytest.raises(CreditSourceError) as info:
+        Tightest(_Down(), Unlimited()).fetch(None)
+    assert info.value.partial is None  # "unlimited" says nothing of the one down
+    opened = BudgetGuard(Tightest(_Down(), Unlimited()), Policy(on_source_error="refuse"))
+    assert opened.check("m").action == "refuse"
+
+    now = [0.0]
+    budget = FixedBudget(1.0)
+    guard = BudgetGuard(
+        Tightest(_Down(), budget),
+        Policy(refuse_below=0.0, max_stale=60.0, error_ttl=5.0),
+        estimate=0.3,
+        ttl=10.0,
+        timer=lambda: now[0],
+    )
+    actions = []
+    for _ in range(100):  # 200 s of outage, a call every 2 s
+        r = guard.reserve("m")
+        actions.append(r.decision.action)
+        r.settle(0.3) if r.decision.action == "allow" else r.release()
+        now[0] += 2.0
+    assert actions.count("allow") == 3 and budget.spent(None) == pytest.approx(0.9)

@@ -696,12 +696,12 @@ class SharedLedger(Ledger):
     def _p_partial(
         self, key: str, state: SharedState, partial: Balance, keep: float
     ) -> Program[SharedState]:
-        """What the sources that answered leave stands in as a stale snapshot
-        (as :meth:`Ledger._partial`), unless the last one leaves less."""
-        view = self._view(state)
-        if view is not None and view.remaining <= partial.remaining:
-            return state
-        yield _Op("put", key, partial, time.time() - self.ttl, state.debits, keep)
+        """What the sources that answered leave stands in as a stale snapshot,
+        or the last one when it leaves less, stamped anew (as
+        :meth:`Ledger._partial`)."""
+        view = self._view(state)  # (its debits and exhaustion in it)
+        chosen = view if view is not None and view.remaining <= partial.remaining else partial
+        yield _Op("put", key, chosen, time.time() - self.ttl, state.debits, keep)
         state = yield _Op("read", key, time.time())
         return state
 

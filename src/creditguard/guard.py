@@ -34,6 +34,7 @@ from .policy import Action, Decision, Estimator, Policy, decide, policy_of
 from .prices import CallEstimator, PriceBook, price_lists
 from .runway import BurnRates, attach
 from .sources._base import prefer_units
+from .sources._tightest import PARTIAL
 
 if TYPE_CHECKING:
     import httpx
@@ -463,6 +464,13 @@ class BudgetGuard:
             if store_down is not None:
                 action: Action = "refuse" if policy.store_error == "refuse" else "allow"
                 return Decision(action, model, balance, store_down, model, stale, policy.enforce)
+            if (
+                stale
+                and policy.on_source_error == "refuse"
+                and balance is not None
+                and balance.source.endswith(PARTIAL)
+            ):  # (only some of a Tightest's sources answered: not enough to allow on)
+                balance = None
             decision = decide(
                 balance,
                 policy,

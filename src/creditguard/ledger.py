@@ -462,16 +462,18 @@ class Ledger:
     def _partial(self, key: str, flight: _Flight, partial: Balance, now: float) -> None:
         """Some of the sources answered (``Tightest``, one failing): what they
         leave stands in as a stale balance (judged on within ``max_stale``, the
-        failing one retried after ``error_ttl``), unless the last good balance
-        leaves less (lock held)."""
+        failing one retried after ``error_ttl``), or the last good balance when
+        it leaves less; either is stamped anew, so that it stays servable for
+        as long as the outage lasts (lock held)."""
         current = self._cache.live(key, now)
         if current is not None and current.view.remaining <= partial.remaining:
-            return
-        entry = _Entry(partial, now - self.ttl)  # (stale from the start)
-        if current is not None:  # carry what was recorded meanwhile
-            entry.debits = max(0.0, current.debits - flight.base_debits)
-            entry.exhausted = current.exhausted and not flight.base_exhausted
-            entry.update()
+            entry = _Entry(current.view, now - self.ttl)  # (its debits in its view)
+        else:
+            entry = _Entry(partial, now - self.ttl)  # (stale from the start)
+            if current is not None:  # carry what was recorded meanwhile
+                entry.debits = max(0.0, current.debits - flight.base_debits)
+                entry.exhausted = current.exhausted and not flight.base_exhausted
+                entry.update()
         self._cache.put(key, entry)
 
     def _fetch_for(self, credential: str | None) -> str | None:

@@ -11,7 +11,10 @@ from ..balance import Balance
 from ..errors import ConfigError, CreditSourceError
 from ._base import CreditSource, aclose_all, as_source_error, close_all, logger
 
-__all__ = ["Tightest"]
+__all__ = ["PARTIAL", "Tightest"]
+
+PARTIAL = " (partial)"
+"""Ends the ``source`` of a balance only some of a Tightest's sources gave."""
 
 
 class Tightest:
@@ -22,11 +25,14 @@ class Tightest:
     returns the binding one unchanged, so :attr:`Balance.source` names the
     source that binds (ties: the first given). If any source fails, its
     :class:`~creditguard.CreditSourceError` is raised, since a partial answer
-    could overstate what is left; the error's ``partial`` carries the tightest
-    of the sources that answered, which the guard judges on as on a stale
-    balance (a local budget keeps binding while a provider is down). So is one
-    when the limited balances are in different units (USD and CNY cannot be
-    compared). ``record`` reaches every source that has one.
+    could overstate what is left. Its ``partial`` carries the tightest limited
+    balance of the sources that answered (``source`` ending ``" (partial)"``):
+    with ``on_source_error="allow"`` the guard judges on it as on a stale
+    balance, so a local budget keeps binding while a provider is down (or on
+    the last good balance, when that leaves less); with ``"refuse"`` the call
+    is refused as before. A CreditSourceError is also raised when the limited
+    balances are in different units (USD and CNY cannot be compared).
+    ``record`` reaches every source that has one.
     """
 
     name = "tightest"
@@ -78,10 +84,14 @@ class Tightest:
     def _partly(
         self, error: CreditSourceError, balances: list[tuple[CreditSource, Balance]]
     ) -> CreditSourceError:
-        """``error``, carrying the tightest balance of the sources that answered."""
+        """``error``, carrying the tightest balance of the sources that answered
+        (its ``source`` marked ``(partial)``); none when they answered
+        "unlimited", which says nothing of the one that failed."""
         if balances:
             with contextlib.suppress(CreditSourceError):  # (different units: none)
-                error.partial = self._pick(balances)
+                picked = self._pick(balances)
+                if not picked.unlimited:
+                    error.partial = replace(picked, source=picked.source + PARTIAL)
         return error
 
     def _pick(self, balances: list[tuple[CreditSource, Balance]]) -> Balance:
