@@ -723,3 +723,28 @@ def test_a_tightest_partial_balance_under_refuse_and_over_a_long_outage() -> Non
         r.settle(0.3) if r.decision.action == "allow" else r.release()
         now[0] += 2.0
     assert actions.count("allow") == 3 and budget.spent(None) == pytest.approx(0.9)
+
+
+def test_a_per_key_guard_sees_the_spend_of_another_on_a_budget_for_all_keys() -> None:
+    # (the spend was passed on under the recording guard's key, None, which a
+    # guard keyed per call key never reads: org spent 1.8 of 1.0)
+    from creditguard.sources import FixedBudget, Tightest
+
+    class Keyed:
+        name = "keyed"
+        per_credential = True
+
+        def fetch(self, credential: str | None) -> Balance:
+            return Balance(100.0, source="keyed")
+
+        async def afetch(self, credential: str | None) -> Balance:
+            return self.fetch(credential)
+
+    org = FixedBudget(1.0, period=None)
+    team_a = BudgetGuard(Tightest(Keyed(), org), Policy(refuse_below=0.0), ttl=60, estimate=0.3)
+    team_b = BudgetGuard(org, Policy(refuse_below=0.0), ttl=60, estimate=0.3)
+    assert team_a.check("m", credential="sk-team-a").available == pytest.approx(1.0)
+    for _ in range(3):
+        team_b.reserve("m").settle(0.3)
+    assert team_a.check("m", credential="sk-team-a").available == pytest.approx(0.1)
+    assert team_a.reserve("m", credential="sk-team-a").decision.action == "refuse"

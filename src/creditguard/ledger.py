@@ -37,7 +37,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cachetools import TTLCache
 
@@ -329,27 +329,53 @@ class Ledger:
         record = self._source_record
         if not budgets or record is None:
             return
-        for budget in budgets:
-            budget._ledgers.add(self)
-            if len(budget._ledgers) > 1:
-                budget._shared = True
+        with _JOINS:
+            for budget in budgets:
+                budget._ledgers.add(self)
+                if len(budget._ledgers) > 1:
+                    budget._shared = True
+            _JOINS.count += 1
+        # the other guards' ledgers (weakly: each may go) and whether a budget
+        # for all keys is shared with them, worked out again after a join
+        told: list[Any] = [-1, ()]
 
         def record_and_tell(credential: str | None, cost: float) -> None:
             record(credential, cost)
             for budget in budgets:
-                if budget._shared:  # (another guard joined: each told once)
-                    others = {o for b in budgets for o in list(b._ledgers) if o is not self}
-                    for other in others:
-                        other._foreign(credential, cost)
-                    return
+                if budget._shared:  # (another guard joined)
+                    break
+            else:
+                return
+            if told[0] != _JOINS.count:
+                told[:] = [_JOINS.count, self._peers(budgets)]
+            for peer, every in told[1]:
+                other = peer()
+                if other is not None:
+                    other._foreign(credential, cost, every)
 
         self._source_record = record_and_tell
 
-    def _foreign(self, credential: str | None, cost: float) -> None:
-        """Another guard over a budget of this one's recorded ``cost``."""
-        key = self.key(credential)
+    def _peers(self, budgets: list[FixedBudget]) -> tuple[tuple[Any, bool], ...]:
+        """(weak reference, for every key) of each other ledger over ``budgets``:
+        every cached balance of it takes a spend of a budget not kept per key."""
+        every: dict[Ledger, bool] = {}
+        with _JOINS:
+            for budget in budgets:
+                for other in list(budget._ledgers):
+                    if other is not self:
+                        every[other] = every.get(other, False) or not budget.per_credential
+        return tuple((weakref.ref(other), all_keys) for other, all_keys in every.items())
+
+    def _foreign(self, credential: str | None, cost: float, every: bool = False) -> None:
+        """Another guard over a budget of this one's recorded ``cost`` for
+        ``credential`` (``every``: a budget for all keys, so each cached
+        balance of this ledger draws on it, whatever its key)."""
         with self._lock:
-            self._debit(key, cost)
+            if every and self._per_credential:
+                for key in list(self._cache):
+                    self._debit(key, cost)
+            else:
+                self._debit(self.key(credential), cost)
 
     # -- keys ---------------------------------------------------------------
 
@@ -970,6 +996,24 @@ def _charge(cost: object) -> float:
         return MAX_COST
     return cost
 
+
+class _Joins:
+    """Guards in one process joining a FixedBudget: a lock around the budgets'
+    sets of ledgers, and how many joins there were (peers are worked out anew
+    after one)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self._lock.release()
+
+
+_JOINS = _Joins()
 
 _DEFERRING: weakref.WeakSet[Ledger] = weakref.WeakSet()
 """Ledgers a finalizer deferred a settle to: drained at exit."""
