@@ -200,7 +200,6 @@ async def test_an_sdk_async_method_under_a_sync_decorator_is_held_until_awaited(
     gate.set()
     assert (await first).usage.cost == 0.5
     assert spends == [(0.5, "provider")] and guard.ledger.reserved(None) == 0
-    # the next calls go the async way from the start (no blocking hold on the loop)
     assert (await ask("priced", 0.25)).usage.cost == 0.25
     gate.clear()
     cut = asyncio.ensure_future(ask("priced", 9.0))
@@ -210,3 +209,43 @@ async def test_an_sdk_async_method_under_a_sync_decorator_is_held_until_awaited(
         await cut
     assert spends[1] == (0.25, "provider")
     assert spends[2][1] == "estimate" and guard.ledger.reserved(None) == 0
+
+
+async def test_a_sync_wrapper_of_an_async_function_is_guarded_as_async() -> None:
+    # (openai's and anthropic's async methods: functools.wraps around async def;
+    # found by unwrapping, so the hold is taken without blocking the loop)
+    import asyncio
+    import functools
+
+    guard, spends, _ = guard_with_spends()
+
+    async def _create(model: str) -> Any:
+        await asyncio.sleep(0)
+        return completion(cost=0.5)
+
+    @functools.wraps(_create)
+    def create(model: str) -> Any:  # (an argument check, then the coroutine)
+        return _create(model)
+
+    ask = guard(create)
+    pending = ask("priced")
+    assert asyncio.iscoroutine(pending) and guard.ledger.reserved(None) == 0  # not yet
+    assert (await pending).usage.cost == 0.5
+    assert spends == [(0.5, "provider")]
+
+
+async def test_a_function_returning_a_coroutine_only_sometimes_stays_usable_both_ways() -> None:
+    # (the first version switched the function to the async driver for good
+    # after its first coroutine: later plain results came back as coroutines)
+    guard, spends, _ = guard_with_spends()
+
+    async def later() -> Any:
+        return completion(cost=0.25)
+
+    def ask(model: str, asynchronous: bool) -> Any:
+        return later() if asynchronous else completion(cost=0.5)
+
+    guarded = guard(ask)
+    assert (await guarded("priced", True)).usage.cost == 0.25
+    assert guarded("priced", False).usage.cost == 0.5  # a plain result, as it was
+    assert spends == [(0.25, "provider"), (0.5, "provider")]

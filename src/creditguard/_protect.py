@@ -627,21 +627,14 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         call.charge(result)
         return result
 
-    if inspect.iscoroutinefunction(raw):
+    if _async(raw):
         return wrapt.decorator(async_wrapper)(fn)
 
     generator = inspect.isgeneratorfunction(raw)
-    # a sync function that returns a coroutine (an SDK's async method under a
-    # sync decorator, as openai's and anthropic's are): once seen, its calls
-    # are judged, held and charged as the async ones are, when awaited
-    coroutines = False
 
     def sync_wrapper(
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        nonlocal coroutines
-        if coroutines:
-            return async_wrapper(wrapped, instance, args, kwargs)
         model, credential, est, estimator = prepare(instance, args, kwargs)
         if est is None:  # (a price list to load first)
             prices.ensure()
@@ -665,7 +658,6 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
         if generator:
             return _charged(call, result)
         if type(result) is _Coroutine:  # (held until it is done: charged then)
-            coroutines = True
             return _awaited(call, result)
         call.charge(result)
         return result
@@ -673,9 +665,26 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
     return wrapt.decorator(sync_wrapper)(fn)
 
 
+def _async(raw: Callable[..., Any]) -> bool:
+    """Is ``raw`` a coroutine function, or a function or method whose sync
+    wrappers (``functools.wraps``) lead to one? openai's and anthropic's async
+    methods are sync argument checks around ``async def``. (Only functions and
+    methods are followed: a callable object may wrap an async function to run
+    it to completion.)"""
+    if inspect.iscoroutinefunction(raw):
+        return True
+    if not (inspect.isfunction(raw) or inspect.ismethod(raw)):
+        return False
+    try:
+        return inspect.iscoroutinefunction(inspect.unwrap(raw))
+    except ValueError:  # (a __wrapped__ cycle)
+        return False
+
+
 async def _awaited(call: Call, coroutine: Coroutine[Any, Any, Any]) -> Any:
-    """The coroutine a guarded sync function returned, charged when it is done
-    (its call runs when it is awaited, not before)."""
+    """The coroutine a guarded sync function returned (one :func:`_async`
+    cannot tell), charged when it is done: its call runs when it is awaited,
+    not before. (Never awaited, its hold lapses after ``hold_timeout``.)"""
     token = CURRENT_CALL.set(call)
     try:
         result = await coroutine
