@@ -201,3 +201,14 @@ def test_help_text_after_a_secret_name_is_not_masked(monkeypatch: pytest.MonkeyP
         for text in (f"api_key={value}, or", f"secret={value}; the", f"(token={value})"):
             masked = redact_text(text)
             assert value not in masked and "<redacted>" in masked, masked
+
+
+@pytest.mark.parametrize(
+    "text", ["db password=,Hunter2xyz failed", "auth token=;Zx9q8w7e6r5t", "pwd=)abc123def"]
+)
+def test_a_secret_starting_with_punctuation_is_still_masked(text: str) -> None:
+    # (the help-text rule took ',' ';' ')' for the sentence's punctuation even
+    # when a secret went on right after it: shown whole; the money reviewer)
+    shown = redact(text)
+    assert "<redacted>" in shown
+    assert not any(part in shown for part in ("Hunter2", "Zx9q8", "abc123"))

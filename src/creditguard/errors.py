@@ -156,7 +156,7 @@ _SECRET_NAME = (
 # "api_key=; the ...", "(... token=)") or None ("api_key=None (the call's credential)").
 _ASSIGNED = re.compile(
     rf"(?i)(?<![\w.\-])({_SECRET_NAME})=(['\"]?)"
-    rf"(?!(?:\.\.\.|{REDACTED}|None)(?:[&\s'\"#),;]|$))(?![,;)])[^&\s'\"#<>]+"
+    rf"(?!(?:\.\.\.|{REDACTED}|None)(?:[&\s'\"#),;]|$))(?![,;)](?:\s|$))[^&\s'\"#<>]+"
 )
 # "api_key": "...", 'x-api-key': '...' (JSON, a dict's repr)
 _QUOTED = re.compile(rf"""(?i)(["'])({_SECRET_NAME})\1(\s*:\s*)(["'])(?!{REDACTED}\4)[^"'\n]+\4""")
