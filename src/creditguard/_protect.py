@@ -22,7 +22,7 @@ import wrapt
 
 from ._fingerprint import describe
 from ._refusal import refusal_of, refused
-from .balance import call_cost
+from .balance import _call_cost
 from .costs import _KINDS, _MAPPING, MAX_COST, _kind_of, _usage_cost, usage_of
 from .errors import ConfigError, CreditsExhausted
 from .prices import sized_estimate
@@ -208,7 +208,9 @@ class Reservation:
     exception shows the call was not billed (:func:`unbilled`: nothing was
     sent, or the provider answered an error status) and otherwise charges its
     estimate, since a call cut off by a timeout or a cancellation may still be
-    billed by the provider (the next poll corrects the figure). Call
+    billed by the provider (the next poll corrects the figure); an SDK
+    retry's connect error counts as billed (an earlier attempt may have been).
+    A provider's refusal for credits marks the key exhausted. Call
     :meth:`release` yourself inside the block when you know nothing was sent.
     """
 
@@ -248,7 +250,7 @@ class Reservation:
         if self._done:
             return
         if cost is not None and (type(cost) is not float or not 0.0 <= cost <= MAX_COST):
-            call_cost(cost)  # (raises for a bad one, before anything is charged)
+            _call_cost(cost)  # (raises for a bad one, before anything is charged)
         self._done = True
         if cost is None:
             self._book(self.estimate, "estimate")

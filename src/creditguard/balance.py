@@ -8,7 +8,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["MAX_COST", "Balance", "call_cost", "check_cost", "normal_unit"]
+__all__ = ["MAX_COST", "Balance", "check_cost", "normal_unit"]
 
 MAX_COST = 1e9
 """A call's cost above this (in the balance's unit) is not believed: a provider
@@ -126,7 +126,7 @@ def check_cost(cost: object) -> float:
     return float(cost)
 
 
-def call_cost(cost: object) -> float:
+def _call_cost(cost: object) -> float:
     """A call's cost as ``record()`` and ``settle()`` take it: :func:`check_cost`,
     and at most :data:`MAX_COST` (ConfigError, before anything is charged)."""
     if type(cost) is float and 0.0 <= cost <= MAX_COST:  # the usual case

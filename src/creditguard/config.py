@@ -806,11 +806,11 @@ def _observe(r: _Reader, values: Mapping[str, Any]) -> dict[str, Any]:
 def _holds(r: _Reader, values: Mapping[str, Any]) -> dict[str, Any]:
     """``reserve``, ``hold_timeout`` and ``refresh_timeout``: BudgetGuard's
     arguments, checked by the guard's own rules (named as config keys here)."""
-    from .guard import check_hold_options
+    from .guard import _check_hold_options
 
     given = {key: values[key] for key in _HOLD_KEYS if key in values}
     try:
-        return check_hold_options(**given)
+        return _check_hold_options(**given)
     except ConfigError as exc:
         r.fail((exc.key,), given[exc.key], exc.allowed)
 

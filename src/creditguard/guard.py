@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast, overload
 
 from ._fingerprint import Fingerprinter
 from ._protect import CURRENT_CALL, Guarded, Reservation, unwrap_callable, wrap
-from .balance import MAX_COST, Balance, call_cost
+from .balance import MAX_COST, Balance, _call_cost
 from .costs import Pricing
 from .errors import (
     ConfigError,
@@ -127,7 +127,7 @@ def _flag(key: str, value: object) -> bool:
     return value
 
 
-def check_hold_options(**options: object) -> dict[str, Any]:
+def _check_hold_options(**options: object) -> dict[str, Any]:
     """``reserve`` (True or False), ``hold_timeout`` and ``refresh_timeout``
     (seconds > 0) as the guard takes them, for those given; else ConfigError.
     (The config loader checks its keys of the same names with this.)"""
@@ -320,7 +320,7 @@ class BudgetGuard:
         )
         # ask streaming chat calls for their usage (stream_options.include_usage)
         self.stream_usage = _flag("stream_usage", stream_usage)
-        holds = check_hold_options(
+        holds = _check_hold_options(
             reserve=reserve, hold_timeout=hold_timeout, refresh_timeout=refresh_timeout
         )
         self._reserve: bool = holds["reserve"]
@@ -858,7 +858,7 @@ class BudgetGuard:
         is not charged on top.
         """
         if type(cost) is not float or not 0.0 <= cost <= MAX_COST:
-            call_cost(cost)  # (ConfigError for a bad one, before anything is charged)
+            _call_cost(cost)  # (ConfigError for a bad one, before anything is charged)
         call = CURRENT_CALL.get()
         if call is not None and call._guard is not self:
             call = None

@@ -701,8 +701,9 @@ class PriceBook:
         self, model: str, prompt_tokens: float | None, limit: int | None, default: float
     ) -> Estimate:
         """One call's estimate for ``model``: the prompt and ``limit`` output
-        tokens at its price; no limit: the prompt and ``default``; no price
-        (or no prompt known): the learned estimate or ``default``."""
+        tokens at its price; no limit: the prompt and ``default``, or the
+        learned estimate when higher; no price (or no prompt known): the
+        learned estimate or ``default``."""
         if prompt_tokens is None:
             return Estimate(self.default(model, default))
         hit = self._memo.get(model)  # (price(), inline)

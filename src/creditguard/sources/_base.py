@@ -88,9 +88,9 @@ async def aclose_all(sources: Iterable[object]) -> None:
 
 def prefer_units(source: object, unit: str | None) -> None:
     """Tell every source under ``source`` that reports several currencies
-    (``prefer_unit``) which one its guard judges in: ``unit`` (the policy's),
+    (``_prefer_unit``) which one its guard judges in: ``unit`` (the policy's),
     or under ``ByHost`` the unit of the route's own policy, where it has one."""
-    prefer = getattr(source, "prefer_unit", None)
+    prefer = getattr(source, "_prefer_unit", None)
     if prefer is not None and unit is not None:
         prefer(unit)
     inner = getattr(source, "sources", ())

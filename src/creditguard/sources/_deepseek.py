@@ -96,7 +96,7 @@ class DeepSeekBalance(HttpSource):
         )
         self.unit = None if unit is None else normal_unit(unit)
 
-    def prefer_unit(self, unit: str) -> None:
+    def _prefer_unit(self, unit: str) -> None:
         """A guard judging in ``unit`` (``Policy(unit=...)``) reads that
         currency's entry, when ``unit=`` chose none (the first such guard's)."""
         if self.unit is None:
