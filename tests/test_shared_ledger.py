@@ -131,18 +131,19 @@ def test_a_lease_taken_after_another_refresh_does_not_fetch_again(
     to fetch a second time)."""
     source = Source()
     a, b = guard(redis_server, source), guard(redis_server, source)
-    refreshed = threading.Event()
+    entered, refreshed = threading.Event(), threading.Event()
     try_lock = b.ledger.store.try_lock  # type: ignore[attr-defined]
 
     def late_try_lock(*args: Any) -> bool:
-        refreshed.wait(5)  # b has read the stale snapshot; a refreshes meanwhile
+        entered.set()
+        refreshed.wait(10)  # b has read the stale snapshot; a refreshes meanwhile
         return try_lock(*args)
 
     b.ledger.store.try_lock = late_try_lock  # type: ignore[attr-defined]
     seen: list[Any] = []
     worker = threading.Thread(target=lambda: seen.append(b.check(credential=KEY)))
     worker.start()
-    time.sleep(0.1)
+    assert entered.wait(10)  # (b is at its lease, past its read)
     assert a.check(credential=KEY).balance.remaining == 10  # type: ignore[union-attr]
     refreshed.set()
     worker.join()
