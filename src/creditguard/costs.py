@@ -139,7 +139,8 @@ def _get(obj: object, name: str) -> object:
 # attribute that ``model_extra`` returns), read there directly instead. How
 # to read each type is worked out once per type.
 
-_NAMES = ("usage", "cost", *_PROMPT_KEYS, *_COMPLETION_KEYS)
+_CACHE_KEYS = ("cache_creation_input_tokens", "cache_read_input_tokens", "cache_creation")
+_NAMES = ("usage", "cost", *_PROMPT_KEYS, *_COMPLETION_KEYS, *_CACHE_KEYS)
 _MAPPING: frozenset[str] = frozenset(("<mapping>",))
 _DECLARED = frozenset((_PROMPT_KEYS[0], _COMPLETION_KEYS[0]))  # a Mapping: read with .get
 _KINDS: dict[type, frozenset[str]] = {dict: _MAPPING}
@@ -246,6 +247,11 @@ def _usage_cost(
         prompt = _number(prompt)
         if prompt is None:
             prompt = _number(_read(usage, kind, "input_tokens"))
+            # Anthropic's input_tokens leaves out the prompt cache's writes and
+            # reads, reported (and billed) beside it
+            cached = _cache_tokens(usage, kind)
+            if cached:
+                prompt = (prompt or 0.0) + cached
     if type(completion) is not int or not 0 <= completion <= _BIG_INT:
         completion = _number(completion)
         if completion is None:
@@ -261,6 +267,28 @@ def _usage_cost(
         return float(cost), "tokens"
     _believable(cost, "cost from its tokens")  # (logs it)
     return None
+
+
+# Anthropic bills its prompt cache at multiples of the input price: writes that
+# live 5 minutes (the default) at 1.25x, 1 hour at 2x, reads at 0.1x.
+_CACHE_WRITE, _CACHE_WRITE_1H, _CACHE_READ = 1.25, 2.0, 0.1
+
+
+def _cache_tokens(usage: object, kind: frozenset[str]) -> float:
+    """An Anthropic usage report's prompt-cache tokens, as input tokens at the
+    input price (``cache_creation_input_tokens`` and ``cache_read_input_tokens``,
+    which its ``input_tokens`` does not count); 0 when it reports none."""
+    written = _number(_read(usage, kind, "cache_creation_input_tokens"))
+    read = _number(_read(usage, kind, "cache_read_input_tokens"))
+    if written is None and read is None:
+        return 0.0
+    total = 0.0 if read is None else read * _CACHE_READ
+    if written:
+        breakdown = _read(usage, kind, "cache_creation")
+        hour = None if breakdown is None else _number(_get(breakdown, "ephemeral_1h_input_tokens"))
+        hour = min(hour, written) if hour is not None else 0.0
+        total += hour * _CACHE_WRITE_1H + (written - hour) * _CACHE_WRITE
+    return total
 
 
 def cost_from_result(result: object, price: Price | None = None) -> float | None:

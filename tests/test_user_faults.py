@@ -1,0 +1,192 @@
+"""The library tried as a demanding user would: real SDKs and real workloads, with
+faults, measured as what the provider billed against what the guard charged and the
+budget. Each scenario states its figures; a bug still open on main is an
+``xfail(strict=True)`` test naming it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import anthropic
+import httpx2
+import pytest
+from sdk_helpers import SECRET, assert_no_secret
+
+import creditguard.httpx2 as cg2
+from creditguard import BudgetGuard, Policy
+from creditguard.sources import FixedBudget
+
+
+@pytest.fixture(autouse=True)
+def _no_key_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every log line of every scenario (DEBUG included) is free of the keys in play."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    yield
+    for when in ("setup", "call"):
+        for record in caplog.get_records(when):
+            assert_no_secret(record.getMessage(), str(record.exc_text or ""))
+
+
+def _spent(guard: BudgetGuard, model: str) -> float:
+    """What the guard has charged against its FixedBudget so far."""
+    balance = guard.check(model).balance
+    assert balance is not None and balance.used is not None
+    return balance.used
+
+
+# -- Anthropic prompt caching: the cache's tokens are billed -----------------------------
+# Anthropic's ``input_tokens`` leaves out the prompt-cache writes and reads
+# (``cache_creation_input_tokens`` at 1.25x the input price, 2x for a 1-hour cache;
+# ``cache_read_input_tokens`` at 0.1x). A call that writes a 200k-token system prompt
+# to the cache costs $0.75 at $3/M input; main charged it $0.00033, so a $10 FixedBudget
+# let ~30,000 such calls through instead of 13.
+
+CLAUDE = "claude-sonnet-4-5"
+ANTHROPIC_KEY = f"sk-ant-{SECRET}-cache-0123456789"
+PROMPT_PRICE, COMPLETION_PRICE = 3e-6, 15e-6
+CACHE_USAGE: dict[str, Any] = {
+    "input_tokens": 10,
+    "cache_creation_input_tokens": 200_000,
+    "cache_read_input_tokens": 50_000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 150_000, "ephemeral_1h_input_tokens": 50_000},
+    "output_tokens": 20,
+}
+# what Anthropic bills for CACHE_USAGE
+CACHE_COST = (
+    10 * PROMPT_PRICE
+    + 150_000 * PROMPT_PRICE * 1.25
+    + 50_000 * PROMPT_PRICE * 2.0
+    + 50_000 * PROMPT_PRICE * 0.1
+    + 20 * COMPLETION_PRICE
+)
+
+
+def _message(usage: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "msg_01",
+        "type": "message",
+        "role": "assistant",
+        "model": CLAUDE,
+        "content": [{"type": "text", "text": "Hi."}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+
+
+def _message_stream(usage: dict[str, Any]) -> bytes:
+    start = {**usage, "output_tokens": 1}
+    events = [
+        ("message_start", {"type": "message_start", "message": _message(start)}),
+        (
+            "content_block_start",
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+        ),
+        (
+            "content_block_delta",
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "Hi."},
+            },
+        ),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        (
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": usage["output_tokens"]},
+            },
+        ),
+        ("message_stop", {"type": "message_stop"}),
+    ]
+    return b"".join(f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events)
+
+
+def _anthropic_provider(request: httpx2.Request) -> httpx2.Response:
+    body = json.loads(request.content)
+    if body.get("stream"):
+        return httpx2.Response(
+            200,
+            headers={"content-type": "text/event-stream"},
+            content=_message_stream(CACHE_USAGE),
+        )
+    return httpx2.Response(200, json=_message(CACHE_USAGE))
+
+
+def _cache_guard() -> BudgetGuard:
+    return BudgetGuard(
+        FixedBudget(10.0),
+        Policy(refuse_below=1.0),
+        pricing={"claude-*": {"prompt": PROMPT_PRICE, "completion": COMPLETION_PRICE}},
+        pricing_from=None,
+    )
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_anthropic_prompt_cache_tokens_are_charged_through_the_transport(stream: bool) -> None:
+    guard = _cache_guard()
+    client = anthropic.Anthropic(
+        api_key=ANTHROPIC_KEY,
+        base_url="https://api.anthropic.com",
+        http_client=cg2.client(guard, transport=httpx2.MockTransport(_anthropic_provider)),
+        max_retries=0,
+    )
+    system = [{"type": "text", "text": "rules " * 1000, "cache_control": {"type": "ephemeral"}}]
+    args: dict[str, Any] = {
+        "model": CLAUDE,
+        "max_tokens": 64,
+        "system": system,
+        "messages": [{"role": "user", "content": "Hi"}],
+    }
+    if stream:
+        with client.messages.stream(**args) as events:
+            for _ in events:
+                pass
+    else:
+        client.messages.create(**args)
+    assert _spent(guard, CLAUDE) == pytest.approx(CACHE_COST)
+    assert guard.ledger.reserved(None) == 0
+
+
+def test_anthropic_prompt_cache_tokens_are_charged_through_the_decorator() -> None:
+    guard = _cache_guard()
+    client = anthropic.Anthropic(
+        api_key=ANTHROPIC_KEY,
+        base_url="https://api.anthropic.com",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(_anthropic_provider)),
+        max_retries=0,
+    )
+
+    @guard
+    def ask(prompt: str, model: str = CLAUDE) -> Any:
+        return client.messages.create(
+            model=model, max_tokens=64, messages=[{"role": "user", "content": prompt}]
+        )
+
+    ask("Hi")
+    assert _spent(guard, CLAUDE) == pytest.approx(CACHE_COST)
+
+
+def test_openai_style_usage_that_counts_the_cache_in_its_prompt_is_not_charged_twice() -> None:
+    """LiteLLM and gateways report Anthropic calls in OpenAI's shape: ``prompt_tokens``
+    includes the cache there, beside copies of Anthropic's cache fields."""
+    from creditguard.costs import Price, cost_from_usage
+
+    usage = {
+        "prompt_tokens": 250_010,
+        "completion_tokens": 20,
+        "cache_creation_input_tokens": 200_000,
+        "cache_read_input_tokens": 50_000,
+    }
+    cost = cost_from_usage(usage, Price(PROMPT_PRICE, COMPLETION_PRICE))
+    assert cost == pytest.approx(250_010 * PROMPT_PRICE + 20 * COMPLETION_PRICE)
