@@ -276,6 +276,7 @@ async def test_a_burst_of_priced_calls_without_max_tokens_keeps_the_budget(
         one_call = fake.key(BURST_KEY).usage / 2
         assert one_call > 0.1  # each call really costs about $0.12
         await _gated_burst(fake, client, 50)
+    await guard.aclose()
     spent = fake.key(BURST_KEY).usage
     assert spent <= 1.0 + one_call, f"spent ${spent:.2f} of a $1.00 budget"
     assert guard.ledger.reserved(BURST_KEY) == 0
@@ -321,6 +322,8 @@ def test_a_fixed_budget_inside_tightest_binds_while_the_provider_endpoint_is_dow
             except openai.APIStatusError as exc:
                 assert exc.response.headers.get("x-creditguard-decision") == "refuse", exc
                 refused += 1
+        client.close()
+        guard.close()
         spent = fake.key(TIGHT_KEY).usage
         assert budget.spent(None) == pytest.approx(spent)  # the budget saw every call
         assert spent <= 1.0 + 0.10 + 1e-9, f"spent ${spent:.2f} of a $1.00 FixedBudget"
