@@ -19,8 +19,16 @@ import pytest
 from sdk_helpers import SECRET, assert_no_secret
 
 import creditguard.httpx2 as cg2
-from creditguard import BudgetGuard, Policy
-from creditguard.sources import FixedBudget, OpenRouterKey, Tightest
+from creditguard import BudgetGuard, ConfigError, Policy
+from creditguard.sources import (
+    AnthropicSpend,
+    ByHost,
+    DeepSeekBalance,
+    FixedBudget,
+    OpenAISpend,
+    OpenRouterKey,
+    Tightest,
+)
 from creditguard.testing import FakeProvider
 
 
@@ -328,3 +336,28 @@ def test_a_fixed_budget_inside_tightest_binds_while_the_provider_endpoint_is_dow
         assert budget.spent(None) == pytest.approx(spent)  # the budget saw every call
         assert spent <= 1.0 + 0.10 + 1e-9, f"spent ${spent:.2f} of a $1.00 FixedBudget"
         assert refused > 0
+
+
+# -- bad inputs to the Python API: a typed error naming what was wrong ---------------------
+# main raised AttributeError for a ``pricing`` or ByHost ``policies`` that is not a
+# mapping, and OverflowError for a huge int ``timeout`` or spend ``budget``.
+
+
+@pytest.mark.parametrize(
+    ("key", "build"),
+    [
+        ("pricing", lambda: BudgetGuard(FixedBudget(1.0), pricing="gpt-4o=0.01")),
+        ("pricing", lambda: BudgetGuard(FixedBudget(1.0), pricing=[("gpt-4o", 0.01)])),
+        ("policies", lambda: ByHost({"a.example": FixedBudget(1.0)}, policies=Policy())),
+        ("timeout", lambda: OpenRouterKey(timeout=10**400)),
+        ("timeout", lambda: DeepSeekBalance(timeout=10**400)),
+        ("budget", lambda: OpenAISpend(10**400, api_key="sk-admin-x")),
+        ("budget", lambda: AnthropicSpend(10**400, api_key="sk-ant-admin-x")),
+        ("timeout", lambda: OpenAISpend(5.0, api_key="sk-admin-x", timeout=10**400)),
+    ],
+)
+def test_bad_python_arguments_are_config_errors(key: str, build: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        build()
+    assert caught.value.key == key
+    assert caught.value.allowed

@@ -75,6 +75,10 @@ class Pricing:
     __slots__ = ("_any", "_map", "table")
 
     def __init__(self, table: Mapping[str, Mapping[str, float]] | None = None) -> None:
+        if table is not None and not isinstance(table, Mapping):
+            raise ConfigError(
+                "pricing", table, "a mapping of model or glob to {prompt, completion} per token"
+            )
         prices: dict[str, Price] = {}
         for model, entry in (table or {}).items():
             if not isinstance(model, str) or not model:

@@ -140,6 +140,8 @@ class ByHost:
             if name in table:
                 raise ConfigError("sources", host, "each host once")
             table[name] = source
+        if policies is not None and not isinstance(policies, Mapping):
+            raise ConfigError("policies", policies, "a mapping of host name to creditguard.Policy")
         rules: dict[str, Policy] = {}
         for host, policy in (policies or {}).items():
             name = _normal(host)

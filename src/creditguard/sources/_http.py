@@ -527,6 +527,7 @@ class HttpSource:
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, (int, float))
+            or (isinstance(timeout, int) and timeout > 2**1000)  # (not OverflowError below)
             or not math.isfinite(timeout)
             or timeout <= 0
         ):

@@ -268,6 +268,7 @@ class _SpendSource(HttpSource):
         if (
             isinstance(budget, bool)
             or not isinstance(budget, (int, float))
+            or (isinstance(budget, int) and budget > 2**1000)  # (not OverflowError below)
             or not math.isfinite(budget)
             or budget < 0
         ):
