@@ -16,10 +16,24 @@ import httpx
 import httpx2
 import openai
 import pytest
-from sdk_helpers import SECRET, assert_no_secret
+from sdk_helpers import (
+    ESTIMATE,
+    KEY,
+    LIMIT,
+    MODEL,
+    PRICE,
+    QUICK,
+    SECRET,
+    SLOW,
+    assert_no_secret,
+    bounded_guard,
+    in_threads,
+    settle_down,
+    spent,
+)
 
 import creditguard.httpx2 as cg2
-from creditguard import BudgetGuard, ConfigError, Policy
+from creditguard import BudgetGuard, ConfigError, CreditsExhausted, Policy
 from creditguard.sources import (
     AnthropicSpend,
     ByHost,
@@ -361,3 +375,98 @@ def test_bad_python_arguments_are_config_errors(key: str, build: Any) -> None:
         build()
     assert caught.value.key == key
     assert caught.value.allowed
+
+
+# -- LangChain: runs that time out are charged -------------------------------------------
+# CreditGuardCallbackHandler released the hold of every run that ended in on_llm_error,
+# and GuardedChatModel released every stream that failed before its first chunk: a
+# read timeout (the provider still answers, and bills) was free. 20 threads calling
+# ChatOpenAI with a 0.15 s timeout against a provider answering in 0.3 s spent the key's
+# whole $1.00 past a $0.80 floor (the transport route is held to $0.21).
+
+LC_FLOOR = 0.8  # a $0.20 headroom: ~20 calls of $0.01 reach it
+LC_BOUND = LIMIT - LC_FLOOR + ESTIMATE + 1e-9
+
+
+def _timing_out_fake() -> FakeProvider:
+    fake = FakeProvider(default_price=PRICE).start()
+    fake.add_key(KEY, limit=LIMIT)
+    fake.fault("chat", delay=SLOW)  # every call answers (and is billed) after SLOW s
+    return fake
+
+
+def _chat_openai(fake: FakeProvider, **kwargs: Any) -> Any:
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=MODEL,
+        base_url=fake.openrouter_base_url,
+        api_key=KEY,  # type: ignore[arg-type]
+        timeout=QUICK,
+        max_retries=0,
+        **kwargs,
+    )
+
+
+def test_langchain_callback_runs_that_time_out_keep_the_bound() -> None:
+    from creditguard_langchain import CreditGuardCallbackHandler
+
+    fake = _timing_out_fake()
+    try:
+        guard = bounded_guard(fake, policy=Policy(refuse_below=LC_FLOOR))
+        handler = CreditGuardCallbackHandler(guard, credential=KEY)
+        llm = _chat_openai(fake, callbacks=[handler])
+        refusals: list[int] = []
+
+        def worker() -> None:
+            for _ in range(4):
+                try:
+                    llm.invoke("Say hi.")
+                except CreditsExhausted:
+                    refusals.append(1)
+                    return
+                except openai.APITimeoutError:
+                    continue
+
+        in_threads([worker] * 20)
+        settle_down(fake, SLOW)
+        assert refusals, "the floor was never reached"
+        assert spent(fake) <= LC_BOUND, f"provider billed {spent(fake):.2f}"
+        assert handler.in_flight == 0
+        assert guard.ledger.reserved(KEY) == 0
+        guard.close()
+    finally:
+        fake.stop()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["stream", "astream"])
+async def test_guarded_chat_model_streams_that_time_out_keep_the_bound(
+    asynchronous: bool,
+) -> None:
+    from creditguard_langchain import GuardedChatModel
+
+    fake = _timing_out_fake()
+    try:
+        guard = bounded_guard(fake, policy=Policy(refuse_below=LC_FLOOR))
+        model = GuardedChatModel(guard, {MODEL: _chat_openai(fake)}, credential=KEY)
+        refused = timeouts = 0
+        for _ in range(40):  # one call at a time: each settles before the next
+            try:
+                if asynchronous:
+                    async for _chunk in model.astream("Say hi."):
+                        pass
+                else:
+                    for _chunk in model.stream("Say hi."):
+                        pass
+            except CreditsExhausted:
+                refused += 1
+                break
+            except openai.APITimeoutError:
+                timeouts += 1
+        settle_down(fake, SLOW)
+        assert refused == 1 and timeouts >= 20
+        assert spent(fake) <= LC_BOUND, f"provider billed {spent(fake):.2f}"
+        assert guard.ledger.reserved(KEY) == 0
+        await guard.aclose()
+    finally:
+        fake.stop()

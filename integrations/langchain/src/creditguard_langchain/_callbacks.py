@@ -73,9 +73,10 @@ class _Guarding:
     def _ended(self, response: LLMResult, run_id: UUID) -> None:
         self._runs.ended(run_id, response)
 
-    def _failed(self, run_id: UUID, kwargs: Mapping[str, Any]) -> None:
+    def _failed(self, run_id: UUID, error: BaseException, kwargs: Mapping[str, Any]) -> None:
         response = kwargs.get("response")
-        self._runs.failed(run_id, response if isinstance(response, LLMResult) else None)
+        result = response if isinstance(response, LLMResult) else None
+        self._runs.failed(run_id, result, error)
 
 
 class CreditGuardCallbackHandler(_Guarding, BaseCallbackHandler):
@@ -87,8 +88,10 @@ class CreditGuardCallbackHandler(_Guarding, BaseCallbackHandler):
     (``raise_error = True``), before any request is sent. ``on_llm_end`` settles
     the run with its real cost: ``llm_output["token_usage"]["cost"]`` (OpenRouter
     through ChatOpenAI), else token usage x the guard's prices, else the
-    estimate. ``on_llm_error`` releases the hold (a stream cut short after
-    output is charged instead).
+    estimate. ``on_llm_error`` releases the hold when the error shows nothing
+    was billed (a connect error, a provider's error status); a timeout, a
+    cancellation or a dropped connection charges the estimate, and a stream
+    cut short after output is charged what it showed.
 
     A callback can refuse but cannot change the model: at the downgrade tier the
     decision is logged and the call goes ahead with the requested model. Use
@@ -156,7 +159,7 @@ class CreditGuardCallbackHandler(_Guarding, BaseCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._failed(run_id, kwargs)
+        self._failed(run_id, error, kwargs)
 
 
 class AsyncCreditGuardCallbackHandler(_Guarding, AsyncCallbackHandler):
@@ -224,4 +227,4 @@ class AsyncCreditGuardCallbackHandler(_Guarding, AsyncCallbackHandler):
         tags: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        self._failed(run_id, kwargs)
+        self._failed(run_id, error, kwargs)

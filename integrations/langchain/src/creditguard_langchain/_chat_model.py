@@ -74,7 +74,8 @@ class GuardedChatModel(BaseChatModel):
     The call's estimate is held while it runs, then settled with its reported
     cost (``token_usage.cost``, as OpenRouter reports it through ChatOpenAI),
     else its token usage x the guard's prices, else the estimate; a failed call
-    is released. ``estimate`` fixes what a call holds (None: reckoned from the
+    is released when its error shows nothing was billed, else charged its
+    estimate (a timeout, a cancellation: maybe billed). ``estimate`` fixes what a call holds (None: reckoned from the
     prompt, ``max_tokens`` and prices, else the guard's estimate).
 
     It is a LangChain chat model: ``invoke``, ``ainvoke``, ``stream``,
@@ -223,14 +224,16 @@ class GuardedChatModel(BaseChatModel):
         credential, sized = self._ask(requested, messages, kwargs)
         held = self.guard.reserve(self.model, credential=credential, **sized)
         runner, price = self._choose(held, requested)
-        tally, failed = Tally(), True
+        tally, error = Tally(), None
         try:
             for message in runner.stream(messages, _config(run_manager), stop=stop, **kwargs):
                 tally.add(message)
                 yield ChatGenerationChunk(message=as_chunk(message))
-            failed = False
+        except BaseException as exc:  # timed out, cut off, closed early: maybe billed
+            error = exc
+            raise
         finally:
-            tally.finish(held, price, failed=failed)
+            tally.finish(held, price, error=error)
 
     # -- async ----------------------------------------------------------------
 
@@ -260,13 +263,15 @@ class GuardedChatModel(BaseChatModel):
         credential, sized = self._ask(requested, messages, kwargs)
         held = await self.guard.areserve(self.model, credential=credential, **sized)
         runner, price = self._choose(held, requested)
-        tally, failed = Tally(), True
+        tally, error = Tally(), None
         try:
             async for message in runner.astream(
                 messages, _config(run_manager), stop=stop, **kwargs
             ):
                 tally.add(message)
                 yield ChatGenerationChunk(message=as_chunk(message))
-            failed = False
+        except BaseException as exc:  # timed out, cancelled, closed early: maybe billed
+            error = exc
+            raise
         finally:
-            tally.finish(held, price, failed=failed)
+            tally.finish(held, price, error=error)

@@ -380,15 +380,28 @@ class Tally:
         if usage:
             self.usage = add_usage(self.usage, usage)
 
-    def finish(self, reservation: Reservation, price: Price | None, *, failed: bool) -> None:
+    def finish(
+        self, reservation: Reservation, price: Price | None, *, error: BaseException | None
+    ) -> None:
         """Settle the stream's reservation: with its reported cost, else its
-        usage x ``price``, else its estimate. A stream that failed before any
-        output is released; one cut short after output is charged (never free)."""
-        if failed and not self.produced:
-            reservation.release()
+        usage x ``price``, else its estimate. A stream that failed (``error``)
+        before any output is settled as the reservation settles a call that
+        raised (:func:`failed_call`); one cut short after output is charged
+        (never free)."""
+        if error is not None and not self.produced:
+            failed_call(reservation, error)
             return
         cost = self.cost if self.cost is not None else cost_from_usage(self.usage, price)
         reservation.settle(cost)
+
+
+def failed_call(reservation: Reservation, error: BaseException) -> None:
+    """A call that raised ``error`` before any output: released when the error
+    shows nothing was billed (a connect error, a provider's error status, a
+    refusal), else charged its estimate (a timeout, a cancellation, a dropped
+    connection: the provider may have billed it). The reservation's own rule,
+    the one ``with guard.reserve(...)`` applies."""
+    reservation.__exit__(type(error), error, error.__traceback__)
 
 
 def as_chunk(message: BaseMessage) -> BaseMessageChunk:
@@ -451,9 +464,11 @@ class Runs:
             reservation, price = held
             reservation.settle(result_cost(result, price))
 
-    def failed(self, run_id: UUID, result: LLMResult | None) -> None:
-        """Release the run's hold, unless it produced output before failing (a
-        stream cut short): that is charged, like the transport does."""
+    def failed(self, run_id: UUID, result: LLMResult | None, error: BaseException) -> None:
+        """A run that raised ``error``: a stream cut short after output is
+        charged what it showed, like the transport does; else the run is
+        released only when ``error`` shows nothing was billed (:func:`failed_call`:
+        a timed-out or cancelled call may have been)."""
         held = self._take(run_id)
         if held is None:
             return
@@ -462,4 +477,4 @@ class Runs:
             assert result is not None
             reservation.settle(result_cost(result, price))
         else:
-            reservation.release()
+            failed_call(reservation, error)

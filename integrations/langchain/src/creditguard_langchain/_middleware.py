@@ -50,7 +50,8 @@ class CreditGuardMiddleware(AgentMiddleware[AgentState[Any], Any, Any]):
     ``models`` maps model names to chat models, or is a function from a model
     name to a chat model (called once per name). The call's estimate is held
     while it runs, then settled with its reported cost, else token usage x the
-    guard's prices, else the estimate; a failed call is released.
+    guard's prices, else the estimate; a failed call is released when its
+    error shows nothing was billed, else charged its estimate.
     ``estimate`` fixes what each call holds.
 
     Model calls made inside are marked as judged: a
