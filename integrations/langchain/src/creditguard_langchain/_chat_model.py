@@ -75,8 +75,9 @@ class GuardedChatModel(BaseChatModel):
     cost (``token_usage.cost``, as OpenRouter reports it through ChatOpenAI),
     else its token usage x the guard's prices, else the estimate; a failed call
     is released when its error shows nothing was billed, else charged its
-    estimate (a timeout, a cancellation: maybe billed). ``estimate`` fixes what a call holds (None: reckoned from the
-    prompt, ``max_tokens`` and prices, else the guard's estimate).
+    estimate (a timeout, a cancellation: maybe billed). ``estimate`` fixes what
+    a call holds (None: reckoned from the prompt, ``max_tokens`` and prices,
+    else the guard's estimate).
 
     It is a LangChain chat model: ``invoke``, ``ainvoke``, ``stream``,
     ``astream``, ``batch``, ``abatch``, callbacks, ``bind_tools`` (binds the
