@@ -152,6 +152,23 @@ _UNSENT = frozenset(
 )
 
 
+# Exceptions (by class name) of a call cut off after it was sent. Whatever
+# status an SDK gives one (litellm's Timeout carries 408, no response), no
+# answer came: it may have been billed (what caused it may still show otherwise).
+_CUT_OFF = frozenset(
+    (
+        "APITimeoutError",
+        "Timeout",
+        "ReadTimeout",
+        "WriteTimeout",
+        "TimeoutError",
+        "CancelledError",
+        "RemoteProtocolError",
+        "ReadError",
+    )
+)
+
+
 def _retried(exc: BaseException) -> bool:
     """Was the request behind ``exc`` (its own, as httpx's errors carry it, or
     its response's) an SDK's retry (Stainless SDKs number their attempts in
@@ -183,11 +200,14 @@ def unbilled(exc: BaseException) -> bool:
     for _ in range(8):
         if seen is None:
             break
-        if any(cls.__name__ in _UNSENT for cls in type(seen).__mro__):
+        names = [cls.__name__ for cls in type(seen).__mro__]
+        if any(name in _UNSENT for name in names):
             return not _retried(seen)
-        status = getattr(seen, "status_code", None)
-        if status is None:
-            status = getattr(getattr(seen, "response", None), "status_code", None)
+        status = None
+        if not any(name in _CUT_OFF for name in names):  # (a cut-off call has no answer)
+            status = getattr(seen, "status_code", None)
+            if status is None:
+                status = getattr(getattr(seen, "response", None), "status_code", None)
         if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
             # an SDK's last attempt answered with an error, but an earlier one
             # (a timeout the SDK retried) may have been billed

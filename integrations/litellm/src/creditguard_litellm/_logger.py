@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeAlias
 from uuid import uuid4
 
+import litellm
 from litellm.integrations.custom_logger import CustomLogger
 
 from creditguard import BudgetGuard, ConfigError, Decision, Reservation
@@ -138,7 +139,8 @@ class CreditGuardLogger(CustomLogger):
     it with the cost the provider reported (``usage.cost``), else litellm's
     ``response_cost``, else the usage tokens x the guard's prices, else the
     estimate. A failure event, or the proxy's ``async_post_call_failure_hook``,
-    releases it. Calls are matched by ``litellm_call_id`` (the hook sets one in
+    releases it, unless the call timed out (``litellm.Timeout``: the provider
+    may have billed it), which charges its estimate. Calls are matched by ``litellm_call_id`` (the hook sets one in
     ``data`` when it is missing).
 
     ``async_pre_call_hook`` is a proxy hook: ``litellm.completion`` in your own
@@ -334,7 +336,10 @@ class CreditGuardLogger(CustomLogger):
             amount = again.reservation.estimate if cost is None else cost
             self.guard.record(amount, credential=again.credential)
 
-    def _failed(self, call_id: str | None) -> None:
+    def _failed(self, call_id: str | None, error: object = None) -> None:
+        """The call failed: released, unless ``error`` (litellm's exception)
+        shows it was cut off after it was sent (a timeout: the provider may
+        have billed it), which charges its estimate."""
         if call_id is None:
             return
         with self._lock:
@@ -343,7 +348,12 @@ class CreditGuardLogger(CustomLogger):
                 self._released[call_id] = held
                 while len(self._released) > _RELEASED_KEPT:
                     self._released.popitem(last=False)
-        if held is not None:
+        if held is None:
+            return
+        if isinstance(error, BaseException):  # (the reservation's own rule for a call that raised)
+            held.reservation.__exit__(type(error), error, error.__traceback__)
+            log.debug("call failed (%s): hold settled by its error", type(error).__name__)
+        else:
             held.reservation.release()
             log.debug("call failed: hold released")
 
@@ -360,12 +370,12 @@ class CreditGuardLogger(CustomLogger):
     def log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        self._failed(_call_id(kwargs))
+        self._failed(_call_id(kwargs), kwargs.get("exception"))
 
     async def async_log_failure_event(
         self, kwargs: dict[str, Any], response_obj: Any, start_time: Any, end_time: Any
     ) -> None:
-        self._failed(_call_id(kwargs))
+        self._failed(_call_id(kwargs), kwargs.get("exception"))
 
     async def async_post_call_failure_hook(
         self,
@@ -375,5 +385,7 @@ class CreditGuardLogger(CustomLogger):
         traceback_str: str | None = None,
     ) -> None:
         """The proxy request failed (another hook rejected it after this one, or
-        the call failed): release its hold."""
-        self._failed(_call_id(request_data))
+        the call failed): release its hold, unless the call timed out (it may
+        have been billed: its estimate is charged)."""
+        timed_out = isinstance(original_exception, litellm.Timeout)
+        self._failed(_call_id(request_data), original_exception if timed_out else None)
