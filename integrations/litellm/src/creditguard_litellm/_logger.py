@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple, TypeAlias
 from uuid import uuid4
 
-import litellm
+from litellm.exceptions import Timeout as LitellmTimeout
 from litellm.integrations.custom_logger import CustomLogger
 
 from creditguard import BudgetGuard, ConfigError, Decision, Reservation
@@ -140,8 +140,8 @@ class CreditGuardLogger(CustomLogger):
     ``response_cost``, else the usage tokens x the guard's prices, else the
     estimate. A failure event, or the proxy's ``async_post_call_failure_hook``,
     releases it, unless the call timed out (``litellm.Timeout``: the provider
-    may have billed it), which charges its estimate. Calls are matched by ``litellm_call_id`` (the hook sets one in
-    ``data`` when it is missing).
+    may have billed it), which charges its estimate. Calls are matched by
+    ``litellm_call_id`` (the hook sets one in ``data`` when it is missing).
 
     ``async_pre_call_hook`` is a proxy hook: ``litellm.completion`` in your own
     code never calls it (guard those calls with
@@ -387,5 +387,5 @@ class CreditGuardLogger(CustomLogger):
         """The proxy request failed (another hook rejected it after this one, or
         the call failed): release its hold, unless the call timed out (it may
         have been billed: its estimate is charged)."""
-        timed_out = isinstance(original_exception, litellm.Timeout)
+        timed_out = isinstance(original_exception, LitellmTimeout)
         self._failed(_call_id(request_data), original_exception if timed_out else None)
