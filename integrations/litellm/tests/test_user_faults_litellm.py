@@ -59,3 +59,15 @@ async def test_a_logged_litellm_call_that_times_out_is_charged(
         )
     await await_for(lambda: logger.in_flight == 0, "the failure event")  # (a task of its own)
     assert spent(source) == pytest.approx(0.05)  # its estimate: the provider billed it
+
+
+async def test_the_proxy_failure_hook_charges_a_call_that_timed_out() -> None:
+    # the proxy may call it before litellm's failure event: a timeout is charged there too
+    guard, source = budget_guard(BUDGETS["allow"])
+    logger = CreditGuardLogger(guard, estimate=0.05)
+    data: dict[str, Any] = {"model": EXPENSIVE, "messages": [dict(m) for m in MESSAGES]}
+    data = await logger.async_pre_call_hook(USER, DualCache(), data, "acompletion")
+    timeout = litellm.Timeout(message="Request timed out.", model=EXPENSIVE, llm_provider="openai")
+    await logger.async_post_call_failure_hook(data, timeout, USER)
+    assert logger.in_flight == 0
+    assert spent(source) == pytest.approx(0.05)
