@@ -700,3 +700,33 @@ def test_a_stream_read_for_longer_than_hold_timeout_keeps_its_hold() -> None:
         pass
     assert _spent(guard, "slow/reasoner") == pytest.approx(0.9)
     client.close()
+
+
+# -- a key pasted into api_key_env ---------------------------------------------------------
+# api_key_env names the variable; a user who pastes the key there gets a ConfigError.
+# On main it showed the value whole when the masking did not recognise it as a key:
+# fal's "id:secret" keys, and upper-case hex tokens, in the config and the spend sources.
+
+PASTED = [
+    "8a4f5c2e-1234-4abc-9def-0123456789ab:0123456789abcdef0123456789abcdef",  # fal
+    "ABCDEF0123456789ABCDEF0123456789",
+]
+
+
+@pytest.mark.parametrize("key", PASTED, ids=["fal", "hex"])
+@pytest.mark.parametrize("where", ["config", "source", "spend"])
+def test_a_key_pasted_into_api_key_env_never_shows(key: str, where: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        if where == "config":
+            BudgetGuard.from_config(
+                {"creditguard": {"source": "fal", "api_key_env": key}}, env=False
+            )
+        elif where == "source":
+            DeepSeekBalance(api_key_env=key)
+        else:
+            OpenAISpend(5.0, api_key_env=key)
+    error = caught.value
+    assert error.key == "api_key_env"
+    for text in (str(error), repr(error), str(error.value), error.allowed):
+        assert key not in text
+        assert key.split(":")[-1] not in text

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, mask, redact_url
+from .errors import ConfigError, env_name_shown, mask, redact_url
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -637,7 +637,7 @@ def _build(table: Mapping[str, Any], r: _Reader) -> Config:
     if "api_key_env" in values:
         api_key_env = r.string(("api_key_env",), values["api_key_env"], _ENV_ALLOWED)
         if not _ENV_NAME.fullmatch(api_key_env):
-            r.fail(("api_key_env",), api_key_env, _ENV_ALLOWED)
+            r.fail(("api_key_env",), env_name_shown(api_key_env), _ENV_ALLOWED)  # (never a key)
 
     base_url = None
     if "base_url" in values:

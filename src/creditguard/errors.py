@@ -181,6 +181,22 @@ def looks_like_key(text: str) -> bool:
     )
 
 
+def env_name_shown(name: object) -> str:
+    """An ``api_key_env`` value for an error, a repr or a log line: as it is
+    when it reads as a variable's name (``OPENROUTER_API_KEY``, ``MY-KEY``),
+    else ``<not shown>``: a key pasted there by mistake (fal's ``id:secret``,
+    any long or digit-laden token) never shows."""
+    if (
+        isinstance(name, str)
+        and len(name) <= 32
+        and sum(c.isdigit() for c in name) <= 3
+        and not any(c in name for c in ":/@.= ")
+        and not looks_like_key(name)
+    ):
+        return name
+    return "<not shown>"
+
+
 def url_password(url: str) -> str | None:
     """The password of a ``scheme://user:password@host`` URL as :func:`redact`
     reads it (an unencoded ``@``, ``/`` or ``?`` in it included); None when

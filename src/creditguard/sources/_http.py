@@ -43,7 +43,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar, cast
 import httpx
 
 from ..balance import Balance
-from ..errors import ConfigError, CreditSourceError, redact
+from ..errors import ConfigError, CreditSourceError, env_name_shown, redact
 from ._base import describe, logger
 
 __all__ = [
@@ -513,11 +513,12 @@ class HttpSource:
                 "the name of an environment variable (letters, digits, _), not the key itself",
             )
         if api_key is None and api_key_env is not None and not _env_key(api_key_env):
+            shown = env_name_shown(api_key_env)  # (a key pasted here by mistake: never shown)
             raise ConfigError(
                 "api_key_env",
-                api_key_env,
+                shown,
                 f"the name of a set environment variable holding {type(self).__name__}'s "
-                f"key; {api_key_env} is not set (set it, pass api_key=, or leave "
+                f"key; {shown} is not set (set it, pass api_key=, or leave "
                 "api_key_env out to use the key each guarded call carries)",
             )
         if base_url is None:
@@ -570,7 +571,7 @@ class HttpSource:
             key = _env_key(self._api_key_env)
             if key is None:
                 raise CreditSourceError(
-                    f"no API key: the environment variable {self._api_key_env!r} "
+                    f"no API key: the environment variable {env_name_shown(self._api_key_env)!r} "
                     "(api_key_env=) is not set any more; set it or pass api_key=",
                     source=self.name,
                 )
@@ -802,7 +803,7 @@ class HttpSource:
         if self._api_key is not None:
             parts.append("api_key=<set>")
         if self._api_key_env is not None:
-            parts.append(f"api_key_env={self._api_key_env!r}")
+            parts.append(f"api_key_env={env_name_shown(self._api_key_env)!r}")
         if self.per_credential:
             parts.append("api_key=None (the call's credential)")
         if self.timeout != 10.0:

@@ -35,7 +35,7 @@ from typing import Any, ClassVar, Literal
 import httpx
 
 from ..balance import Balance, check_cost
-from ..errors import ConfigError, CreditSourceError
+from ..errors import ConfigError, CreditSourceError, env_name_shown
 from ._base import logger
 from ._fixed import period_start
 from ._http import BadResponse, HttpSource, Plan, _json_type, get_decimal, get_number
@@ -287,11 +287,12 @@ class _SpendSource(HttpSource):
             and not os.environ.get(api_key_env, "").strip()
         ):
             # loud at once: a guard that can never read its balance is misconfigured
+            shown = env_name_shown(api_key_env)  # (a key pasted here by mistake: never shown)
             raise ConfigError(
                 "api_key_env",
-                api_key_env,
+                shown,
                 f"the name of a set environment variable holding the admin key "
-                f"{type(self).__name__} reads the cost report with; {api_key_env} is not set "
+                f"{type(self).__name__} reads the cost report with; {shown} is not set "
                 "(set it or pass api_key=; the key a call carries is never used)",
             )
         super().__init__(
@@ -318,7 +319,7 @@ class _SpendSource(HttpSource):
         except CreditSourceError as exc:
             if not exc.reason.startswith("no API key"):
                 raise
-            where = f"${self._api_key_env}" if self._api_key_env else "api_key="
+            where = f"${env_name_shown(self._api_key_env)}" if self._api_key_env else "api_key="
             raise CreditSourceError(
                 f"no admin API key: {where} is not set; {self.name} reads the cost report "
                 "with an admin key of its own, never the key a call carries",
