@@ -730,3 +730,67 @@ def test_a_key_pasted_into_api_key_env_never_shows(key: str, where: str) -> None
     for text in (str(error), repr(error), str(error.value), error.allowed):
         assert key not in text
         assert key.split(":")[-1] not in text
+
+
+# -- a guarded generator that streams an SDK's chunks -------------------------------------
+# @guard on a generator that yields a chat stream's chunks (or a batch of completions)
+# charged its estimate when it ended, whatever its items reported: OpenRouter's last
+# chunk says usage.cost = $0.12, and the guard charged $0.01, so a $1.00 FixedBudget let
+# 100 such streams spend $12 on main.
+
+STREAM_KEY = f"sk-or-v1-{SECRET}-genstream-0123456789"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_a_guarded_generator_is_charged_what_its_items_report(asynchronous: bool) -> None:
+    with FakeProvider(default_price=0.12) as fake:
+        fake.add_key(STREAM_KEY, credits=100.0)
+        guard = BudgetGuard(FixedBudget(1.0), Policy(refuse_below=0), pricing_from=None)
+        messages = [{"role": "user", "content": "hi"}]
+        if asynchronous:
+            aclient = openai.AsyncOpenAI(
+                base_url=fake.openrouter_base_url, api_key=STREAM_KEY, max_retries=0
+            )
+
+            @guard
+            async def astream_answer(model: str = "m") -> Any:
+                stream = await aclient.chat.completions.create(
+                    model=model, messages=messages, stream=True
+                )
+                async for chunk in stream:
+                    yield chunk
+
+            async def answer() -> None:
+                async for _ in astream_answer():
+                    pass
+
+        else:
+            client = openai.OpenAI(
+                base_url=fake.openrouter_base_url, api_key=STREAM_KEY, max_retries=0
+            )
+
+            @guard
+            def stream_answer(model: str = "m") -> Any:
+                yield from client.chat.completions.create(
+                    model=model, messages=messages, stream=True
+                )
+
+            async def answer() -> None:
+                for _ in stream_answer():
+                    pass
+
+        calls = 0
+        for _ in range(20):
+            try:
+                await answer()
+            except CreditsExhausted:
+                break
+            calls += 1
+        if asynchronous:
+            await aclient.close()
+        else:
+            client.close()
+        billed = fake.key(STREAM_KEY).usage
+        assert _spent(guard, "m") == pytest.approx(billed)  # what the last chunks said
+        assert billed <= 1.0 + 0.12 + 1e-9, f"{calls} streams spent ${billed:.2f} of $1.00"
+        await guard.aclose()

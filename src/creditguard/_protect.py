@@ -345,6 +345,17 @@ class Call(Reservation):
         if self.reported:
             self.release()  # what it recorded stands instead
             return
+        found = self.cost_of(result)
+        if found is not None:
+            self._charge_found(*found)
+            return
+        self.settle()  # at its estimate
+
+    def cost_of(self, result: object) -> tuple[float, str] | None:
+        """What ``result`` (the call's, or one item a guarded generator
+        yielded) reports as spent: ``(cost, where it comes from)``, None when
+        it reports nothing. Its usage goes to the subscribers, and the model's
+        learned estimate learns the cost."""
         guard = self._guard
         d = self.decision
         model = d.model if d.enforced else d.requested_model  # (the one that ran)
@@ -361,15 +372,16 @@ class Call(Reservation):
                 else:
                     usage = getattr(result, "usage", None)
             if usage is None:
-                found = price = None
-            else:  # (a model in ``pricing``: its price at hand, nothing to learn)
-                book = guard.prices
-                price = book._pinned.get(model) if model is not None else None
-                cost = usage.get("cost") if type(usage) is dict else None
-                if type(cost) is float and 0.0 <= cost <= MAX_COST:
-                    found = cost, "provider"  # (a decoded JSON body's: _usage_cost() inline)
-                else:
-                    found = _usage_cost(usage, book, model, price)
+                return None
+            found: tuple[float, str] | None
+            # (a model in ``pricing``: its price at hand)
+            book = guard.prices
+            price = book._pinned.get(model) if model is not None else None
+            cost = usage.get("cost") if type(usage) is dict else None
+            if type(cost) is float and 0.0 <= cost <= MAX_COST:
+                found = cost, "provider"  # (a decoded JSON body's: _usage_cost() inline)
+            else:
+                found = _usage_cost(usage, book, model, price)
         except Exception as exc:  # (a result that breaks when read: the call still costs)
             log.warning(
                 "the usage of a guarded call's %s result could not be read: its estimate "
@@ -377,23 +389,35 @@ class Call(Reservation):
                 type(result).__name__,
                 describe(exc, self._credential),
             )
-            usage = found = price = None
-        if usage is not None:
-            emit = guard.events.usage
-            if emit is not None:
-                emit(guard.ledger.key(self._credential), d.requested_model, usage)
+            return None
+        emit = guard.events.usage
+        if emit is not None:
+            emit(guard.ledger.key(self._credential), d.requested_model, usage)
         if found is not None:
-            if not self._done:
-                self._done = True
-                cost, how = found
-                guard._settled(model, cost)  # (priced too: for its calls with no limit)
-                # (a plain float, and where it came from: the ledger's fast path)
-                if self._hold is not None:
-                    guard.ledger.settle(self._hold, cost, how)
-                else:
-                    guard.ledger.record(self._credential, cost, how)
-            return
-        self.settle()  # at its estimate
+            guard._settled(model, found[0])  # (priced too: for its calls with no limit)
+        return found
+
+    def _charge_found(self, cost: float, how: str) -> None:
+        if not self._done:
+            self._done = True
+            # (a plain float, and where it came from: the ledger's fast path)
+            if self._hold is not None:
+                self._guard.ledger.settle(self._hold, cost, how)
+            else:
+                self._guard.ledger.record(self._credential, cost, how)
+
+    def finish(self, spent: tuple[float, str] | None, *, cut: bool = False) -> None:
+        """A guarded generator ended: charge what its items reported they cost
+        (``spent``: their sum), else its estimate; one ``cut`` short (closed
+        early, thrown into) at least its estimate (it may have cost more)."""
+        if self.reported:
+            self.release()  # what it recorded stands instead
+        elif spent is None:
+            self.settle()  # at its estimate
+        elif cut and spent[0] < self.estimate:
+            self.settle()
+        else:
+            self._charge_found(*spent)
 
     def _fail(self, exc: BaseException) -> None:
         if self.reported:
@@ -601,6 +625,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                 est = decision.held(est)
             call = _new_call(guard, decision, held, credential, est)
             agen = wrapped(*args, **kwargs)
+            spent: tuple[float, str] | None = None  # what its items reported they cost
             try:
                 while True:
                     token = CURRENT_CALL.set(call)
@@ -613,13 +638,16 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                         raise
                     finally:
                         CURRENT_CALL.reset(token)
+                    found = call.cost_of(item)
+                    if found is not None:
+                        spent = found if spent is None else (spent[0] + found[0], spent[1])
                     yield item
             except BaseException:  # closed early, or thrown into: a cut stream still costs
-                call.charge(None)
+                call.finish(spent, cut=True)
                 raise
             finally:
                 await agen.aclose()
-            call.charge(None)
+            call.finish(spent)
 
         return wrapt.decorator(agen_wrapper)(fn)
 
@@ -737,7 +765,10 @@ def _new_call(
 
 def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
     """A guarded generator: its code runs with the call current, and the call is
-    charged when it ends (or is closed early: a cut stream still costs)."""
+    charged when it ends (or is closed early: a cut stream still costs) what
+    its items reported (a stream's last chunk, each completion of a batch),
+    else its estimate."""
+    spent: tuple[float, str] | None = None  # what its items reported they cost
     try:
         while True:
             token = CURRENT_CALL.set(call)
@@ -750,12 +781,15 @@ def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
                 raise
             finally:
                 CURRENT_CALL.reset(token)
+            found = call.cost_of(item)
+            if found is not None:
+                spent = found if spent is None else (spent[0] + found[0], spent[1])
             yield item
     except BaseException:  # closed early, or thrown into: a cut stream still costs
-        call.charge(None)  # (a failure of the call itself was settled above: no-op)
+        call.finish(spent, cut=True)  # (a failure of the call itself was settled above: no-op)
         raise
     finally:
         close = getattr(gen, "close", None)
         if close is not None:
             close()
-    call.charge(None)
+    call.finish(spent)
