@@ -169,6 +169,11 @@ _CUT_OFF = frozenset(
 )
 
 
+GATEWAY_TIMEOUTS = frozenset((504, 524))
+"""Statuses of a gateway that gave up waiting for the provider (a load balancer's 504,
+Cloudflare's 524): the provider may still run the call, and bill it."""
+
+
 def _retried(exc: BaseException) -> bool:
     """Was the request behind ``exc`` (its own, as httpx's errors carry it, or
     its response's) an SDK's retry (Stainless SDKs number their attempts in
@@ -209,6 +214,8 @@ def unbilled(exc: BaseException) -> bool:
             if status is None:
                 status = getattr(getattr(seen, "response", None), "status_code", None)
         if isinstance(status, int) and not isinstance(status, bool) and status >= 400:
+            if status in GATEWAY_TIMEOUTS:  # a gateway gave up: the provider may have run it
+                return False
             # an SDK's last attempt answered with an error, but an earlier one
             # (a timeout the SDK retried) may have been billed
             return not _retried(seen)

@@ -101,6 +101,12 @@ class _Fault:
     endless: bool = False
     headers: tuple[tuple[str, str], ...] = ()
     attempt: int | None = None
+    billed: bool = False
+
+    @property
+    def replaces(self) -> bool:
+        """Does the fault replace the answer (not only delay it)?"""
+        return self.drop or self.body is not None or self.status is not None
 
     def applies(self, incoming: Incoming) -> bool:
         if self.attempt is None:
@@ -398,6 +404,7 @@ class FakeProvider(CostReports):
         endless: bool = False,
         headers: Mapping[str, str] | None = None,
         attempt: int | None = None,
+        billed: bool = False,
     ) -> None:
         """Make the next requests to ``endpoint`` misbehave.
 
@@ -410,7 +417,9 @@ class FakeProvider(CostReports):
         answer (e.g. ``{"Retry-After": "3"}``). ``attempt``: the fault applies only to
         requests whose ``x-stainless-retry-count`` is that number (0: first attempts,
         so that every call fails once and its SDK retry goes through); other requests
-        pass it by without using it up.
+        pass it by without using it up. ``billed``: the call is answered (and charged)
+        first, then the fault replaces the answer, as a gateway that gives up on a
+        generation the provider finishes (a 504 or 524 after the model ran) does.
 
         Slow bodies (the headers go out at once, then): ``drip`` sends the answer one byte
         every ``drip`` seconds; ``endless`` sends a JSON-looking body that never ends
@@ -427,7 +436,7 @@ class FakeProvider(CostReports):
         with self.lock:
             extra = tuple((headers or {}).items())
             self._faults.setdefault(endpoint, []).append(
-                _Fault(status, delay, body, drop, times, drip, endless, extra, attempt)
+                _Fault(status, delay, body, drop, times, drip, endless, extra, attempt, billed)
             )
 
     def clear_faults(self) -> None:
@@ -557,6 +566,8 @@ class FakeProvider(CostReports):
         if fault is not None and (fault.drip > 0 or fault.endless):
             inner = replace(fault, drip=0.0, endless=False)
             return _slow_body(self._answer(endpoint, incoming, inner), fault)
+        if fault is not None and fault.billed and fault.replaces:
+            self._answer(endpoint, incoming, None)  # the provider ran (and billed) it first
         if fault is not None:
             if fault.drop:
                 return Reply(drop=True)
