@@ -932,3 +932,43 @@ def test_an_anthropic_stream_that_errors_midway_is_charged_what_passed() -> None
     passed = 200 * 50 / 4 * COMPLETION_PRICE  # output characters / 4 at the output price
     assert _spent(guard, CLAUDE) >= passed
     client.close()
+
+
+def test_a_guarded_generator_of_anthropic_events_is_charged_their_merged_usage() -> None:
+    """message_start reports the input (and the prompt cache), message_delta the
+    output: one call, charged once, from both."""
+    guard = _cache_guard()
+    client = anthropic.Anthropic(
+        api_key=ANTHROPIC_KEY,
+        base_url="https://api.anthropic.com",
+        http_client=httpx2.Client(transport=httpx2.MockTransport(_anthropic_provider)),
+        max_retries=0,
+    )
+
+    @guard
+    def events(prompt: str, model: str = CLAUDE) -> Any:
+        yield from client.messages.create(
+            model=model, max_tokens=64, messages=[{"role": "user", "content": prompt}], stream=True
+        )
+
+    assert len(list(events("Hi"))) == 6
+    assert _spent(guard, CLAUDE) == pytest.approx(CACHE_COST)
+    client.close()
+
+
+def test_a_guarded_generator_of_several_completions_is_charged_each() -> None:
+    with FakeProvider(default_price=0.12) as fake:
+        fake.add_key(STREAM_KEY, credits=100.0)
+        guard = BudgetGuard(FixedBudget(10.0), Policy(refuse_below=0), pricing_from=None)
+        client = openai.OpenAI(base_url=fake.openrouter_base_url, api_key=STREAM_KEY, max_retries=0)
+
+        @guard
+        def answers(questions: list[str], model: str = "m") -> Any:
+            for question in questions:
+                yield client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": question}]
+                )
+
+        assert len(list(answers(["a", "b", "c"]))) == 3
+        client.close()
+        assert _spent(guard, "m") == pytest.approx(fake.key(STREAM_KEY).usage) == 0.36

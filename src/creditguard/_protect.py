@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextvars import ContextVar
 from types import CoroutineType as _Coroutine
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ import wrapt
 from ._fingerprint import describe
 from ._refusal import refusal_of, refused
 from .balance import _call_cost
-from .costs import _KINDS, _MAPPING, MAX_COST, _kind_of, _usage_cost, usage_of
+from .costs import _KINDS, _MAPPING, MAX_COST, _kind_of, _usage_cost, merge_usage, usage_of
 from .errors import ConfigError, CreditsExhausted
 from .prices import sized_estimate
 
@@ -632,7 +632,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                 est = decision.held(est)
             call = _new_call(guard, decision, held, credential, est)
             agen = wrapped(*args, **kwargs)
-            spent: tuple[float, str] | None = None  # what its items reported they cost
+            tally = _Tally(call)  # what its items reported they cost
             try:
                 while True:
                     token = CURRENT_CALL.set(call)
@@ -645,16 +645,14 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
                         raise
                     finally:
                         CURRENT_CALL.reset(token)
-                    found = call.cost_of(item)
-                    if found is not None:
-                        spent = found if spent is None else (spent[0] + found[0], spent[1])
+                    tally.add(item)
                     yield item
             except BaseException:  # closed early, or thrown into: a cut stream still costs
-                call.finish(spent, cut=True)
+                call.finish(tally.spent(), cut=True)
                 raise
             finally:
                 await agen.aclose()
-            call.finish(spent)
+            call.finish(tally.spent())
 
         return wrapt.decorator(agen_wrapper)(fn)
 
@@ -770,12 +768,84 @@ def _new_call(
     return call
 
 
+def _field(obj: object, name: str) -> object:
+    """``obj``'s field ``name`` (None: none), without the exception a pydantic
+    model raises inside ``getattr`` for a field it does not have."""
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    fields = getattr(type(obj), "model_fields", None)
+    if isinstance(fields, dict) and name not in fields:
+        return None
+    return getattr(obj, name, None)
+
+
+def _as_dict(usage: object) -> dict[str, Any] | None:
+    if isinstance(usage, Mapping):
+        return dict(usage)
+    dump = getattr(usage, "model_dump", None)  # (an SDK's pydantic model, extras included)
+    if callable(dump):
+        found = dump()
+        return found if isinstance(found, dict) else None
+    return dict(vars(usage)) if hasattr(usage, "__dict__") else None
+
+
+class _Tally:
+    """What a guarded generator's items report they cost. The chunks and
+    events of one call share an ``id`` (an Anthropic stream's later events have
+    none: they belong to the last); its reports are merged field by field, a
+    later one overriding (message_start's input tokens, then message_delta's
+    output tokens), and the calls' costs added up (a generator may yield
+    several completions)."""
+
+    __slots__ = ("call", "how", "id", "total", "usage")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.id: object = None
+        self.usage: dict[str, Any] | None = None
+        self.total = 0.0
+        self.how: str | None = None
+
+    def add(self, item: object) -> None:
+        try:
+            ident = _field(item, "id")
+            usage = usage_of(item)
+            if usage is None:  # (Anthropic's message_start and stop: the message's own)
+                message = _field(item, "message")
+                if message is not None:
+                    usage = usage_of(message)
+                    ident = ident if ident is not None else _field(message, "id")
+            if ident is not None and ident != self.id:
+                self._close()
+                self.id = ident
+            if usage is not None:
+                report = _as_dict(usage)
+                if report is not None:
+                    if self.usage is None:
+                        self.usage = {}
+                    merge_usage(self.usage, report)
+        except Exception:  # (an item that breaks when read: it reports nothing)
+            log.debug("a guarded generator's item could not be read", exc_info=True)
+
+    def _close(self) -> None:
+        if self.usage:
+            found = self.call.cost_of({"usage": self.usage})
+            if found is not None:
+                self.total += found[0]
+                self.how = self.how or found[1]
+        self.usage = None
+
+    def spent(self) -> tuple[float, str] | None:
+        self._close()
+        return None if self.how is None else (self.total, self.how)
+
+
 def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
     """A guarded generator: its code runs with the call current, and the call is
     charged when it ends (or is closed early: a cut stream still costs) what
     its items reported (a stream's last chunk, each completion of a batch),
     else its estimate."""
-    spent: tuple[float, str] | None = None  # what its items reported they cost
+    tally = _Tally(call)  # what its items reported they cost
     try:
         while True:
             token = CURRENT_CALL.set(call)
@@ -788,15 +858,14 @@ def _charged(call: Call, gen: Iterator[Any]) -> Iterator[Any]:
                 raise
             finally:
                 CURRENT_CALL.reset(token)
-            found = call.cost_of(item)
-            if found is not None:
-                spent = found if spent is None else (spent[0] + found[0], spent[1])
+            tally.add(item)
             yield item
     except BaseException:  # closed early, or thrown into: a cut stream still costs
-        call.finish(spent, cut=True)  # (a failure of the call itself was settled above: no-op)
+        # (a failure of the call itself was settled above: no-op)
+        call.finish(tally.spent(), cut=True)
         raise
     finally:
         close = getattr(gen, "close", None)
         if close is not None:
             close()
-    call.finish(spent)
+    call.finish(tally.spent())
