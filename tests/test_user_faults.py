@@ -229,7 +229,7 @@ def test_openai_style_usage_that_counts_the_cache_in_its_prompt_is_not_charged_t
 # for an OpenRouter source), such a call holds its prompt + ``estimate`` ($0.01) and,
 # being priced, never learns what it really costs: a reasoning model answering in
 # 2,000 tokens ($0.12 a call at $15/$60 per M) spent $6.09 of a $1.00 budget in a burst
-# of 50 on main, and every later burst does the same.
+# of 50 before the fix, and every later burst did the same.
 
 O1 = "openai/o1"
 O1_PRICE = (15e-6, 60e-6)
@@ -279,11 +279,6 @@ async def _gated_burst(fake: FakeProvider, client: openai.AsyncOpenAI, n: int) -
     return done
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a priced call without max_tokens holds prompt + estimate and never "
-    "learns its real cost: a burst of 50 $0.12 calls spends $6 of $1",
-)
 async def test_a_burst_of_priced_calls_without_max_tokens_keeps_the_budget(
     burst_fake: FakeProvider,
 ) -> None:
@@ -314,17 +309,12 @@ async def test_a_burst_of_priced_calls_without_max_tokens_keeps_the_budget(
 # credits. When /api/v1/key fails (an outage, or a base_url whose /key is not served),
 # Tightest raises, the guard has no balance at all and, with the default
 # on_source_error="allow", lets every call through: 30 calls of $0.10 spent $3.00, the
-# FixedBudget itself recording $3.00 of its $1.00, on main. The local budget answers
+# FixedBudget itself recording $3.00 of its $1.00, before the fix. The local budget answers
 # whatever the provider does; it should still bind.
 
 TIGHT_KEY = f"sk-or-v1-{SECRET}-tight-0123456789abcdef"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a FixedBudget inside Tightest stops binding while another member's "
-    "endpoint fails (on_source_error=allow lets $3.00 through a $1.00 budget)",
-)
 def test_a_fixed_budget_inside_tightest_binds_while_the_provider_endpoint_is_down() -> None:
     with FakeProvider(default_price=0.10) as fake:
         fake.add_key(TIGHT_KEY, credits=1_000.0)
@@ -481,7 +471,7 @@ async def test_guarded_chat_model_streams_that_time_out_keep_the_bound(
 # A response nobody reads or closes is charged by a finalizer, "settled at the next
 # guarded call" (Ledger.defer). A script whose last call's response is dropped makes no
 # next call: its settle never runs, and over Redis the call's hold then expires after
-# hold_timeout uncharged, so the shared FixedBudget never counts it (on main: billed
+# hold_timeout uncharged, so the shared FixedBudget never counts it (before the fix: billed
 # $0.10, the store counted $0.00 and still held $0.20 until the hold expired).
 
 _DROPPING_SCRIPT = """
@@ -505,11 +495,6 @@ print("exiting")
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a settle deferred by a finalizer is lost when the process exits "
-    "without another guarded call or close(): over Redis the hold expires uncharged",
-)
 def test_a_response_dropped_before_the_process_exits_is_charged_in_the_store(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -543,7 +528,7 @@ def test_a_response_dropped_before_the_process_exits_is_charged_in_the_store(
 # (nginx with gzip_types, a CDN) answers so; the transport sees the compressed bytes.
 # It then reads no event: with a known price, a stream that ends is charged "what
 # passed", counted as 0 output characters, i.e. its prompt only: a call that really
-# cost $0.50 and held $0.08 was charged $0.00006 on main. (Unpriced, the estimate.)
+# cost $0.50 and held $0.08 was charged $0.00006 before the fix. (Unpriced, the estimate.)
 
 GZ_PRICE = {"openai/gpt-4o": {"prompt": 2.5e-6, "completion": 1e-5}}
 
@@ -564,11 +549,6 @@ def _gzip_sse(request: httpx.Request) -> httpx.Response:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a gzip-encoded SSE stream is charged its prompt only (the transport "
-    "counts 0 output characters of a stream it cannot read): $0.00006 for a $0.50 call",
-)
 def test_a_compressed_event_stream_is_charged_at_least_its_estimate() -> None:
     guard = BudgetGuard(
         FixedBudget(10.0), Policy(refuse_below=0), pricing=GZ_PRICE, pricing_from=None
@@ -598,15 +578,10 @@ def test_a_compressed_event_stream_is_charged_at_least_its_estimate() -> None:
 # budget, the organisation's); or a transport guard beside a decorator's): each guard
 # serves its cached snapshot for ``ttl`` seconds and debits only its own spend, so
 # neither sees the other's: once both had looked at the budget, they spent $2.00 of the
-# organisation's $1.00 on main (the budget itself recorded the $2.00). Over a shared
+# organisation's $1.00 before the fix (the budget itself recorded the $2.00). Over a shared
 # store the spend is counted in one place and this holds (test_shared_ledger.py).
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: two in-process guards over one FixedBudget each serve their own cached "
-    "snapshot and ignore the other's spend: $2.00 of a $1.00 budget",
-)
 @pytest.mark.parametrize("nested", [False, True], ids=["plain", "in-tightest"])
 def test_one_fixed_budget_under_two_guards_is_one_cap(nested: bool) -> None:
     org = FixedBudget(1.0)
@@ -736,7 +711,7 @@ def test_a_key_pasted_into_api_key_env_never_shows(key: str, where: str) -> None
 # @guard on a generator that yields a chat stream's chunks (or a batch of completions)
 # charged its estimate when it ended, whatever its items reported: OpenRouter's last
 # chunk says usage.cost = $0.12, and the guard charged $0.01, so a $1.00 FixedBudget let
-# 100 such streams spend $12 on main.
+# 100 such streams spend $12 before the fix.
 
 STREAM_KEY = f"sk-or-v1-{SECRET}-genstream-0123456789"
 
@@ -800,7 +775,7 @@ async def test_a_guarded_generator_is_charged_what_its_items_report(asynchronous
 # A gateway in front of the model (Cloudflare's 524, a load balancer's 504) gives up on
 # a long generation the provider still finishes and bills. The guard takes any 4xx/5xx
 # for "the provider turned it down" and releases the hold: calls answered 504 after
-# being billed spent the key's whole $1.00 past a $0.80 floor on main, through the
+# being billed spent the key's whole $1.00 past a $0.80 floor before the fix, through the
 # transport and through the decorator alike. (FakeProvider.fault(billed=True) bills the
 # call, then answers the fault.)
 
