@@ -947,3 +947,23 @@ def test_a_guarded_generator_of_several_completions_is_charged_each() -> None:
         assert len(list(answers(["a", "b", "c"]))) == 3
         client.close()
         assert _spent(guard, "m") == pytest.approx(fake.key(STREAM_KEY).usage) == 0.36
+
+
+def test_a_guarded_generator_of_responses_events_is_charged_the_completed_usage() -> None:
+    """The Responses API reports a stream's usage in response.completed's response."""
+    guard = BudgetGuard(
+        FixedBudget(10.0),
+        Policy(refuse_below=0),
+        pricing={"gpt-5": {"prompt": 1e-6, "completion": 1e-5}},
+        pricing_from=None,
+    )
+    usage = {"input_tokens": 1000, "output_tokens": 2000, "total_tokens": 3000}
+
+    @guard
+    def events(prompt: str, model: str = "gpt-5") -> Any:  # as a raw SSE reader yields them
+        yield {"type": "response.created", "response": {"id": "resp_1", "usage": None}}
+        yield {"type": "response.output_text.delta", "delta": "Hi"}
+        yield {"type": "response.completed", "response": {"id": "resp_1", "usage": usage}}
+
+    assert len(list(events("Hi"))) == 3
+    assert _spent(guard, "gpt-5") == pytest.approx(1000 * 1e-6 + 2000 * 1e-5)

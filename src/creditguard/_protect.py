@@ -791,11 +791,11 @@ def _as_dict(usage: object) -> dict[str, Any] | None:
 
 class _Tally:
     """What a guarded generator's items report they cost. The chunks and
-    events of one call share an ``id`` (an Anthropic stream's later events have
-    none: they belong to the last); its reports are merged field by field, a
-    later one overriding (message_start's input tokens, then message_delta's
-    output tokens), and the calls' costs added up (a generator may yield
-    several completions)."""
+    events of one call share an ``id`` (theirs, or their message's or
+    response's; an Anthropic stream's later events have none: they belong to
+    the last); its reports are merged field by field, a later one overriding
+    (message_start's input tokens, then message_delta's output tokens), and
+    the calls' costs added up (a generator may yield several completions)."""
 
     __slots__ = ("call", "how", "id", "total", "usage")
 
@@ -810,11 +810,14 @@ class _Tally:
         try:
             ident = _field(item, "id")
             usage = usage_of(item)
-            if usage is None:  # (Anthropic's message_start and stop: the message's own)
-                message = _field(item, "message")
-                if message is not None:
-                    usage = usage_of(message)
-                    ident = ident if ident is not None else _field(message, "id")
+            if usage is None:  # (Anthropic's message_start, the Responses API's
+                # response.completed: the usage of the message or response they carry)
+                inner = _field(item, "message")
+                if inner is None:
+                    inner = _field(item, "response")
+                if inner is not None:
+                    usage = usage_of(inner)
+                    ident = ident if ident is not None else _field(inner, "id")
             if ident is not None and ident != self.id:
                 self._close()
                 self.id = ident
