@@ -6,6 +6,7 @@ budget. Each scenario states its figures; a bug still open on main is an
 from __future__ import annotations
 
 import asyncio
+import gc
 import gzip
 import json
 import subprocess
@@ -967,3 +968,85 @@ def test_a_guarded_generator_of_responses_events_is_charged_the_completed_usage(
 
     assert len(list(events("Hi"))) == 3
     assert _spent(guard, "gpt-5") == pytest.approx(1000 * 1e-6 + 2000 * 1e-5)
+
+
+# -- a guarded function that returns an SDK stream -----------------------------------------
+# ``@guard def ask(...): return client.chat.completions.create(..., stream=True)`` (the
+# FastAPI StreamingResponse pattern) was charged its estimate when it returned the
+# stream, before any chunk: OpenRouter's last chunk then said usage.cost = $0.12, never
+# read, and a $1.00 FixedBudget let 20 such calls spend $2.40. The call is now held
+# until its stream ends and charged what the chunks reported.
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+async def test_a_returned_sdk_stream_is_charged_what_its_chunks_report(
+    asynchronous: bool,
+) -> None:
+    with FakeProvider(default_price=0.12) as fake:
+        fake.add_key(STREAM_KEY, credits=100.0)
+        guard = BudgetGuard(FixedBudget(1.0), Policy(refuse_below=0), pricing_from=None)
+        messages = [{"role": "user", "content": "hi"}]
+        client = openai.OpenAI(base_url=fake.openrouter_base_url, api_key=STREAM_KEY, max_retries=0)
+        aclient = openai.AsyncOpenAI(
+            base_url=fake.openrouter_base_url, api_key=STREAM_KEY, max_retries=0
+        )
+
+        @guard
+        def ask(model: str = "m") -> Any:
+            return client.chat.completions.create(model=model, messages=messages, stream=True)
+
+        @guard
+        async def aask(model: str = "m") -> Any:
+            return await aclient.chat.completions.create(
+                model=model, messages=messages, stream=True
+            )
+
+        calls = 0
+        for _ in range(20):
+            try:
+                if asynchronous:
+                    stream = await aask()
+                    assert isinstance(stream, openai.AsyncStream)
+                    async for _chunk in stream:
+                        pass
+                else:
+                    stream = ask()
+                    assert isinstance(stream, openai.Stream)
+                    for _chunk in stream:
+                        pass
+            except CreditsExhausted:
+                break
+            calls += 1
+        client.close()
+        await aclient.close()
+        billed = fake.key(STREAM_KEY).usage
+        assert _spent(guard, "m") == pytest.approx(billed)
+        assert billed <= 1.0 + 0.12 + 1e-9, f"{calls} streams spent ${billed:.2f} of $1.00"
+        assert guard.ledger.reserved(None) == 0
+
+
+def test_a_returned_sdk_stream_closed_early_is_charged_at_least_its_estimate() -> None:
+    with FakeProvider(default_price=0.12) as fake:
+        fake.add_key(STREAM_KEY, credits=100.0)
+        guard = BudgetGuard(
+            FixedBudget(10.0), Policy(refuse_below=0), estimate=0.05, pricing_from=None
+        )
+        client = openai.OpenAI(base_url=fake.openrouter_base_url, api_key=STREAM_KEY, max_retries=0)
+
+        @guard
+        def ask(model: str = "m") -> Any:
+            return client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "hi"}], stream=True
+            )
+
+        with ask() as stream:
+            next(stream)  # the first chunk, then left
+        assert guard.ledger.reserved(None) == 0
+        assert _spent(guard, "m") == pytest.approx(0.05)
+        dropped = ask()  # never read nor closed: charged when collected
+        assert guard.ledger.reserved(None) == pytest.approx(0.05)
+        del dropped
+        gc.collect()
+        assert _spent(guard, "m") == pytest.approx(0.10)  # (the next look settles it)
+        assert guard.ledger.reserved(None) == 0
+        client.close()

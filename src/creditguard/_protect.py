@@ -679,6 +679,8 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             raise
         finally:
             reset_call(token)
+        if type(result).__name__ in _STREAM_NAMES:  # (an SDK's stream: charged at its end)
+            return _streamed(call, result)
         call.charge(result)
         return result
 
@@ -714,6 +716,8 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
             return _charged(call, result)
         if type(result) is _Coroutine:  # (held until it is done: charged then)
             return _awaited(call, result)
+        if type(result).__name__ in _STREAM_NAMES:  # (an SDK's stream: charged at its end)
+            return _streamed(call, result)
         call.charge(result)
         return result
 
@@ -748,8 +752,133 @@ async def _awaited(call: Call, coroutine: Coroutine[Any, Any, Any]) -> Any:
         raise
     finally:
         CURRENT_CALL.reset(token)
+    if type(result).__name__ in _STREAM_NAMES:  # (an SDK's stream: charged at its end)
+        return _streamed(call, result)
     call.charge(result)
     return result
+
+
+_STREAM_NAMES = frozenset(("Stream", "AsyncStream"))  # (openai's and anthropic's, checked below)
+
+
+def _streamed(call: Call, result: Any) -> Any:
+    """An SDK's stream (openai's or anthropic's ``Stream``, ``AsyncStream``) that
+    a guarded call returned: the call is held until the stream ends, then
+    charged what its chunks report (:class:`_ChargedStream`). Anything else of
+    that name is charged as a result."""
+    cls = type(result)
+    if cls.__module__.partition(".")[0] in ("openai", "anthropic"):
+        if cls.__name__ == "Stream":
+            return _ChargedStream(result, call)
+        return _AsyncChargedStream(result, call)
+    call.charge(result)
+    return result
+
+
+class _ChargedStream(wrapt.ObjectProxy):  # type: ignore[type-arg]
+    """An SDK stream a guarded call returned, as it is (``isinstance`` holds),
+    whose call is charged when it ends: what its chunks reported (a last chunk's
+    usage), else its estimate; closed early, at least its estimate; never
+    finished nor closed, its estimate when it is collected (as the transport's
+    streams are)."""
+
+    def __init__(self, stream: Any, call: Call) -> None:
+        super().__init__(stream)
+        self._self_call = call
+        self._self_tally = _Tally(call)
+        self._self_done = False
+        settle = functools.partial(call.finish, None, cut=True)
+        self._self_finalizer = weakref.finalize(self, call._guard.ledger.defer, settle)
+        self._self_finalizer.atexit = False
+
+    def _self_end(self, cut: bool) -> None:
+        if not self._self_done:
+            self._self_done = True
+            self._self_finalizer.detach()
+            self._self_call.finish(self._self_tally.spent(), cut=cut)
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for item in self.__wrapped__:
+                self._self_tally.add(item)
+                yield item
+        except BaseException:  # cut off, or left early: at least its estimate
+            self._self_end(True)
+            raise
+        self._self_end(False)
+
+    def __next__(self) -> Any:
+        try:
+            item = self.__wrapped__.__next__()
+        except StopIteration:
+            self._self_end(False)
+            raise
+        except BaseException:
+            self._self_end(True)
+            raise
+        self._self_tally.add(item)
+        return item
+
+    def __enter__(self) -> Any:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> Any:
+        try:
+            return self.__wrapped__.__exit__(*exc)
+        finally:
+            self._self_end(True)
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_end(True)
+
+
+class _AsyncChargedStream(_ChargedStream):
+    """:class:`_ChargedStream` for an SDK's ``AsyncStream``."""
+
+    def __aiter__(self) -> Any:
+        return self._self_items()
+
+    async def _self_items(self) -> Any:
+        try:
+            async for item in self.__wrapped__:
+                self._self_tally.add(item)
+                yield item
+        except BaseException:  # cut off, cancelled, or left early: at least its estimate
+            self._self_end(True)
+            raise
+        self._self_end(False)
+
+    async def __anext__(self) -> Any:
+        try:
+            item = await self.__wrapped__.__anext__()
+        except StopAsyncIteration:
+            self._self_end(False)
+            raise
+        except BaseException:
+            self._self_end(True)
+            raise
+        self._self_tally.add(item)
+        return item
+
+    async def __aenter__(self) -> Any:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(*exc)
+        finally:
+            self._self_end(True)
+
+    async def close(self) -> None:  # type: ignore[override]
+        try:
+            await self.__wrapped__.close()
+        finally:
+            self._self_end(True)
 
 
 def _new_call(
