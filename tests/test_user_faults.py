@@ -639,11 +639,6 @@ def _reasoner(request: httpx.Request) -> httpx.Response:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the hold of a stream still being read expires after hold_timeout (900 s), "
-    "and the budget is spent again under it",
-)
 def test_a_stream_read_for_longer_than_hold_timeout_keeps_its_hold() -> None:
     clock = _Clock()
     guard = BudgetGuard(
@@ -817,11 +812,6 @@ def test_decorated_calls_answered_504_after_billing_keep_the_bound() -> None:
         fake.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the transport releases the hold of a call answered 504/524 (a gateway "
-    "timeout after the provider ran and billed it): the key's $1.00 spent past a $0.80 floor",
-)
 def test_transported_calls_answered_504_after_billing_keep_the_bound() -> None:
     fake = _gateway_timeouts()
     try:
@@ -884,11 +874,6 @@ def _overloaded_midway(request: httpx2.Request) -> httpx2.Response:
     return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an Anthropic stream ending on an error event is settled from message_start's "
-    "partial usage (input + 1 token): $0.003 for $0.0375 of output that passed",
-)
 def test_an_anthropic_stream_that_errors_midway_is_charged_what_passed() -> None:
     guard = _cache_guard()
     client = anthropic.Anthropic(

@@ -38,7 +38,7 @@ from ._body import (
     prefix_is_json,
     usage_from_body,
 )
-from ._protect import unbilled
+from ._protect import GATEWAY_TIMEOUTS, unbilled
 from ._refusal import refused
 from .costs import MAX_COST, Price, _usage_cost, merge_usage
 from .errors import ConfigError
@@ -876,6 +876,9 @@ class Core:
         ledger = self.guard.ledger
         on_body: Callable[[bytes, bool], None] | None = None
         if not 200 <= status < 300:
+            if status in GATEWAY_TIMEOUTS:  # a gateway gave up: the provider may bill it
+                self.charge(plan, hold, None)
+                return response
             self.release(hold)  # no charge for a call the provider turned down
             if status in (402, 403) or (
                 status == 400 and (stablecog or plan.path.endswith("/messages"))
@@ -907,6 +910,8 @@ class Core:
                 sse = SSETap(self, plan, hold)
             else:  # (a gateway that compresses event streams)
                 sse = _DecodingSSETap(self, plan, hold, _decoder(coding))
+            if hold is not None:  # (it may run past hold_timeout: a reasoning model)
+                ledger.streaming(hold)
             self._stream(response, sse)
             return response
 
@@ -1144,6 +1149,14 @@ class SSETap:
             # message_start reports input tokens and 1 output token): the
             # provider may have generated more, so at least the estimate
             cost, how = plan.estimate, "estimate"
+        elif cost is not None and not self.finished and self.chars > 0:
+            # ended without its last event (an ``error`` event mid-answer): the
+            # usage seen may be partial; at least what passed, at a known price
+            assert plan.price is not None  # (characters are counted only then)
+            prompt = len(plan.text) / 4 if plan.text is not None else 0.0
+            passed = plan.price.of(prompt, self.chars / 4)
+            if cost < passed <= MAX_COST:
+                cost, how = passed, "tokens"
         # Cut short without a usage report and no price: the estimate (never free).
         self._core.charge(plan, self._hold, cost, how)
 

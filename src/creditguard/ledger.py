@@ -851,6 +851,15 @@ class Ledger:
         if holds is not None:
             holds.drop(hold)
 
+    def streaming(self, hold: Hold) -> None:
+        """``hold``'s call streams its answer: the hold counts until the stream
+        ends, is closed or is dropped (each settles it), not ``hold_timeout``
+        (a reasoning model may stream for longer). A hold kept in a shared
+        store keeps its expiry there: a process that crashed leaves it behind."""
+        with self._lock:
+            if hold.state == _OPEN and hold.token is None:
+                hold.expires = math.inf
+
     def release(self, hold: Hold) -> bool:
         """Drop ``hold`` without a charge (the call failed or never went out)."""
         with self._lock:
