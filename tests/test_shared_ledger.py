@@ -371,10 +371,13 @@ def redis_lib() -> Any:
     return redis
 
 
-async def test_a_paused_redis_stalls_the_event_loop_less_than_50ms(
+async def test_a_paused_redis_never_stalls_the_event_loop_for_a_store_timeout(
     redis_server: RedisServer,
 ) -> None:
-    """20 tasks calling all along; Redis SIGSTOPped for 3 s in the middle."""
+    """20 tasks calling all along; Redis SIGSTOPped for 3 s in the middle. A
+    store call made blocking on the loop would stall it for the store's
+    timeout (0.2 s) at least, again and again; the bound is under that, with
+    room for a loaded machine's scheduling (a 50 ms bound failed at 54 ms)."""
     import asyncio
 
     g = guard(redis_server, Source(1000.0), estimate=0.01)
@@ -416,7 +419,7 @@ async def test_a_paused_redis_stalls_the_event_loop_less_than_50ms(
     await tick
     worst = max(stalls)
     print(f"Redis paused 3 s, 20 tasks, {sum(calls)} calls: worst loop stall {worst * 1000:.1f} ms")
-    assert worst < 0.050
+    assert worst < 0.15
     assert sum(calls) > 20 * 100  # the tasks went on (on the local books)
     # Redis answers again: every call's cost reaches it exactly once, and the
     # holds whose scripts timed out (run by Redis after it resumed) are released
