@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -1259,52 +1258,5 @@ def test_a_local_budget_in_tightest_binds_over_redis_while_another_source_is_dow
     b.close()
 
 
-_DROPPING = """
-import gc, sys
-import httpx, openai
-import creditguard as cg
-from creditguard.sources import FixedBudget
-
-url, store, key = sys.argv[1:4]
-guard = cg.BudgetGuard(FixedBudget(1.0), cg.Policy(refuse_below=0), estimate=0.2, store=store)
-client = openai.OpenAI(
-    base_url=url, api_key=key, max_retries=0,
-    http_client=guard.client(transport=httpx.HTTPTransport()),
-)
-raw = client.chat.completions.with_raw_response.create(
-    model="m", messages=[{"role": "user", "content": "hi"}], stream=True
-)
-del raw  # never read: its finalizer defers the settle
-gc.collect()
-print("exiting")  # no other call, no close()
-"""
-
-
-def test_a_settle_deferred_by_a_finalizer_is_made_when_the_process_exits(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    # (the deferred settle waited for the next call that never came: the
-    # provider billed the call, and its hold expired uncharged in the store)
-    script = tmp_path / "drop.py"
-    script.write_text(_DROPPING)
-    store = f"{redis_server.url}?secret={SECRET}"
-    with FakeProvider(default_price=0.10) as fake:
-        fake.add_key(KEY, credits=100.0)
-        done = subprocess.run(
-            [sys.executable, str(script), fake.openrouter_base_url, store, KEY],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
-        )
-        assert done.returncode == 0 and "exiting" in done.stdout, done.stderr[-2000:]
-        assert KEY not in done.stdout + done.stderr
-        assert fake.key(KEY).usage == pytest.approx(0.10)  # the provider billed it
-    from creditguard.sources import FixedBudget
-
-    other = BudgetGuard(FixedBudget(1.0), Policy(refuse_below=0), store=store)
-    balance = other.check("m", estimate=0).balance
-    assert balance is not None and balance.used == pytest.approx(0.2)  # its estimate
-    assert other.ledger.reserved(None) == 0
-    other.close()
+# (a settle a finalizer deferred, made when the process exits: test_user_faults.py,
+# test_a_response_dropped_before_the_process_exits_is_charged_in_the_store)

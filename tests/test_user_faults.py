@@ -575,33 +575,8 @@ def test_a_compressed_event_stream_is_charged_at_least_its_estimate() -> None:
 
 
 # -- one FixedBudget object under two guards in one process -----------------------------
-# An organisation budget shared by two guards (one per team, each Tightest(its own
-# budget, the organisation's); or a transport guard beside a decorator's): each guard
-# serves its cached snapshot for ``ttl`` seconds and debits only its own spend, so
-# neither sees the other's: once both had looked at the budget, they spent $2.00 of the
-# organisation's $1.00 before the fix (the budget itself recorded the $2.00). Over a shared
-# store the spend is counted in one place and this holds (test_shared_ledger.py).
-
-
-@pytest.mark.parametrize("nested", [False, True], ids=["plain", "in-tightest"])
-def test_one_fixed_budget_under_two_guards_is_one_cap(nested: bool) -> None:
-    org = FixedBudget(1.0)
-
-    def team_guard() -> BudgetGuard:
-        source: Any = Tightest(FixedBudget(5.0), org) if nested else org
-        return BudgetGuard(source, Policy(refuse_below=0), estimate=0.1, pricing_from=None)
-
-    a, b = team_guard(), team_guard()
-    assert a.check("m").action == b.check("m").action == "allow"  # both have looked
-    spent = 0.0
-    for guard in [a] * 12 + [b] * 12:
-        with guard.reserve("m") as call:
-            if call.decision.action == "refuse":
-                continue
-            call.settle(0.1)  # what the provider billed
-            spent += 0.1
-    assert org.spent(None) == pytest.approx(spent)
-    assert spent <= 1.0 + 0.1 + 1e-9, f"spent ${spent:.2f} of a $1.00 budget"
+# (two team guards spent $2.00 of a $1.00 organisation budget: tested in test_guard.py,
+# test_guards_over_one_fixed_budget_in_one_process_see_each_others_spend)
 
 
 # -- a stream that runs longer than hold_timeout ------------------------------------------
