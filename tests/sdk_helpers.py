@@ -145,6 +145,11 @@ SAY_HI = [{"role": "user", "content": "Say hi."}]
 LIMIT, PRICE, FLOOR, ESTIMATE = 1.0, 0.01, 0.5, 0.01
 BOUND = FLOOR + ESTIMATE + 1e-9  # the most the provider may charge: 0.51
 SLOW, QUICK = 0.3, 0.15  # the provider answers after SLOW s; clients give up after QUICK
+# Where one attempt must time out and the NEXT must not (its client has the same timeout),
+# QUICK is too short: on a loaded 2-core machine a normal answer can take more than 0.15 s,
+# the retry times out too and the test fails on the machine, not on the guard. PATIENT is a
+# timeout every normal loopback answer beats; HUNG a provider delay that always outlasts it.
+HUNG, PATIENT = 2.0, 1.0
 STACKS = ["httpx", "httpx2"]
 
 
@@ -205,6 +210,15 @@ def async_openai(
 
 def spent(fake: FakeProvider) -> float:
     return fake.key(KEY).usage
+
+
+def wait_for_spent(fake: FakeProvider, amount: float, within: float = 15.0) -> None:
+    """Wait until the provider has billed ``amount`` (calls a client gave up on are
+    billed when the provider finishes them): polled, so a loaded machine only waits
+    longer. The caller then asserts the exact figure (nothing billed beyond it)."""
+    deadline = time.monotonic() + within
+    while spent(fake) < amount - 1e-9 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def settle_down(fake: FakeProvider, wait: float = 0.0) -> None:

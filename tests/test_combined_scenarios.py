@@ -20,9 +20,11 @@ from sdk_helpers import (  # the fixtures: fake, stack and the autouse _quick_re
     BOUND,
     ESTIMATE,
     FLOOR,
+    HUNG,
     KEY,
     LIMIT,
     MODEL,
+    PATIENT,
     PRICE,
     QUICK,
     SLOW,
@@ -37,6 +39,7 @@ from sdk_helpers import (  # the fixtures: fake, stack and the autouse _quick_re
     stack_param,  # noqa: F401
     sync_openai,
     sync_worker,
+    wait_for_spent,
 )
 from sdk_helpers import SAY_HI as MESSAGES
 
@@ -185,11 +188,14 @@ def test_shadow_mode_charges_a_retry_and_a_timeout_as_enforcing_does(
         fake, redis_server, estimate=0.05, policy=Policy(refuse_below=FLOOR, enforce=enforce)
     )
     fake.fault("chat", status=500, attempt=0)  # released: the provider answered an error
-    fake.fault("chat", delay=SLOW, attempt=1)  # timed out: may be billed, charged 0.05
-    with sync_openai(fake, guard, stack, max_retries=2, timeout=QUICK) as client:
+    fake.fault("chat", delay=HUNG, attempt=1)  # timed out: may be billed, charged 0.05
+    # attempt 2 must not time out under the same client timeout: PATIENT, not QUICK (a
+    # loaded machine's normal answer can take more than QUICK)
+    with sync_openai(fake, guard, stack, max_retries=2, timeout=PATIENT) as client:
         done = client.with_raw_response.chat.completions.create(model=MODEL, messages=MESSAGES)
     assert done.headers.get("x-creditguard-enforced") == (None if enforce else "false")
-    settle_down(fake, SLOW)
+    wait_for_spent(fake, 2 * PRICE)  # the provider finishes attempt 1 after HUNG s
+    assert fake.count("chat") == 3
     assert spent(fake) == pytest.approx(2 * PRICE)  # the provider billed attempts 1 and 2
     assert guard.ledger.reserved(KEY) == 0
     belief = guard.check(credential=KEY, estimate=0).balance

@@ -25,9 +25,11 @@ import pytest
 from sdk_helpers import (  # the fixtures: fake, stack and the autouse _quick_retries
     BOUND,
     FLOOR,
+    HUNG,
     KEY,
     LIMIT,
     MODEL,
+    PATIENT,
     PRICE,
     QUICK,
     SLOW,
@@ -43,6 +45,7 @@ from sdk_helpers import (  # the fixtures: fake, stack and the autouse _quick_re
     stack_param,  # noqa: F401
     sync_openai,
     sync_worker,
+    wait_for_spent,
 )
 from sdk_helpers import SAY_HI as MESSAGES
 
@@ -136,10 +139,13 @@ def test_a_retry_after_a_timed_out_attempt_is_held_and_settled(
     fake: FakeProvider, stack: str
 ) -> None:
     guard = bounded_guard(fake, estimate=0.05)
-    fake.fault("chat", delay=SLOW, times=1)
-    with sync_openai(fake, guard, stack, max_retries=1, timeout=QUICK) as client:
+    # the first attempt always times out; the retry, under the same client timeout, must
+    # not: PATIENT (1 s), not QUICK (0.15 s), which a loaded machine's answer can exceed
+    fake.fault("chat", delay=HUNG, times=1)
+    with sync_openai(fake, guard, stack, max_retries=1, timeout=PATIENT) as client:
         client.chat.completions.create(model=MODEL, messages=MESSAGES)
-    settle_down(fake, SLOW)
+    wait_for_spent(fake, 2 * PRICE)  # the provider finishes the first one after HUNG s
+    assert fake.count("chat") == 2
     assert spent(fake) == pytest.approx(2 * PRICE)  # the provider finished both
     belief = guard.check(credential=KEY, estimate=0).balance
     assert belief is not None
