@@ -212,7 +212,7 @@ def test_a_source_returning_no_balance_is_an_error() -> None:
 
 
 def test_threads_share_one_fetch_and_one_failure() -> None:
-    source = Source(delay=0.2)
+    source = Source(delay=0.5)
     source.fail = CreditSourceError("down", source="test")
     ledger = make(source, max_stale=0)
     results: list[Any] = []
@@ -229,7 +229,10 @@ def test_threads_share_one_fetch_and_one_failure() -> None:
         t.join()
     assert source.calls == 1
     assert len(results) == 16 and all(str(r.error) == str(source.fail) for r in results)
-    assert max(done_at) - min(done_at) < 0.15  # all at once, not one after another
+    # all at once, not one after another: waiters served one behind another would be a
+    # fetch (0.5 s) apart. (The bound was 0.15 s with a 0.2 s fetch: 16 threads woken on a
+    # loaded 2-core machine can take longer than that to run, and did not tell us more.)
+    assert max(done_at) - min(done_at) < 0.5
 
 
 async def test_tasks_and_threads_on_a_cold_cache_make_exactly_one_fetch() -> None:
@@ -279,18 +282,39 @@ async def test_async_failure_reaches_every_waiter() -> None:
     assert all(r.balance is None and str(r.error) == str(source.fail) for r in results)
 
 
+class GatedSource(Source):
+    """A source whose async fetches wait until ``gate`` is set (open at first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def afetch(self, credential: str | None) -> Balance:
+        with self.lock:
+            self.calls += 1
+            self.seen.append(credential)
+        await self.gate.wait()
+        return self._result(credential)
+
+
 async def test_waiters_are_served_stale_while_a_refresh_runs() -> None:
-    clock, source = Clock(), Source(delay=0.2)
+    # the refresh hangs until the test lets it go (not a 0.2 s fetch and a 0.1 s bound on
+    # the waiter, which a loaded machine could miss): a waiter that waited for it would
+    # never be served, and wait_for fails the test
+    clock, source = Clock(), GatedSource()
     ledger = make(source, clock, ttl=10)
     await ledger.aget(KEY_A)
     clock.now += 11
     source.balances[KEY_A] = 3.0
+    source.gate.clear()
     refresh = asyncio.ensure_future(ledger.aget(KEY_A))
-    await asyncio.sleep(0.01)
-    t0 = time.monotonic()
-    meanwhile = await ledger.aget(KEY_A)
-    assert time.monotonic() - t0 < 0.1
+    while source.calls < 2:  # the refresh is in its fetch
+        await asyncio.sleep(0.001)
+    meanwhile = await asyncio.wait_for(ledger.aget(KEY_A), 10)
+    assert not refresh.done()
     assert meanwhile.stale and meanwhile.balance.remaining == 10.0  # type: ignore[union-attr]
+    source.gate.set()
     assert (await refresh).balance.remaining == 3.0  # type: ignore[union-attr]
     assert source.calls == 2
 
@@ -306,17 +330,20 @@ async def test_sync_get_inside_the_loop_running_the_fetch_does_not_deadlock() ->
 
 
 async def test_a_hung_refresh_times_out_once_and_is_remembered() -> None:
-    clock, source = Clock(), Source(delay=0.5)
-    ledger = make(source, clock, refresh_timeout=0.1, error_ttl=5)
+    # refresh_timeout 1 s: a new wait would take 1 s, so "no new wait" is checked against
+    # half of it (it was 0.05 s against 0.1 s: a loaded machine can stall the loop 50 ms)
+    clock, source = Clock(), GatedSource()
+    source.gate.clear()  # the fetch hangs until the end of the test
+    ledger = make(source, clock, refresh_timeout=1.0, error_ttl=5)
     results = await asyncio.gather(*(ledger.aget(KEY_A) for _ in range(3)))
-    assert all(r.balance is None and "within 0.1 s" in str(r.error) for r in results)
+    assert all(r.balance is None and "within 1 s" in str(r.error) for r in results)
     t0 = time.monotonic()
     again = await ledger.aget(KEY_A)  # remembered: no new wait, no new fetch
-    assert time.monotonic() - t0 < 0.05 and "within 0.1 s" in str(again.error)
+    assert time.monotonic() - t0 < 0.5 and "within 1 s" in str(again.error)
     assert source.calls == 1
-    await asyncio.sleep(0.5)  # let the hung fetch end
+    source.gate.set()  # let the hung fetch end
+    await asyncio.sleep(0)
     clock.now += 6
-    source.delay = 0
     assert (await ledger.aget(KEY_A)).balance.remaining == 10  # type: ignore[union-attr]
 
 
@@ -516,19 +543,36 @@ def test_waiters_on_several_loops_share_one_fetch_and_are_all_woken() -> None:
 
 
 def test_async_waiters_on_a_thread_led_hung_refresh_time_out_on_their_loop() -> None:
-    source = Source(delay=0.6)
+    # the thread's fetch hangs until released (at most 30 s), not for 0.6 s: the waiters
+    # must give up after refresh_timeout (0.1 s) while it still hangs; 5 s leaves a loaded
+    # machine room and still fails waiters that wait for the hung fetch
+    release = threading.Event()
+
+    class Hung(Source):
+        def fetch(self, credential: str | None) -> Balance:
+            with self.lock:
+                self.calls += 1
+            release.wait(30)
+            return self._result(credential)
+
+    source = Hung()
     ledger = make(source, refresh_timeout=0.1, error_ttl=5)
     leader = threading.Thread(target=ledger.get, args=(KEY_A,))
     leader.start()
-    time.sleep(0.05)  # the thread leads the flight and hangs in its fetch
+    deadline = time.monotonic() + 10
+    while source.calls < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the thread leads the flight and hangs in its fetch
+    assert source.calls == 1
 
     async def wait() -> list[Lookup]:
         return list(await asyncio.gather(*(ledger.aget(KEY_A) for _ in range(5))))
 
     t0 = time.monotonic()
     results = asyncio.run(wait())
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 5
+    assert not release.is_set()
     assert all(r.balance is None and "within 0.1 s" in str(r.error) for r in results)
+    release.set()
     leader.join()
     assert source.calls == 1
 
