@@ -527,14 +527,17 @@ def test_fault_status_with_body(mock: httpx.Client, fake: FakeProvider) -> None:
 
 def test_fault_delay_then_normal_answer(both: tuple[FakeProvider, httpx.Client]) -> None:
     fake, client = both
-    fake.fault("key", delay=0.15, times=1)
+    # 0.5 s, not 0.15: the second answer (no delay: times=1 is used up) is told apart from
+    # a delayed one by the delay itself, and a loopback answer on a loaded machine can take
+    # more than 0.15 s
+    fake.fault("key", delay=0.5, times=1)
     start = time.monotonic()
     r = client.get("/api/v1/key", headers=AUTH)
-    assert time.monotonic() - start >= 0.15
+    assert time.monotonic() - start >= 0.5
     assert r.status_code == 200 and "data" in r.json()
     start = time.monotonic()
     client.get("/api/v1/key", headers=AUTH)
-    assert time.monotonic() - start < 0.15
+    assert time.monotonic() - start < 0.5
 
 
 def test_fault_delay_times_out_on_real_server(fake: FakeProvider) -> None:
@@ -575,14 +578,16 @@ def test_fault_rejects_bad_arguments(fake: FakeProvider) -> None:
 
 
 async def test_async_delay_does_not_block_the_loop(fake: FakeProvider) -> None:
-    fake.fault("key", delay=0.2)
+    fake.fault("key", delay=0.5)
     transport = httpx.MockTransport(fake.handler)
     async with httpx.AsyncClient(transport=transport, base_url=MOCK_BASE) as client:
         start = time.monotonic()
         rs = await asyncio.gather(*(client.get("/api/v1/key", headers=AUTH) for _ in range(5)))
         elapsed = time.monotonic() - start
     assert all(r.status_code == 200 for r in rs)
-    assert 0.2 <= elapsed < 0.6  # five sequential sleeps would take 1 s
+    # five sequential sleeps would take 2.5 s, any two in a row 1 s: the bound is 2 delays
+    # (was 0.6 s with a 0.2 s delay: 0.4 s of margin a loaded machine could use up)
+    assert 0.5 <= elapsed < 1.0
 
 
 async def test_async_drop_after_delay(fake: FakeProvider) -> None:
