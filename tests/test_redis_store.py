@@ -44,11 +44,15 @@ except ImportError:  # pragma: no cover - the redis extra is not installed
 RAW_KEY = "sk-or-v1-SECRETSECRETSECRETSECRETSECRET"
 FP = Fingerprinter("shared secret")(RAW_KEY)
 NOW = 1_700_000_000.0
+# The timeout of the stores in tests that are not about timeouts. The default (0.25 s) is
+# what an app wants, but a loaded 2-core machine can make one reply that slow, and the
+# test then fails on a StoreError it was not about. Tests about timeouts set their own.
+PATIENT = 5.0
 
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> Iterator[RedisStore]:
-    s = RedisStore(redis_server.url)
+    s = RedisStore(redis_server.url, timeout=PATIENT)
     yield s
     s.close()
 
@@ -222,10 +226,14 @@ def test_put_leaves_holds_alone(store: RedisStore) -> None:
     assert store.settle(FP, "h", 1.0)
 
 
-def test_snapshot_expires_after_keep_for(store: RedisStore) -> None:
-    store.put(FP, Balance(5.0), NOW, 0.0, keep_for=0.15)
+def test_snapshot_expires_after_keep_for(store: RedisStore, raw: redis.Redis) -> None:
+    # keep_for 1 s, not 0.15: the read just after the put must come before the expiry,
+    # and a loaded machine can take 0.15 s between two calls; read again at 2x keep_for
+    # (as before: 0.3 s for 0.15), and the expiry Redis was given is checked exactly
+    store.put(FP, Balance(5.0), NOW, 0.0, keep_for=1.0)
+    assert 0 < raw.pttl(f"cg:{{{FP}}}:snap") <= 1000
     assert store.read(FP, NOW).balance is not None
-    time.sleep(0.3)
+    time.sleep(2.0)
     assert store.read(FP, NOW).balance is None
 
 
@@ -458,9 +466,11 @@ def test_holds_stop_counting_each_at_its_expiry(store: RedisStore, raw: redis.Re
 def test_holds_expire_in_real_time(store: RedisStore) -> None:
     put(store, 10.0)
     now = time.time()
-    assert store.reserve(FP, "h", 6.0, 0.0, now, now + 0.2)
+    # 1 s, not 0.2: the read just after the reserve must come before the expiry on a loaded
+    # machine too; read again once it passed (by 0.2 s more, as before)
+    assert store.reserve(FP, "h", 6.0, 0.0, now, now + 1.0)
     assert store.read(FP, time.time()).held == 6.0
-    time.sleep(0.3)
+    time.sleep(max(0.0, now + 1.2 - time.time()))
     assert store.read(FP, time.time()).held == 0.0
 
 
@@ -527,7 +537,7 @@ def test_concurrent_reserves_never_go_below_the_floor(store: RedisStore) -> None
 
 
 def test_concurrent_reserve_and_settle_keep_the_floor(redis_server: RedisServer) -> None:
-    stores = [RedisStore(redis_server.url) for _ in range(4)]  # separate connection pools
+    stores = [RedisStore(redis_server.url, timeout=PATIENT) for _ in range(4)]  # 4 pools
     put(stores[0], 10.0)
     won = [0] * 20
 
@@ -590,7 +600,7 @@ def everything(raw: redis.Redis) -> dict[str, Any]:
 
 def test_keys_carry_the_prefix_and_never_the_raw_key(redis_server: RedisServer) -> None:
     raw = redis.Redis.from_url(redis_server.url)
-    store = RedisStore(redis_server.url, prefix="app1")
+    store = RedisStore(redis_server.url, prefix="app1", timeout=PATIENT)
     key = Fingerprinter("shared secret")(RAW_KEY)
     store.put(key, Balance(5.0, source="or"), NOW, 0.0, keep_for=60)
     assert store.reserve(key, "h1", 1.0, 0.0, NOW, NOW + 10)
@@ -612,8 +622,8 @@ def test_keys_carry_the_prefix_and_never_the_raw_key(redis_server: RedisServer) 
 
 
 def test_prefixes_are_isolated(redis_server: RedisServer) -> None:
-    a = RedisStore(redis_server.url, prefix="a")
-    b = RedisStore(redis_server.url, prefix="b")
+    a = RedisStore(redis_server.url, prefix="a", timeout=PATIENT)
+    b = RedisStore(redis_server.url, prefix="b", timeout=PATIENT)
     put(a, 10.0)
     a.debit(FP, 1.0)
     assert a.reserve(FP, "h", 2.0, 0.0, NOW, NOW + 60)
@@ -1029,7 +1039,7 @@ def test_a_forked_child_never_uses_the_parents_connection(store: RedisStore) -> 
 async def test_async_tasks_share_the_lines(redis_server: RedisServer) -> None:
     import asyncio
 
-    store = RedisStore(redis_server.url)
+    store = RedisStore(redis_server.url, timeout=PATIENT)
     store.put(FP, Balance(1e6), NOW, 0.0, keep_for=60)
 
     async def task(n: int) -> None:
@@ -1073,7 +1083,7 @@ async def test_an_async_connection_the_server_closed_is_opened_again(
 ) -> None:
     import asyncio
 
-    store = RedisStore(redis_server.url)
+    store = RedisStore(redis_server.url, timeout=PATIENT)
     raw = redis.Redis.from_url(redis_server.url)
     store.put(FP, Balance(10.0), NOW, 0.0, keep_for=60)
     await store.aread(FP, NOW)
@@ -1095,7 +1105,7 @@ def test_a_reply_longer_than_one_read(store: RedisStore) -> None:
 def test_a_settle_counts_budgets_only_where_one_script_may(redis_server: RedisServer) -> None:
     from creditguard.stores import Spend
 
-    store = RedisStore(redis_server.url)
+    store = RedisStore(redis_server.url, timeout=PATIENT)
     assert store.folds(FP, "*") and store.folds(FP, FP)  # one Redis: any key
     day = Spend("day", 20_000, 20_000, None)
     assert store.settle(FP, "h", 0.5, counts=[("*", day), (FP, day)]) == 2
