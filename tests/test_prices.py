@@ -239,7 +239,10 @@ def test_a_failing_list_never_blocks_a_call_longer_than_its_timeout() -> None:
     # is not the one fetching
     leader = threading.Thread(target=prices.load, daemon=True)
     leader.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while fake.count("models") < 1 and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the thread leads the load and hangs in it (was: sleep 0.05)
+    assert fake.count("models") == 1
     started = time.monotonic()
     prices.load()
     assert time.monotonic() - started < 1.0

@@ -324,6 +324,10 @@ def test_anthropic_middleware_forwards_a_refused_call(fake: FakeProvider) -> Non
     guard.close()
 
 
+# These tests are not about store timeouts: a reply slower than 0.2 s (a loaded machine)
+# made the guard go on its local books, which is right, but not what they check.
+STORE_TIMEOUT = 5.0
+
 # -- one budget in Redis --------------------------------------------------------------------
 
 
@@ -331,7 +335,7 @@ def test_shared_store_holds_shadow_refusals_too(redis_server: RedisServer) -> No
     """Two shadow guards over one Redis: calls past the floor are reported as refused
     (also when another worker took the headroom since the read), and every one is held."""
     source = FixedBudget(1.0)
-    store = f"{redis_server.url}?secret=shadow-secret&timeout=0.2"
+    store = f"{redis_server.url}?secret=shadow-secret&timeout={STORE_TIMEOUT}"
     policy = Policy(refuse_below=0.5, enforce=False)
     a = BudgetGuard(source, policy, store=store, estimate=0.2)
     b = BudgetGuard(source, policy, store=store, estimate=0.2)
@@ -350,7 +354,7 @@ def test_shared_store_race_lost_in_shadow_mode_is_reported_and_held(
     redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     source = FixedBudget(1.0)
-    store = f"{redis_server.url}?secret=shadow-secret&timeout=0.2"
+    store = f"{redis_server.url}?secret=shadow-secret&timeout={STORE_TIMEOUT}"
     policy = Policy(refuse_below=0.5, enforce=False)
     a = BudgetGuard(source, policy, store=store, estimate=0.2)
     b = BudgetGuard(source, policy, store=store, estimate=0.2)

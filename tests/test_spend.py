@@ -648,13 +648,15 @@ def test_faults_of_the_fake_cost_endpoints(fake: FakeProvider, cls: SpendType, m
     endpoint = "openai_costs" if cls is OpenAISpend else "anthropic_costs"
     fake.add_cost(2.0, at=at(hours=3))
     url = base_url(cls, fake)
-    with cls(10.0, api_key=ADMIN, base_url=url, clock=lambda: NOW, timeout=0.3) as source:
+    # timeout 1 s, not 0.3: the 500 and the HTML answers must come within it on a loaded
+    # machine too; the delay fault (2.5 s) outlasts it
+    with cls(10.0, api_key=ADMIN, base_url=url, clock=lambda: NOW, timeout=1.0) as source:
         fake.fault(endpoint, status=500, times=1)
         assert fetch_error(source, mode).status_code == 500
         fake.fault(endpoint, body=b"<html>maintenance</html>", times=1)
         assert "not JSON" in fetch_error(source, mode).reason
-        fake.fault(endpoint, delay=1.0, times=1)
-        assert fetch_error(source, mode).reason.startswith("timeout after 0.3 s")
+        fake.fault(endpoint, delay=2.5, times=1)
+        assert fetch_error(source, mode).reason.startswith("timeout after 1 s")
         assert fetch(source, mode).remaining == pytest.approx(8.0)  # the faults used up
     assert fake.count(endpoint) == 4
 
