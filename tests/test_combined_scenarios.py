@@ -53,8 +53,29 @@ pytest.importorskip("redis")
 SECRET = "combined-secret"
 
 
+def store_url(redis: RedisServer) -> str:
+    """The shared store, waiting up to 5 s for Redis (not the 0.25 s default): none of
+    these scenarios is about store timeouts, and on a loaded machine a reply slower than
+    0.25 s sent the guard to its local books for a second of back-off, where the figures
+    checked (what is held in the store) are not the store's."""
+    return f"{redis.url}?secret={SECRET}&timeout=5"
+
+
 def redis_guard(fake: FakeProvider, redis: RedisServer, **kw: Any) -> BudgetGuard:
-    return bounded_guard(fake, store=f"{redis.url}?secret={SECRET}", **kw)
+    return bounded_guard(fake, store=store_url(redis), **kw)
+
+
+async def store_holds_released(*guards: BudgetGuard, within: float = 10.0) -> None:
+    """Wait until the store writes the guards started on the loop (in the background) have
+    released every hold: polled off the loop, so a loaded machine only waits longer (a
+    fixed 0.2 s sleep was not always enough). A hold never released still fails the test
+    that asserts it: holds expire after hold_timeout (900 s), not within."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        held = [await asyncio.to_thread(g.ledger.reserved, KEY) for g in guards]
+        if all(abs(h) < 1e-9 for h in held):
+            return
+        await asyncio.sleep(0.02)
 
 
 # -- 1. two guards on one Redis store, SDK retries after 500s and timeouts ---------------
@@ -112,7 +133,7 @@ async def test_async_redis_streams_dropped_unread_never_block_the_loop(
             gc.collect()
         # the next call drains the deferred settles (on the loop's thread)
         await client.chat.completions.create(model=MODEL, messages=MESSAGES)
-        await asyncio.sleep(0.2)  # background store writes
+        await store_holds_released(guard)  # background store writes
     assert on_loop == []
     assert ledger.reserved(KEY) == pytest.approx(0)
     belief = (await guard.acheck(credential=KEY, estimate=0)).balance
@@ -215,7 +236,7 @@ def test_fixed_budget_in_redis_reserve_body_raising_after_the_call_is_charged(
             FixedBudget(1.0),
             Policy(refuse_below=0.0),
             estimate=0.2,
-            store=f"{redis_server.url}?secret={SECRET}",
+            store=store_url(redis_server),
         )
 
     a, b = make(), make()  # two processes drawing down one budget
@@ -282,7 +303,7 @@ async def test_clamped_streams_without_usage_stay_above_the_floor(
                 assert refused_by_guard(exc), exc
                 outcomes.append("refused")
                 break
-        await asyncio.sleep(0.2)
+        await store_holds_released(guard)
     sent = [r.json.get("max_tokens") for r in fake.requests if r.endpoint == "chat"]
     print(sent, outcomes, spent(fake), [d.reason for d in decisions][:3])
     assert "refused" in outcomes and outcomes.count("ok") >= 1
@@ -310,7 +331,7 @@ async def test_a_stream_without_usage_is_charged_the_learned_estimate(
         )
         async for _chunk in stream:
             pass
-        await asyncio.sleep(0.2)
+        await store_holds_released(guard)
     after = (await guard.acheck(credential=KEY, estimate=0)).balance
     assert before is not None and after is not None
     print(before.remaining, after.remaining, spent(fake))
@@ -328,7 +349,7 @@ def fixed_guard(redis: RedisServer) -> BudgetGuard:
         FixedBudget(1.0),
         Policy(refuse_below=0.0),
         estimate=0.2,
-        store=f"{redis.url}?secret={SECRET}",
+        store=store_url(redis),
     )
 
 
@@ -351,7 +372,7 @@ async def test_aclose_settles_a_stream_dropped_unread(
 ) -> None:
     source = FixedBudget(1.0)
     guard = BudgetGuard(
-        source, Policy(refuse_below=0.0), estimate=0.2, store=f"{redis_server.url}?secret={SECRET}"
+        source, Policy(refuse_below=0.0), estimate=0.2, store=store_url(redis_server)
     )
     async with async_openai(fake, guard, stack) as client:
         stream = await client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True)
@@ -377,7 +398,7 @@ def test_a_settle_at_the_end_of_asyncio_run_reaches_the_store(
         FixedBudget(1.0),
         Policy(refuse_below=0.0),
         estimate=0.2,
-        store=f"{redis_server.url}?secret={SECRET}",
+        store=store_url(redis_server),
     )
 
     async def main() -> None:
@@ -411,7 +432,7 @@ async def test_anthropic_two_guards_on_a_redis_budget_with_retries_and_timeouts(
             FixedBudget(LIMIT),
             Policy(refuse_below=FLOOR),
             estimate=ESTIMATE,
-            store=f"{redis_server.url}?secret={SECRET}",
+            store=store_url(redis_server),
         )
         for _ in range(2)
     ]
@@ -555,7 +576,7 @@ async def test_async_streams_retried_and_abandoned_over_redis_keep_the_bound(
     await asyncio.to_thread(settle_down, fake)
     assert refusals
     assert spent(fake) <= BOUND, f"charged {spent(fake):.2f} > {BOUND:.2f}"
-    await asyncio.sleep(0.2)  # the store writes started on the loop
+    await store_holds_released(*guards)  # the store writes started on the loop
     for g in guards:
         assert g.ledger.reserved(KEY) == pytest.approx(0)  # read in the store
     for g in guards:
