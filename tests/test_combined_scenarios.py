@@ -167,7 +167,9 @@ def test_a_retry_after_a_downgrade_reuses_the_downgraded_model_and_its_estimate(
             OpenRouterKey(base_url=fake.openrouter_base_url), policy, ttl=600.0, **kw
         )
     fake.fault("chat", status=500, attempt=0)
-    fake.fault("chat", delay=0.3, attempt=1)  # the retry in flight long enough to look at
+    # the retry in flight long enough to look at (1 s: the sampler, every 20 ms, may be
+    # kept off the CPU for a while on a loaded machine; it was 0.3 s)
+    fake.fault("chat", delay=1.0, attempt=1)
     held: list[float] = []
     stop = threading.Event()
 
@@ -512,7 +514,7 @@ def test_shadow_mode_downgrade_and_retry_send_and_hold_what_runs(
     policy = Policy(refuse_below=0.95, downgrade={BIG: SMALL}, enforce=False)
     guard = redis_guard(fake, redis_server, policy=policy, pricing=PRICES, pricing_from=None)
     fake.fault("chat", status=500, attempt=0)
-    fake.fault("chat", delay=0.3, attempt=1)
+    fake.fault("chat", delay=1.0, attempt=1)  # in flight long enough to sample (was 0.3 s)
     held: list[float] = []
     stop = threading.Event()
 

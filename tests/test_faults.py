@@ -181,14 +181,18 @@ async def test_client_timeouts_keep_the_bound_tasks(fake: FakeProvider, stack: s
 
 
 async def test_wait_for_cancellations_keep_the_bound(fake: FakeProvider, stack: str) -> None:
-    fake.fault("chat", delay=SLOW)
+    # cancelled after PATIENT (1 s), the provider answering after HUNG (2 s): with QUICK
+    # (0.15 s) a loaded machine cancelled most of 20 concurrent calls before the SDK had
+    # handed them to the guard (nothing held, nothing charged), and the burst never
+    # reached the floor in 20 calls a worker
+    fake.fault("chat", delay=HUNG)
     guard = bounded_guard(fake)
     refusals: list[int] = []
     async with async_openai(fake, guard, stack) as client:
         await asyncio.gather(
-            *(async_worker(client, refusals, wait_for=QUICK) for _ in range(WORKERS))
+            *(async_worker(client, refusals, wait_for=PATIENT) for _ in range(WORKERS))
         )
-    await asyncio.to_thread(settle_down, fake, SLOW)
+    await asyncio.to_thread(settle_down, fake, HUNG)
     assert_within_bound(fake, guard, refusals)
     await guard.aclose()
 
@@ -430,15 +434,25 @@ def test_anthropic_middleware_estimates_like_the_transport(fake: FakeProvider) -
     prompt, completion = 1e-4, 1e-3
     pricing = {"claude-*": {"prompt": prompt, "completion": completion}}
     guard = bounded_guard(fake, source=FixedBudget(10.0), pricing=pricing)
-    fake.fault("messages", delay=0.3, times=1)
+    fake.fault("messages", delay=1.0, times=1)
     held: list[float] = []
+
+    def watch() -> None:
+        # looked at once the provider has the request (the hold was taken before it was
+        # sent) and holds it for 1 s; was: 0.15 s after the thread started, which a loaded
+        # machine could reach before the request was sent or after it was answered
+        deadline = time.monotonic() + 10
+        while fake.count("messages") < 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        held.append(_held(guard))
+
     with anthropic.Anthropic(
         base_url=fake.anthropic_base_url,
         api_key=KEY,
         middleware=[guard.anthropic_middleware()],
         max_retries=0,
     ) as client:
-        watcher = threading.Thread(target=lambda: (time.sleep(0.15), held.append(_held(guard))))
+        watcher = threading.Thread(target=watch)
         watcher.start()
         client.messages.create(**CLAUDE_ARGS)
         watcher.join()
