@@ -1157,7 +1157,7 @@ def test_a_unix_socket_store_url_reaches_redis(tmp_path: Path) -> None:
             if sock.exists():
                 break
             time.sleep(0.01)
-        store = RedisStore.from_url(f"unix://{sock}?prefix=u&secret=xyz&db=1")
+        store = RedisStore.from_url(f"unix://{sock}?prefix=u&secret=xyz&db=1&timeout={PATIENT}")
         assert store.prefix == "u" and f"unix://{sock}" in repr(store)
         store.debit(FP, 1.0)
         raw = redis.Redis(unix_socket_path=str(sock), db=1)
