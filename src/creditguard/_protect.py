@@ -614,23 +614,30 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
     set_call, reset_call = CURRENT_CALL.set, CURRENT_CALL.reset
     prices = guard.prices
 
+    async def begin(
+        instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Call, tuple[Any, ...], dict[str, Any]]:
+        """The async drivers' first step: decide and hold (without blocking
+        the loop), act on the decision; the call, and the arguments to make it with."""
+        model, credential, est, estimator = prepare(instance, args, kwargs)
+        if est is None:  # (a price list to load first)
+            await prices.aensure()
+            est = estimator.requested(model)
+        decision, held = fast(
+            model, credential, est, None, None, True, estimator=estimator
+        ) or await ahold(model, credential, est, fast=False, estimator=estimator)
+        if decision.action != "allow":
+            args, kwargs = g.apply(decision, instance, args, kwargs)
+        if decision._estimate is not None:
+            est = decision.held(est)
+        return _new_call(guard, decision, held, credential, est), args, kwargs
+
     if inspect.isasyncgenfunction(raw):
 
         async def agen_wrapper(
             wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            model, credential, est, estimator = prepare(instance, args, kwargs)
-            if est is None:  # (a price list to load first)
-                await prices.aensure()
-                est = estimator.requested(model)
-            decision, held = fast(
-                model, credential, est, None, None, True, estimator=estimator
-            ) or await ahold(model, credential, est, fast=False, estimator=estimator)
-            if decision.action != "allow":
-                args, kwargs = g.apply(decision, instance, args, kwargs)
-            if decision._estimate is not None:
-                est = decision.held(est)
-            call = _new_call(guard, decision, held, credential, est)
+            call, args, kwargs = await begin(instance, args, kwargs)
             agen = wrapped(*args, **kwargs)
             tally = _Tally(call)  # what its items reported they cost
             try:
@@ -659,18 +666,7 @@ def wrap(guard: BudgetGuard, fn: Any, g: Guarded, raw: Callable[..., Any]) -> An
     async def async_wrapper(
         wrapped: Any, instance: object, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        model, credential, est, estimator = prepare(instance, args, kwargs)
-        if est is None:  # (a price list to load first)
-            await prices.aensure()
-            est = estimator.requested(model)
-        decision, held = fast(
-            model, credential, est, None, None, True, estimator=estimator
-        ) or await ahold(model, credential, est, fast=False, estimator=estimator)
-        if decision.action != "allow":
-            args, kwargs = g.apply(decision, instance, args, kwargs)
-        if decision._estimate is not None:
-            est = decision.held(est)
-        call = _new_call(guard, decision, held, credential, est)
+        call, args, kwargs = await begin(instance, args, kwargs)
         token = set_call(call)
         try:
             result = await wrapped(*args, **kwargs)
