@@ -191,14 +191,19 @@ def test_anthropic_prompt_cache_tokens_are_charged_through_the_transport(stream:
     assert guard.ledger.reserved(None) == 0
 
 
-def test_anthropic_prompt_cache_tokens_are_charged_through_the_decorator() -> None:
-    guard = _cache_guard()
-    client = anthropic.Anthropic(
+def _anthropic_client() -> anthropic.Anthropic:
+    """The anthropic SDK over the fake Anthropic provider (no guard of its own)."""
+    return anthropic.Anthropic(
         api_key=ANTHROPIC_KEY,
         base_url="https://api.anthropic.com",
         http_client=httpx2.Client(transport=httpx2.MockTransport(_anthropic_provider)),
         max_retries=0,
     )
+
+
+def test_anthropic_prompt_cache_tokens_are_charged_through_the_decorator() -> None:
+    guard = _cache_guard()
+    client = _anthropic_client()
 
     @guard
     def ask(prompt: str, model: str = CLAUDE) -> Any:
@@ -874,12 +879,7 @@ def test_a_guarded_generator_of_anthropic_events_is_charged_their_merged_usage()
     """message_start reports the input (and the prompt cache), message_delta the
     output: one call, charged once, from both."""
     guard = _cache_guard()
-    client = anthropic.Anthropic(
-        api_key=ANTHROPIC_KEY,
-        base_url="https://api.anthropic.com",
-        http_client=httpx2.Client(transport=httpx2.MockTransport(_anthropic_provider)),
-        max_retries=0,
-    )
+    client = _anthropic_client()
 
     @guard
     def events(prompt: str, model: str = CLAUDE) -> Any:
