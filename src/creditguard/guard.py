@@ -311,8 +311,8 @@ class BudgetGuard:
         self._plain = CallEstimator(self, None)
         # A call to a model settled at a cost the provider (or its usage) told:
         # the one hook every surface calls, ``_settled(model, cost)``, so that
-        # estimates learn from it (the book's own method: no call in between).
-        self._settled: Callable[[str | None, float], None] = self.prices.learn
+        # estimates learn from it (the learned costs' own method: no call in between).
+        self._settled: Callable[[str | None, float], None] = self.prices.learned.add
         log.info(
             "creditguard price lists in use: %s; else learned costs, else estimate=%g",
             self.prices.describe(),

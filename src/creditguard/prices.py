@@ -500,8 +500,9 @@ class Learned:
                 window = self._windows[model] = _Window(self.size)
             return window
 
-    def add(self, model: str, cost: float) -> None:
-        if not (cost >= 0.0 and cost < _INF):
+    def add(self, model: str | None, cost: float) -> None:
+        """``model``'s call settled at ``cost`` (None: no model, nothing learned)."""
+        if model is None or not (cost >= 0.0 and cost < _INF):
             return
         window = self._windows.get(model)
         if window is None:
@@ -720,8 +721,7 @@ class PriceBook:
         told): the learned estimate follows it. A priced model learns too: a
         call of it with no output limit holds at least what its calls cost
         (its price says nothing of an unbounded output)."""
-        if model is not None:
-            self.learned.add(model, cost)
+        self.learned.add(model, cost)
 
 
 def price_lists(pricing_from: object, source: object) -> tuple[PriceList, ...]:
