@@ -249,3 +249,33 @@ async def test_a_function_returning_a_coroutine_only_sometimes_stays_usable_both
     assert (await guarded("priced", True)).usage.cost == 0.25
     assert guarded("priced", False).usage.cost == 0.5  # a plain result, as it was
     assert spends == [(0.25, "provider"), (0.5, "provider")]
+
+
+def test_a_guarded_generators_hold_counts_past_hold_timeout_while_it_streams() -> None:
+    # (the transport's streaming holds counted until the stream ended; a guarded
+    # generator's, or an SDK stream a guarded call returned, lapsed after
+    # hold_timeout while the call still ran, and its headroom was spent again)
+    now = [0.0]
+    guard = BudgetGuard(
+        FixedBudget(100.0, period=None),
+        Policy(),
+        estimate=ESTIMATE,
+        pricing=PRICING,
+        pricing_from=None,
+        metrics=False,
+        hold_timeout=30.0,
+        timer=lambda: now[0],
+    )
+
+    @guard
+    def chunks(model: str) -> Any:
+        yield "first"
+        yield {"usage": {"cost": 0.5}}
+
+    stream = chunks("priced")
+    assert next(stream) == "first"
+    now[0] += 60.0  # twice hold_timeout, still streaming
+    assert guard.ledger.reserved(None) == ESTIMATE
+    assert list(stream) == [{"usage": {"cost": 0.5}}]
+    assert guard.ledger.reserved(None) == 0
+    assert left(guard) == pytest.approx(99.5)

@@ -926,6 +926,9 @@ class _Tally:
 
     def __init__(self, call: Call) -> None:
         self.call = call
+        hold = call._hold
+        if hold is not None:  # (the call streams: held until it ends, as the transport's)
+            call._guard.ledger.streaming(hold)
         self.id: object = None
         self.usage: dict[str, Any] | None = None
         self.total = 0.0
@@ -952,8 +955,12 @@ class _Tally:
                     if self.usage is None:
                         self.usage = {}
                     merge_usage(self.usage, report)
-        except Exception:  # (an item that breaks when read: it reports nothing)
-            log.debug("a guarded generator's item could not be read", exc_info=True)
+        except Exception as exc:  # (an item that breaks when read: it reports nothing)
+            # (its text only, redacted: a traceback may show what the call was made with)
+            log.debug(
+                "a guarded generator's item could not be read (%s)",
+                describe(exc, self.call._credential),
+            )
 
     def _close(self) -> None:
         if self.usage:
