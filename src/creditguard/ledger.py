@@ -318,6 +318,8 @@ class Ledger:
         self._source_record: Callable[[str | None, float], None] | None = (
             record if callable(record) else None
         )
+        self._joined: list[FixedBudget] = []  # the FixedBudgets under the source
+        self._telling = False  # another guard joined one: what is recorded is told
         self._join_budgets()
 
     def _join_budgets(self) -> None:
@@ -326,26 +328,33 @@ class Ledger:
         cached balance by the others' spend as by its own, instead of serving
         its own snapshot, blind to theirs, until its next fetch."""
         budgets = [s for s in members(self.source) if isinstance(s, FixedBudget)]
-        record = self._source_record
-        if not budgets or record is None:
+        if not budgets or self._source_record is None:
             return
+        self._joined = budgets
         with _JOINS:
             for budget in budgets:
                 budget._ledgers.add(self)
-                if len(budget._ledgers) > 1:
-                    budget._shared = True
             _JOINS.count += 1
+            # (a guard alone over its budgets records as it did: nothing to tell)
+            for budget in budgets:
+                if len(budget._ledgers) > 1:
+                    for ledger in list(budget._ledgers):
+                        ledger._tell_others()
+
+    def _tell_others(self) -> None:
+        """Another guard joined a budget of this one: from now on what this
+        one records is told to the others (once; lock of the joins held)."""
+        record = self._source_record
+        if self._telling or record is None:
+            return
+        self._telling = True
+        budgets = self._joined
         # the other guards' ledgers (weakly: each may go) and whether a budget
         # for all keys is shared with them, worked out again after a join
         told: list[Any] = [-1, ()]
 
         def record_and_tell(credential: str | None, cost: float) -> None:
             record(credential, cost)
-            for budget in budgets:
-                if budget._shared:  # (another guard joined)
-                    break
-            else:
-                return
             if told[0] != _JOINS.count:
                 told[:] = [_JOINS.count, self._peers(budgets)]
             for peer, every in told[1]:

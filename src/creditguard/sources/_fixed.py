@@ -140,7 +140,6 @@ class FixedBudget:
         # the ledgers of the guards over this budget in this process (more than
         # one: each tells the others what it records, see Ledger._join_budgets)
         self._ledgers: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._shared = False
         self._never: Spend | None = None  # the one window of period=None
         self._last: tuple[float, float, Spend] | None = None  # (start, end, window)
 
